@@ -1,0 +1,90 @@
+"""Shared fixtures: a tiny real corpus (documents from the bundled sample corpus), the real base model, and
+session-scoped artifacts produced by running the real upstream stages once (so each stage's tests start from
+real inputs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EMBEDFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# 16 short topics of the sample corpus: enough documents for a 80/20 split with several eval documents.
+TINY_TOPICS = [
+    "assert", "break", "continue", "del", "global", "if", "import", "lambda", "nonlocal", "pass",
+    "raise", "return", "while", "with", "yield", "for",
+]
+
+
+@pytest.fixture(scope="session")
+def base_model() -> str:
+    from embedforge.encode import resolve_model_path
+
+    return resolve_model_path("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    from embedforge.sample_corpus import SAMPLE_CORPUS
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    for name in TINY_TOPICS:
+        shutil.copy(SAMPLE_CORPUS / f"{name}.rst", out / f"{name}.rst")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "cranfield" / "corpus.jsonl").is_file():
+        pytest.skip(f"shared dev collections not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+# ------------------------------------------------------------------ real upstream artifacts, built once
+@pytest.fixture(scope="session")
+def chunks_dir(tmp_path_factory, tiny_corpus, base_model) -> Path:
+    from embedforge import ingest
+    from embedforge.config import IngestConfig
+
+    out = tmp_path_factory.mktemp("artifacts") / "chunks"
+    ingest.run(tiny_corpus, out, IngestConfig(), base_model=base_model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pairs_dir(tmp_path_factory, chunks_dir, base_model) -> Path:
+    from embedforge import sdg
+    from embedforge.config import SdgConfig
+
+    out = tmp_path_factory.mktemp("artifacts") / "pairs"
+    sdg.run(chunks_dir, out, SdgConfig(), base_model=base_model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mined_dir(tmp_path_factory, chunks_dir, pairs_dir, base_model) -> Path:
+    from embedforge import mine
+    from embedforge.config import MineConfig
+
+    out = tmp_path_factory.mktemp("artifacts") / "mined"
+    mine.run(chunks_dir, pairs_dir, out, MineConfig(), base_model=base_model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, mined_dir, base_model) -> Path:
+    from embedforge import train
+    from embedforge.config import PromptsConfig, TrainConfig
+
+    out = tmp_path_factory.mktemp("artifacts") / "model"
+    train.run(mined_dir, out, TrainConfig(epochs=1, batch_size=16), base_model=base_model,
+              prompts=PromptsConfig(query="query: ", document="passage: "))
+    return out
