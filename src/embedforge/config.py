@@ -56,6 +56,7 @@ class MineConfig(StageConfig):
     num_negatives: int = Field(4, ge=0, le=64)
     margin: float = Field(0.95, gt=0.0, le=1.0, description="Drop candidates scoring above margin x positive score.")
     candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
+    max_positives_per_pair: int = Field(3, ge=1, le=100, description="Training examples per pair at most (one per positive chunk).")
     batch_size: int = Field(64, ge=1)
     use_gpu: bool = Field(True, description="Use faiss GPU resources when faiss-gpu and a GPU are present.")
 

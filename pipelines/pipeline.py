@@ -1,0 +1,197 @@
+"""The embedforge pipeline: documents -> fine-tuned, evaluated, exported, registered model, with a promotion gate.
+
+Steps (one KFP component each, see ``components/<stage>/``):
+
+1. ``ingest``   corpus folder / BEIR corpus.jsonl -> sentence chunks with a document-level train/eval split
+2. ``sdg``      chunks -> (query, positive) pairs: offline generator, LLM generator, or bring-your-own pairs
+3. ``validate`` Great Expectations suite over the pairs (fails the run on a failed expectation)
+4. ``mine``     FAISS hard negatives with a positive-aware margin (+ base-model chunk embeddings, reused later)
+5. ``train``    contrastive fine-tuning (InfoNCE over in-batch + hard negatives)
+6. ``evaluate`` BEIR metrics, base vs fine-tuned, on the held-out split (+ an optional external BEIR folder)
+7. ``export``   ONNX with pooling + normalisation in the graph, parity-checked with onnxruntime
+8. ``register`` MLflow run (params, metrics, artifacts) + a new registered-model version
+9. ``gate``     promote? fine-tuned beats base by a margin AND beats the current champion on the same eval set
+10. ``promote`` (only under ``dsl.If(gate == True)``) set the champion alias + write the Triton model repository
+
+``build_pipeline(kubernetes=False)`` is the pipeline run locally by ``embedforge run`` (kfp.local);
+``build_pipeline(kubernetes=True)`` adds what a cluster needs: GPU for training, resource requests, the corpus
+volume, and the LLM API key from a Kubernetes Secret (never a parameter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import dsl
+
+from embedforge.components.evaluate.component import evaluate
+from embedforge.components.export.component import export
+from embedforge.components.gate.component import gate
+from embedforge.components.ingest.component import ingest
+from embedforge.components.mine.component import mine
+from embedforge.components.promote.component import promote
+from embedforge.components.register.component import register
+from embedforge.components.sdg.component import sdg
+from embedforge.components.train.component import train
+from embedforge.components.validate.component import validate
+from embedforge.config import PipelineConfig
+
+PIPELINE_NAME = "embedforge"
+
+#: task name -> (component, its main output artifact). The CLI reads results back through this table.
+STAGES: dict[str, str] = {
+    "ingest": "chunks",
+    "sdg": "pairs",
+    "validate": "validation",
+    "mine": "mined",
+    "train": "model",
+    "evaluate": "evaluation",
+    "export": "onnx_model",
+    "register": "registry",
+    "gate": "decision",
+    "promote": "triton_repo",
+}
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Cluster-side settings applied when compiling for Kubernetes (see manifests/)."""
+
+    data_pvc: str = "embedforge-data"
+    data_mount: str = "/data"
+    llm_secret: str = "embedforge-llm"
+    llm_secret_key: str = "api-key"
+    llm_key_env: str = "NVIDIA_API_KEY"
+    mlflow_secret: str = "embedforge-mlflow"
+    gpu_resource: str = "nvidia.com/gpu"
+    train_gpus: int = 1
+
+
+def _stage_args(cfg: PipelineConfig) -> dict[str, dict]:
+    d = cfg.to_dict()
+    return {
+        "ingest_config": d["ingest"],
+        "sdg_config": d["sdg"],
+        "validate_config": d["validate"],
+        "mine_config": d["mine"],
+        "train_config": d["train"],
+        "evaluate_config": d["evaluate"],
+        "export_config": d["export"],
+        "register_config": d["register"],
+        "gate_config": d["gate"],
+        "triton_config": d["triton"],
+        "prompts": d["prompts"],
+    }
+
+
+def pipeline_arguments(cfg: PipelineConfig, corpus_path: str, pairs_file: str = "", eval_beir: str = "",
+                       tracking_uri: str = "") -> dict:
+    """The arguments ``embedforge run`` passes to the pipeline for a validated ``PipelineConfig``."""
+    return {
+        "corpus_path": corpus_path,
+        "pairs_file": pairs_file,
+        "eval_beir": eval_beir,
+        "base_model": cfg.base_model,
+        "tracking_uri": tracking_uri,
+        "params": cfg.to_dict(),
+        **_stage_args(cfg),
+    }
+
+
+def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = KubernetesSettings()):
+    """Return the ``@dsl.pipeline`` function; ``kubernetes=True`` adds cluster resources and secrets."""
+    defaults = _stage_args(PipelineConfig())
+    default_params = PipelineConfig().to_dict()
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
+    def embedforge_pipeline(
+        corpus_path: str,
+        pairs_file: str = "",
+        eval_beir: str = "",
+        base_model: str = PipelineConfig().base_model,
+        tracking_uri: str = "",
+        params: dict = default_params,
+        prompts: dict = defaults["prompts"],
+        ingest_config: dict = defaults["ingest_config"],
+        sdg_config: dict = defaults["sdg_config"],
+        validate_config: dict = defaults["validate_config"],
+        mine_config: dict = defaults["mine_config"],
+        train_config: dict = defaults["train_config"],
+        evaluate_config: dict = defaults["evaluate_config"],
+        export_config: dict = defaults["export_config"],
+        register_config: dict = defaults["register_config"],
+        gate_config: dict = defaults["gate_config"],
+        triton_config: dict = defaults["triton_config"],
+    ):
+        ingest_task = ingest(corpus_path=corpus_path, base_model=base_model, config=ingest_config)
+        chunks = ingest_task.outputs["chunks"]
+        sdg_task = sdg(chunks=chunks, pairs_file=pairs_file, base_model=base_model, config=sdg_config)
+        pairs = sdg_task.outputs["pairs"]
+        validate_task = validate(chunks=chunks, pairs=pairs, config=validate_config)
+        mine_task = mine(chunks=chunks, pairs=pairs, base_model=base_model, config=mine_config).after(validate_task)
+        train_task = train(mined=mine_task.outputs["mined"], base_model=base_model, config=train_config, prompts=prompts)
+        model = train_task.outputs["model"]
+        evaluate_task = evaluate(
+            chunks=chunks, pairs=pairs, mined=mine_task.outputs["mined"], model=model,
+            base_model=base_model, eval_beir=eval_beir, config=evaluate_config,
+        )
+        export_task = export(model=model, chunks=chunks, config=export_config)
+        register_task = register(
+            model=model, onnx_model=export_task.outputs["onnx_model"], evaluation=evaluate_task.outputs["evaluation"],
+            validation=validate_task.outputs["validation"], config=register_config, params=params,
+            tracking_uri=tracking_uri,
+        )
+        gate_task = gate(
+            evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],
+            chunks=chunks, pairs=pairs, config=gate_config, evaluate_config=evaluate_config,
+            tracking_uri=tracking_uri,
+        )
+        with dsl.If(gate_task.output == True, name="promote-if-better"):  # noqa: E712 (KFP condition syntax)
+            promote_task = promote(
+                decision=gate_task.outputs["decision"], registry=register_task.outputs["registry"],
+                onnx_model=export_task.outputs["onnx_model"], config=gate_config, triton_config=triton_config,
+                tracking_uri=tracking_uri,
+            )
+
+        if kubernetes:
+            _apply_kubernetes(k8s, ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task,
+                              export_task, register_task, gate_task, promote_task)
+
+    return embedforge_pipeline
+
+
+def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_task, mine_task, train_task,
+                      evaluate_task, export_task, register_task, gate_task, promote_task) -> None:
+    from kfp import kubernetes
+
+    # The corpus, pairs files and external BEIR folders live on a shared volume (see manifests/).
+    for task in (ingest_task, sdg_task, evaluate_task):
+        kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+    # The LLM key (sdg.generator=llm) comes from a Secret, as an env var: never a pipeline parameter.
+    kubernetes.use_secret_as_env(sdg_task, secret_name=k8s.llm_secret,
+                                 secret_key_to_env={k8s.llm_secret_key: k8s.llm_key_env}, optional=True)
+    # MLflow credentials (if the tracking server needs them) likewise.
+    for task in (register_task, gate_task, promote_task):
+        kubernetes.use_secret_as_env(
+            task, secret_name=k8s.mlflow_secret,
+            secret_key_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
+            optional=True,
+        )
+    for task in (mine_task, evaluate_task, gate_task, export_task):
+        task.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
+    train_task.set_cpu_request("8").set_memory_request("32Gi").set_memory_limit("64Gi")
+    train_task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(k8s.train_gpus)
+    for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
+        task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
+    for task in (ingest_task, sdg_task, validate_task, register_task, promote_task):
+        task.set_cpu_request("1").set_memory_request("4Gi")
+    for task in (register_task, gate_task, promote_task):
+        task.set_caching_options(False)  # they read/write the live registry
+
+
+def compile_pipeline(path: str, kubernetes: bool = True) -> str:
+    """Write the pipeline YAML (the Kubernetes variant by default) and return its path."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(kubernetes=kubernetes), package_path=path)
+    return path

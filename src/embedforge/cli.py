@@ -1,0 +1,237 @@
+"""``embedforge`` command line: ``run`` (the whole pipeline, locally through kfp.local), ``compile`` (pipeline
+YAML for Kubernetes) and one subcommand per stage to run a stage alone on artifact folders.
+
+User-fixable errors print as one red line and exit 1 (no traceback); set EMBEDFORGE_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from embedforge.config import PipelineConfig, load_config
+from embedforge.errors import EmbedforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with config sections (see README).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config field: KEY=VALUE, e.g. train.epochs=2.")]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="More KEY=VALUE overrides.", show_default=False)]
+BaseModelOpt = Annotated[Optional[str], typer.Option("--base-model", help="Base model folder or HF id (default: bundled all-MiniLM-L6-v2).")]
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except EmbedforgeError as exc:
+        if os.environ.get("EMBEDFORGE_DEBUG"):
+            raise
+        _fail(str(exc))
+
+
+def _config(config: Optional[Path], sets: Optional[list[str]], extra: Optional[list[str]], base_model: Optional[str]) -> PipelineConfig:
+    return load_config(config, [*(sets or []), *(extra or [])], base_model=base_model)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --------------------------------------------------------------------------------------------------- run
+@app.command()
+def run(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (summary.json, model/, onnx/, triton/, mlflow.db).")],
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Folder of .txt/.md/.rst/.html files or a BEIR corpus.jsonl (default: the bundled sample corpus).")] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Bring-your-own pairs JSONL: replaces generated pairs.")] = None,
+    eval_beir: Annotated[Optional[Path], typer.Option("--eval-beir", help="Also evaluate on this BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv).")] = None,
+    base_model: BaseModelOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overrides: OverridesArg = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every component's log to the terminal.")] = False,
+) -> None:
+    """Run the whole pipeline on this machine (kfp.local) and write the results to --out."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from embedforge.pipelines.pipeline import STAGES
+    from embedforge.runner import run_pipeline
+    from embedforge.sample_corpus import SAMPLE_CORPUS
+
+    cfg = _guard(lambda: _config(config, set_, overrides, base_model))
+    corpus = corpus or SAMPLE_CORPUS
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"),
+                  TimeElapsedColumn(), console=console, transient=False, disable=verbose) as progress:
+        bar = progress.add_task("starting", total=len(STAGES))
+        done: set[str] = set()
+
+        def on_event(stage: str, status: str) -> None:
+            if status == "running":
+                progress.update(bar, description=f"[cyan]{stage}[/]")
+            else:
+                done.add(stage)
+                mark = "[green]✓[/]" if status == "succeeded" else "[red]✗[/]"
+                progress.console.print(f"{mark} {stage}")
+                progress.update(bar, completed=len(done))
+
+        summary = _guard(lambda: run_pipeline(cfg, corpus, out, pairs, eval_beir, on_event=on_event, echo_logs=verbose))
+        progress.update(bar, completed=len(STAGES), description="done")
+    _print_summary(summary, out)
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    ev = summary.get("evaluation")
+    if ev:
+        table = Table(title="held-out evaluation (base -> fine-tuned)")
+        table.add_column("metric")
+        table.add_column("base", justify="right")
+        table.add_column("fine-tuned", justify="right")
+        for m in ("ndcg@10", "recall@10", "map@10", "mrr@10"):
+            if m in ev["base"]:
+                table.add_row(m, f"{ev['base'][m]:.4f}", f"{ev['finetuned'][m]:.4f}")
+        if "external" in ev:
+            for m in ("ndcg@10", "recall@10"):
+                table.add_row(f"external {m}", f"{ev['external']['base'][m]:.4f}", f"{ev['external']['finetuned'][m]:.4f}")
+        console.print(table)
+    if "registry" in summary:
+        console.print(f"registered {summary['registry']['name']} v{summary['registry']['version']}")
+    if "promotion" in summary:
+        p = summary["promotion"]
+        console.print(("[green]promoted[/]: " if p["promoted"] else "[yellow]not promoted[/]: ") + p["reason"])
+    console.print(f"summary: {out / 'summary.json'}")
+
+
+# ----------------------------------------------------------------------------------------------- compile
+@app.command("compile")
+def compile_(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pipeline YAML.")] = Path("pipelines/embedforge.yaml"),
+    local: Annotated[bool, typer.Option("--local", help="Compile the variant without Kubernetes settings.")] = False,
+) -> None:
+    """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
+    from embedforge.pipelines.pipeline import compile_pipeline
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compile_pipeline(str(output), kubernetes=not local)
+    console.print(f"wrote {output}")
+
+
+# -------------------------------------------------------------------------------- one subcommand per stage
+Dir = Annotated[Path, typer.Option(help="Artifact folder.")]
+
+
+def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Optional[list[str]], base_model: Optional[str] = None) -> None:
+    _setup_logging()
+    cfg = _guard(lambda: _config(config, sets, None, base_model))
+    result = _guard(lambda: fn(cfg))
+    payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+def ingest(corpus: Path = typer.Option(..., help="Corpus folder or corpus.jsonl."), out: Dir = ..., base_model: BaseModelOpt = None,
+           config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Chunk a corpus and split it by document."""
+    from embedforge import ingest as stage
+
+    _stage(lambda c: stage.run(corpus, out, c.ingest, base_model=c.base_model), config, set_, base_model)
+
+
+@app.command()
+def sdg(chunks: Dir = ..., out: Dir = ..., pairs: Optional[Path] = typer.Option(None, help="Bring-your-own pairs JSONL."),
+        base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Generate (or import) query/positive pairs."""
+    from embedforge import sdg as stage
+
+    _stage(lambda c: stage.run(chunks, out, c.sdg, pairs_file=str(pairs) if pairs else None, base_model=c.base_model), config, set_, base_model)
+
+
+@app.command()
+def validate(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run the Great Expectations suite over the pairs."""
+    from embedforge import validate as stage
+
+    _stage(lambda c: stage.run(chunks, pairs, out, c.validate_), config, set_)
+
+
+@app.command()
+def mine(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Mine hard negatives with FAISS."""
+    from embedforge import mine as stage
+
+    _stage(lambda c: stage.run(chunks, pairs, out, c.mine, base_model=c.base_model), config, set_, base_model)
+
+
+@app.command()
+def train(mined: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Fine-tune the bi-encoder contrastively."""
+    from embedforge import train as stage
+
+    _stage(lambda c: stage.run(mined, out, c.train, base_model=c.base_model, prompts=c.prompts), config, set_, base_model)
+
+
+@app.command()
+def evaluate(chunks: Dir = ..., pairs: Dir = ..., model: Dir = ..., out: Dir = ..., mined: Optional[Path] = typer.Option(None, help="Mine output (reuses base embeddings)."),
+             eval_beir: Optional[Path] = typer.Option(None, help="External BEIR folder."), base_model: BaseModelOpt = None,
+             config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """BEIR metrics, base vs fine-tuned."""
+    from embedforge import evaluate as stage
+
+    _stage(lambda c: stage.run(chunks, pairs, c.base_model, model, out, c.evaluate,
+                               base_embeddings_dir=str(mined) if mined else None,
+                               eval_beir=str(eval_beir) if eval_beir else None), config, set_, base_model)
+
+
+@app.command()
+def export(model: Dir = ..., chunks: Dir = ..., out: Dir = ..., config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Export to ONNX (pooling + normalisation in the graph) with a parity check."""
+    from embedforge import export as stage
+
+    _stage(lambda c: stage.run(model, chunks, out, c.export), config, set_)
+
+
+TrackingOpt = Annotated[str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI.")]
+
+
+@app.command()
+def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validation: Dir = ..., out: Dir = ...,
+             tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Log the run to MLflow and register a new model version."""
+    from embedforge import registry as stage
+
+    _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register, tracking_uri, params=c.to_dict()), config, set_)
+
+
+@app.command()
+def gate(evaluation: Dir = ..., registry: Dir = ..., chunks: Dir = ..., pairs: Dir = ..., out: Dir = ...,
+         tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Decide promotion: beats base by the margin and the current champion."""
+    from embedforge import gate as stage
+
+    _stage(lambda c: stage.run(evaluation, registry, chunks, pairs, out, c.gate, c.evaluate, tracking_uri), config, set_)
+
+
+@app.command()
+def promote(decision: Dir = ..., registry: Dir = ..., onnx: Dir = ..., out: Dir = ..., tracking_uri: TrackingOpt = "",
+            config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Set the champion alias and write the Triton model repository."""
+    from embedforge import promote as stage
+
+    _stage(lambda c: stage.run(decision, registry, onnx, out, c.gate, c.triton, tracking_uri), config, set_)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

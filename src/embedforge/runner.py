@@ -1,0 +1,251 @@
+"""Run the whole pipeline on this machine through ``kfp.local`` and collect its results into one folder.
+
+The pipeline's components run exactly as on Kubernetes, each in a subprocess of this interpreter
+(``SubprocessRunner(use_venv=False)``); their logs go to ``<out>/logs/pipeline.log``, stage progress to the
+console. Afterwards the main artifacts are copied to stable places in ``<out>`` and ``summary.json`` is written —
+also when a stage fails, so nothing already produced is lost (the KFP outputs stay under ``<out>/.kfp``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import sys
+import time
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from embedforge.config import PipelineConfig
+from embedforge.contracts import read_json, write_json
+from embedforge.errors import EmbedforgeError, InputError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([\w-]+)'")
+_END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+_ERROR = re.compile(r"^\s*((?:embedforge\.errors\.)?\w*(?:Error|Exception|Failed)): (.+)$")
+
+
+class PipelineFailed(EmbedforgeError):
+    """A stage failed; the message is the stage's own one-line error."""
+
+
+@dataclass
+class StageState:
+    status: str = "pending"
+    started: float | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class _LogTee(io.TextIOBase):
+    """Receives kfp.local's stdout: writes it to a log file and tracks stage starts/ends and error lines."""
+
+    log: Any
+    stages: dict[str, StageState]
+    on_event: Callable[[str, str], None] | None = None
+    errors: list[str] = field(default_factory=list)
+    _buf: str = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.log.write(s)
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._line(_ANSI.sub("", line))
+        return len(s)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _line(self, line: str) -> None:
+        if m := _START.search(line):
+            st = self.stages.setdefault(m.group(1), StageState())
+            st.status, st.started = "running", time.time()
+            self._emit(m.group(1), "running")
+        elif m := _END.search(line):
+            st = self.stages.setdefault(m.group(1), StageState())
+            st.status = "succeeded" if m.group(2) == "SUCCESS" else "failed"
+            if st.started is not None:
+                st.seconds = round(time.time() - st.started, 2)
+            self._emit(m.group(1), st.status)
+        elif m := _ERROR.match(line):
+            self.errors.append(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}")
+
+    def _emit(self, stage: str, status: str) -> None:
+        if self.on_event:
+            self.on_event(stage, status)
+
+
+def default_tracking_uri(out: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def check_inputs(corpus: Path, pairs: Path | None, eval_beir: Path | None) -> None:
+    """Cheap checks before any stage starts, so bad input fails in a second with a clear message."""
+    if not corpus.exists():
+        raise InputError(f"corpus {corpus} does not exist: pass --corpus with a folder of documents or a BEIR corpus.jsonl")
+    if corpus.is_dir() and not any(p.is_file() for p in corpus.rglob("*")):
+        raise InputError(f"corpus folder {corpus} is empty: add .txt/.md/.rst/.html files or a corpus.jsonl")
+    if pairs is not None and not pairs.is_file():
+        raise InputError(f"pairs file {pairs} does not exist")
+    if eval_beir is not None:
+        for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+            if not (eval_beir / name).is_file():
+                raise InputError(f"--eval-beir {eval_beir} has no {name} (expected BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    corpus: Path,
+    out: Path,
+    pairs: Path | None = None,
+    eval_beir: Path | None = None,
+    on_event: Callable[[str, str], None] | None = None,
+    echo_logs: bool = False,
+) -> dict[str, Any]:
+    """Run every stage locally; return (and write) the summary. Raises PipelineFailed after writing it."""
+    from kfp import local
+
+    from embedforge.pipelines.pipeline import STAGES, build_pipeline, pipeline_arguments
+
+    corpus, out = corpus.resolve(), out.resolve()
+    pairs = pairs.resolve() if pairs else None
+    eval_beir = eval_beir.resolve() if eval_beir else None
+    check_inputs(corpus, pairs, eval_beir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    if cfg.sdg.generator == "llm" and hasattr(cfg.sdg, "llm") and not cfg.sdg.llm.work_dir:
+        cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
+    tracking_uri = default_tracking_uri(out)
+    root = out / ".kfp"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    stages = {name: StageState() for name in STAGES}
+    started = time.time()
+    error: str | None = None
+    with (out / "logs" / "pipeline.log").open("w", encoding="utf-8") as log:
+        tee = _LogTee(log=log, stages=stages, on_event=on_event)
+        target = _Both(tee, sys.__stdout__) if echo_logs else tee
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        pipeline = build_pipeline(kubernetes=False)
+        args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
+        before = set(root.glob(f"{pipeline.name}-*")) if root.exists() else set()
+        try:
+            with redirect_stdout(target):
+                pipeline(**args)
+        except Exception as exc:  # kfp.local raises RuntimeError naming the task; the stage's own error is in the log
+            failed = [n for n, s in stages.items() if s.status in ("running", "failed")]
+            for n in failed:
+                stages[n].status = "failed"
+            detail = tee.errors[-1] if tee.errors else str(exc).splitlines()[0]
+            error = f"stage {failed[0] if failed else '?'} failed: {detail}"
+    run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
+    run_dir = run_dirs[-1] if run_dirs else None
+    summary = collect(run_dir, out, stages, cfg, corpus, pairs, eval_beir, tracking_uri, time.time() - started, error)
+    if error:
+        raise PipelineFailed(f"{error} (log: {out / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
+    return summary
+
+
+class _Both(io.TextIOBase):
+    def __init__(self, *streams: Any):
+        self.streams = streams
+
+    def write(self, s: str) -> int:
+        for st in self.streams:
+            st.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        for st in self.streams:
+            st.flush()
+
+
+def _artifact(run_dir: Path | None, stage: str, name: str) -> Path | None:
+    if run_dir is None:
+        return None
+    p = run_dir / stage / name
+    return p if p.exists() else None
+
+
+def _copy_tree(src: Path | None, dst: Path) -> None:
+    if src is None:
+        return
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg: PipelineConfig, corpus: Path,
+            pairs: Path | None, eval_beir: Path | None, tracking_uri: str, seconds: float,
+            error: str | None) -> dict[str, Any]:
+    """Copy the main artifacts to ``out`` and write ``summary.json``."""
+    from embedforge.pipelines.pipeline import STAGES
+
+    art = {stage: _artifact(run_dir, stage, name) for stage, name in STAGES.items()}
+    for stage, st in stages.items():
+        if st.status == "pending" and error is None and stage == "promote":
+            st.status = "skipped"  # the gate said no
+        if st.seconds is None and art[stage] is not None and (art[stage] / "manifest.json").is_file():
+            st.seconds = read_json(art[stage] / "manifest.json").get("seconds")
+
+    _copy_tree(art["train"], out / "model")
+    _copy_tree(art["export"], out / "onnx")
+    _copy_tree(art["promote"], out / "triton")
+    if art["promote"] is None and (out / "triton").exists() and error is None:
+        shutil.rmtree(out / "triton")  # a stale repository from an earlier run must not look promoted
+
+    counts: dict[str, Any] = {}
+    if art["ingest"] is not None:
+        c = read_json(art["ingest"] / "manifest.json")["counts"]
+        counts.update({"documents": c.get("documents"), "chunks": c.get("chunks"),
+                       "train_documents": c.get("train_documents"), "eval_documents": c.get("eval_documents")})
+    if art["sdg"] is not None:
+        c = read_json(art["sdg"] / "manifest.json")["counts"]
+        counts["pairs"] = {"train": c.get("train_pairs"), "eval": c.get("eval_pairs")}
+    if art["mine"] is not None:
+        counts["train_examples"] = read_json(art["mine"] / "manifest.json")["counts"].get("examples")
+
+    summary: dict[str, Any] = {
+        "status": "failed" if error else "succeeded",
+        "error": error,
+        "seconds": round(seconds, 1),
+        "inputs": {"corpus": str(corpus), "pairs": str(pairs) if pairs else None,
+                   "eval_beir": str(eval_beir) if eval_beir else None, "base_model": cfg.base_model},
+        "stages": {n: {"status": s.status, "seconds": s.seconds} for n, s in stages.items()},
+        "counts": counts,
+        "outputs": {"model": str(out / "model") if art["train"] else None,
+                    "onnx": str(out / "onnx" / "model.onnx") if art["export"] else None,
+                    "triton": str(out / "triton") if art["promote"] else None,
+                    "kfp_run": str(run_dir) if run_dir else None},
+    }
+    if art["sdg"] is not None:
+        extra = {k: v for k, v in read_json(art["sdg"] / "manifest.json").items() if k == "generator_stats"}
+        if extra:
+            summary["sdg"] = extra["generator_stats"]
+    if art["evaluate"] is not None:
+        ev = read_json(art["evaluate"] / "evaluation.json")
+        summary["evaluation"] = {"primary_metric": ev.get("primary_metric"), "base": ev["base"],
+                                 "finetuned": ev["finetuned"]}
+        if ev.get("external"):
+            summary["evaluation"]["external"] = {"base": ev["external"]["base"],
+                                                 "finetuned": ev["external"]["finetuned"],
+                                                 "path": ev["external"].get("path")}
+    if art["register"] is not None:
+        reg = read_json(art["register"] / "registry.json")
+        summary["registry"] = {"name": reg["model_name"], "version": reg["version"], "run_id": reg["run_id"],
+                               "tracking_uri": tracking_uri}
+    if art["gate"] is not None:
+        dec = read_json(art["gate"] / "decision.json")
+        summary["promotion"] = {"promoted": bool(dec["promote"]) and art["promote"] is not None,
+                                "reason": dec["reason"], "decision": dec}
+    write_json(out / "summary.json", summary)
+    return summary
