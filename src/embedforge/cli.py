@@ -212,7 +212,7 @@ def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validatio
     """Log the run to MLflow and register a new model version."""
     from embedforge import registry as stage
 
-    _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register, tracking_uri, params=c.to_dict()), config, set_)
+    _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register_, tracking_uri, params=c.to_dict()), config, set_)
 
 
 @app.command()

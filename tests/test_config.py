@@ -1,0 +1,51 @@
+"""Typed configuration: defaults, YAML + KEY=VALUE overrides, clear errors naming the field."""
+
+import pytest
+
+from embedforge.config import PipelineConfig, load_config, parse_overrides
+from embedforge.errors import ConfigError
+
+
+def test_defaults_match_the_issue():
+    cfg = PipelineConfig()
+    assert cfg.ingest.sentences_per_chunk == 5 and cfg.ingest.min_chunk_chars == 50
+    assert cfg.ingest.eval_fraction == 0.2
+    assert cfg.mine.num_negatives == 4 and cfg.mine.margin == 0.95
+    assert cfg.export.opset >= 17 and cfg.export.parity_min_cosine == 0.999
+    assert cfg.gate.alias == "champion" and cfg.gate.metric == "ndcg@10"
+    assert {1, 5, 10, 100} <= set(cfg.evaluate.all_k)
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n  learning_rate: 1.0e-5\nprompts:\n  query: 'q: '\n")
+    cfg = load_config(f, ["train.epochs=2", "evaluate.extra_k=[3, 20]", "prompts.document=passage: "])
+    assert cfg.train.epochs == 2 and cfg.train.learning_rate == 1e-5
+    assert cfg.prompts.query == "q: " and cfg.prompts.document == "passage: "
+    assert 3 in cfg.evaluate.all_k and 20 in cfg.evaluate.all_k
+
+
+def test_override_strings_keep_spaces():
+    assert parse_overrides(["prompts.query=query: "]) == {"prompts": {"query": "query: "}}
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("train.epochs=-1", "train.epochs"), ("trian.epochs=1", "trian"), ("mine.margin=2", "mine.margin"),
+     ("gate.metric=ndcg@7", "gate.metric")],
+)
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert field.split(".")[0] in str(err.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["train.epochs"])

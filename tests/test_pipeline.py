@@ -1,0 +1,166 @@
+"""The pipeline as a whole: compiled YAML for Kubernetes, and `embedforge run` end to end through kfp.local.
+
+The end-to-end test runs the real CLI in a subprocess (real model, real FAISS, real MLflow sqlite store, real
+ONNX export and Triton config validation) on the tiny corpus, then runs it again into the same folder to exercise
+the champion comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+FAST = [
+    "train.epochs=1", "train.batch_size=16", "evaluate.k_values=[1,5,10]", "export.parity_samples=16",
+    "validate.min_train_pairs=5", "validate.min_eval_pairs=2",
+]
+
+
+def _cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    e.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "embedforge.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=e, timeout=1500)
+
+
+# ------------------------------------------------------------------------------------------------ compile
+def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
+    out = tmp_path / "embedforge.yaml"
+    r = _cli("compile", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    docs = list(yaml.safe_load_all(out.read_text()))
+    spec, platform = docs[0], docs[1]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"ingest", "sdg", "validate", "mine", "train", "evaluate", "export", "register", "gate"} <= set(tasks)
+    cond = next(t for n, t in tasks.items() if n.startswith("condition"))
+    assert "gate" in json.dumps(cond["triggerPolicy"]) and "true" in cond["triggerPolicy"]["condition"].lower()
+    train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train_exec["resources"]["accelerator"]["resourceCount"] == "1"
+    execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    sdg_secret = execs["exec-sdg"]["secretAsEnv"][0]
+    assert sdg_secret["secretName"] == "embedforge-llm"
+    assert sdg_secret["keyToEnv"][0]["envVar"] == "NVIDIA_API_KEY"
+    text = out.read_text()
+    assert "api_key\":" not in text.lower().replace(" ", "") and "REPLACE_ME" not in text
+
+
+def test_compile_does_not_leak_a_key_from_the_environment(tmp_path):
+    out = tmp_path / "p.yaml"
+    r = _cli("compile", "--output", str(out), env={"NVIDIA_API_KEY": "nvapi-SECRET-123", "OPENAI_API_KEY": "sk-SECRET-456"})
+    assert r.returncode == 0, r.stderr
+    assert "SECRET" not in out.read_text()
+
+
+def test_manifests_render_with_kustomize():
+    import shutil
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl not installed")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["kubectl", "kustomize", str(repo / "manifests" / "overlays" / "default")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(r.stdout) if d]
+    assert ("Deployment", "triton") in kinds and ("Deployment", "mlflow") in kinds
+    assert ("Secret", "embedforge-llm") in kinds and ("PersistentVolumeClaim", "embedforge-data") in kinds
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_missing_corpus_is_one_clear_line(tmp_path):
+    r = _cli("run", "--corpus", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1
+    assert "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_empty_corpus_is_one_clear_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = _cli("run", "--corpus", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_override_names_the_field(tmp_path, tiny_corpus):
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "o"), "--set", "train.epochs=zero")
+    assert r.returncode == 1 and "train.epochs" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_malformed_pairs_line_names_file_and_line(tmp_path, tiny_corpus):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "what does assert do", "positive_ids": ["assert.rst"]}\n{"query": oops}\n')
+    out = tmp_path / "o"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--pairs", str(pairs), "--out", str(out), *FAST)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{pairs}:2" in r.stderr and "Traceback" not in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["stages"]["ingest"]["status"] == "succeeded" and summary["stages"]["sdg"]["status"] == "failed"
+    assert (Path(summary["outputs"]["kfp_run"]) / "ingest" / "chunks" / "chunks.jsonl").is_file()  # nothing lost
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory, tiny_corpus):
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out), *FAST)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r
+
+
+def test_run_writes_every_output(e2e_run):
+    out, _ = e2e_run
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "succeeded"
+    for stage in ("ingest", "sdg", "validate", "mine", "train", "evaluate", "export", "register", "gate"):
+        assert s["stages"][stage]["status"] == "succeeded", stage
+        assert s["stages"][stage]["seconds"] > 0
+    c = s["counts"]
+    assert c["documents"] == 16 and c["chunks"] >= 16
+    assert c["pairs"]["train"] > 0 and c["pairs"]["eval"] > 0
+    for side in ("base", "finetuned"):
+        assert 0.0 <= s["evaluation"][side]["ndcg@10"] <= 1.0 and "recall@10" in s["evaluation"][side]
+    assert s["registry"]["name"] == "embedforge-embedder" and int(s["registry"]["version"]) == 1
+    assert isinstance(s["promotion"]["promoted"], bool) and s["promotion"]["reason"]
+    assert (out / "onnx" / "model.onnx").is_file() and (out / "mlflow.db").is_file()
+
+
+def test_model_folder_loads_with_prompts(e2e_run):
+    from sentence_transformers import SentenceTransformer
+
+    out, _ = e2e_run
+    model = SentenceTransformer(str(out / "model"), device="cpu")
+    assert set(model.prompts) >= {"query", "document"}
+    emb = model.encode(["what does the assert statement do"], prompt_name="query", normalize_embeddings=True)
+    assert emb.shape == (1, 384)
+
+
+def test_promotion_writes_a_valid_triton_repository(e2e_run):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    out, _ = e2e_run
+    s = json.loads((out / "summary.json").read_text())
+    if not s["promotion"]["promoted"]:
+        assert s["stages"]["promote"]["status"] == "skipped" and not (out / "triton").exists()
+        pytest.skip(f"gate did not promote: {s['promotion']['reason']}")
+    configs = list((out / "triton").rglob("config.pbtxt"))
+    assert len(configs) == 1
+    cfg = text_format.Parse(configs[0].read_text(), model_config_pb2.ModelConfig())
+    assert [i.name for i in cfg.input] == ["input_ids", "attention_mask"]
+    assert (configs[0].parent / str(s["registry"]["version"]) / "model.onnx").is_file()
+
+
+def test_second_run_registers_v2_and_compares_with_champion(e2e_run, tiny_corpus):
+    out, _ = e2e_run
+    first = json.loads((out / "summary.json").read_text())
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out), *FAST)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert int(s["registry"]["version"]) == 2
+    if first["promotion"]["promoted"]:
+        # same data, same seed: the challenger cannot *beat* the champion, so it must not be promoted
+        assert s["promotion"]["decision"]["champion_value"] is not None
+        assert s["promotion"]["promoted"] is False and "champion" in s["promotion"]["reason"]
