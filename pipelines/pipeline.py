@@ -18,7 +18,6 @@ Steps (one KFP component each, see ``components/<stage>/``):
 volume, and the LLM API key from a Kubernetes Secret (never a parameter).
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 
@@ -146,7 +145,7 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
             chunks=chunks, pairs=pairs, config=gate_config, evaluate_config=evaluate_config,
             tracking_uri=tracking_uri,
         )
-        with dsl.If(gate_task.output == True, name="promote-if-better"):  # noqa: E712 (KFP condition syntax)
+        with dsl.If(gate_task.outputs["Output"] == True, name="promote-if-better"):  # noqa: E712 (KFP condition syntax)
             promote_task = promote(
                 decision=gate_task.outputs["decision"], registry=register_task.outputs["registry"],
                 onnx_model=export_task.outputs["onnx_model"], config=gate_config, triton_config=triton_config,

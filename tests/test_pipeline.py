@@ -41,7 +41,8 @@ def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
     cond = next(t for n, t in tasks.items() if n.startswith("condition"))
     assert "gate" in json.dumps(cond["triggerPolicy"]) and "true" in cond["triggerPolicy"]["condition"].lower()
     train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
-    assert train_exec["resources"]["accelerator"]["resourceCount"] == "1"
+    assert train_exec["resources"]["accelerator"]["count"] == "1"
+    assert train_exec["resources"]["accelerator"]["type"] == "nvidia.com/gpu"
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     sdg_secret = execs["exec-sdg"]["secretAsEnv"][0]
     assert sdg_secret["secretName"] == "embedforge-llm"
