@@ -71,10 +71,15 @@ _SENTENCE_START = re.compile(r"[A-Z0-9\"'“‘(\[*_`]")
 _BULLET = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s+\S")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _CODE_LINE = re.compile(
-    r"(::=|>>>|^\s*\$ |[{};]\s*$|^\s*(?:def|class|import|from|return|if|elif|for|while|try|except|with)\b[^.]*:\s*$"
-    r"|^\s*[#/]{1,2}\s*\w+\s*=|\w+\([^)]*\)\s*$|^\s*[A-Za-z_][\w.\[\]]*\s*[-+*/]?=\s*\S)"
+    r"::=|^\s*>>>|^\s*\$ |\{\s*$|^\s*}"
+    r"|^\s*(?:def|class|if|elif|else|for|while|try|except\*?|finally|with|async|match|case)\b[^.]*:\s*$"
+    r"|^\s*(?:import\s+[\w.]+\s*$|from\s+[\w.]+\s+import\b)"
+    r"|^\s*[A-Za-z_][\w.\[\]]*\s*(?:[-+*/%&|^]|//|\*\*|<<|>>)?=\s*[^=\s]"
+    r"|^\s*[A-Za-z_][\w.]*\(.*\)\s*$"
 )
-_SYMBOLS = set("=<>{}[]()|;\\/_*&^%$#@~`+")
+# weaker signs, trusted only for indented blocks (which in rst/markdown are usually code already)
+_CODE_LINE_WEAK = re.compile(r"^\s*(?:\.\.\.\s|return\b|raise\b|yield\b|print\b|pass\s*$|#)|;\s*$")
+_SYMBOLS = set("=<>{}[]()|;\\/&^%$#@~+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
 
 
@@ -94,6 +99,9 @@ def looks_like_code(line: str) -> bool:
     return len(s) >= 4 and symbols / len(s) > 0.15
 
 
+_CONTINUATION = frozenset("a an the to of and or but is are as by with for in on from at into than that which".split())
+
+
 def _is_heading_line(line: str) -> bool:
     s = line.strip()
     words = s.split()
@@ -101,6 +109,8 @@ def _is_heading_line(line: str) -> bool:
         0 < len(words) <= 12
         and len(s) <= 100
         and s[-1] not in ".!?,;:"
+        and "," not in s
+        and words[-1].lower() not in _CONTINUATION
         and bool(_WORD.search(s))
         and not looks_like_code(s)
         and not _BULLET.match(s)
@@ -223,14 +233,17 @@ def split_segments(text: str) -> list[Segment]:
             while j < n and (not lines[j].strip() or _indent(lines[j]) >= 2):
                 block.append(lines[j])
                 j += 1
+            trailing_blank = False
             while block and not block[-1].strip():
                 block.pop()
+                trailing_blank = True
             content = [ln for ln in block if ln.strip()]
             joined = " ".join(ln.strip() for ln in content)
-            prose_like = (
-                not any(looks_like_code(ln) for ln in content)
-                and joined[-1:] in ".!?:"
-                and len(_WORD.findall(joined)) >= 6
+            # an indented first line of a normal paragraph: the next line follows without a blank line
+            continues = not trailing_blank and j < n and bool(lines[j].strip())
+            code_lines = sum(1 for ln in content if looks_like_code(ln) or _CODE_LINE_WEAK.search(ln))
+            prose_like = code_lines < max(1, 0.3 * len(content)) and (
+                continues or (joined[-1:] in ".!?:" and len(_WORD.findall(joined)) >= 6)
             )
             if prose_like:
                 for ln in block:
@@ -238,7 +251,8 @@ def split_segments(text: str) -> list[Segment]:
                         prose.append(ln.strip())
                     else:
                         flush_prose()
-                flush_prose()
+                if not continues:
+                    flush_prose()
             else:
                 segs.append(Segment("\n".join(ln.rstrip() for ln in block), "code", para))
                 para += 1
@@ -288,8 +302,8 @@ def _rst_normalise(raw: str) -> tuple[str, str]:
         if _RST_UNDERLINE.match(line) and i + 2 < len(lines) and lines[i + 1].strip() and _RST_UNDERLINE.match(lines[i + 2]):
             heading = lines[i + 1].strip()  # overlined + underlined title
             i += 3
-        elif line.strip() and _indent(line) == 0 and _RST_UNDERLINE.match(nxt) and len(nxt.strip()) >= max(3, len(line.strip()) // 2) \
-                and not _RST_UNDERLINE.match(line):
+        elif (line.strip() and _indent(line) == 0 and not _RST_UNDERLINE.match(line)
+              and _RST_UNDERLINE.match(nxt) and len(nxt.strip()) >= max(3, len(line.strip()) // 2)):
             heading = line.strip()
             i += 2
         else:
@@ -516,6 +530,7 @@ class Chunker:
     def __init__(self, cfg: IngestConfig, tokenizer: "PreTrainedTokenizerBase"):
         self.cfg = cfg
         self.tok = tokenizer
+        self.tok.model_max_length = 1 << 30  # we count tokens of long texts on purpose; silence the length warning
         self.budget = max(8, cfg.max_chunk_tokens - tokenizer.num_special_tokens_to_add())
 
     def _count(self, texts: list[str]) -> list[int]:
@@ -528,13 +543,36 @@ class Chunker:
         enc = self.tok(seg.text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
         pieces: list[Segment] = []
-        for k in range(0, len(offsets), self.budget):
-            window = offsets[k:k + self.budget]
-            begin = window[0][0]
-            end = offsets[k + self.budget][0] if k + self.budget < len(offsets) else len(seg.text)
-            piece = seg.text[begin:end].strip()
+        k = 0
+        while k < len(offsets):
+            cut = k + self.budget
+            if cut < len(offsets):
+                # prefer cutting before a token that starts a line (code) or a word (prose), so lines/words stay whole
+                def boundary(j: int) -> bool:
+                    gap = seg.text[offsets[j - 1][1]:offsets[j][0]]
+                    return "\n" in gap if seg.kind == "code" else bool(gap)
+
+                j = cut
+                while j > k + 1 and not boundary(j):
+                    j -= 1
+                if j == k + 1 and seg.kind == "code":  # no line break in the window: fall back to a word start
+                    j = cut
+                    while j > k + 1 and not seg.text[offsets[j - 1][1]:offsets[j][0]]:
+                        j -= 1
+                cut = j if j > k + 1 else cut
+            end = offsets[cut][0] if cut < len(offsets) else len(seg.text)
+            start = offsets[k][0]
+            if seg.kind == "code":
+                # keep the indentation of the line the piece starts on: a re-split chunk must still see code
+                line_start = seg.text.rfind("\n", 0, start) + 1
+                if not seg.text[line_start:start].strip():
+                    start = line_start
+                piece = seg.text[start:end].rstrip()
+            else:
+                piece = seg.text[start:end].strip()
             if piece:
                 pieces.append(Segment(piece, seg.kind, seg.para))
+            k = cut
         for p, c in zip(pieces, self._count([p.text for p in pieces])):
             p.tokens = c
         return pieces
@@ -639,7 +677,8 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
 
     Returns:
         The manifest; counts: documents, chunks, train_documents, eval_documents, train_chunks, eval_chunks,
-        duplicate_chunks_dropped, skipped_files, empty_documents, short_documents.
+        duplicate_chunks_dropped, skipped_files, empty_documents, short_documents, duplicate_documents (every
+        chunk a duplicate of an earlier document's, so the document is absent from the output).
 
     Raises:
         InputError: missing/empty corpus, unreadable file, malformed corpus line, all documents empty.
@@ -681,6 +720,7 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / CHUNKS_FILE, chunks)
     doc_splits = {c.doc_id: c.split for c in chunks}
+    fully_duplicate = len(per_doc) - len(doc_splits)
     counts = {
         "documents": len(doc_splits),
         "chunks": len(chunks),
@@ -692,6 +732,7 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
         "skipped_files": skipped,
         "empty_documents": empty,
         "short_documents": short,
+        "duplicate_documents": fully_duplicate,
     }
     log.info("ingest: %s", counts)
     return timer.write_manifest(out, counts=counts, inputs={"corpus": str(corpus)}, config=cfg,

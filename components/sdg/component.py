@@ -1,0 +1,33 @@
+"""KFP component: synthetic (or bring-your-own) query/positive pairs from the ingested chunks."""
+
+from kfp import dsl
+
+from embedforge.components._common import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def sdg(
+    chunks: dsl.Input[dsl.Dataset],
+    pairs_file: str,
+    base_model: str,
+    config: dict,
+    pairs: dsl.Output[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Generate train/eval pairs per split, or resolve a user's pairs file against the chunks.
+
+    Args:
+        chunks: Ingest output folder (``chunks.jsonl``).
+        pairs_file: Path of a bring-your-own pairs JSONL readable by the step; "" generates pairs instead.
+        base_model: Model folder or id of the pipeline (the LLM generator uses it for semantic de-duplication).
+        config: ``SdgConfig`` fields (generator, queries_per_chunk, title_queries, ict_remove_prob, max_pairs, llm ...).
+        pairs: Output folder: ``pairs.jsonl`` + ``manifest.json``.
+        metrics: Pair counts per split and source, and generator statistics.
+    """
+    from embedforge import sdg as stage
+    from embedforge.config import SdgConfig
+
+    manifest = stage.run(chunks.path, pairs.path, SdgConfig.model_validate(config),
+                         pairs_file=pairs_file or None, base_model=base_model)
+    for name, value in manifest.counts.items():
+        metrics.log_metric(name, value)

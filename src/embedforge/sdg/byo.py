@@ -1,0 +1,313 @@
+"""Bring-your-own pairs: read a user's JSONL of queries and positives and resolve them against the chunks.
+
+One JSON object a line::
+
+    {"query": "how do I ...", "positive_ids": ["guide/install.md", "faq.md"]}          # document ids
+    {"query": "what is ...", "positives": ["a passage copied from a document"], "negatives": ["..."], "query_id": "q7"}
+
+* ``positive_ids`` are DOCUMENT ids (the ``doc_id`` ingest gave them: BEIR ``_id`` or the file path relative to
+  the corpus folder) -> ``relevance="document"``.
+* ``positives`` are texts, resolved in this order: equal (whitespace-normalised) to a chunk -> that chunk
+  (``relevance="chunk"``); equal to a whole document -> that document; contained in a chunk -> the first such
+  chunk in corpus order; contained in a document (e.g. across a chunk boundary) -> that document. Substring
+  matching needs at least :data:`MIN_SUBSTRING_CHARS` characters. When any positive of a pair resolves to a
+  document, the pair is document-level (its chunk positives contribute their documents).
+* Positives that do not resolve (unknown ids, texts not found) are kept in ``meta.unresolved`` and the pair is
+  kept, so the validate stage fails naming the rows.
+* Split (``SdgConfig.byo_split``): ``majority`` (default) — a pair whose positive documents lie in both splits goes
+  to the split holding most of them (ties: train) and keeps only that split's positives (the others are listed in
+  ``meta.dropped_<split>_positives``), so no document crosses splits and no query is duplicated; ``any_eval`` — a
+  pair belongs to ``eval`` when any of its positive documents is an eval document, else ``train``;
+  ``train_positives`` — a pair with at least one train-document
+  positive is a ``train`` pair keeping only those positives (the eval ones are listed in
+  ``meta.dropped_eval_positives``), the others are ``eval`` pairs. Both never put an eval document into a train
+  pair; ``train_positives`` keeps far more training pairs when queries have many positives (BEIR qrels).
+
+Malformed lines raise :class:`~embedforge.errors.InputError` ``FILE:LINE: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from embedforge.contracts import Chunk, Pair, iter_jsonl, write_jsonl
+from embedforge.errors import InputError
+from embedforge.ingest import normalize_ws
+
+log = logging.getLogger(__name__)
+
+SOURCE_BYO = "byo"
+MIN_SUBSTRING_CHARS = 20
+ALLOWED_KEYS = {"query", "query_id", "positive_ids", "positives", "negatives"}
+
+
+class CorpusIndex:
+    """Lookup of chunk/document texts and ids for resolving user positives.
+
+    Args:
+        chunks: All chunks (both splits), in corpus order.
+    """
+
+    def __init__(self, chunks: list[Chunk]):
+        self.chunks = chunks
+        self.chunk_by_id = {c.chunk_id: c for c in chunks}
+        self.doc_split: dict[str, str] = {}
+        by_doc: OrderedDict[str, list[Chunk]] = OrderedDict()
+        for c in chunks:
+            self.doc_split.setdefault(c.doc_id, c.split)
+            by_doc.setdefault(c.doc_id, []).append(c)
+        self.chunk_by_text: dict[str, str] = {}
+        for c in chunks:
+            self.chunk_by_text.setdefault(normalize_ws(c.text), c.chunk_id)
+        self.doc_ids = list(by_doc)
+        doc_texts = [normalize_ws(" ".join(c.text for c in sorted(cs, key=lambda c: c.position))) for cs in by_doc.values()]
+        self.doc_by_text: dict[str, str] = {}
+        for d, t in zip(self.doc_ids, doc_texts):
+            self.doc_by_text.setdefault(t, d)
+        self._chunk_blob, self._chunk_starts = self._blob([normalize_ws(c.text) for c in chunks])
+        self._doc_blob, self._doc_starts = self._blob(doc_texts)
+
+    @staticmethod
+    def _blob(texts: list[str]) -> tuple[str, list[int]]:
+        starts, pos = [], 0
+        for t in texts:
+            starts.append(pos)
+            pos += len(t) + 1
+        return "\x00".join(texts), starts
+
+    @staticmethod
+    def _find(blob: str, starts: list[int], needle: str) -> int | None:
+        at = blob.find(needle)
+        return None if at < 0 else bisect.bisect_right(starts, at) - 1
+
+    def resolve_text(self, text: str) -> tuple[str, str, str] | None:
+        """``(level, id, method)`` for a positive text, or None.
+
+        Args:
+            text: A positive passage as the user wrote it.
+
+        Returns:
+            level "chunk"|"document", the chunk or document id, and the method (exact_chunk, exact_document,
+            substring_chunk, substring_document).
+        """
+        key = normalize_ws(text)
+        if not key:
+            return None
+        if key in self.chunk_by_text:
+            return "chunk", self.chunk_by_text[key], "exact_chunk"
+        if key in self.doc_by_text:
+            return "document", self.doc_by_text[key], "exact_document"
+        if len(key) < MIN_SUBSTRING_CHARS or "\x00" in key:
+            return None
+        i = self._find(self._chunk_blob, self._chunk_starts, key)
+        if i is not None:
+            return "chunk", self.chunks[i].chunk_id, "substring_chunk"
+        i = self._find(self._doc_blob, self._doc_starts, key)
+        if i is not None:
+            return "document", self.doc_ids[i], "substring_document"
+        return None
+
+
+def _str_list(value: Any, field: str, where: str, allow_int: bool = False) -> list[str]:
+    ok_types = (str, int) if allow_int else (str,)
+    if not isinstance(value, list) or not all(isinstance(v, ok_types) and not isinstance(v, bool) for v in value):
+        kind = "strings or integers" if allow_int else "strings"
+        raise InputError(f"{where}: \"{field}\" must be a list of {kind}, got {value!r:.80}")
+    return [str(v) for v in value]
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def load_pairs(
+    pairs_file: str | Path, chunks: list[Chunk], split_policy: str = "majority"
+) -> tuple[list[Pair], dict[str, int]]:
+    """Read and resolve a bring-your-own pairs file.
+
+    Args:
+        pairs_file: JSONL file (see the module docstring for the format).
+        chunks: All chunks of the corpus (both splits).
+        split_policy: ``majority``, ``any_eval`` or ``train_positives`` (see the module docstring).
+
+    Returns:
+        (pairs in file order, counters: lines, resolved_*, unresolved_positives, pairs_with_unresolved).
+
+    Raises:
+        InputError: missing file, bad JSON, missing/empty query, wrong types, both or neither of
+            ``positive_ids``/``positives``, duplicate ``query_id``, no pairs at all.
+    """
+    path = Path(pairs_file)
+    if not path.is_file():
+        raise InputError(f"pairs file {path} does not exist; pass a JSONL file of "
+                         f"{{\"query\", \"positive_ids\"|\"positives\"}} objects")
+    if split_policy not in ("majority", "any_eval", "train_positives"):
+        raise ValueError(f"split_policy must be 'majority', 'any_eval' or 'train_positives', got {split_policy!r}")
+    index = CorpusIndex(chunks)
+    stats: dict[str, int] = {"lines": 0, "unresolved_positives": 0, "pairs_with_unresolved": 0,
+                             "eval_positives_dropped_from_train_pairs": 0}
+    pairs: list[Pair] = []
+    ids_seen: dict[str, int] = {}
+    for n, obj in iter_jsonl(path):
+        where = f"{path}:{n}"
+        stats["lines"] += 1
+        unknown = sorted(set(obj) - ALLOWED_KEYS)
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(ALLOWED_KEYS)}")
+        query = obj.get("query")
+        if not isinstance(query, str):
+            raise InputError(f"{where}: \"query\" must be a string, got {'nothing' if query is None else type(query).__name__}")
+        has_ids, has_texts = "positive_ids" in obj, "positives" in obj
+        if has_ids == has_texts:
+            raise InputError(f"{where}: give exactly one of \"positive_ids\" (document ids) or \"positives\" (texts), "
+                             f"got {'both' if has_ids else 'neither'}")
+        qid = obj.get("query_id", f"byo:{n}")
+        if not isinstance(qid, (str, int)) or isinstance(qid, bool) or not str(qid).strip():
+            raise InputError(f"{where}: \"query_id\" must be a non-empty string or integer")
+        qid = str(qid)
+        if qid in ids_seen:
+            raise InputError(f"{where}: duplicate query_id {qid!r} (first on line {ids_seen[qid]})")
+        ids_seen[qid] = n
+        negatives = _str_list(obj.get("negatives", []), "negatives", where)
+
+        chunk_ids: list[str] = []
+        doc_ids: list[str] = []
+        unresolved: list[str] = []
+        methods: list[str] = []
+        doc_level = False
+        if has_ids:
+            doc_level = True
+            for d in _str_list(obj["positive_ids"], "positive_ids", where, allow_int=True):
+                if d in index.doc_split:
+                    doc_ids.append(d)
+                    methods.append("document_id")
+                else:
+                    unresolved.append(d)
+        else:
+            for text in _str_list(obj["positives"], "positives", where):
+                hit = index.resolve_text(text)
+                if hit is None:
+                    unresolved.append(text)
+                    continue
+                level, rid, method = hit
+                methods.append(method)
+                if level == "chunk":
+                    chunk_ids.append(rid)
+                    doc_ids.append(index.chunk_by_id[rid].doc_id)
+                else:
+                    doc_level = True
+                    doc_ids.append(rid)
+        doc_ids = _unique(doc_ids)
+        if doc_level:
+            chunk_ids = []
+        for m in methods:
+            stats[f"resolved_{m}"] = stats.get(f"resolved_{m}", 0) + 1
+        meta: dict[str, Any] = {"file": path.name, "line": n, "resolved_by": methods}
+        if unresolved:
+            meta["unresolved"] = unresolved
+            stats["unresolved_positives"] += len(unresolved)
+            stats["pairs_with_unresolved"] += 1
+        eval_docs = [d for d in doc_ids if index.doc_split[d] == "eval"]
+        train_docs = [d for d in doc_ids if d not in eval_docs]
+        if split_policy == "any_eval" or not (eval_docs and train_docs):
+            split = "eval" if eval_docs else "train"
+        else:  # mixed positives: keep the pair on one side, drop the other side's positives (no document crosses)
+            to_train = split_policy == "train_positives" or len(train_docs) >= len(eval_docs)
+            split = "train" if to_train else "eval"
+            dropped = eval_docs if to_train else train_docs
+            meta[f"dropped_{'eval' if to_train else 'train'}_positives"] = dropped
+            stats[f"{'eval' if to_train else 'train'}_positives_dropped_from_{split}_pairs"] = (
+                stats.get(f"{'eval' if to_train else 'train'}_positives_dropped_from_{split}_pairs", 0) + len(dropped))
+            doc_ids = [d for d in doc_ids if d not in dropped]
+            chunk_ids = [c for c in chunk_ids if index.chunk_by_id[c].doc_id not in dropped]
+        pairs.append(Pair(
+            query_id=qid,
+            query=query,
+            positive_chunk_ids=_unique(chunk_ids),
+            positive_doc_ids=doc_ids,
+            relevance="document" if doc_level else "chunk",
+            split=split,
+            negatives=negatives,
+            source=SOURCE_BYO,
+            meta=meta,
+        ))
+    if not pairs:
+        raise InputError(f"pairs file {path} holds no pairs; each line must be a JSON object with \"query\" and positives")
+    if stats["unresolved_positives"]:
+        log.warning("%s: %d positives of %d pairs did not resolve to the corpus (validate will name them)",
+                    path, stats["unresolved_positives"], stats["pairs_with_unresolved"])
+    return pairs, stats
+
+
+# ----------------------------------------------------------------------------------------- BEIR qrels helper
+def pairs_from_beir_qrels(beir_dir: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    """Build bring-your-own pair rows from a BEIR collection's judgements.
+
+    Args:
+        beir_dir: Folder with ``queries.jsonl`` and ``qrels/<split>.tsv`` (``query-id corpus-id score``).
+        split: Which qrels file to read (``train``, ``dev``, ``test`` ...).
+
+    Returns:
+        ``{"query_id", "query", "positive_ids"}`` dicts, one per judged query with at least one positive
+        (score > 0), in order of first appearance in the qrels file.
+
+    Raises:
+        InputError: missing files or a malformed qrels line.
+    """
+    root = Path(beir_dir)
+    qpath, rpath = root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
+    for p in (qpath, rpath):
+        if not p.is_file():
+            raise InputError(f"{p} does not exist; {root} must be a BEIR folder with queries.jsonl and qrels/{split}.tsv")
+    queries: dict[str, str] = {}
+    for n, obj in iter_jsonl(qpath):
+        if "_id" not in obj or not isinstance(obj.get("text"), str):
+            raise InputError(f"{qpath}:{n}: each line needs \"_id\" and a string \"text\"")
+        queries[str(obj["_id"])] = obj["text"]
+    positives: OrderedDict[str, list[str]] = OrderedDict()
+    with rpath.open(encoding="utf-8", newline="") as fh:
+        for n, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
+            if not row or (n == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}):
+                continue
+            if len(row) < 3:
+                raise InputError(f"{rpath}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
+            try:
+                score = float(row[2])
+            except ValueError:
+                raise InputError(f"{rpath}:{n}: score {row[2]!r} is not a number") from None
+            qid, did = row[0].strip(), row[1].strip()
+            if score > 0:
+                positives.setdefault(qid, [])
+                if did not in positives[qid]:
+                    positives[qid].append(did)
+    missing = [q for q in positives if q not in queries]
+    if missing:
+        log.warning("%s: %d judged queries are missing from %s and were skipped (e.g. %s)",
+                    rpath, len(missing), qpath, missing[:3])
+    return [{"query_id": q, "query": queries[q], "positive_ids": ids} for q, ids in positives.items() if q in queries]
+
+
+def write_pairs_file(rows: list[dict[str, Any]], path: str | Path) -> int:
+    """Write pair rows (e.g. from :func:`pairs_from_beir_qrels`) as JSONL; returns the number of lines."""
+    return write_jsonl(path, rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m embedforge.sdg.byo BEIR_DIR OUT.jsonl [--split train]``: a pairs file from BEIR qrels."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("beir_dir")
+    ap.add_argument("out")
+    ap.add_argument("--split", default="train")
+    args = ap.parse_args(argv)
+    n = write_pairs_file(pairs_from_beir_qrels(args.beir_dir, args.split), args.out)
+    print(f"wrote {n} pairs to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

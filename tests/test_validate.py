@@ -1,0 +1,133 @@
+"""Validate (Great Expectations) on real sdg output, and on crafted bad pairs that must fail with named rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedforge import validate
+from embedforge.config import ValidateConfig
+from embedforge.contracts import MANIFEST, PAIRS_FILE, VALIDATION_FILE, Pair, read_chunks, read_json, read_manifest, write_jsonl
+from embedforge.errors import ValidationFailed
+
+CHECKS = ["query_not_null", "query_length", "unique_query_ids", "unique_queries_per_split", "has_positive",
+          "positives_resolve", "no_eval_positive_in_train", "min_train_pairs", "min_eval_pairs"]
+
+
+@pytest.fixture(scope="module")
+def validation_dir(tmp_path_factory, chunks_dir, pairs_dir) -> Path:
+    out = tmp_path_factory.mktemp("validation")
+    validate.run(chunks_dir, pairs_dir, out, ValidateConfig())
+    return out
+
+
+def test_real_sdg_output_passes(validation_dir, pairs_dir):
+    summary = read_json(validation_dir / VALIDATION_FILE)
+    assert summary["success"] is True
+    assert [r["check"] for r in summary["results"]] == CHECKS
+    assert all(r["success"] and r["unexpected_count"] == 0 for r in summary["results"])
+    assert {r["expectation"] for r in summary["results"]} >= {
+        "expect_column_values_to_not_be_null", "expect_column_value_lengths_to_be_between",
+        "expect_compound_columns_to_be_unique", "expect_column_values_to_be_in_set", "expect_table_row_count_to_be_between"}
+    m = read_manifest(validation_dir)
+    pm = read_manifest(pairs_dir)
+    assert m.stage == "validate" and m.counts["success"] == 1 and m.counts["failed_expectations"] == 0
+    assert (m.counts["train_pairs"], m.counts["eval_pairs"]) == (pm.counts["train_pairs"], pm.counts["eval_pairs"])
+    assert m.input_sha256["pairs"]  # upstream manifests are fingerprinted
+
+
+def _bad_pairs(chunks_dir, pairs_dir, out: Path) -> Path:
+    """Real pairs plus one bad row per check (and a duplicate-in-the-other-split row that is allowed)."""
+    chunks = read_chunks(chunks_dir)
+    train = next(c for c in chunks if c.split == "train")
+    ev = next(c for c in chunks if c.split == "eval")
+    good = [p for p in validate.read_pairs(pairs_dir) if p.split == "train"][:12]
+    dup_query = good[0].query
+    bad = [
+        Pair(query_id="empty-q", query="", positive_chunk_ids=[train.chunk_id], split="train"),
+        Pair(query_id="dup-q", query="  " + dup_query.upper() + " ", positive_chunk_ids=[train.chunk_id], split="train"),
+        Pair(query_id="other-split-same-query", query=dup_query, positive_chunk_ids=[ev.chunk_id], split="eval"),
+        Pair(query_id="no-positive", query="what is missing here", split="train"),
+        Pair(query_id="unresolved", query="where did my passage go", relevance="document", split="train",
+             meta={"unresolved": ["a passage that is nowhere"]}),
+        Pair(query_id="ghost-chunk", query="which chunk is this", positive_chunk_ids=["ghost.rst#0"], split="train"),
+        Pair(query_id="leak", query="an eval document in a train pair", positive_chunk_ids=[ev.chunk_id],
+             positive_doc_ids=[ev.doc_id], split="train"),
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / PAIRS_FILE, good + bad)
+    return out
+
+
+def test_bad_pairs_fail_with_named_checks_and_rows(chunks_dir, pairs_dir, tmp_path):
+    pairs = _bad_pairs(chunks_dir, pairs_dir, tmp_path / "pairs")
+    out = tmp_path / "validation"
+    with pytest.raises(ValidationFailed) as e:
+        validate.run(chunks_dir, pairs, out, ValidateConfig(min_train_pairs=50, min_eval_pairs=3))
+    msg = str(e.value)
+
+    # written before raising
+    summary = read_json(out / VALIDATION_FILE)
+    assert (out / MANIFEST).is_file() and read_manifest(out).counts["success"] == 0
+    assert str(out / VALIDATION_FILE) in msg
+    failed = {r["check"]: r for r in summary["results"] if not r["success"]}
+    assert set(failed) == {"query_length", "unique_queries_per_split", "has_positive", "positives_resolve",
+                           "no_eval_positive_in_train", "min_train_pairs", "min_eval_pairs"}
+
+    def example_ids(check):
+        return {x["query_id"] for x in failed[check]["examples"]}
+
+    assert example_ids("query_length") == {"empty-q"}
+    assert "dup-q" in example_ids("unique_queries_per_split")  # case/whitespace-insensitive, same split only
+    assert "other-split-same-query" not in example_ids("unique_queries_per_split")
+    assert example_ids("has_positive") == {"no-positive", "unresolved"}
+    assert example_ids("positives_resolve") == {"unresolved", "ghost-chunk"}
+    assert example_ids("no_eval_positive_in_train") == {"leak"}
+    assert failed["min_eval_pairs"]["observed_value"] == 1 and failed["min_train_pairs"]["observed_value"] == 18
+    assert failed["positives_resolve"]["kwargs"] == {"column": "positives_resolve", "value_set": [True]}
+
+    # the message names each failed check, its GX expectation, and example rows 'query_id: query'
+    for check in failed:
+        assert f"- {check} (" in msg
+    assert "expect_compound_columns_to_be_unique" in msg and "expect_table_row_count_to_be_between" in msg
+    assert "empty-q: ''" in msg and "leak: 'an eval document in a train pair'" in msg
+    assert "ghost-chunk: 'which chunk is this' [ids not in the corpus: ['ghost.rst#0']]" in msg
+    assert "unresolved positives: ['a passage that is nowhere']" in msg
+    assert "min_eval_pairs (expect_table_row_count_to_be_between): observed 1, expected >= 3" in msg
+
+
+def test_switches_and_example_limit(chunks_dir, pairs_dir, tmp_path):
+    chunks = read_chunks(chunks_dir)
+    train = next(c for c in chunks if c.split == "train")
+    rows = [Pair(query_id=f"q{i}", query="the same question", positive_chunk_ids=[train.chunk_id], split="train")
+            for i in range(4)]
+    rows += [Pair(query_id=f"x{i}", query="x", positive_chunk_ids=[train.chunk_id], split="train") for i in range(4)]
+    write_jsonl(tmp_path / "p" / PAIRS_FILE, rows)
+    with pytest.raises(ValidationFailed) as e:
+        validate.run(chunks_dir, tmp_path / "p", tmp_path / "v",
+                     ValidateConfig(unique_queries=False, min_train_pairs=1, min_eval_pairs=0, max_examples=2))
+    summary = read_json(tmp_path / "v" / VALIDATION_FILE)
+    assert [r["check"] for r in summary["results"] if not r["success"]] == ["query_length"]  # duplicates allowed
+    (length,) = [r for r in summary["results"] if r["check"] == "query_length"]
+    assert length["unexpected_count"] == 4 and len(length["examples"]) == 2
+    assert str(e.value).count("\n    x") == 2
+
+
+def test_component_passes_and_fails(chunks_dir, pairs_dir, tmp_path):
+    from kfp import dsl
+
+    from embedforge.components.validate.component import validate as component
+
+    validation, metrics = dsl.Artifact(uri=str(tmp_path / "ok")), dsl.Metrics(uri=str(tmp_path / "m"))
+    component.python_func(chunks=dsl.Dataset(uri=str(chunks_dir)), pairs=dsl.Dataset(uri=str(pairs_dir)), config={},
+                          validation=validation, metrics=metrics)
+    assert read_json(Path(validation.path) / VALIDATION_FILE)["success"] is True
+    assert metrics.metadata["failed_expectations"] == 0 and metrics.metadata["success"] == 1
+
+    validation = dsl.Artifact(uri=str(tmp_path / "bad"))
+    with pytest.raises(ValidationFailed, match="min_train_pairs"):
+        component.python_func(chunks=dsl.Dataset(uri=str(chunks_dir)), pairs=dsl.Dataset(uri=str(pairs_dir)),
+                              config={"min_train_pairs": 100000}, validation=validation,
+                              metrics=dsl.Metrics(uri=str(tmp_path / "m2")))
+    assert read_json(Path(validation.path) / VALIDATION_FILE)["success"] is False
