@@ -42,13 +42,21 @@ def test_offline_pairs_on_tiny_corpus(chunks_dir, pairs_dir):
     removed = 0
     for p in pairs:
         if p.source == "offline/ict":
-            (cid,) = p.positive_chunk_ids
-            chunk = chunks[cid]
-            assert p.relevance == "chunk" and p.positive_doc_ids == [chunk.doc_id] and p.split == chunk.split
+            if p.meta["source_chunk_masked"]:  # eval, multi-chunk document: find the doc without its source chunk
+                (cid,) = p.exclude_chunk_ids
+                chunk = chunks[cid]
+                assert p.split == "eval" and p.relevance == "document" and p.positive_chunk_ids == []
+                assert sum(c.doc_id == chunk.doc_id for c in chunks.values()) > 1
+            else:
+                (cid,) = p.positive_chunk_ids
+                chunk = chunks[cid]
+                assert p.relevance == "chunk" and p.exclude_chunk_ids == []
+                assert p.split == "train" or sum(c.doc_id == chunk.doc_id for c in chunks.values()) == 1
+            assert p.positive_doc_ids == [chunk.doc_id] and p.split == chunk.split
             sentences = [s.text for s in split_segments(chunk.text) if s.kind == "prose"]
             assert p.query in sentences and len(p.query.split()) >= 4  # a real sentence of its chunk
             if p.split == "eval":
-                assert p.positive_text is None  # eval positives are the corpus chunk itself
+                assert p.positive_text is None  # eval positives are the corpus chunks themselves
             elif p.positive_text is not None:
                 removed += 1
                 assert p.query not in p.positive_text and len(p.positive_text) < len(chunk.text)
@@ -88,7 +96,7 @@ def test_generator_knobs(chunks_dir, tmp_path):
     _, pairs = _run(chunks_dir, tmp_path, "b", queries_per_chunk=0)
     assert pairs and all(p.source == "offline/title" for p in pairs)
     _, pairs = _run(chunks_dir, tmp_path, "c", title_queries=False, ict_remove_prob=1.0, queries_per_chunk=3)
-    per_chunk = Counter(p.positive_chunk_ids[0] for p in pairs)
+    per_chunk = Counter((p.positive_chunk_ids or p.exclude_chunk_ids)[0] for p in pairs)
     assert max(per_chunk.values()) == 3
     assert all(p.positive_text is not None for p in pairs if p.split == "train")
     _, pairs = _run(chunks_dir, tmp_path, "d", title_queries=False, min_query_words=25)

@@ -16,7 +16,8 @@ evaluation     ``evaluation.json`` + ``beir/`` (the eval split in BEIR layout)
 onnx           ``model.onnx``, tokenizer files, ``parity.json``
 registry       ``registry.json``
 decision       ``decision.json``
-triton         ``<model_name>/config.pbtxt``, ``<model_name>/<version>/model.onnx``
+triton         ``<model_name>/config.pbtxt``, ``<model_name>/<version>/model.onnx``,
+               ``<model_name>/<version>/tokenizer/``, ``promotion.json``
 =============  ====================================================================================
 """
 
@@ -49,6 +50,7 @@ ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"
 REGISTRY_FILE = "registry.json"
 DECISION_FILE = "decision.json"
+PROMOTION_FILE = "promotion.json"
 
 Split = Literal["train", "eval"]
 
@@ -78,6 +80,10 @@ class Pair(Record):
     split: Split
     positive_text: str | None = Field(None, description="Training-time text of the positive, if it differs from the chunk (e.g. inverse cloze).")
     negatives: list[str] = Field(default_factory=list, description="User-supplied negative texts.")
+    exclude_chunk_ids: list[str] = Field(
+        default_factory=list,
+        description="Chunks never ranked for this query in evaluation (e.g. the chunk an inverse-cloze query was cut from).",
+    )
     source: str = Field("", description="Generator or file that produced the pair.")
     meta: dict[str, Any] = Field(default_factory=dict)
 

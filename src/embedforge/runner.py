@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from contextlib import redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,15 +40,15 @@ class StageState:
     seconds: float | None = None
 
 
-@dataclass
 class _LogTee(io.TextIOBase):
     """Receives kfp.local's stdout: writes it to a log file and tracks stage starts/ends and error lines."""
 
-    log: Any
-    stages: dict[str, StageState]
-    on_event: Callable[[str, str], None] | None = None
-    errors: list[str] = field(default_factory=list)
-    _buf: str = ""
+    def __init__(self, log: Any, stages: dict[str, StageState], on_event: Callable[[str, str], None] | None = None):
+        self.log = log
+        self.stages = stages
+        self.on_event = on_event
+        self.error_lines: list[str] = []
+        self._buf = ""
 
     def writable(self) -> bool:
         return True
@@ -76,7 +76,7 @@ class _LogTee(io.TextIOBase):
                 st.seconds = round(time.time() - st.started, 2)
             self._emit(m.group(1), st.status)
         elif m := _ERROR.match(line):
-            self.errors.append(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}")
+            self.error_lines.append(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}")
 
     def _emit(self, stage: str, status: str) -> None:
         if self.on_event:
@@ -145,7 +145,7 @@ def run_pipeline(
             failed = [n for n, s in stages.items() if s.status in ("running", "failed")]
             for n in failed:
                 stages[n].status = "failed"
-            detail = tee.errors[-1] if tee.errors else str(exc).splitlines()[0]
+            detail = tee.error_lines[-1] if tee.error_lines else str(exc).splitlines()[0]
             error = f"stage {failed[0] if failed else '?'} failed: {detail}"
     run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
     run_dir = run_dirs[-1] if run_dirs else None

@@ -5,7 +5,10 @@ Methods
       Domain Question Answering*): a sentence of a chunk is the query and the chunk is its positive. With
       probability ``ict_remove_prob`` the sentence is cut out of the *training* positive
       (``Pair.positive_text``), so the model must match meaning rather than copy words; eval pairs keep the chunk
-      as it is in the corpus (``positive_text=None``). Eligible sentences: prose (not a heading or code line),
+      as it is in the corpus (``positive_text=None``) — so an eval query would trivially find the chunk it was
+      copied from. Eval ICT pairs therefore **mask their source chunk** (``Pair.exclude_chunk_ids``) and are judged
+      per document: the query must find its document through the document's *other* chunks (relevance
+      ``document``). Only documents of a single chunk keep the plain, lexically easy chunk-level eval pair. Eligible sentences: prose (not a heading or code line),
       ``min_query_words`` .. ``MAX_QUERY_WORDS`` words, ending with ``. ! ?``, leaving at least
       ``min_query_words`` words of context in the chunk.
     * **Title queries**: a meaningful document title (>= 2 words, not file-name-like, not the whole text) is a
@@ -96,7 +99,7 @@ class OfflineGenerator:
         }
 
     # ------------------------------------------------------------------------------------------- candidates
-    def _ict_pairs(self, chunk: Chunk, split: "Split") -> list[Pair]:
+    def _ict_pairs(self, chunk: Chunk, split: "Split", doc_chunks: int = 1) -> list[Pair]:
         cfg = self.cfg
         segs = split_segments(chunk.text)
         eligible = []
@@ -123,16 +126,19 @@ class OfflineGenerator:
             positive_text = None
             if split == "train" and remove:
                 positive_text = join_segments([s for j, s in enumerate(segs) if j != i])
+            masked = split == "eval" and doc_chunks > 1
             pairs.append(Pair(
                 query_id=f"ict:{chunk.chunk_id}:{k}",
                 query=segs[i].text,
-                positive_chunk_ids=[chunk.chunk_id],
+                positive_chunk_ids=[] if masked else [chunk.chunk_id],
                 positive_doc_ids=[chunk.doc_id],
-                relevance="chunk",
+                relevance="document" if masked else "chunk",
                 split=split,
                 positive_text=positive_text,
+                exclude_chunk_ids=[chunk.chunk_id] if masked else [],
                 source=SOURCE_ICT,
-                meta={"method": "inverse_cloze", "sentence_index": i, "sentence_removed": positive_text is not None},
+                meta={"method": "inverse_cloze", "sentence_index": i, "sentence_removed": positive_text is not None,
+                      "source_chunk_masked": masked},
             ))
         return pairs
 
@@ -182,7 +188,7 @@ class OfflineGenerator:
             self._stats["chunks_seen"] += len(doc_chunks)
             if self.cfg.queries_per_chunk > 0:
                 for c in doc_chunks:
-                    candidates.extend(self._ict_pairs(c, split))
+                    candidates.extend(self._ict_pairs(c, split, doc_chunks=len(doc_chunks)))
             kept = []
             for p in candidates:
                 key = query_key(p.query)

@@ -1,0 +1,49 @@
+"""KFP component: decide promotion (beats base by a margin AND beats the current champion on the same eval set)."""
+
+from kfp import dsl
+
+from embedforge.components._common import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def gate(
+    evaluation: dsl.Input[dsl.Artifact],
+    registry: dsl.Input[dsl.Artifact],
+    chunks: dsl.Input[dsl.Dataset],
+    pairs: dsl.Input[dsl.Dataset],
+    config: dict,
+    evaluate_config: dict,
+    tracking_uri: str,
+    decision: dsl.Output[dsl.Artifact],
+) -> bool:
+    """Compare the new version with base and with the current champion (re-evaluated on the same eval set).
+
+    Returns a single bool so the pipeline can branch with ``dsl.If(gate_task.output == True)`` (kfp.local
+    cannot resolve named NamedTuple outputs in conditions).
+
+    Args:
+        evaluation: Evaluate output folder (``evaluation.json`` with ``base`` and ``finetuned`` metrics).
+        registry: Register output folder (``registry.json``: model name and the new version).
+        chunks: Ingest output folder; its eval split re-evaluates the champion.
+        pairs: SDG output folder (eval pairs).
+        config: ``GateConfig`` fields (metric, min_improvement, greater_is_better, alias).
+        evaluate_config: ``EvaluateConfig`` fields, the same the evaluate step used.
+        tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
+        decision: Output folder: ``decision.json`` (promote, reason, numbers) + ``manifest.json``.
+
+    Returns:
+        True when the new version should be promoted.
+    """
+    import os
+
+    from embedforge import gate as stage
+    from embedforge.config import EvaluateConfig, GateConfig
+
+    os.makedirs(decision.path, exist_ok=True)
+    result = stage.run(evaluation.path, registry.path, chunks.path, pairs.path, decision.path,
+                       GateConfig.model_validate(config), EvaluateConfig.model_validate(evaluate_config),
+                       tracking_uri)
+    decision.metadata["promote"] = result.promote
+    decision.metadata["reason"] = result.reason
+    print(result.reason)
+    return bool(result.promote)

@@ -1,0 +1,48 @@
+"""KFP component: set the champion alias on the new version and write the Triton model repository."""
+
+from kfp import dsl
+
+from embedforge.components._common import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def promote(
+    decision: dsl.Input[dsl.Artifact],
+    registry: dsl.Input[dsl.Artifact],
+    onnx_model: dsl.Input[dsl.Model],
+    config: dict,
+    triton_config: dict,
+    tracking_uri: str,
+    triton_repo: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Move the registered model's alias to the gated version and publish it as a Triton model version.
+
+    Refuses (fails) when ``decision.json`` says not to promote.
+
+    Args:
+        decision: Gate output folder (``decision.json``).
+        registry: Register output folder (``registry.json``).
+        onnx_model: Export output folder (``model.onnx`` + tokenizer files).
+        config: ``GateConfig`` fields (the alias to set).
+        triton_config: ``TritonConfig`` fields (model_name, max_batch_size, instance_kind, max_queue_delay_us).
+        tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
+        triton_repo: Output folder: a Triton model repository (``<model>/config.pbtxt``,
+            ``<model>/<version>/model.onnx``, ``<model>/<version>/tokenizer/``) + ``promotion.json``.
+        metrics: The promoted version and its gate metric value.
+    """
+    import json
+    import os
+
+    from embedforge import promote as stage
+    from embedforge.config import GateConfig, TritonConfig
+
+    os.makedirs(triton_repo.path, exist_ok=True)
+    manifest = stage.run(decision.path, registry.path, onnx_model.path, triton_repo.path,
+                         GateConfig.model_validate(config), TritonConfig.model_validate(triton_config), tracking_uri)
+    with open(os.path.join(triton_repo.path, stage.PROMOTION_FILE), encoding="utf-8") as fh:
+        promotion = json.load(fh)
+    metrics.log_metric("promoted_version", int(manifest.version))
+    metrics.log_metric(promotion["metric"], float(promotion["value"]))
+    triton_repo.metadata["model_name"] = promotion["triton_model_name"]
+    triton_repo.metadata["version"] = promotion["version"]

@@ -1,0 +1,129 @@
+"""Promote: point the registered model's alias at the new version and publish it as a Triton model version.
+
+Runs only when the gate said "promote" (the pipeline branches with ``dsl.If``), and re-checks ``decision.json``
+itself: a decision with ``promote: false``, or one about another version than ``registry.json``'s, is refused.
+
+Steps: ``set_registered_model_alias(model_name, cfg.alias, version)``; tag the version (``promoted_at``,
+``promoted_alias``, the metric and its value, the previous champion); write the Triton repository
+(:mod:`embedforge.triton`) with the registry version as Triton version; write ``promotion.json``
+(promoted, alias, version, triton_repo, model_name, ...) and ``manifest.json`` at the repository root (Triton
+ignores plain files there).
+
+Example:
+    >>> from embedforge import promote
+    >>> from embedforge.config import GateConfig, TritonConfig
+    >>> promote.run("decision", "registry", "onnx", "triton_repo", GateConfig(), TritonConfig(),
+    ...             tracking_uri="sqlite:////tmp/mlflow.db")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+from embedforge.config import GateConfig, TritonConfig
+from embedforge.contracts import PROMOTION_FILE, Manifest, StageTimer, write_json
+from embedforge.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+
+def run(
+    decision_dir: str | Path,
+    registry_dir: str | Path,
+    onnx_dir: str | Path,
+    out_dir: str | Path,
+    cfg: GateConfig,
+    triton: TritonConfig,
+    tracking_uri: str,
+) -> Manifest:
+    """Set ``cfg.alias`` on the gated version and write the Triton model repository into ``out_dir``.
+
+    Args:
+        decision_dir: The gate's folder holding ``decision.json``; must say ``promote: true``.
+        registry_dir: The register stage's folder holding ``registry.json`` (model name, version, run id).
+        onnx_dir: The export folder (``model.onnx``, tokenizer files).
+        out_dir: Triton repository root: ``<triton.model_name>/config.pbtxt``,
+            ``<triton.model_name>/<version>/model.onnx``, plus ``promotion.json`` and ``manifest.json``.
+        cfg: Gate settings (the alias to move).
+        triton: Triton settings (model name, batching, instance kind).
+        tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        InputError: The decision says not to promote, or it is about another version.
+        ConfigError: No tracking URI, MLflow failed, or the Triton configuration does not validate.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from embedforge.gate import current_champion, read_decision
+    from embedforge.registry import client_for, mlflow_error, read_registry, resolve_tracking_uri
+    from embedforge.triton import write_model_repository
+
+    timer = StageTimer("promote")
+    out_dir = Path(out_dir)
+    decision = read_decision(decision_dir)
+    reg = read_registry(registry_dir)
+    model_name, version = reg["model_name"], str(reg["version"])
+    if not decision.promote:
+        raise InputError(f"{Path(decision_dir) / 'decision.json'} says not to promote ({decision.reason}); "
+                         "promote refuses to move the alias")
+    if decision.challenger_version is not None and str(decision.challenger_version) != version:
+        raise InputError(f"decision.json is about version {decision.challenger_version} but registry.json "
+                         f"registered version {version}: both must come from the same pipeline run")
+    if decision.alias and decision.alias != cfg.alias:
+        raise InputError(f"the gate compared against alias {decision.alias!r} but promote would set {cfg.alias!r}: "
+                         "use the same gate config for both stages")
+
+    uri = resolve_tracking_uri(tracking_uri, recorded=str(reg.get("tracking_uri", "")))
+    client = client_for(uri)
+    promoted_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        previous = current_champion(client, model_name, cfg.alias)
+        client.set_registered_model_alias(model_name, cfg.alias, version)
+        tags = {
+            "promoted_at": promoted_at,
+            "promoted_alias": cfg.alias,
+            "promoted_metric": decision.metric,
+            "promoted_metric_value": f"{decision.challenger:.6f}",
+            "promoted_over": f"v{previous}" if previous and previous != version else "none",
+        }
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+    except MlflowException as exc:
+        raise mlflow_error(f"set alias {cfg.alias!r} of {model_name!r} to version {version}", uri, exc) from None
+    log.info("%s@%s -> version %s (was %s)", model_name, cfg.alias, version, previous or "unset")
+
+    version_dir = write_model_repository(
+        onnx_dir, out_dir, triton, version,
+        parameters={"registered_model": model_name, "registered_version": version,
+                    "mlflow_run_id": str(reg.get("run_id", "")), "alias": cfg.alias},
+    )
+    record = {
+        "promoted": True,
+        "alias": cfg.alias,
+        "version": version,
+        "previous_version": previous,
+        "model_name": model_name,
+        "triton_model_name": triton.model_name,
+        "triton_repo": str(out_dir),
+        "triton_version_dir": str(version_dir),
+        "metric": decision.metric,
+        "value": decision.challenger,
+        "promoted_at": promoted_at,
+        "reason": decision.reason,
+    }
+    write_json(out_dir / PROMOTION_FILE, record)
+    return timer.write_manifest(
+        out_dir,
+        counts={"version": int(version), "version_files": len(list(version_dir.iterdir()))},
+        inputs={"decision": decision_dir, "registry": registry_dir, "onnx": onnx_dir},
+        config={"gate": cfg.model_dump(mode="json"), "triton": triton.model_dump(mode="json")},
+        alias=cfg.alias,
+        version=version,
+        model_name=model_name,
+    )

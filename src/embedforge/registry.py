@@ -1,0 +1,444 @@
+"""Register: one MLflow run per pipeline run, and a new version of the registered model.
+
+The run carries the pipeline configuration as params (flattened to dotted keys, secret-looking keys redacted),
+the evaluation as metrics (``base_*``, ``finetuned_*``, ``delta_*``; ``@`` is not a legal MLflow metric
+character, so ``ndcg@10`` is logged as ``ndcg_at_10``), and the artifacts: the sentence-transformers folder
+under ``model/``, the ONNX folder under ``onnx/``, ``evaluation.json`` and ``validation.json``. The registered
+model version's source is the run's ``model/`` artifact folder.
+
+Tracking URI: the ``tracking_uri`` argument, else ``RegisterConfig.tracking_uri``, else ``$MLFLOW_TRACKING_URI``
+(the CLI passes ``sqlite:///<out>/mlflow.db`` when none is set). For a local store (sqlite/file) the experiment
+gets an explicit artifact location beside the database, so nothing lands in ``./mlruns`` of the working folder.
+
+Example:
+    >>> from embedforge import registry
+    >>> from embedforge.config import RegisterConfig
+    >>> registry.run("model", "onnx", "evaluation", "validation", "registry", RegisterConfig(),
+    ...              tracking_uri="sqlite:////tmp/mlflow.db", params=cfg.to_dict())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embedforge.config import RegisterConfig
+from embedforge.contracts import (
+    EVALUATION_FILE,
+    REGISTRY_FILE,
+    VALIDATION_FILE,
+    Manifest,
+    StageTimer,
+    read_json,
+    write_json,
+)
+from embedforge.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_PATH = "model"
+ONNX_ARTIFACT_PATH = "onnx"
+REDACTED = "***"
+#: MLflow limits (mlflow.utils.validation), repeated so this module imports without mlflow.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_KEY_LENGTH = 250
+_PARAM_BATCH = 100
+
+# A key "looks secret" when one of its words (split on . _ - and camelCase) is one of these, or when it holds
+# "api key"/"access key"/"private key" as adjacent words. "max_chunk_tokens" is not secret ("tokens").
+_SECRET_WORDS = {"password", "passwd", "pwd", "secret", "token", "apikey", "credential", "credentials", "auth",
+                 "authorization", "bearer", "cookie"}
+_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("client", "secret")}
+# Values that look like well-known credential formats are redacted whatever their key.
+_SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|gho_|github_pat_|xox[abpr]-|nvapi-|AKIA)[A-Za-z0-9_\-]{12,}")
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+# ----------------------------------------------------------------------------------------- tracking URIs
+def resolve_tracking_uri(explicit: str = "", recorded: str = "") -> str:
+    """Pick the MLflow tracking URI: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else ``recorded``.
+
+    Args:
+        explicit: A URI given by the caller (CLI option, component parameter, config field).
+        recorded: A URI recorded by an earlier stage (``registry.json``), used as the last resort.
+
+    Raises:
+        ConfigError: None of them is set.
+    """
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI", "") or (recorded if REDACTED not in recorded else "")
+    if not uri:
+        raise ConfigError(
+            "no MLflow tracking URI: pass --tracking-uri / register.tracking_uri or set MLFLOW_TRACKING_URI "
+            "(e.g. sqlite:///out/mlflow.db or http://mlflow:5000)"
+        )
+    return uri
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password in its user-info part replaced by ``***`` (safe to write to files/logs)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:{REDACTED}@{host}" if parts.username else f"{REDACTED}@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def is_local_store(uri: str) -> bool:
+    """True for stores that live on this machine's disk (sqlite, file:, plain paths)."""
+    return urllib.parse.urlsplit(uri).scheme.lower() in ("", "file", "sqlite")
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """The folder where a local store's artifacts go: ``mlartifacts/`` beside the sqlite db / file store."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme == "sqlite":
+        db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not db or db == ":memory:":
+            return None
+        return Path(db).expanduser().resolve().parent / "mlartifacts"
+    if parts.scheme in ("", "file"):
+        path = Path(urllib.parse.unquote(parts.path) if parts.scheme == "file" else uri).expanduser().resolve()
+        return path.parent / "mlartifacts"
+    return None
+
+
+def client_for(uri: str) -> "MlflowClient":
+    """An ``MlflowClient`` for tracking and registry at ``uri`` (never touches the process-global URI)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def mlflow_error(action: str, uri: str, exc: Exception) -> ConfigError:
+    """A one-line ConfigError for an MLflow failure that names the server and what we were doing."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"MLflow at {redact_uri(uri)}: cannot {action}: {msg[:500]}")
+
+
+# ------------------------------------------------------------------------------------------ params/metrics
+def _words(key: str) -> list[str]:
+    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", key.lower()) if w]
+
+
+def looks_secret(key: str) -> bool:
+    """True when the last part of a dotted key names a credential (api_key, token, password, secret, ...)."""
+    words = _words(key.rsplit(".", 1)[-1])
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any((a, b) in _SECRET_PAIRS for a, b in zip(words, words[1:]))
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> ``{"train.epochs": "1.0", ...}``, secrets redacted, keys/values within MLflow limits.
+
+    Args:
+        tree: The pipeline configuration (``PipelineConfig.to_dict()``) or any JSON-able mapping.
+        prefix: Dotted prefix for every key.
+
+    Returns:
+        Flat mapping of legal MLflow param names to string values. A key that looks secret (see
+        :func:`looks_secret`), or a value shaped like a known credential, is logged as ``***``.
+    """
+    out: dict[str, str] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not looks_secret(key):
+            out.update(flatten_params(v, prefix=f"{key}."))
+            continue
+        text = _param_value(v)
+        if looks_secret(key) or _SECRET_VALUE.match(text.strip()):
+            text = REDACTED
+        out[metric_key(key)[:MAX_KEY_LENGTH]] = text[:MAX_PARAM_VALUE_LENGTH]
+    return out
+
+
+def metric_key(name: str) -> str:
+    """A legal MLflow metric/param name: ``ndcg@10`` -> ``ndcg_at_10``; other illegal characters -> ``_``."""
+    return _BAD_NAME_CHARS.sub("_", name.replace("@", "_at_")).strip("/") or "_"
+
+
+def _numeric(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def evaluation_metrics(ev: dict[str, Any]) -> dict[str, float]:
+    """MLflow metrics from ``evaluation.json``.
+
+    ``base.<m>`` -> ``base_<m>``, ``finetuned.<m>`` -> ``finetuned_<m>``, their difference -> ``delta_<m>``;
+    ``external`` (an extra BEIR collection) -> ``external_base_<m>``, ``external_finetuned_<m>``,
+    ``external_delta_<m>``; ``counts.<c>`` -> ``count_<c>``. Non-finite values are skipped.
+
+    Args:
+        ev: The parsed ``evaluation.json``.
+    """
+    out: dict[str, float] = {}
+
+    def add_pair(prefix: str, base: Any, fine: Any) -> None:
+        base = base if isinstance(base, dict) else {}
+        fine = fine if isinstance(fine, dict) else {}
+        for side, values in (("base", base), ("finetuned", fine)):
+            for m, v in values.items():
+                if (x := _numeric(v)) is not None:
+                    out[metric_key(f"{prefix}{side}_{m}")] = x
+        for m in base.keys() & fine.keys():
+            b, f = _numeric(base[m]), _numeric(fine[m])
+            if b is not None and f is not None:
+                out[metric_key(f"{prefix}delta_{m}")] = f - b
+
+    add_pair("", ev.get("base"), ev.get("finetuned"))
+    ext = ev.get("external")
+    if isinstance(ext, dict):
+        add_pair("external_", ext.get("base"), ext.get("finetuned"))
+    for name, v in (ev.get("counts") or {}).items():
+        if (x := _numeric(v)) is not None:
+            out[metric_key(f"count_{name}")] = x
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _require_dir(path: Path, what: str, must_have: str | None = None) -> None:
+    if not path.is_dir():
+        raise InputError(f"{what} folder {path} does not exist")
+    if must_have and not (path / must_have).is_file():
+        raise InputError(f"{what} folder {path} has no {must_have}")
+
+
+def get_or_create_experiment(client: "MlflowClient", name: str, uri: str) -> str:
+    """Experiment id of ``name``, creating it (with an artifact folder beside a local store) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise ConfigError(f"MLflow experiment {name!r} is deleted: restore it or set register.experiment to another name")
+        return exp.experiment_id
+    kwargs: dict[str, str] = {}
+    if is_local_store(uri) and (root := local_artifact_root(uri)) is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        kwargs["artifact_location"] = root.as_uri()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, **kwargs)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_ALREADY_EXISTS":  # created concurrently
+            return client.get_experiment_by_name(name).experiment_id
+        raise
+
+
+def ensure_registered_model(client: "MlflowClient", name: str) -> None:
+    """Create registered model ``name`` unless it exists."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    try:
+        client.create_registered_model(name, tags={"created_by": "embedforge"},
+                                       description="Fine-tuned embedding model built by embedforge.")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _log_params(client: "MlflowClient", run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = sorted(params.items())
+    for start in range(0, len(items), _PARAM_BATCH):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[start:start + _PARAM_BATCH]])
+
+
+def _log_metrics(client: "MlflowClient", run_id: str, metrics: dict[str, float]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = sorted(metrics.items())
+    for start in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in items[start:start + 1000]])
+
+
+# ------------------------------------------------------------------------------------------------ stage
+def run(
+    model_dir: str | Path,
+    onnx_dir: str | Path,
+    evaluation_dir: str | Path,
+    validation_dir: str | Path,
+    out_dir: str | Path,
+    cfg: RegisterConfig,
+    tracking_uri: str,
+    params: dict,
+    base_model: str = "",
+) -> Manifest:
+    """Log one MLflow run for this pipeline run and register the model as a new version.
+
+    Args:
+        model_dir: The fine-tuned sentence-transformers folder (logged under ``model/``; the version's source).
+        onnx_dir: The export folder (``model.onnx``, tokenizer files, ``parity.json``; logged under ``onnx/``).
+        evaluation_dir: Folder holding ``evaluation.json`` (metrics: base_*, finetuned_*, delta_*).
+        validation_dir: Folder holding ``validation.json`` (logged as an artifact).
+        out_dir: Output folder: ``registry.json`` + ``manifest.json``.
+        cfg: Registered model name, experiment name, optional tracking URI.
+        tracking_uri: MLflow tracking URI; empty -> ``cfg.tracking_uri`` -> ``$MLFLOW_TRACKING_URI``.
+        params: The pipeline configuration (nested dict), logged as flattened params.
+        base_model: Base model name for the version's ``base_model`` tag; empty -> ``params["base_model"]``
+            -> ``evaluation.json``'s ``models.base``.
+
+    Returns:
+        The manifest; ``registry.json`` holds tracking_uri (password redacted), experiment_id, run_id,
+        model_name, version, source, artifact_uri.
+
+    Raises:
+        ConfigError: No tracking URI, or MLflow refused/failed a request.
+        InputError: An input folder or file is missing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    timer = StageTimer("register")
+    model_dir, onnx_dir = Path(model_dir), Path(onnx_dir)
+    evaluation_dir, validation_dir, out_dir = Path(evaluation_dir), Path(validation_dir), Path(out_dir)
+    _require_dir(model_dir, "model", "modules.json")
+    _require_dir(onnx_dir, "onnx", "model.onnx")
+    _require_dir(evaluation_dir, "evaluation", EVALUATION_FILE)
+    _require_dir(validation_dir, "validation", VALIDATION_FILE)
+    evaluation = read_json(evaluation_dir / EVALUATION_FILE)
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("finetuned"), dict):
+        raise InputError(f"{evaluation_dir / EVALUATION_FILE} has no 'finetuned' metrics object")
+
+    uri = resolve_tracking_uri(tracking_uri or cfg.tracking_uri)
+    params = dict(params or {})
+    models = evaluation.get("models") if isinstance(evaluation.get("models"), dict) else {}
+    base_model = base_model or str(params.get("base_model", "") or models.get("base", "") or "")
+    flat_params = flatten_params(params)
+    metrics = evaluation_metrics(evaluation)
+    primary = str(evaluation.get("primary_metric") or "")
+    primary_value = _numeric(evaluation["finetuned"].get(primary)) if primary else None
+
+    client = client_for(uri)
+    try:
+        experiment_id = get_or_create_experiment(client, cfg.experiment, uri)
+    except MlflowException as exc:
+        raise mlflow_error(f"get or create experiment {cfg.experiment!r}", uri, exc) from None
+
+    run_tags = {"embedforge.stage": "register", "embedforge.model_name": cfg.model_name}
+    if base_model:
+        run_tags["embedforge.base_model"] = base_model
+    if primary:
+        run_tags["embedforge.primary_metric"] = primary
+    try:
+        mlrun = client.create_run(experiment_id, tags=run_tags)
+    except MlflowException as exc:
+        raise mlflow_error(f"create a run in experiment {cfg.experiment!r}", uri, exc) from None
+    run_id = mlrun.info.run_id
+    artifact_uri = mlrun.info.artifact_uri
+    log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.experiment, redact_uri(uri))
+    try:
+        _log_params(client, run_id, flat_params)
+        _log_metrics(client, run_id, metrics)
+        client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        client.log_artifacts(run_id, str(onnx_dir), ONNX_ARTIFACT_PATH)
+        client.log_artifact(run_id, str(evaluation_dir / EVALUATION_FILE))
+        client.log_artifact(run_id, str(validation_dir / VALIDATION_FILE))
+
+        ensure_registered_model(client, cfg.model_name)
+        source = f"{artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
+        version_tags = {"base_model": base_model or "unknown", "run_id": run_id}
+        if primary:
+            version_tags["primary_metric"] = primary
+            if primary_value is not None:
+                version_tags["primary_metric_value"] = f"{primary_value:.6f}"
+            b = _numeric((evaluation.get("base") or {}).get(primary))
+            if b is not None:
+                version_tags["base_metric_value"] = f"{b:.6f}"
+        mv = client.create_model_version(
+            cfg.model_name, source, run_id=run_id, tags=version_tags,
+            description=f"embedforge run {run_id}" + (f"; {primary}={primary_value:.4f}" if primary_value is not None else ""),
+        )
+        client.set_tag(run_id, "embedforge.registered_version", str(mv.version))
+        client.set_terminated(run_id, "FINISHED")
+    except MlflowException as exc:
+        _fail_run(client, run_id)
+        raise mlflow_error(f"log run {run_id} / register {cfg.model_name!r}", uri, exc) from None
+    except BaseException:
+        _fail_run(client, run_id)
+        raise
+
+    record = {
+        "tracking_uri": redact_uri(uri),
+        "experiment_id": experiment_id,
+        "experiment": cfg.experiment,
+        "run_id": run_id,
+        "model_name": cfg.model_name,
+        "version": str(mv.version),
+        "source": source,
+        "artifact_uri": artifact_uri,
+        "primary_metric": primary,
+        "primary_metric_value": primary_value,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / REGISTRY_FILE, record)
+    log.info("registered %s version %s (source %s)", cfg.model_name, mv.version, source)
+    config = cfg.model_dump(mode="json")
+    config["tracking_uri"] = redact_uri(config.get("tracking_uri", ""))
+    return timer.write_manifest(
+        out_dir,
+        counts={"params": len(flat_params), "metrics": len(metrics), "version": int(mv.version)},
+        inputs={"model": model_dir, "onnx": onnx_dir, "evaluation": evaluation_dir, "validation": validation_dir},
+        config=config,
+        run_id=run_id,
+        model_name=cfg.model_name,
+        version=str(mv.version),
+    )
+
+
+def _fail_run(client: "MlflowClient", run_id: str) -> None:
+    """Best effort: mark the run FAILED so it does not stay RUNNING forever; the original error is re-raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_terminated(run_id, "FAILED")
+    except MlflowException as exc:  # the server may be the very thing that failed
+        log.warning("could not mark MLflow run %s as FAILED: %s", run_id, exc)
+
+
+def read_registry(registry_dir: str | Path) -> dict[str, Any]:
+    """``registry.json`` of a register output folder, checked for the keys later stages need."""
+    path = Path(registry_dir) / REGISTRY_FILE
+    rec = read_json(path)
+    missing = [k for k in ("model_name", "version", "run_id") if not isinstance(rec, dict) or not rec.get(k)]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)}: re-run the register stage")
+    return rec
+
+
+__all__ = [
+    "evaluation_metrics", "flatten_params", "looks_secret", "metric_key", "read_registry",
+    "redact_uri", "resolve_tracking_uri", "run",
+]

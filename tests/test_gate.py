@@ -1,0 +1,198 @@
+"""Gate: the pure decision rule (no champion / wins / loses / margin / lower-is-better), and ``run`` against a real
+MLflow server where the champion's model is really downloaded and re-evaluated on the same eval set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest_plugins = ["conftest_mlflow"]
+
+M = "ndcg@10"
+
+
+def _cfg(**kw):
+    from embedforge.config import GateConfig
+
+    return GateConfig(**kw)
+
+
+# ----------------------------------------------------------------------------------------------- decide()
+def test_no_champion_and_beats_base_promotes():
+    from embedforge.gate import decide
+
+    d = decide({M: 0.61}, {M: 0.55}, None, _cfg(min_improvement=0.02))
+    assert d.promote is True
+    assert d.champion_value is None and d.champion_version is None and d.champion_margin is None
+    assert d.margin == pytest.approx(0.06)
+    assert (d.challenger, d.base_value, d.metric, d.greater_is_better) == (0.61, 0.55, M, True)
+    assert "0.6100" in d.reason and "0.5500" in d.reason and "no champion" in d.reason
+
+
+def test_beats_base_but_loses_to_champion():
+    from embedforge.gate import decide
+
+    d = decide({M: 0.61}, {M: 0.55}, {M: 0.63}, _cfg(), champion_version="4", challenger_version="5")
+    assert d.promote is False
+    assert (d.champion_value, d.champion_version, d.challenger_version) == (0.63, "4", "5")
+    assert d.champion_margin == pytest.approx(-0.02)
+    assert "champion v4 0.6300" in d.reason and d.reason.startswith("not promoted")
+
+
+def test_beats_base_and_champion():
+    from embedforge.gate import decide
+
+    d = decide({M: 0.61}, {M: 0.55}, {M: 0.60}, _cfg(), champion_version="4")
+    assert d.promote is True and d.champion_margin == pytest.approx(0.01)
+    assert "champion v4 0.6000" in d.reason
+
+
+def test_fails_min_improvement():
+    from embedforge.gate import decide
+
+    d = decide({M: 0.56}, {M: 0.55}, None, _cfg(min_improvement=0.02))
+    assert d.promote is False
+    assert "only +0.0100" in d.reason and "0.0200" in d.reason
+    # exactly the margin passes (float noise tolerated)
+    assert decide({M: 0.6}, {M: 0.5}, None, _cfg(min_improvement=0.1)).promote is True
+
+
+def test_equal_to_base_or_worse_is_not_promoted():
+    from embedforge.gate import decide
+
+    assert decide({M: 0.55}, {M: 0.55}, None, _cfg()).promote is False
+    d = decide({M: 0.50}, {M: 0.55}, None, _cfg())
+    assert d.promote is False and "does not beat base" in d.reason and d.margin == pytest.approx(-0.05)
+    # a tie with the champion keeps the champion
+    assert decide({M: 0.60}, {M: 0.55}, {M: 0.60}, _cfg(), champion_version="1").promote is False
+
+
+def test_lower_is_better():
+    from embedforge.gate import decide
+
+    cfg = _cfg(metric="loss@10", greater_is_better=False, min_improvement=0.05)
+    d = decide({"loss@10": 0.30}, {"loss@10": 0.40}, None, cfg)
+    assert d.promote is True and d.margin == pytest.approx(0.10) and "lower is better" in d.reason
+    assert decide({"loss@10": 0.38}, {"loss@10": 0.40}, None, cfg).promote is False  # gain 0.02 < 0.05
+    assert decide({"loss@10": 0.50}, {"loss@10": 0.40}, None, cfg).promote is False
+    lost = decide({"loss@10": 0.30}, {"loss@10": 0.40}, {"loss@10": 0.25}, cfg, champion_version="2")
+    assert lost.promote is False and lost.champion_margin == pytest.approx(-0.05)
+
+
+def test_missing_or_bad_metric_is_an_input_error():
+    from embedforge.errors import InputError
+    from embedforge.gate import decide
+
+    with pytest.raises(InputError, match="fine-tuned metrics have no 'ndcg@10'"):
+        decide({"recall@10": 0.5}, {M: 0.5}, None, _cfg())
+    with pytest.raises(InputError, match="not a finite number"):
+        decide({M: float("nan")}, {M: 0.5}, None, _cfg())
+
+
+def test_negative_min_improvement_is_rejected():
+    from embedforge.errors import ConfigError
+    from embedforge.config import load_config
+
+    with pytest.raises(ConfigError, match="gate.min_improvement"):
+        load_config(overrides=["gate.min_improvement=-0.1"])
+
+
+# ------------------------------------------------------------------------------------------ run() + MLflow
+@pytest.fixture(scope="module")
+def champion_metrics(chunks_dir, pairs_dir, tiny_model) -> dict[str, float]:
+    """The real metrics of the (weak) champion model on the shared eval set, computed independently."""
+    from embedforge.config import EvaluateConfig
+    from embedforge.evaluate import evaluate_model
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.contracts import read_chunks, read_pairs
+
+    m = evaluate_model(SentenceTransformer(str(tiny_model), device="cpu"), read_chunks(chunks_dir),
+                       read_pairs(pairs_dir), EvaluateConfig())
+    return {k: round(v, 5) for k, v in m.items()}
+
+
+def _register(tmp_path, tag, uri, name, model_dir, onnx_dir, validation_dir, evaluation_dir_factory,
+              finetuned, base):
+    from embedforge import registry
+    from embedforge.config import RegisterConfig
+
+    ev = evaluation_dir_factory(tmp_path / f"evaluation-{tag}", finetuned, base)
+    out = tmp_path / f"registry-{tag}"
+    registry.run(model_dir, onnx_dir, ev, validation_dir, out, RegisterConfig(model_name=name), uri, params={})
+    return ev, out
+
+
+def _set_alias(uri, name, version, alias="champion"):
+    from mlflow import MlflowClient
+
+    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, alias, version)
+
+
+def _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, uri, **cfg):
+    from embedforge import gate
+    from embedforge.config import EvaluateConfig
+
+    return gate.run(ev, reg, chunks_dir, pairs_dir, tmp_path / "decision", _cfg(**cfg), EvaluateConfig(), uri)
+
+
+def test_run_without_champion_writes_decision(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                                              evaluation_dir_factory, chunks_dir, pairs_dir, mlflow_uri):
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        evaluation_dir_factory, {M: 0.60}, {M: 0.55})
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri, min_improvement=0.01)
+    assert d.promote is True and d.champion_version is None and d.challenger_version == "1"
+    saved = json.loads((tmp_path / "decision" / "decision.json").read_text())
+    assert saved["promote"] is True and saved["model_name"] == model_name and saved["margin"] == pytest.approx(0.05)
+    manifest = json.loads((tmp_path / "decision" / "manifest.json").read_text())
+    assert manifest["stage"] == "gate" and manifest["counts"] == {"promote": 1, "champion": 0}
+
+    # an alias that already points at the challenger itself is not a champion to beat
+    _set_alias(mlflow_uri, model_name, "1")
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.promote is True and d.champion_version is None
+
+
+@pytest.mark.parametrize("challenger, promoted", [(0.90, True), (0.20, False)], ids=["beats-champion", "loses"])
+def test_champion_is_downloaded_and_reevaluated(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                                                evaluation_dir_factory, chunks_dir, pairs_dir, champion_metrics,
+                                                challenger, promoted, mlflow_uri):
+    real = champion_metrics[M]
+    assert 0.20 < real < 0.90  # the random model sits between the two challengers (measured: 0.36)
+    # v1: the weak model, registered with flattering numbers from its own run, becomes champion
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              evaluation_dir_factory, {M: 0.99}, {M: 0.10})
+    _set_alias(mlflow_uri, model_name, "1")
+    # v2: a challenger that beats its base in both cases
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        evaluation_dir_factory, {M: challenger}, {M: challenger - 0.05})
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.champion_version == "1" and d.challenger_version == "2"
+    # the champion's value is its real re-evaluation on this eval set, not the 0.99 it was registered with
+    assert d.champion_value == pytest.approx(real, abs=1e-9)
+    assert d.margin == pytest.approx(0.05)
+    assert d.promote is promoted
+    if not promoted:
+        assert "does not beat champion v1" in d.reason and d.champion_margin < 0
+    manifest = json.loads((tmp_path / "decision" / "manifest.json").read_text())
+    assert manifest["champion_metrics"][M] == pytest.approx(real)
+
+
+def test_component_returns_the_bool(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                                    evaluation_dir_factory, chunks_dir, pairs_dir, mlflow_uri):
+    from kfp import dsl
+
+    from embedforge.components.gate.component import gate
+
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        evaluation_dir_factory, {M: 0.56}, {M: 0.55})
+    args = dict(evaluation=dsl.Artifact(uri=str(ev)), registry=dsl.Artifact(uri=str(reg)),
+                chunks=dsl.Dataset(uri=str(chunks_dir)), pairs=dsl.Dataset(uri=str(pairs_dir)),
+                evaluate_config={}, tracking_uri=mlflow_uri)
+    out = dsl.Artifact(uri=str(tmp_path / "d1"))
+    assert gate.python_func(config={"min_improvement": 0.0}, decision=out, **args) is True
+    assert out.metadata["promote"] is True
+    out2 = dsl.Artifact(uri=str(tmp_path / "d2"))
+    assert gate.python_func(config={"min_improvement": 0.05}, decision=out2, **args) is False
+    assert json.loads((tmp_path / "d2" / "decision.json").read_text())["promote"] is False
