@@ -81,6 +81,12 @@ def prompt_for(model: "SentenceTransformer", kind: Kind) -> str:
     return prompts.get(DOCUMENT_PROMPT, prompts.get("passage", ""))
 
 
+def embedding_dim(model: "SentenceTransformer") -> int:
+    """Output width (sentence-transformers 6 renamed ``get_sentence_embedding_dimension``)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter() or 0)
+
+
 def encode(
     model: "SentenceTransformer",
     texts: list[str],
@@ -90,7 +96,7 @@ def encode(
 ) -> np.ndarray:
     """Embed ``texts`` as queries or documents with the model's own prompt; returns float32 (n, dim), L2-normalised."""
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+        return np.zeros((0, embedding_dim(model)), dtype=np.float32)
     prompt = prompt_for(model, kind)
     emb = model.encode(
         texts,

@@ -1,0 +1,56 @@
+"""KFP component: BEIR evaluation of the base vs the fine-tuned model on the held-out eval split."""
+
+from kfp import dsl
+
+from embedforge.components._common import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate(
+    chunks: dsl.Input[dsl.Dataset],
+    pairs: dsl.Input[dsl.Dataset],
+    mined: dsl.Input[dsl.Dataset],
+    model: dsl.Input[dsl.Model],
+    base_model: str,
+    eval_beir: str,
+    config: dict,
+    evaluation: dsl.Output[dsl.Artifact],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Score both models (eval-split pairs as queries, all chunks as the corpus) with NDCG/MAP/recall/P/MRR@k.
+
+    Args:
+        chunks: Ingest output folder (``chunks.jsonl``): the corpus, train and eval chunks alike.
+        pairs: SDG output folder (``pairs.jsonl``): pairs with ``split == "eval"`` are the queries.
+        mined: Mine output folder: its ``embeddings.npy`` + ``embedding_ids.json`` (base-model chunk embeddings)
+            are reused instead of re-encoding the corpus with the base model.
+        model: Train output folder: the fine-tuned sentence-transformers model.
+        base_model: Base model folder or id, as given to the upstream steps.
+        eval_beir: Optional external BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``)
+            readable by the step, evaluated with both models too; "" for none.
+        config: ``EvaluateConfig`` fields (k_values, extra_k, batch_size, primary_metric).
+        evaluation: Output folder: ``evaluation.json``, ``beir/`` (the eval split in BEIR layout), ``manifest.json``.
+        metrics: ``finetuned_<metric>_at_<k>``, ``base_<metric>_at_<k>`` and ``delta_<metric>_at_<k>`` (KFP metric
+            names allow no "@"), plus ``external_*`` ones when ``eval_beir`` is set, and the counts.
+    """
+    import json
+    import os
+
+    from embedforge import evaluate as stage
+    from embedforge.config import EvaluateConfig
+    from embedforge.contracts import EVALUATION_FILE
+
+    manifest = stage.run(
+        chunks.path, pairs.path, base_model, model.path, evaluation.path, EvaluateConfig.model_validate(config),
+        base_embeddings_dir=mined.path, eval_beir=eval_beir or None,
+    )
+    with open(os.path.join(evaluation.path, EVALUATION_FILE), encoding="utf-8") as fh:
+        result = json.load(fh)
+    for prefix, table in (("finetuned", result["finetuned"]), ("base", result["base"]), ("delta", result["delta"])):
+        for name, value in table.items():
+            metrics.log_metric(stage.kfp_metric_name(f"{prefix}_{name}"), value)
+    for prefix in ("finetuned", "base", "delta"):
+        for name, value in result.get("external", {}).get(prefix, {}).items():
+            metrics.log_metric(stage.kfp_metric_name(f"external_{prefix}_{name}"), value)
+    for name, value in manifest.counts.items():
+        metrics.log_metric(name, value)

@@ -1,0 +1,418 @@
+"""Export stage: the fine-tuned sentence-transformers model as ONE ONNX graph, checked for parity with PyTorch.
+
+The graph
+---------
+========================  =========  ======================  ===============================================
+name                      type       shape                   meaning
+========================  =========  ======================  ===============================================
+``input_ids`` (input)     int64      ``[batch, sequence]``   token ids (prompt prepended to the text)
+``attention_mask`` (in)   int64      ``[batch, sequence]``   1 for tokens, 0 for padding
+``embeddings`` (output)   float32    ``[batch, dim]``        pooled, L2-normalised sentence embeddings
+========================  =========  ======================  ===============================================
+
+It runs the model's own modules: the Transformer (``token_type_ids``, when the model takes them, are zeros made
+inside the graph), then the Pooling module with its saved mode (mean / cls / max / lasttoken / ...), any
+Dense/Normalize modules, and a final L2 normalisation. Unlike sentence-transformers' own ONNX backend (which
+leaves pooling to Python), a server only tokenises and calls the graph. The tokenizer files,
+``config_sentence_transformers.json`` (the prompts) and ``sentence_bert_config.json`` (``max_seq_length``) are
+copied next to ``model.onnx`` so a server tokenises exactly like training: ``prompt + text``, truncated to
+``max_seq_length`` tokens.
+
+Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` with ``dynamic_axes``. In torch 2.9+
+the dynamo exporter is the default, but for this graph it is ~7x slower, needs ``onnxscript`` and could not
+down-convert to opset 17 (it silently produced opset 18); the TorchScript exporter honours ``opset`` exactly
+(up to 20). ``cfg.exporter="auto"`` uses it while torch ships it (and opset <= 20), else the dynamo exporter
+with ``dynamic_shapes``.
+
+Parity: up to ``cfg.parity_samples`` real chunks (evenly spread over text length, so the longest ones exercise
+truncation) are embedded by PyTorch (:func:`embedforge.encode.encode`, document prompt) and by ONNX Runtime
+(batches of varying size, so padding differs); the minimum cosine must reach ``cfg.parity_min_cosine`` or
+:class:`~embedforge.errors.ParityError` names the worst chunk. ``parity.json`` is written either way; the
+manifest only on success.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embedforge.encode import embedding_dim
+from embedforge.config import ExportConfig
+from embedforge.contracts import (
+    CHUNKS_FILE,
+    ONNX_FILE,
+    PARITY_FILE,
+    Chunk,
+    Manifest,
+    StageTimer,
+    read_chunks,
+    read_json,
+    write_json,
+)
+from embedforge.errors import ConfigError, InputError, ParityError
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "embeddings"
+#: Pooling modes the graph reproduces (the padded code path of sentence-transformers' Pooling module).
+SUPPORTED_POOLING = {"mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean"}
+#: Modules the graph may run after the Transformer, by class name.
+SUPPORTED_MODULES = {"Pooling", "Normalize", "Dense"}
+#: Batch sizes cycled through in the ONNX Runtime parity run (different padding per batch).
+PARITY_BATCH_SIZES = (1, 7, 2, 16, 3, 32)
+TORCHSCRIPT_MAX_OPSET = 20
+
+
+
+# ------------------------------------------------------------------------------------------------ graph module
+def _check_modules(model: "SentenceTransformer", model_dir: str | Path) -> tuple[str, list[str]]:
+    """The pooling mode and module names; raises InputError for what the graph cannot reproduce."""
+    modules = list(model)
+    names = [type(m).__name__ for m in modules]
+    if not modules or not hasattr(modules[0], "auto_model"):
+        raise InputError(f"{model_dir}: the first module must be a Transformer (modules: {names})")
+    pooling = [m for m in modules if type(m).__name__ == "Pooling"]
+    if len(pooling) != 1:
+        raise InputError(f"{model_dir}: expected one Pooling module, found {len(pooling)} (modules: {names})")
+    unsupported = [n for n in names[1:] if n not in SUPPORTED_MODULES]
+    if unsupported:
+        raise InputError(f"{model_dir}: modules {unsupported} cannot be exported (supported after the "
+                         f"Transformer: {sorted(SUPPORTED_MODULES)})")
+    pool = pooling[0]
+    mode = pool.pooling_mode
+    modes = (mode,) if isinstance(mode, str) else tuple(mode)
+    bad = [m for m in modes if m not in SUPPORTED_POOLING]
+    if bad:
+        raise InputError(f"{model_dir}: pooling mode {bad} is not supported (supported: {sorted(SUPPORTED_POOLING)})")
+    prompts = {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if v}
+    if not getattr(pool, "include_prompt", True) and prompts:
+        raise InputError(
+            f"{model_dir}: Pooling has include_prompt=false with prompts {prompts}: the graph cannot tell prompt "
+            "tokens from text tokens; set include_prompt=true (and retrain) or drop the prompts"
+        )
+    return "+".join(modes), names
+
+
+def _needs_token_type_ids(model: "SentenceTransformer") -> bool:
+    hf = model[0].auto_model
+    takes = "token_type_ids" in inspect.signature(hf.forward).parameters
+    return takes and "token_type_ids" in getattr(model.tokenizer, "model_input_names", [])
+
+
+def build_graph_module(model: "SentenceTransformer") -> "torch.nn.Module":
+    """``forward(input_ids, attention_mask) -> embeddings``: the model's modules + L2 normalisation.
+
+    Args:
+        model: A loaded sentence-transformers model (Transformer, Pooling, optional Dense/Normalize).
+
+    Returns:
+        A ``torch.nn.Module`` in eval mode, sharing the model's weights.
+    """
+    import torch
+
+    class EmbeddingGraph(torch.nn.Module):
+        def __init__(self, st: "SentenceTransformer", token_type_ids: bool):
+            super().__init__()
+            self.stages = torch.nn.ModuleList(list(st))
+            self.token_type_ids = token_type_ids
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            features: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if self.token_type_ids:
+                features["token_type_ids"] = torch.zeros_like(input_ids)
+            for stage in self.stages:
+                features = stage(features)
+            return torch.nn.functional.normalize(features["sentence_embedding"].float(), p=2.0, dim=-1)
+
+    return EmbeddingGraph(model, _needs_token_type_ids(model)).eval()
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _tokenize(model: "SentenceTransformer", texts: Sequence[str], prompt: str) -> dict[str, np.ndarray]:
+    """Tokenise like sentence-transformers: ``prompt + text``, truncated to ``max_seq_length``, padded."""
+    enc = model.tokenizer(
+        [prompt + t for t in texts], padding=True, truncation=True, max_length=model.max_seq_length,
+        return_tensors="np",
+    )
+    return {name: np.asarray(enc[name], dtype=np.int64) for name in INPUT_NAMES}
+
+
+def _pick_exporter(cfg: ExportConfig) -> str:
+    requested = cfg.exporter
+    if requested != "auto":
+        return requested
+    try:
+        import torch.onnx.utils  # noqa: F401  (the TorchScript exporter)
+    except ImportError:
+        return "dynamo"
+    return "torchscript" if cfg.opset <= TORCHSCRIPT_MAX_OPSET else "dynamo"
+
+
+def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, sample_texts: Sequence[str],
+                exporter: str = "torchscript") -> None:
+    """Write ``model`` as a single-file ONNX graph (see the module docstring) and check it with onnx.checker.
+
+    Args:
+        model: The sentence-transformers model (moved to CPU for tracing).
+        path: Output ``model.onnx``.
+        opset: ONNX opset (>= 17).
+        sample_texts: Real texts to trace with (two of different length, so the trace sees padding).
+        exporter: "torchscript" (``dynamo=False`` + ``dynamic_axes``) or "dynamo" (``dynamic_shapes``).
+
+    Raises:
+        ConfigError: The exporter cannot produce the requested opset.
+    """
+    import onnx
+    import torch
+
+    path = Path(path)
+    graph = build_graph_module(model).to("cpu")
+    texts = list(sample_texts[:2]) or ["embedforge export", "a second, longer sample text for tracing padding"]
+    if len(texts) == 1:
+        texts.append(texts[0] + " " + texts[0])
+    feed = _tokenize(model, texts, "")
+    args = tuple(torch.from_numpy(feed[n]) for n in INPUT_NAMES)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _export_to(graph, args, tmp, opset, exporter, max_len=int(model.max_seq_length or 512))
+        proto = onnx.load(str(tmp))
+        dim = embedding_dim(model)
+        out = next(o for o in proto.graph.output if o.name == OUTPUT_NAME)
+        out_dims = out.type.tensor_type.shape.dim
+        if len(out_dims) == 2 and dim:  # the tracer leaves the feature axis symbolic; it is the fixed model dim
+            out_dims[0].ClearField("dim_value")
+            out_dims[0].dim_param = "batch"
+            out_dims[1].ClearField("dim_param")
+            out_dims[1].dim_value = int(dim)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    got = onnx_opset(path)
+    if got != opset:
+        log.warning("asked for opset %d, the %s exporter produced opset %d", opset, exporter, got)
+
+
+def _export_to(graph: "torch.nn.Module", args: tuple, tmp: Path, opset: int, exporter: str, max_len: int) -> None:
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings on shape-only branches and the exporter's deprecation
+        if exporter == "torchscript":
+            if opset > TORCHSCRIPT_MAX_OPSET:
+                raise ConfigError(f"export.opset={opset}: the TorchScript exporter stops at {TORCHSCRIPT_MAX_OPSET}; "
+                                  "use export.exporter=dynamo or a lower opset")
+            torch.onnx.export(
+                graph, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        elif exporter == "dynamo":
+            batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=max_len)
+            program = torch.onnx.export(
+                graph, args, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                dynamic_shapes={n: {0: batch, 1: seq} for n in INPUT_NAMES}, opset_version=opset, dynamo=True,
+                external_data=False,
+            )
+            program.save(str(tmp), external_data=False)
+        else:
+            raise ConfigError(f"export.exporter={exporter!r}: use auto, torchscript or dynamo")
+
+
+def onnx_opset(path: str | Path) -> int:
+    """The default-domain opset of an ONNX model file."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def copy_tokenizer_files(model: "SentenceTransformer", model_dir: str | Path, out_dir: str | Path) -> list[str]:
+    """Tokenizer files + prompts (``config_sentence_transformers.json``) + ``sentence_bert_config.json``.
+
+    The tokenizer is saved from the loaded model, so ``tokenizer_config.json``'s ``model_max_length`` is the
+    model's ``max_seq_length`` (where sentence-transformers >= 6 keeps it); ``sentence_bert_config.json`` also
+    states ``max_seq_length`` explicitly (where older sentence-transformers and simple servers look). Prompts are
+    copied from the model folder, or written from the loaded model when the folder has none.
+
+    Args:
+        model: The loaded model.
+        model_dir: Its folder.
+        out_dir: The export folder.
+
+    Returns:
+        Names of the files written next to ``model.onnx``.
+    """
+    out_dir = Path(out_dir)
+    before = {p.name for p in out_dir.iterdir()}
+    model.tokenizer.save_pretrained(str(out_dir))
+    st_src = Path(model_dir) / "config_sentence_transformers.json"
+    st_cfg = read_json(st_src) if st_src.is_file() else {}
+    st_cfg["prompts"] = dict(getattr(model, "prompts", None) or {})
+    st_cfg.setdefault("default_prompt_name", None)
+    write_json(out_dir / "config_sentence_transformers.json", st_cfg)
+    sb_src = Path(model_dir) / "sentence_bert_config.json"
+    sb_cfg = read_json(sb_src) if sb_src.is_file() else {}
+    sb_cfg["max_seq_length"] = int(model.max_seq_length)
+    write_json(out_dir / "sentence_bert_config.json", sb_cfg)
+    return sorted({p.name for p in out_dir.iterdir()} - before)
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def pick_parity_chunks(chunks: Sequence[Chunk], n: int) -> list[Chunk]:
+    """Up to ``n`` chunks evenly spread over text length (shortest and longest included), in corpus order."""
+    if len(chunks) <= n:
+        return list(chunks)
+    order = sorted(range(len(chunks)), key=lambda i: (len(chunks[i].text), chunks[i].chunk_id))
+    picks = sorted({order[int(round(j))] for j in np.linspace(0, len(order) - 1, n)})
+    return [chunks[i] for i in picks]
+
+
+def check_parity(
+    onnx_path: str | Path,
+    model: "SentenceTransformer",
+    chunks: Sequence[Chunk],
+    cfg: ExportConfig,
+    parity_path: str | Path,
+    batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+) -> dict[str, Any]:
+    """Compare ONNX Runtime embeddings of ``chunks`` with PyTorch's; write ``parity_path`` either way.
+
+    Args:
+        onnx_path: The exported graph.
+        model: The PyTorch model it was exported from.
+        chunks: Real chunks to embed (all are used; pick them with :func:`pick_parity_chunks`).
+        cfg: ``parity_min_cosine`` and ``opset`` (recorded).
+        parity_path: Where to write the report (``parity.json``).
+        batch_sizes: ONNX Runtime batch sizes, cycled through (different padding per batch).
+
+    Returns:
+        The report: ``min_cosine``, ``mean_cosine``, ``max_abs_diff``, ``samples``, ``opset``,
+        ``onnxruntime_version``, ``worst_chunk_id``, ``passed``, ...
+
+    Raises:
+        ParityError: The minimum cosine is below ``cfg.parity_min_cosine``.
+    """
+    import onnxruntime as ort
+
+    from embedforge.encode import encode, prompt_for
+
+    if not chunks:
+        raise InputError("no chunks to check parity on")
+    texts = [c.text for c in chunks]
+    prompt = prompt_for(model, "document")
+    ref = encode(model, texts, kind="document", batch_size=32)
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    graph_inputs = {i.name for i in session.get_inputs()}
+    got = np.zeros_like(ref)
+    used_sizes: list[int] = []
+    seq_lengths: set[int] = set()
+    start, step = 0, 0
+    while start < len(texts):
+        bs = batch_sizes[step % len(batch_sizes)]
+        feed = _tokenize(model, texts[start : start + bs], prompt)
+        seq_lengths.add(int(feed["input_ids"].shape[1]))
+        (out,) = session.run([OUTPUT_NAME], {k: v for k, v in feed.items() if k in graph_inputs})
+        got[start : start + len(out)] = out
+        used_sizes.append(len(out))
+        start += bs
+        step += 1
+
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    cos = np.sum(got * ref, axis=1) / np.maximum(norms, 1e-12)
+    cos = np.where(np.isfinite(cos), cos, -1.0)
+    worst = int(np.argmin(cos))
+    report = {
+        "passed": bool(cos[worst] >= cfg.parity_min_cosine),
+        "min_cosine": float(cos[worst]),
+        "mean_cosine": float(cos.mean()),
+        "max_abs_diff": float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max()),
+        "threshold": cfg.parity_min_cosine,
+        "samples": len(texts),
+        "worst_chunk_id": chunks[worst].chunk_id,
+        "batch_sizes": sorted(set(used_sizes)),
+        "sequence_lengths": [min(seq_lengths), max(seq_lengths)],
+        "max_seq_length": model.max_seq_length,
+        "prompt": prompt,
+        "opset": onnx_opset(onnx_path),
+        "onnxruntime_version": ort.__version__,
+        "per_chunk": [{"chunk_id": c.chunk_id, "cosine": round(float(x), 7)} for c, x in zip(chunks, cos)],
+    }
+    write_json(parity_path, report)
+    if not report["passed"]:
+        raise ParityError(
+            f"ONNX export of {onnx_path} does not reproduce PyTorch: chunk {chunks[worst].chunk_id!r} has cosine "
+            f"{cos[worst]:.6f} < export.parity_min_cosine={cfg.parity_min_cosine} (details in {parity_path})"
+        )
+    log.info("parity: min cosine %.6f, mean %.6f, max |diff| %.2e over %d chunks", report["min_cosine"],
+             report["mean_cosine"], report["max_abs_diff"], len(texts))
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ stage
+def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> Manifest:
+    """Export ``model_dir`` to ``out_dir/model.onnx`` with tokenizer files, and check parity on real chunks.
+
+    Args:
+        model_dir: A sentence-transformers folder (Transformer + Pooling (+ Dense/Normalize)).
+        chunks_dir: The ``chunks`` artifact: parity is checked on up to ``cfg.parity_samples`` of its chunks.
+        out_dir: Output folder: ``model.onnx``, tokenizer files, ``config_sentence_transformers.json``,
+            ``sentence_bert_config.json``, ``parity.json``, ``manifest.json``.
+        cfg: Opset, parity threshold and sample count, exporter.
+
+    Returns:
+        The manifest (extra fields: ``dim``, ``opset``, ``file_size``, ``pooling``, ``exporter``).
+
+    Raises:
+        ParityError: ONNX Runtime embeddings differ from PyTorch's (``parity.json`` is still written).
+        InputError: The model folder or chunks are unusable.
+    """
+    from embedforge.encode import load_model
+
+    with StageTimer("export") as timer:
+        model_dir, chunks_dir, out_dir = Path(model_dir), Path(chunks_dir), Path(out_dir)
+        if not (model_dir / "modules.json").is_file():
+            raise InputError(f"{model_dir} is not a sentence-transformers folder (no modules.json)")
+        chunks = read_chunks(chunks_dir)
+        if not chunks:
+            raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks: parity needs real texts")
+        model = load_model(str(model_dir), device="cpu")
+        model.eval()
+        pooling, module_names = _check_modules(model, model_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        exporter = _pick_exporter(cfg)
+        samples = pick_parity_chunks(chunks, cfg.parity_samples)
+        by_len = sorted(samples, key=lambda c: len(c.text))
+        onnx_path = out_dir / ONNX_FILE
+        log.info("exporting %s (%s, pooling %s) to %s with the %s exporter, opset %d", model_dir,
+                 " -> ".join(module_names), pooling, onnx_path, exporter, cfg.opset)
+        export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
+        side_files = copy_tokenizer_files(model, model_dir, out_dir)
+        report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
+        dim = int(embedding_dim(model))
+        return timer.write_manifest(
+            out_dir,
+            counts={"parity_samples": report["samples"], "dim": dim},
+            inputs={"model": model_dir, "chunks": chunks_dir},
+            config=cfg,
+            dim=dim,
+            opset=report["opset"],
+            file_size=onnx_path.stat().st_size,
+            pooling=pooling,
+            exporter=exporter,
+            files=sorted([ONNX_FILE, PARITY_FILE, *side_files]),
+            min_cosine=report["min_cosine"],
+        )
