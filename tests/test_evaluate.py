@@ -270,11 +270,16 @@ def test_external_beir_folder_ignores_identical_ids_and_texts(base, tmp_path, ca
                                        {"arg": coll.qrels["arg"]})
     kept = evaluate.evaluate_beir_folder(base, arg_only, CFG, ignore_identical=False)
     dropped = evaluate.evaluate_beir_folder(base, arg_only, CFG)
-    assert kept["mrr@10"] == pytest.approx(1 / 3, abs=1e-5)  # behind its own id and the identical copy
+    assert kept["mrr@10"] == pytest.approx(1 / 3, abs=1e-5)  # behind its own text under its id and a copy
     assert dropped["mrr@10"] == 1.0 and dropped["ndcg@1"] == 1.0
 
     both = evaluate.evaluate_beir_folder(base, folder, CFG)
     assert 0.5 < both["ndcg@10"] <= 1.0 and both["recall@100"] == 1.0
+
+    # Cranfield-style id clash: query "imp" and a relevant document "imp" are unrelated namespaces -> kept.
+    clash = evaluate.BeirCollection(coll.path, {**coll.corpus, "imp": {"title": "", "text": coll.corpus["import-0"]["text"]}},
+                                    {"imp": coll.queries["imp"]}, {"imp": {"imp": 1}})
+    assert evaluate.evaluate_beir_folder(base, clash, CFG)["recall@100"] == 1.0
 
 
 def test_beir_document_text_joins_title_like_beir():

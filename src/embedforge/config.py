@@ -126,6 +126,10 @@ class SdgConfig(StageConfig):
     min_query_words: int = Field(4, ge=1)
     max_pairs: int = Field(20000, ge=1, description="Upper bound on pairs generated (train+eval).")
     seed: int = 13
+    byo_split: Literal["majority", "any_eval", "train_positives"] = Field(
+        "majority", description="Bring-your-own pairs whose positives lie in both splits: majority = the split holding most "
+        "of them, keeping only its positives; any_eval = a pair with any eval-document positive is an eval pair; "
+        "train_positives = a pair with any train-document positive is a train pair keeping only those positives.")
     llm: LlmSdgConfig = Field(default_factory=LlmSdgConfig)
 
 
@@ -142,15 +146,18 @@ class MineConfig(StageConfig):
     num_negatives: int = Field(4, ge=0, le=64)
     margin: float = Field(0.95, gt=0.0, le=1.0, description="Drop candidates scoring above margin x positive score.")
     candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
-    max_positives_per_pair: int = Field(3, ge=1, le=100, description="Training examples per pair at most (one per positive chunk).")
+    max_positives_per_pair: int = Field(10, ge=1, le=100, description="Training examples per pair at most (one per positive chunk).")
+    margin_reference: Literal["positive", "best_positive"] = Field(
+        "best_positive", description="Score the margin multiplies: each example's own positive, or the best-scoring positive "
+        "of the query (pairs with several positives).")
     batch_size: int = Field(64, ge=1)
     use_gpu: bool = Field(True, description="Use faiss GPU resources when faiss-gpu and a GPU are present.")
 
 
 class TrainConfig(StageConfig):
-    epochs: float = Field(1.0, gt=0)
-    batch_size: int = Field(32, ge=2)
-    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(3.0, gt=0, description="Passes over the mined rows; fractions allowed.")
+    batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, cosine decay).")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.05, gt=0, le=1, description="InfoNCE temperature (1/scale).")
@@ -192,6 +199,9 @@ class ExportConfig(StageConfig):
     opset: int = Field(17, ge=17, le=23)
     parity_min_cosine: float = Field(0.999, gt=0, le=1)
     parity_samples: int = Field(64, ge=1)
+    exporter: Literal["auto", "torchscript", "dynamo"] = Field(
+        "auto", description="auto: TorchScript exporter (dynamo=False) while torch ships it and opset <= 20, else "
+        "dynamo (needs onnxscript).")
 
 
 class RegisterConfig(StageConfig):
@@ -202,7 +212,7 @@ class RegisterConfig(StageConfig):
 
 class GateConfig(StageConfig):
     metric: str = "ndcg@10"
-    min_improvement: float = Field(0.0, description="Absolute gain over the base model required to promote.")
+    min_improvement: float = Field(0.0, ge=0.0, description="Absolute gain over the base model required to promote (the fine-tuned model must also strictly beat base).")
     greater_is_better: bool = True
     alias: str = Field("champion", min_length=1)
 

@@ -19,8 +19,9 @@ Protocol
 
 External collections (``eval_beir``): a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)
 is evaluated with whole documents embedded as ``title + " " + text`` (stripped; BEIR's own ``SentenceBERT``
-join), truncated by the model's ``max_seq_length``. As BEIR's ``ignore_identical_ids`` (and MTEB for ArguAna),
-a query's own id and any document whose text equals the query's text are removed from its ranking. Queries
+join), truncated by the model's ``max_seq_length``. As MTEB does for ArguAna, a document whose text equals the
+query's text (the query's own argument) is removed from its ranking; ids are not compared, because in other
+collections (Cranfield) query and document ids are unrelated number ranges. Queries
 without any relevant (score > 0) judgement are dropped, since no ranking can score on them.
 
 Output folder: ``evaluation.json`` (see :func:`run`), ``beir/`` (the eval split in BEIR layout: ``corpus.jsonl``
@@ -484,7 +485,7 @@ def evaluate_beir_folder(
         beir_dir: A BEIR folder, or one already loaded with :func:`load_beir_folder`.
         cfg: Cut-offs and batch size.
         split: The qrels file (``qrels/<split>.tsv``).
-        ignore_identical: Remove the query's own id and documents with the query's exact text from its ranking.
+        ignore_identical: Remove documents whose (whitespace-normalised) text equals the query's from its ranking.
 
     Returns:
         The metrics dict (same keys as :func:`evaluate_model`).
@@ -499,11 +500,14 @@ def evaluate_beir_folder(
     bs = _batch_size(model, cfg)
     excluded: dict[str, set[str]] = {q: set() for q in qids}
     if ignore_identical:
+        # A document whose text IS the query (ArguAna: the query's own argument, under its own id) is removed.
+        # Ids alone are not compared: in collections like Cranfield query ids and document ids are unrelated
+        # number ranges, and dropping "the query's own id" would silently drop real documents.
         by_text: dict[str, list[str]] = defaultdict(list)
         for d, doc in coll.corpus.items():
-            by_text[doc["text"].strip()].append(d)
+            by_text[" ".join(doc["text"].split())].append(d)
         for q in qids:
-            excluded[q] = ({q} & coll.corpus.keys()) | set(by_text.get(coll.queries[q].strip(), ()))
+            excluded[q] = set(by_text.get(" ".join(coll.queries[q].split()), ()))
     log.info("BEIR %s: %d documents, %d judged queries", coll.path, len(doc_ids), len(qids))
     doc_emb = encode(model, [beir_document_text(coll.corpus[d]) for d in doc_ids], kind="document", batch_size=bs,
                      show_progress=True)

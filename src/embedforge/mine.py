@@ -16,6 +16,13 @@ Steps:
    - never a text equal to a positive of the pair;
    - the positive-aware margin of NV-Retriever ("TopK-PercPos", Moreira et al. 2024): drop a candidate whose
      score exceeds ``margin x positive score`` — such near-duplicates of the positive are likely false negatives.
+     The reference score is the query's best positive (``margin_reference="best_positive"``, default) or each
+     example's own positive (``"positive"``); they differ only for queries with several positives, where the
+     per-example reference hands weakly-scored positives only easy negatives (measured worse, see
+     ``bench/train_quality.py``).
+
+   Everything positive for a query text in any of its pairs (chunks of its positive documents, its positive texts)
+   is excluded, so two pairs with the same query never make each other's positives negatives.
 
 Scores are base-model cosines (embeddings are L2-normalised). The output is deterministic for fixed inputs.
 
@@ -127,27 +134,41 @@ def run(
     override_emb = encode(model, overrides, kind="document", batch_size=cfg.batch_size) if overrides else None
     override_row = {t: i for i, t in enumerate(overrides)}
 
-    # Search deep enough that excluding the positive documents' own chunks still leaves `candidates` neighbours.
-    excluded_max = max(len(_excluded_rows(p, chunks, chunk_row, doc_rows)) for p in pairs)
-    k = min(len(chunks), cfg.candidates + excluded_max)
-    index = build_index(chunk_emb, use_gpu=cfg.use_gpu)
-    scores, ids = top_k(index, query_emb, k)
-
-    stats = MineStats()
-    examples: list[TrainExample] = []
+    # Positives of every pair; what is positive for a query text (in any of its pairs) is never its negative.
+    resolved: list[list[_Positive]] = []
+    excluded: dict[str, set[int]] = {}
+    positive_texts: dict[str, set[str]] = {}
     for pair in pairs:
         q = query_row[pair.query]
-        excluded = _excluded_rows(pair, chunks, chunk_row, doc_rows)
         positives = _resolve_positives(pair, chunks, chunk_row, doc_rows, chunk_emb, query_emb[q], cfg)
         if pair.positive_text:
             vec = override_emb[override_row[pair.positive_text]]
             positives = [_Positive(row=positives[0].row, text=pair.positive_text, score=float(vec @ query_emb[q]))]
-        positive_texts = {p.text for p in positives} | {chunks[r].text for r in excluded}
-        candidates = _candidates(scores[q], ids[q], excluded, cfg.candidates)
-        user_negs = _dedupe([n for n in pair.negatives if n not in positive_texts and n != pair.query])
+        resolved.append(positives)
+        rows = _excluded_rows(pair, chunks, chunk_row, doc_rows)
+        excluded.setdefault(pair.query, set()).update(rows)
+        positive_texts.setdefault(pair.query, set()).update({p.text for p in positives} | {chunks[r].text for r in rows})
+
+    # Search deep enough that excluding the positive documents' own chunks still leaves `candidates` neighbours.
+    k = min(len(chunks), cfg.candidates + max(len(rows) for rows in excluded.values()))
+    index = build_index(chunk_emb, use_gpu=cfg.use_gpu)
+    scores, ids = top_k(index, query_emb, k)
+
+    best_positive: dict[str, float] = {}
+    for pair, positives in zip(pairs, resolved):
+        best_positive[pair.query] = max([best_positive.get(pair.query, -1.0)] + [p.score for p in positives])
+
+    stats = MineStats()
+    examples: list[TrainExample] = []
+    for pair, positives in zip(pairs, resolved):
+        q = query_row[pair.query]
+        not_negative = positive_texts[pair.query]
+        candidates = _candidates(scores[q], ids[q], excluded[pair.query], cfg.candidates)
+        user_negs = _dedupe([n for n in pair.negatives if n not in not_negative and n != pair.query])
         for pos in positives:
+            reference = pos.score if cfg.margin_reference == "positive" else best_positive[pair.query]
             negatives, dropped, mined_scores = _pick_negatives(
-                candidates, chunks, pos.score, positive_texts, user_negs, pair.query, cfg
+                candidates, chunks, reference, not_negative, user_negs, pair.query, cfg
             )
             examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives))
             stats.examples += 1

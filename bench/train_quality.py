@@ -1,0 +1,383 @@
+"""Retrieval quality of embedforge's mine + train against a sentence-transformers baseline on a BEIR collection.
+
+Not a test: an experiment used to choose ``TrainConfig``/``MineConfig`` defaults. For a BEIR folder with
+``qrels/train.tsv`` and ``qrels/test.tsv`` (e.g. /work/shared/data/cranfield):
+
+* inputs: one chunk per corpus document; one train pair per train query whose positives are its judged documents
+  (highest grade first);
+* ``base``: the base model, no training;
+* ``st_*``: the reference recipe — sentence-transformers ``MultipleNegativesRankingLoss`` (scale 20) on
+  (anchor, positive, negative_1..4) rows with 4 naively mined hard negatives (top-4 by base-model cosine, the
+  query's judged documents excluded: ``mine_hard_negatives(num_negatives=4, sampling_strategy="top")``),
+  no-duplicates batches, 3 epochs, linear decay. Uses ``SentenceTransformerTrainer`` when ``datasets`` is
+  installed, else the same loss module in a plain loop;
+* ``ours_*``: ``embedforge.mine.run`` + ``embedforge.train.run`` with the variant's settings.
+
+Every model is scored on the test queries over the full corpus with BEIR's ``EvaluateRetrieval.evaluate``
+(exact cosine search, ``ignore_identical_ids=False``: Cranfield's query and document ids overlap).
+
+Usage::
+
+    HF_HUB_OFFLINE=1 python bench/train_quality.py --data /work/shared/data/cranfield --out runs/bench \\
+        --variants base,st_lr2e-5,defaults --seeds 13,14,15
+    HF_HUB_OFFLINE=1 python bench/train_quality.py --data /work/shared/data/arguana --exclude-self \\
+        --variants base,st_lr2e-5,defaults --seeds 13,14      # no train qrels: queries split 50/50 by id hash
+
+Results (2026-11-26, one NVIDIA H200, bf16 autocast; all-MiniLM-L6-v2 whose weights travelled as fp16 and were
+cast back to fp32 — cosine to the original embeddings 0.9999998; NDCG@10 on the test queries, mean over seeds):
+
+Cranfield (150 train / 75 test queries, 1,052 train judgements, 1,398 docs)
+
+=====================================================================  ======================  ===========
+variant                                                                ndcg@10 (seeds)         recall@100
+=====================================================================  ======================  ===========
+base model                                                             0.3709                  0.804
+sentence-transformers MNRL, 4 naive negatives, 3 ep, lr 2e-5, bs 32    0.4084 (13,14,15)       0.813
+  same, lr 5e-5                                                        0.4033 (13)             0.790
+ours v0: cap 3 positives, margin vs own positive, 1 ep, lr 2e-5        0.3750 (13)             0.818
+ours v0 + 3 ep                                                         0.3959 (13)             0.827
+ours v0 + 3 ep + all positives                                         0.4037 (13,14,15)       0.833
+ours v0 + 3 ep + all positives + margin vs best positive               0.4085 (13,14,15)       0.832
+  same, margin off (1.0)                                               0.4076 (13,14,15)       0.821
+ours: cap 10, margin vs best positive, 3 ep, lr 5e-5 (= defaults)      0.4105 (13,14,15)       0.840
+ours: all positives, margin vs best, 3 ep, lr 5e-5                     0.4116 (13,14,15)       0.827
+ours: all positives, margin vs best, 2 ep, lr 5e-5                     0.4134 (13,14,15)       0.829
+ours: cap 10, margin vs best, 2 ep, lr 5e-5 / lr 1e-4                  0.4036 / 0.4045 (x3)    0.846/0.839
+single-seed probes on v0 + 3 ep: bs 16 0.3973, bs 64 0.3838, T 0.02 0.3887, T 0.1 0.3871, lr 1e-5 0.3826,
+8 negatives 0.3985, margin 0.9 0.3928, 1 positive per query 0.3711
+=====================================================================  ======================  ===========
+
+ArguAna (697 train / 704 test queries, 1 positive each, 8,567 docs, own id/text removed from rankings)
+
+=====================================================================  ======================  ===========
+base model                                                             0.5095                  0.963
+sentence-transformers MNRL, 4 naive negatives, 3 ep, lr 2e-5, bs 32    0.6182 (13,14)          0.979
+ours v0 (1 ep, lr 2e-5)                                                0.5780 (13,14)          0.978
+ours defaults (3 ep, lr 5e-5, bs 32, T 0.05, margin 0.95 vs best)      0.6432 (13,14)          0.982
+=====================================================================  ======================  ===========
+
+Reading: the seed-to-seed spread is about +-0.004 on Cranfield's 75 test queries, so only differences beyond
+~0.01 there are signal. What carried over to ArguAna: 3 epochs at lr 5e-5 (v0's 1 epoch at 2e-5 under-trains
+small sets); batch 32 and temperature 0.05 were at least as good as the alternatives tried. The margin relative
+to the query's best positive and a generous positive cap only matter for multi-positive data (Cranfield).
+The "ST" rows ran the loss module in a plain loop (no ``datasets`` on the GPU box) with the trainer's defaults:
+AdamW without weight decay, linear warm-up (10%)/decay, clip 1.0, bf16, no-duplicates batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from embedforge import contracts
+from embedforge.config import MineConfig, PromptsConfig, TrainConfig
+from embedforge.contracts import Chunk, Pair
+
+log = logging.getLogger("train_quality")
+
+# The settings the grid started from (the first defaults); every "ours_*" variant overrides these, so the table
+# stays comparable when the shipped defaults change. "defaults" = MineConfig()/TrainConfig() as shipped.
+V0 = {"mine": {"max_positives_per_pair": 3, "margin_reference": "positive"}, "train": {"epochs": 1, "learning_rate": 2e-5}}
+
+# name -> settings. "mine"/"train": MineConfig/TrainConfig overrides; "st": baseline trainer settings.
+VARIANTS: dict[str, dict] = {
+    "base": {},
+    "st_lr2e-5": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1}},
+    "st_lr5e-5": {"st": {"lr": 5e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1}},
+    "ours_v0": {"mine": {}, "train": {}},
+    "ours_e3": {"train": {"epochs": 3}},
+    "ours_e3_lr5e-5": {"train": {"epochs": 3, "learning_rate": 5e-5}},
+    "ours_e2_lr5e-5": {"train": {"epochs": 2, "learning_rate": 5e-5}},
+    "ours_e1_lr5e-5": {"train": {"epochs": 1, "learning_rate": 5e-5}},
+    "ours_e1_lr1e-4": {"train": {"epochs": 1, "learning_rate": 1e-4}},
+    "ours_e3_lr1e-5": {"train": {"epochs": 3, "learning_rate": 1e-5}},
+    "ours_e3_bs16": {"train": {"epochs": 3, "batch_size": 16}},
+    "ours_e3_bs64": {"train": {"epochs": 3, "batch_size": 64}},
+    "ours_e3_t002": {"train": {"epochs": 3, "temperature": 0.02}},
+    "ours_e3_t01": {"train": {"epochs": 3, "temperature": 0.1}},
+    "ours_e3_pos10": {"mine": {"max_positives_per_pair": 10}, "train": {"epochs": 3}},
+    "ours_e3_pos1": {"mine": {"max_positives_per_pair": 1}, "train": {"epochs": 3}},
+    "ours_e3_nomargin": {"mine": {"margin": 1.0}, "train": {"epochs": 3}},
+    "ours_e3_m09": {"mine": {"margin": 0.9}, "train": {"epochs": 3}},
+    "ours_e3_neg8": {"mine": {"num_negatives": 8}, "train": {"epochs": 3}},
+    "ours_e3_posall": {"mine": {"max_positives_per_pair": 100}, "train": {"epochs": 3}},
+    "ours_e3_posall_best": {"mine": {"max_positives_per_pair": 100, "margin_reference": "best_positive"}, "train": {"epochs": 3}},
+    "ours_e3_posall_nomargin": {"mine": {"max_positives_per_pair": 100, "margin": 1.0, "margin_reference": "best_positive"}, "train": {"epochs": 3}},
+    "ours_e2_posall_lr5e-5_best": {"mine": {"max_positives_per_pair": 100, "margin_reference": "best_positive"},
+                                   "train": {"epochs": 2, "learning_rate": 5e-5}},
+    "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
+    "defaults": {"shipped": True},
+    "ours_p10_best_e2_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
+                                "train": {"epochs": 2, "learning_rate": 5e-5}},
+    "ours_p10_best_e3_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
+                                "train": {"epochs": 3, "learning_rate": 5e-5}},
+    "ours_posall_best_e3_lr5e-5": {"mine": {"max_positives_per_pair": 100, "margin_reference": "best_positive"},
+                                   "train": {"epochs": 3, "learning_rate": 5e-5}},
+    "ours_p10_best_e2_lr1e-4": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
+                                "train": {"epochs": 2, "learning_rate": 1e-4}},
+    # seconds-long code-path checks (tiny data, CPU)
+    "smoke_st": {"st": {"lr": 5e-5, "batch_size": 8, "epochs": 0.2, "warmup_ratio": 0.1}},
+    "smoke_ours": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32}},
+}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def _qrels(path: Path) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with path.open(newline="") as fh:
+        for n, row in enumerate(csv.reader(fh, delimiter="\t")):
+            if n == 0 and row[0] == "query-id":
+                continue
+            if int(row[2]) > 0:
+                out.setdefault(row[0], {})[row[1]] = int(row[2])
+    return out
+
+
+def build_inputs(data: Path, out: Path, train_fraction: float = 0.5) -> dict:
+    """Chunks (one per document) and train pairs in embedforge's formats, plus the test split for scoring.
+
+    Without ``qrels/train.tsv`` the test queries are split by a hash of their id: ``train_fraction`` of them
+    train, the rest test."""
+    corpus = {obj["_id"]: (obj.get("title", ""), obj["text"]) for _, obj in contracts.iter_jsonl(data / "corpus.jsonl")}
+    corpus = {d: t for d, t in corpus.items() if t[1].strip()}
+    queries = {obj["_id"]: obj["text"] for _, obj in contracts.iter_jsonl(data / "queries.jsonl")}
+    test_qrels = _qrels(data / "qrels" / "test.tsv")
+    if (data / "qrels" / "train.tsv").is_file():
+        train_qrels = _qrels(data / "qrels" / "train.tsv")
+    else:
+        def is_train(q: str) -> bool:
+            return int(hashlib.sha256(q.encode()).hexdigest()[:8], 16) / 16**8 < train_fraction
+        train_qrels = {q: r for q, r in test_qrels.items() if is_train(q)}
+        test_qrels = {q: r for q, r in test_qrels.items() if not is_train(q)}
+    chunks = [Chunk(chunk_id=f"{d}#0", doc_id=d, text=text, title=title, position=0, split="train")
+              for d, (title, text) in corpus.items()]
+    pairs = []
+    for q, rels in train_qrels.items():
+        docs = [d for d, _ in sorted(rels.items(), key=lambda kv: (-kv[1], kv[0])) if d in corpus]
+        if docs:
+            pairs.append(Pair(query_id=q, query=queries[q], positive_chunk_ids=[f"{d}#0" for d in docs],
+                              positive_doc_ids=docs, relevance="chunk", split="train", source="qrels/train.tsv"))
+    contracts.write_jsonl(out / "chunks" / contracts.CHUNKS_FILE, chunks)
+    contracts.write_jsonl(out / "pairs" / contracts.PAIRS_FILE, pairs)
+    test_queries = {q: queries[q] for q in test_qrels}
+    log.info("data: %d docs, %d train pairs (%d judgements), %d test queries",
+             len(chunks), len(pairs), sum(len(p.positive_chunk_ids) for p in pairs), len(test_queries))
+    return {"corpus": corpus, "queries": queries, "train_qrels": train_qrels, "test_queries": test_queries,
+            "test_qrels": test_qrels, "chunks": out / "chunks", "pairs": out / "pairs"}
+
+
+def _patch_search_without_faiss() -> None:
+    """Where faiss is not installed (a bare GPU box), exact inner-product search in NumPy: same results."""
+    try:
+        import faiss  # noqa: F401
+        return
+    except ImportError:
+        pass
+    from embedforge import search
+
+    class _Flat:
+        def __init__(self, emb):
+            self.emb = np.ascontiguousarray(emb, dtype=np.float32)
+            self.ntotal = len(self.emb)
+
+        def search(self, q, k):
+            s = q @ self.emb.T
+            idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            return np.take_along_axis(s, idx, axis=1), idx
+
+    search.build_index = lambda emb, use_gpu=True: _Flat(emb)
+    log.warning("faiss not installed: mining uses exact NumPy search (identical results)")
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def evaluate_model(model, data: dict, batch_size: int = 128) -> dict[str, float]:
+    """NDCG/Recall/MAP on the test queries over the whole corpus (exact cosine, model's own prompts)."""
+    import torch
+    from beir.retrieval.evaluation import EvaluateRetrieval
+
+    from embedforge.encode import encode
+
+    doc_ids = list(data["corpus"])
+    docs = encode(model, [data["corpus"][d][1] for d in doc_ids], kind="document", batch_size=batch_size)
+    qids = list(data["test_queries"])
+    qs = encode(model, [data["test_queries"][q] for q in qids], kind="query", batch_size=batch_size)
+    scores = torch.from_numpy(qs) @ torch.from_numpy(docs).T
+    top = torch.topk(scores, k=min(100, len(doc_ids)), dim=1)
+    results = {q: {doc_ids[j]: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())}
+               for i, q in enumerate(qids)}
+    if data.get("exclude_self"):  # ArguAna/MTEB protocol: the query's own id and identical texts are not results
+        for q in qids:
+            results[q] = {d: s for d, s in results[q].items()
+                          if d != q and data["corpus"][d][1] != data["test_queries"][q]}
+    ndcg, _map, recall, _ = EvaluateRetrieval.evaluate(data["test_qrels"], results, [1, 10, 100], ignore_identical_ids=False)
+    return {"ndcg@10": ndcg["NDCG@10"], "recall@10": recall["Recall@10"], "recall@100": recall["Recall@100"],
+            "map@10": _map["MAP@10"]}
+
+
+# ------------------------------------------------------------------------------------------------ baseline
+def _naive_rows(data: dict, model, num_negatives: int = 4) -> list[dict]:
+    """(anchor, positive, negative_1..n) rows; negatives = top-n corpus docs by base-model cosine that are not
+    judged relevant to the query (sentence-transformers' mine_hard_negatives, sampling_strategy="top")."""
+    from embedforge.encode import encode
+
+    doc_ids = list(data["corpus"])
+    texts = [data["corpus"][d][1] for d in doc_ids]
+    docs = encode(model, texts, kind="document", batch_size=128)
+    rows = []
+    for q, rels in data["train_qrels"].items():
+        qv = encode(model, [data["queries"][q]], kind="query")[0]
+        order = np.argsort(-(docs @ qv), kind="stable")
+        negs = [texts[j] for j in order if doc_ids[j] not in rels and texts[j] != data["queries"][q]][:num_negatives]
+        for d in sorted(rels, key=lambda d: (-rels[d], d)):
+            if d in data["corpus"]:
+                row = {"anchor": data["queries"][q], "positive": data["corpus"][d][1]}
+                row.update({f"negative_{i + 1}": n for i, n in enumerate(negs)})
+                rows.append(row)
+    return rows
+
+
+def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path, device: str,
+                    plain: bool = False) -> tuple[object, dict]:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import (
+        MultipleNegativesRankingLoss,
+    )
+
+    from embedforge.encode import resolve_model_path
+    from embedforge.train import seed_everything
+
+    seed_everything(seed)
+    model = SentenceTransformer(resolve_model_path(base_model), device=device)
+    rows = _naive_rows(data, model)
+    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    t0 = time.perf_counter()
+    try:
+        if plain:
+            raise ImportError("plain loop requested")
+        from datasets import Dataset
+        from sentence_transformers import (
+            SentenceTransformerTrainer,
+            SentenceTransformerTrainingArguments,
+        )
+        from sentence_transformers.base.sampler import BatchSamplers
+
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(out / "st_tmp"), num_train_epochs=st["epochs"], per_device_train_batch_size=st["batch_size"],
+            learning_rate=st["lr"], warmup_steps=st["warmup_ratio"], batch_sampler=BatchSamplers.NO_DUPLICATES,
+            bf16=device.startswith("cuda"), save_strategy="no", report_to="none", seed=seed, logging_steps=1000,
+        )
+        SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss).train()
+        how = "SentenceTransformerTrainer"
+    except ImportError:
+        how = _plain_mnrl_loop(model, loss, rows, st, seed, device)
+    return model, {"rows": len(rows), "train_seconds": round(time.perf_counter() - t0, 2), "how": how}
+
+
+def _plain_mnrl_loop(model, loss, rows: list[dict], st: dict, seed: int, device: str) -> str:
+    """The trainer's defaults without ``datasets``: AdamW (no weight decay), linear warm-up/decay, clip 1.0, bf16."""
+    import torch
+    from sentence_transformers.util import batch_to_device
+    from transformers import get_linear_schedule_with_warmup
+
+    from embedforge.contracts import TrainExample
+    from embedforge.train import plan_steps
+
+    examples = [TrainExample.from_columns(r) for r in rows]
+    plan = plan_steps(examples, st["batch_size"], st["epochs"], seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=st["lr"], weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, round(st["warmup_ratio"] * len(plan)), len(plan))
+    cols = list(rows[0])
+    model.train()
+    for idx in plan:
+        feats = [batch_to_device(model.preprocess([rows[i][c] for i in idx]), model.device) for c in cols]
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
+        with ctx:
+            value = loss(feats, None)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    model.eval()
+    return "plain loop with sentence-transformers MultipleNegativesRankingLoss"
+
+
+# ------------------------------------------------------------------------------------------------ ours
+def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, device: str) -> tuple[object, dict]:
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge import mine, train
+
+    base = {"mine": {}, "train": {}} if spec.get("shipped") else V0
+    mine_cfg = MineConfig(**{**base["mine"], **spec.get("mine", {})})
+    mined = out / f"mined_{hashlib.sha256(mine_cfg.model_dump_json().encode()).hexdigest()[:10]}"
+    if not (mined / contracts.MANIFEST).is_file():
+        mine.run(data["chunks"], data["pairs"], mined, mine_cfg, base_model=base_model)
+    train_cfg = TrainConfig(**{**base["train"], **spec.get("train", {}), "seed": seed, "device": device})
+    model_dir = out / "model"
+    m = train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())
+    mm = contracts.read_manifest(mined)
+    info = {"rows": m.counts["examples"], "steps": m.counts["steps"], "train_seconds": m.model_extra["train_seconds"],
+            "final_loss": m.model_extra["final_loss"], "dropped_by_margin": mm.counts["dropped_by_margin"]}
+    return SentenceTransformer(str(model_dir), device=device), info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cranfield")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_train_quality")
+    ap.add_argument("--base-model", default="all-MiniLM-L6-v2")
+    ap.add_argument("--variants", default="base,st_lr2e-5,defaults", help=f"comma list of {sorted(VARIANTS)}")
+    ap.add_argument("--seeds", default="13", help="comma list of seeds")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--train-fraction", type=float, default=0.5, help="query split when there is no qrels/train.tsv")
+    ap.add_argument("--exclude-self", action="store_true", help="drop the query's own id/text from rankings (ArguAna)")
+    ap.add_argument("--st-plain", action="store_true", help="baseline in a plain loop even if `datasets` is installed")
+    ap.add_argument("--json", type=Path, default=None, help="append one JSON line per result here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from embedforge.encode import load_model, pick_device
+
+    device = pick_device(args.device)
+    _patch_search_without_faiss()
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = build_inputs(args.data, args.out, args.train_fraction)
+    data["exclude_self"] = args.exclude_self
+    results = []
+    for name in args.variants.split(","):
+        spec = VARIANTS[name]
+        for seed in ([13] if name == "base" else [int(s) for s in args.seeds.split(",")]):
+            t0 = time.perf_counter()
+            if name == "base":
+                model, info = load_model(args.base_model, device), {}
+            elif "st" in spec:  # the sentence-transformers reference
+                model, info = run_st_baseline(data, args.base_model, spec["st"], seed, args.out, device, args.st_plain)
+            else:
+                model, info = run_ours(data, args.base_model, spec, seed, args.out, device)
+            metrics = evaluate_model(model, data)
+            row = {"variant": name, "seed": seed, **{k: round(v, 4) for k, v in metrics.items()}, **info,
+                   "seconds": round(time.perf_counter() - t0, 1), "device": device}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+            if args.json:
+                with args.json.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+    print("\nvariant              seed  ndcg@10  recall@100")
+    for r in results:
+        print(f"{r['variant']:<20} {r['seed']:>4}  {r['ndcg@10']:.4f}   {r['recall@100']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

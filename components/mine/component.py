@@ -1,0 +1,37 @@
+"""KFP component: mine hard negatives for the train-split pairs with the base model and FAISS."""
+
+from kfp import dsl
+
+from embedforge.components._common import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def mine(
+    chunks: dsl.Input[dsl.Dataset],
+    pairs: dsl.Input[dsl.Dataset],
+    base_model: str,
+    config: dict,
+    mined: dsl.Output[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Embed every chunk once with the base model and mine positive-aware hard negatives for each train pair.
+
+    Args:
+        chunks: Ingest output folder (``chunks.jsonl``).
+        pairs: SDG output folder (``pairs.jsonl``); only ``split == "train"`` pairs are used.
+        base_model: Model folder or id used for embedding chunks and queries.
+        config: ``MineConfig`` fields (num_negatives, margin, candidates, max_positives_per_pair, batch_size,
+            use_gpu).
+        mined: Output folder: ``train.jsonl`` (anchor, positive, negative_1..n), ``embeddings.npy`` +
+            ``embedding_ids.json`` (base-model chunk embeddings, reused by evaluate) and ``manifest.json``.
+        metrics: Example/negative counts and mean positive/negative base-model scores.
+    """
+    from embedforge import mine as stage
+    from embedforge.config import MineConfig
+
+    manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config), base_model=base_model)
+    for name, value in manifest.counts.items():
+        metrics.log_metric(name, value)
+    extra = manifest.model_extra or {}
+    for name in ("mean_positive_score", "mean_negative_score"):
+        metrics.log_metric(name, float(extra[name]))

@@ -1,0 +1,375 @@
+"""Contrastive fine-tuning: a compact PyTorch loop over mined ``anchor, positive, negative_1..n`` rows.
+
+The loop is deliberately small (no ``SentenceTransformerTrainer``) so its step can be tuned for GPU throughput:
+
+* batches from :func:`no_duplicate_batches` (no text twice among a batch's anchors and positives, like
+  sentence-transformers' ``NoDuplicatesBatchSampler``), shuffled per epoch from the seed;
+* :func:`embed` is the training-time forward, token for token what ``model.encode(texts, prompt_name=...,
+  normalize_embeddings=True)`` does later (``model.preprocess`` with the prompt, forward, L2-normalise), so the
+  saved model reproduces the embeddings it was trained on. Anchors get the ``query`` prompt, positives and
+  negatives the ``document`` prompt;
+* :class:`embedforge.losses.InfoNCELoss` over [all positives ; all hard negatives] of the batch, with
+  :func:`embedforge.losses.false_negative_mask` removing candidates that are known positives of the anchor;
+* AdamW (no decay on biases/LayerNorm), linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA.
+
+The result is a sentence-transformers folder (``SentenceTransformer(path)`` loads it) whose
+``config_sentence_transformers.json`` holds the prompts, plus ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedforge import contracts
+from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
+from embedforge.contracts import Manifest, StageTimer, TrainExample
+from embedforge.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch of batches (row indices) in which no text appears twice among the anchors and positives.
+
+    Rows are visited in a seeded random order; a row whose anchor or positive is already in the batch being
+    filled waits for a later batch (the algorithm of sentence-transformers' ``NoDuplicatesBatchSampler``). Every
+    row appears exactly once per epoch; the last batches may be smaller.
+
+    Args:
+        examples: Training rows.
+        batch_size: Rows per batch.
+        seed: Shuffle seed (use ``seed + epoch`` for a different order each epoch).
+
+    Returns:
+        A list of batches, each a list of row indices.
+    """
+    remaining = np.random.default_rng(seed).permutation(len(examples)).tolist()
+    batches: list[list[int]] = []
+    while remaining:
+        batch: list[int] = []
+        seen: set[str] = set()
+        skipped: list[int] = []
+        pos = 0
+        while pos < len(remaining) and len(batch) < batch_size:
+            i = remaining[pos]
+            pos += 1
+            ex = examples[i]
+            if ex.anchor in seen or ex.positive in seen:
+                skipped.append(i)  # waits, in order, for a later batch
+                continue
+            batch.append(i)
+            seen.update((ex.anchor, ex.positive))
+        batches.append(batch)
+        remaining = skipped + remaining[pos:]
+    return batches
+
+
+def plan_steps(examples: list[TrainExample], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """All batches of the run: whole epochs of :func:`no_duplicate_batches` (epoch ``e`` shuffled with
+    ``seed + e``), cut after ``round(epochs x batches per epoch)`` steps, so fractional epochs work."""
+    first = no_duplicate_batches(examples, batch_size, seed)
+    total = max(1, round(epochs * len(first)))
+    plan = list(first)
+    epoch = 1
+    while len(plan) < total:
+        plan.extend(no_duplicate_batches(examples, batch_size, seed + epoch))
+        epoch += 1
+    return plan[:total]
+
+
+@dataclass
+class Batch:
+    """Texts of one step, in loss order, and the false-negative mask ``(B, B + N)``."""
+
+    anchors: list[str]
+    positives: list[str]
+    negatives: list[str]
+    mask: torch.Tensor
+
+    @property
+    def candidates(self) -> list[str]:
+        return self.positives + self.negatives
+
+
+def collate(examples: list[TrainExample], rows: list[int], known_positives: dict[str, set[str]]) -> Batch:
+    """Gather a batch: flat hard negatives (rows may have different numbers) and its false-negative mask.
+
+    Args:
+        examples: All training rows.
+        rows: Indices of this batch's rows.
+        known_positives: anchor text -> every positive text that anchor has in the data set.
+    """
+    from embedforge.losses import false_negative_mask
+
+    anchors = [examples[i].anchor for i in rows]
+    positives = [examples[i].positive for i in rows]
+    negatives = [n for i in rows for n in examples[i].negatives]
+    mask = false_negative_mask(positives, positives + negatives, [known_positives.get(a, set()) for a in anchors])
+    return Batch(anchors=anchors, positives=positives, negatives=negatives, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------ forward
+def embed(model: SentenceTransformer, texts: list[str], prompt: str | None) -> torch.Tensor:
+    """Training-time embeddings: what ``model.encode(texts, prompt=prompt, normalize_embeddings=True)`` computes,
+    with gradients. Returns float32 ``(len(texts), dim)``, L2-normalised.
+
+    Args:
+        model: The model being trained (on its device).
+        texts: Texts to embed (without prompt).
+        prompt: Prefix to prepend (the model's ``query``/``document`` prompt); ``""``/``None`` for none.
+    """
+    import torch.nn.functional as F
+    from sentence_transformers.util import batch_to_device
+
+    features = batch_to_device(model.preprocess(texts, prompt=prompt or None), model.device)
+    return F.normalize(model(features)["sentence_embedding"].float(), p=2, dim=1)
+
+
+def _autocast_dtype(cfg: TrainConfig, device: str):
+    import torch
+
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if cfg.precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+
+
+@dataclass
+class Stepper:
+    """One optimisation step: forward both towers, loss, backward, clip, optimizer + scheduler step."""
+
+    model: SentenceTransformer
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    query_prompt: str | None
+    document_prompt: str | None
+    max_grad_norm: float
+    amp_dtype: object = None
+    scaler: object = None
+    device_type: str = "cpu"
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        import torch
+
+        ctx = torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        with ctx:
+            q = embed(self.model, batch.anchors, self.query_prompt)
+            d = embed(self.model, batch.candidates, self.document_prompt)
+        b = len(batch.anchors)
+        return self.loss_fn(q, d[:b], d[b:], batch.mask)
+
+    def step(self, batch: Batch) -> float:
+        import torch
+
+        loss = self.loss(batch)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+@dataclass
+class _LossLog:
+    window: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    _buf: list[float] = field(default_factory=list)
+
+    def add(self, step: int, loss: float) -> None:
+        self._buf.append(loss)
+        if len(self._buf) >= self.window:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        if self._buf:
+            self.history.append({"step": step, "loss": round(float(np.mean(self._buf)), 6)})
+            self._buf = []
+
+
+# ------------------------------------------------------------------------------------------------ setup
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) RNGs."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig) -> SentenceTransformer:
+    """A fresh SentenceTransformer on ``cfg.device`` with our prompts and ``max_seq_length``.
+
+    Args:
+        base_model: Model folder or id.
+        cfg: Training settings (device, max_seq_length).
+        prompts: Query/document prefixes, saved in the model as prompts ``query``/``document``.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.encode import pick_device, resolve_model_path
+
+    try:
+        model = SentenceTransformer(resolve_model_path(base_model), device=pick_device(cfg.device))
+    except OSError as exc:
+        raise ConfigError(f"cannot load base model {base_model!r}: {exc}") from None
+    model.prompts = {"query": prompts.query, "document": prompts.document}
+    model.default_prompt_name = None
+    model.max_seq_length = min(cfg.max_seq_length, _model_length_limit(model) or cfg.max_seq_length)
+    return model
+
+
+# Architectures whose position ids start after the padding index: two positions are not usable.
+_POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "xlm-roberta-xl"}
+
+
+def _model_length_limit(model: SentenceTransformer) -> int | None:
+    """Longest input the architecture accepts (its position embeddings), or None if unknown."""
+    config = getattr(model.transformers_model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    return int(positions) - (2 if getattr(config, "model_type", "") in _POSITION_OFFSET_MODELS else 0)
+
+
+def _optimizer(model: SentenceTransformer, cfg: TrainConfig):
+    import torch
+
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights are not decayed
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+def run(
+    mined_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    base_model: str = DEFAULT_BASE_MODEL,
+    prompts: PromptsConfig | None = None,
+) -> Manifest:
+    """Fine-tune ``base_model`` on the mined rows and save a sentence-transformers folder.
+
+    Args:
+        mined_dir: Mine artifact folder holding ``train.jsonl`` (``anchor, positive, negative_1..n``).
+        out_dir: Output folder: the saved model (``SentenceTransformer(out_dir)`` loads it) + ``manifest.json``.
+        cfg: Training settings (epochs, batch_size, learning_rate, temperature, ...).
+        base_model: Model folder or id to start from.
+        prompts: Query/document prefixes used in training and saved in the model.
+
+    Returns:
+        The written manifest (counts: examples, steps, epochs; final_loss, loss_history, seconds,
+        examples_per_second, device).
+
+    Raises:
+        InputError: ``train.jsonl`` is missing or has fewer than 2 rows.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from embedforge.losses import InfoNCELoss
+
+    timer = StageTimer(STAGE)
+    prompts = prompts or PromptsConfig()
+    examples = contracts.read_train_examples(mined_dir)
+    if len(examples) < 2:
+        raise InputError(
+            f"{Path(mined_dir) / contracts.TRAIN_FILE} has {len(examples)} training rows; contrastive training needs "
+            "at least 2 (add documents or pairs upstream)"
+        )
+    known: dict[str, set[str]] = {}
+    for ex in examples:
+        known.setdefault(ex.anchor, set()).add(ex.positive)
+
+    seed_everything(cfg.seed)
+    model = load_for_training(base_model, cfg, prompts)
+    device = str(model.device)
+    plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed)
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * len(plan)), len(plan))
+    amp_dtype = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    stepper = Stepper(
+        model=model,
+        loss_fn=InfoNCELoss(cfg.temperature),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        query_prompt=prompts.query or None,
+        document_prompt=prompts.document or None,
+        max_grad_norm=cfg.max_grad_norm,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        device_type=model.device.type,
+    )
+    log.info(
+        "train: %d rows, %d steps (%.2f epochs, batch %d) on %s, precision %s",
+        len(examples), len(plan), cfg.epochs, cfg.batch_size, device, amp_dtype or "fp32",
+    )
+    losses = _LossLog(window=max(1, len(plan) // 10))
+    model.train()
+    rows_seen = 0
+    started = time.perf_counter()
+    bar = tqdm(plan, desc="train", unit="step")
+    for step, rows in enumerate(bar, start=1):
+        loss = stepper.step(collate(examples, rows, known))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"train: loss is {loss} at step {step}; lower train.learning_rate")
+        rows_seen += len(rows)
+        losses.add(step, loss)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    losses.flush(len(plan))
+    train_seconds = time.perf_counter() - started
+    model.eval()
+
+    out = Path(out_dir)
+    model.save(str(out), create_model_card=False)
+    steps_per_epoch = len(no_duplicate_batches(examples, cfg.batch_size, cfg.seed))
+    return timer.write_manifest(
+        out,
+        counts={"examples": len(examples), "steps": len(plan), "epochs": math.ceil(len(plan) / steps_per_epoch)},
+        inputs={"mined": mined_dir},
+        config=cfg,
+        base_model=base_model,
+        prompts=prompts.model_dump(),
+        final_loss=losses.history[-1]["loss"],
+        loss_history=losses.history,
+        train_seconds=round(train_seconds, 3),
+        examples_per_second=round(rows_seen / max(train_seconds, 1e-9), 3),
+        device=device,
+        precision=str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
+    )

@@ -1,0 +1,197 @@
+"""Mine stage: real base model, real FAISS, on the shared tiny-corpus artifacts (chunks_dir, pairs_dir, mined_dir)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedforge import contracts, mine
+from embedforge.config import MineConfig
+from embedforge.contracts import Pair, TrainExample
+from embedforge.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def st_model(base_model):
+    """The base model loaded directly with sentence-transformers (independent of embedforge.encode)."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(base_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def rows(mined_dir) -> list[TrainExample]:
+    return contracts.read_train_examples(mined_dir)
+
+
+@pytest.fixture(scope="module")
+def train_pairs(pairs_dir) -> list[Pair]:
+    return [p for p in contracts.read_pairs(pairs_dir) if p.split == "train"]
+
+
+def _cos(model, queries: list[str], docs: list[str]) -> np.ndarray:
+    q = model.encode(queries, normalize_embeddings=True, convert_to_numpy=True)
+    d = model.encode(docs, normalize_embeddings=True, convert_to_numpy=True)
+    return q @ d.T
+
+
+def test_writes_rows_embeddings_and_manifest(mined_dir, chunks_dir, rows):
+    chunks = contracts.read_chunks(chunks_dir)
+    emb, ids = mine.load_embeddings(mined_dir)
+    assert emb.shape[0] == len(chunks) and emb.dtype == np.float32
+    assert ids == [c.chunk_id for c in chunks]
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+    m = contracts.read_manifest(mined_dir)
+    assert m.stage == "mine"
+    assert m.counts["examples"] == len(rows) > 0
+    assert m.counts["chunks_embedded"] == len(chunks)
+    assert m.counts["negatives_total"] == sum(len(r.negatives) for r in rows)
+    assert m.counts["examples_short_of_negatives"] == sum(len(r.negatives) < 4 for r in rows)
+    assert m.model_extra["embedding_dim"] == emb.shape[1]
+    assert m.model_extra["mean_positive_score"] > m.model_extra["mean_negative_score"]
+    first = json.loads((Path(mined_dir) / contracts.TRAIN_FILE).read_text().splitlines()[0])
+    assert list(first)[:2] == ["anchor", "positive"] and all(k.startswith("negative_") for k in list(first)[2:])
+
+
+def test_saved_embeddings_are_the_base_model_document_embeddings(mined_dir, chunks_dir, st_model):
+    chunks = contracts.read_chunks(chunks_dir)
+    emb, _ = mine.load_embeddings(mined_dir)
+    sample = [0, len(chunks) // 2, len(chunks) - 1]
+    expected = st_model.encode([chunks[i].text for i in sample], normalize_embeddings=True)
+    np.testing.assert_allclose(emb[sample], expected, atol=1e-5)
+
+
+def test_only_train_pairs_become_rows(rows, train_pairs, pairs_dir):
+    train_queries = {p.query for p in train_pairs}
+    eval_only = {p.query for p in contracts.read_pairs(pairs_dir) if p.split == "eval"} - train_queries
+    anchors = {r.anchor for r in rows}
+    assert anchors <= train_queries
+    assert not anchors & eval_only
+    assert anchors == train_queries  # every train pair produced at least one row
+
+
+def test_negatives_never_come_from_a_positive_document(rows, train_pairs, chunks_dir):
+    chunks = contracts.read_chunks(chunks_dir)
+    by_id = {c.chunk_id: c for c in chunks}
+    docs_of_text: dict[str, set[str]] = {}
+    for c in chunks:
+        docs_of_text.setdefault(c.text, set()).add(c.doc_id)
+    positive_docs: dict[str, set[str]] = {}
+    for p in train_pairs:
+        docs = set(p.positive_doc_ids) | {by_id[c].doc_id for c in p.positive_chunk_ids}
+        positive_docs.setdefault(p.query, set()).update(docs)
+    checked = 0
+    for r in rows:
+        assert r.positive not in r.negatives
+        assert len(set(r.negatives)) == len(r.negatives)
+        for n in r.negatives:
+            assert not docs_of_text[n] & positive_docs[r.anchor], (r.anchor, n[:60])
+            checked += 1
+    assert checked > 0
+
+
+def test_document_relevance_positive_is_the_best_chunk_of_the_document(rows, train_pairs, chunks_dir, st_model):
+    chunks = contracts.read_chunks(chunks_dir)
+    doc_pairs = [p for p in train_pairs if p.relevance == "document" and p.positive_text is None]
+    multi = [p for p in doc_pairs if sum(c.doc_id == p.positive_doc_ids[0] for c in chunks) > 1][:3]
+    assert multi, "the tiny corpus should have title pairs over multi-chunk documents"
+    for p in multi:
+        doc_chunks = [c.text for c in chunks if c.doc_id == p.positive_doc_ids[0]]
+        best = doc_chunks[int(np.argmax(_cos(st_model, [p.query], doc_chunks)[0]))]
+        assert [r.positive for r in rows if r.anchor == p.query] == [best]
+
+
+def test_mined_negatives_respect_the_positive_aware_margin(mined_dir, rows, st_model):
+    """Scores recomputed with the model loaded directly: every mined negative scores <= margin x the query's best
+    positive (the default margin_reference)."""
+    cfg = MineConfig()
+    assert cfg.margin_reference == "best_positive"
+    assert contracts.read_manifest(mined_dir).counts["dropped_by_margin"] > 0  # the margin actually bites here
+    sample = [r for r in rows if r.negatives][:12]
+    for r in sample:
+        positives = [x.positive for x in rows if x.anchor == r.anchor]
+        s = _cos(st_model, [r.anchor], [*positives, *r.negatives])[0]
+        best, negs = s[: len(positives)].max(), s[len(positives):]
+        assert np.all(negs <= cfg.margin * best + 1e-4), (r.anchor, s)
+
+
+def test_pair_with_several_positives(tmp_path, chunks_dir, base_model, st_model):
+    """One row per positive chunk up to the cap; with margin_reference="positive" each row's negatives stay under
+    margin x its own positive; no negative ever comes from the positive document."""
+    chunks = contracts.read_chunks(chunks_dir)
+    doc = max({c.doc_id for c in chunks}, key=lambda d: sum(c.doc_id == d for c in chunks))
+    own = [c for c in chunks if c.doc_id == doc]
+    assert len(own) >= 3
+    pair = Pair(query_id="multi", query="How is the statement executed?", positive_chunk_ids=[c.chunk_id for c in own],
+                positive_doc_ids=[doc], split="train")
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [pair])
+    cfg = MineConfig(max_positives_per_pair=2, margin_reference="positive", margin=0.9)
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", cfg, base_model=base_model)
+    got = contracts.read_train_examples(tmp_path / "mined")
+    assert [r.positive for r in got] == [own[0].text, own[1].text]
+    own_texts = {c.text for c in own}
+    for r in got:
+        assert r.negatives and not own_texts & set(r.negatives)
+        s = _cos(st_model, [r.anchor], [r.positive, *r.negatives])[0]
+        assert np.all(s[1:] <= cfg.margin * s[0] + 1e-4), s
+
+
+def test_user_negatives_come_first_and_mining_fills_up(tmp_path, chunks_dir, train_pairs, base_model):
+    chunk_pairs = [p for p in train_pairs if p.relevance == "chunk"][:4]
+    user = ["A user-written negative about something else entirely.", "Another hand-picked negative passage."]
+    pairs = [p.model_copy(update={"negatives": list(user)}) for p in chunk_pairs]
+    # A user negative equal to the positive text is dropped, not trained against.
+    by_id = {c.chunk_id: c for c in contracts.read_chunks(chunks_dir)}
+    positive0 = pairs[0].positive_text or by_id[pairs[0].positive_chunk_ids[0]].text
+    pairs[0] = pairs[0].model_copy(update={"negatives": [*user, positive0]})
+    pairs_dir = tmp_path / "pairs"
+    contracts.write_jsonl(pairs_dir / contracts.PAIRS_FILE, pairs)
+    m = mine.run(chunks_dir, pairs_dir, tmp_path / "mined", MineConfig(num_negatives=4), base_model=base_model)
+    got = contracts.read_train_examples(tmp_path / "mined")
+    assert len(got) == len(pairs)
+    for r in got:
+        assert r.negatives[:2] == user
+        assert len(r.negatives) == 4  # two mined after the two user negatives
+        assert r.positive not in r.negatives
+    assert m.counts["user_negatives"] == 2 * len(pairs)
+
+
+def test_component_is_deterministic_and_matches_the_library(tmp_path, chunks_dir, pairs_dir, mined_dir, base_model):
+    """The KFP component, run on the same inputs, reproduces the fixture's artifact byte for byte."""
+    from embedforge.components.mine.component import mine as mine_component
+    from kfp import dsl
+
+    out = dsl.Dataset(uri=str(tmp_path / "mined"))
+    metrics = dsl.Metrics(uri=str(tmp_path / "metrics"))
+    mine_component.python_func(
+        chunks=dsl.Dataset(uri=str(chunks_dir)),
+        pairs=dsl.Dataset(uri=str(pairs_dir)),
+        base_model=base_model,
+        config=MineConfig().model_dump(),
+        mined=out,
+        metrics=metrics,
+    )
+    for name in (contracts.TRAIN_FILE, contracts.EMBEDDING_IDS_FILE):
+        assert (Path(out.path) / name).read_bytes() == (Path(mined_dir) / name).read_bytes()
+    a, _ = mine.load_embeddings(out.path)
+    b, _ = mine.load_embeddings(mined_dir)
+    np.testing.assert_array_equal(a, b)
+    assert metrics.metadata["examples"] == contracts.read_manifest(mined_dir).counts["examples"]
+    assert 0 < metrics.metadata["mean_positive_score"] <= 1
+
+
+def test_no_train_pairs_is_an_input_error(tmp_path, chunks_dir, train_pairs, base_model):
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [p.model_copy(update={"split": "eval"}) for p in train_pairs[:3]])
+    with pytest.raises(InputError, match="no pairs with split 'train'"):
+        mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "out", MineConfig(), base_model=base_model)
+
+
+def test_unknown_positive_chunk_is_an_input_error(tmp_path, chunks_dir, base_model):
+    bad = Pair(query_id="q1", query="what is it", positive_chunk_ids=["nope.rst#0"], split="train")
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [bad])
+    with pytest.raises(InputError, match="q1"):
+        mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "out", MineConfig(), base_model=base_model)

@@ -1,0 +1,233 @@
+"""Train stage: the loss on hand-built tensors, the no-duplicates sampler, and real training of the real base model
+on a small slice of the mined tiny-corpus rows (short sequences so it stays fast on CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embedforge import contracts, train
+from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.contracts import TrainExample
+from embedforge.errors import InputError
+from embedforge.losses import InfoNCELoss, false_negative_mask
+
+PROMPTS = PromptsConfig(query="query: ", document="passage: ")
+SMALL = {"epochs": 1, "batch_size": 4, "max_seq_length": 32, "learning_rate": 2e-4, "warmup_ratio": 0.0, "seed": 7, "device": "cpu"}
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def _hand_loss(a: torch.Tensor, c: torch.Tensor, t: float, drop: set[tuple[int, int]] = frozenset()) -> torch.Tensor:
+    """-log softmax of the diagonal over cosine/t, computed term by term; ``drop`` = (row, column) left out."""
+    a, c = F.normalize(a, dim=-1), F.normalize(c, dim=-1)
+    total = 0.0
+    for i in range(a.size(0)):
+        terms = [torch.exp(a[i] @ c[j] / t) for j in range(c.size(0)) if (i, j) not in drop]
+        total = total - torch.log(torch.exp(a[i] @ c[i] / t) / sum(terms))
+    return total / a.size(0)
+
+
+def test_loss_equals_cross_entropy_by_hand():
+    g = torch.Generator().manual_seed(0)
+    a, p, n = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(5, 8, generator=g)
+    loss = InfoNCELoss(temperature=0.1)(a, p, n)
+    torch.testing.assert_close(loss, _hand_loss(a, torch.cat([p, n]), 0.1))
+    # without hard negatives: in-batch negatives only
+    torch.testing.assert_close(InfoNCELoss(0.1)(a, p), _hand_loss(a, p, 0.1))
+
+
+def test_loss_equals_sentence_transformers_mnrl():
+    """Same value as MultipleNegativesRankingLoss(scale=1/temperature) with its column layout of negatives."""
+    from sentence_transformers.sentence_transformer.losses import (
+        MultipleNegativesRankingLoss,
+    )
+
+    g = torch.Generator().manual_seed(1)
+    a, p = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
+    n1, n2 = torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)
+    mnrl = MultipleNegativesRankingLoss(model=None, scale=20.0)  # the model is only used to embed; we pass embeddings
+    expected = mnrl.compute_loss_from_embeddings([a, p, n1, n2], labels=None)
+    # ours takes each row's negatives together (row-major); the softmax does not care about column order
+    flat = torch.stack([n1, n2], dim=1).reshape(-1, 16)
+    torch.testing.assert_close(InfoNCELoss(temperature=0.05)(a, p, flat), expected)
+
+
+def test_duplicate_positive_is_masked_except_on_the_diagonal():
+    g = torch.Generator().manual_seed(2)
+    a, p, n = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(2, 8, generator=g)
+    positives = ["same passage", "same passage", "other passage"]
+    negatives = ["a negative", "same passage"]  # row 2's hard negative is rows 0/1's positive
+    mask = false_negative_mask(positives, positives + negatives)
+    assert mask.tolist() == [
+        [False, True, False, False, True],
+        [True, False, False, False, True],
+        [False, False, False, False, False],
+    ]
+    loss_fn = InfoNCELoss(temperature=0.05)
+    got = loss_fn(a, p, n, mask)
+    torch.testing.assert_close(got, _hand_loss(a, torch.cat([p, n]), 0.05, drop={(0, 1), (0, 4), (1, 0), (1, 4)}))
+    assert got < loss_fn(a, p, n)  # the false negatives were pushing the loss up
+    # a mask that (wrongly) flags the target itself is overridden: the diagonal always stays
+    full = torch.ones(3, 5, dtype=torch.bool)
+    expected_diag_only = _hand_loss(a, torch.cat([p, n]), 0.05, drop={(i, j) for i in range(3) for j in range(5) if i != j})
+    torch.testing.assert_close(loss_fn(a, p, n, full), expected_diag_only)  # == 0: only the target remains
+    assert float(loss_fn(a, p, n, full)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_known_positives_of_the_anchor_are_masked_too():
+    mask = false_negative_mask(["p0", "p1"], ["p0", "p1", "p0-other", "n"], known_positives=[{"p0-other"}, set()])
+    assert mask.tolist() == [[False, False, True, False], [False, False, False, False]]
+
+
+def test_loss_rejects_bad_shapes_and_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        InfoNCELoss(temperature=0.0)
+    with pytest.raises(ValueError, match="same batch size"):
+        InfoNCELoss()(torch.randn(2, 4), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="mask has shape"):
+        InfoNCELoss()(torch.randn(2, 4), torch.randn(2, 4), torch.randn(1, 4), torch.zeros(2, 2, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------------------------------------ batching
+def _examples() -> list[TrainExample]:
+    rows = [TrainExample(anchor=f"q{i}", positive=f"p{i}", negatives=[f"n{i}"] * (i % 3)) for i in range(20)]
+    rows += [TrainExample(anchor="q0", positive="p0-bis"), TrainExample(anchor="q-dup", positive="p1")]
+    return rows
+
+
+def test_no_duplicate_batches_cover_every_row_once_without_duplicates():
+    ex = _examples()
+    batches = train.no_duplicate_batches(ex, batch_size=8, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(ex)))
+    for b in batches:
+        texts = [t for i in b for t in (ex[i].anchor, ex[i].positive)]
+        assert len(texts) == len(set(texts))
+    assert batches == train.no_duplicate_batches(ex, batch_size=8, seed=3)
+    assert batches != train.no_duplicate_batches(ex, batch_size=8, seed=4)
+
+
+def test_plan_supports_fractional_epochs():
+    ex = _examples()
+    per_epoch = len(train.no_duplicate_batches(ex, batch_size=4, seed=0))
+    assert len(train.plan_steps(ex, 4, 1.5, seed=0)) == round(1.5 * per_epoch)
+    assert len(train.plan_steps(ex, 4, 0.01, seed=0)) == 1
+
+
+def test_collate_flattens_variable_negatives_and_builds_the_mask():
+    ex = _examples()
+    known = {"q0": {"p0", "p0-bis"}}
+    b = train.collate(ex, [0, 1, 2, 20], known)  # rows with 0, 1, 2, 0 negatives; rows 0 and 20 share anchor q0
+    assert b.candidates == ["p0", "p1", "p2", "p0-bis", "n1", "n2", "n2"]
+    assert b.mask.tolist() == [
+        [False, False, False, True, False, False, False],  # q0's other positive is not its negative
+        [False] * 7,
+        [False] * 7,
+        [True, False, False, False, False, False, False],
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def small_mined(tmp_path_factory, mined_dir) -> Path:
+    """8 real mined rows with at most 2 negatives each."""
+    rows = contracts.read_train_examples(mined_dir)[:8]
+    rows = [r.model_copy(update={"negatives": r.negatives[:2]}) for r in rows]
+    out = tmp_path_factory.mktemp("small_mined")
+    contracts.write_jsonl(out / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small_mined, base_model) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "model"
+    train.run(small_mined, out, TrainConfig(**SMALL), base_model=base_model, prompts=PROMPTS)
+    return out
+
+
+def _eval_loss(model, examples: list[TrainExample], temperature: float) -> float:
+    """Mean loss over fixed batches, eval mode (no dropout): comparable before and after training."""
+    stepper = train.Stepper(model, InfoNCELoss(temperature), None, None, PROMPTS.query, PROMPTS.document, 1.0)
+    model.eval()
+    known = {e.anchor: {e.positive} for e in examples}
+    with torch.no_grad():
+        losses = [float(stepper.loss(train.collate(examples, list(range(s, s + 4)), known))) for s in range(0, len(examples), 4)]
+    return sum(losses) / len(losses)
+
+
+def test_training_lowers_the_loss_and_writes_a_manifest(trained, small_mined, base_model):
+    from sentence_transformers import SentenceTransformer
+
+    examples = contracts.read_train_examples(small_mined)
+    cfg = TrainConfig(**SMALL)
+    before = _eval_loss(train.load_for_training(base_model, cfg, PROMPTS), examples, cfg.temperature)
+    after = _eval_loss(SentenceTransformer(str(trained), device="cpu"), examples, cfg.temperature)
+    assert after < before - 0.05, (before, after)
+
+    m = contracts.read_manifest(trained)
+    assert m.stage == "train"
+    assert m.counts == {"examples": 8, "steps": 2, "epochs": 1}
+    extra = m.model_extra
+    assert extra["device"] == "cpu" and extra["precision"] == "fp32"
+    assert extra["examples_per_second"] > 0 and extra["final_loss"] == extra["loss_history"][-1]["loss"]
+    assert [h["step"] for h in extra["loss_history"]] == [1, 2]
+
+
+def test_saved_model_reproduces_the_training_time_forward(trained):
+    from sentence_transformers import SentenceTransformer
+
+    cfg_file = json.loads((trained / "config_sentence_transformers.json").read_text())
+    assert cfg_file["prompts"] == {"query": "query: ", "document": "passage: "}
+    model = SentenceTransformer(str(trained), device="cpu")
+    assert model.max_seq_length == 32
+    texts = ["How does the assert statement behave under -O?", "A much longer text " * 20]
+    model.eval()
+    for name in ("query", "document"):
+        encoded = model.encode(texts, prompt_name=name, normalize_embeddings=True, convert_to_tensor=True)
+        with torch.no_grad():
+            forward = train.embed(model, texts, model.prompts[name])
+        torch.testing.assert_close(encoded, forward, atol=1e-5, rtol=0)
+    # and the prompt matters: the two towers differ
+    assert not torch.allclose(
+        model.encode(texts[:1], prompt_name="query", convert_to_tensor=True),
+        model.encode(texts[:1], prompt_name="document", convert_to_tensor=True),
+    )
+
+
+def test_component_run_reproduces_the_library_run_weights(tmp_path, trained, small_mined, base_model):
+    """Same seed, same data -> bit-identical weights (here through the KFP component)."""
+    from embedforge.components.train.component import train as train_component
+    from kfp import dsl
+    from safetensors.torch import load_file
+
+    model = dsl.Model(uri=str(tmp_path / "model"))
+    metrics = dsl.Metrics(uri=str(tmp_path / "metrics"))
+    train_component.python_func(
+        mined=dsl.Dataset(uri=str(small_mined)),
+        base_model=base_model,
+        config=TrainConfig(**SMALL).model_dump(),
+        prompts=PROMPTS.model_dump(),
+        model=model,
+        metrics=metrics,
+    )
+    a, b = load_file(str(trained / "model.safetensors")), load_file(str(Path(model.path) / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(str(Path(base_model) / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # and training did change the weights
+    assert metrics.metadata["steps"] == 2 and metrics.metadata["final_loss"] > 0
+
+
+def test_max_seq_length_is_capped_by_the_model(base_model):
+    model = train.load_for_training(base_model, TrainConfig(max_seq_length=4096, device="cpu"), PROMPTS)
+    assert model.max_seq_length == 512
+    assert model.prompts == {"query": "query: ", "document": "passage: "}
+
+
+def test_fewer_than_two_rows_is_an_input_error(tmp_path, base_model):
+    contracts.write_jsonl(tmp_path / contracts.TRAIN_FILE, [{"anchor": "q", "positive": "p"}])
+    with pytest.raises(InputError, match="at least 2"):
+        train.run(tmp_path, tmp_path / "model", TrainConfig(), base_model=base_model, prompts=PROMPTS)
