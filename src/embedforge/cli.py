@@ -94,6 +94,10 @@ def run(
 
 
 def _print_summary(summary: dict, out: Path) -> None:
+    prof = summary.get("profile") or {}
+    if prof.get("changed"):
+        changes = ", ".join(f"{k}={v}" for k, v in prof["changed"].items())
+        console.print(f"profile [bold]{prof['name']}[/]: {changes} (set them explicitly, or profile=gpu, to override)")
     ev = summary.get("evaluation")
     if ev:
         table = Table(title="held-out evaluation (base -> fine-tuned)")

@@ -123,6 +123,9 @@ def run_pipeline(
     (out / "logs").mkdir(exist_ok=True)
     if cfg.sdg.generator == "llm" and hasattr(cfg.sdg, "llm") and not cfg.sdg.llm.work_dir:
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
+    import torch
+
+    cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available())
     tracking_uri = default_tracking_uri(out)
     root = out / ".kfp"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,7 +152,8 @@ def run_pipeline(
             error = f"stage {failed[0] if failed else '?'} failed: {detail}"
     run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
     run_dir = run_dirs[-1] if run_dirs else None
-    summary = collect(run_dir, out, stages, cfg, corpus, pairs, eval_beir, tracking_uri, time.time() - started, error)
+    summary = collect(run_dir, out, stages, cfg, corpus, pairs, eval_beir, tracking_uri, time.time() - started, error,
+                      profile_changes)
     if error:
         raise PipelineFailed(f"{error} (log: {out / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
     return summary
@@ -186,7 +190,7 @@ def _copy_tree(src: Path | None, dst: Path) -> None:
 
 def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg: PipelineConfig, corpus: Path,
             pairs: Path | None, eval_beir: Path | None, tracking_uri: str, seconds: float,
-            error: str | None) -> dict[str, Any]:
+            error: str | None, profile_changes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy the main artifacts to ``out`` and write ``summary.json``."""
     from embedforge.pipelines.pipeline import STAGES
 
@@ -220,6 +224,7 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         "seconds": round(seconds, 1),
         "inputs": {"corpus": str(corpus), "pairs": str(pairs) if pairs else None,
                    "eval_beir": str(eval_beir) if eval_beir else None, "base_model": cfg.base_model},
+        "profile": {"name": cfg.profile, "changed": profile_changes or {}},
         "stages": {n: {"status": s.status, "seconds": s.seconds} for n, s in stages.items()},
         "counts": counts,
         "outputs": {"model": str(out / "model") if art["train"] else None,
