@@ -163,6 +163,8 @@ class TrainConfig(StageConfig):
     temperature: float = Field(0.05, gt=0, le=1, description="InfoNCE temperature (1/scale).")
     max_seq_length: int = Field(256, ge=8)
     max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch: int = Field(32, ge=1, description="Texts per forward pass, length-sorted inside the contrastive batch "
+                             "(less padding; the loss still sees the whole batch).")
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

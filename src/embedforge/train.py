@@ -125,20 +125,34 @@ def collate(examples: list[TrainExample], rows: list[int], known_positives: dict
 
 
 # ------------------------------------------------------------------------------------------------ forward
-def embed(model: SentenceTransformer, texts: list[str], prompt: str | None) -> torch.Tensor:
+def embed(model: SentenceTransformer, texts: list[str], prompt: str | None, micro_batch: int = 32) -> torch.Tensor:
     """Training-time embeddings: what ``model.encode(texts, prompt=prompt, normalize_embeddings=True)`` computes,
-    with gradients. Returns float32 ``(len(texts), dim)``, L2-normalised.
+    with gradients. Returns float32 ``(len(texts), dim)``, L2-normalised, rows in the order of ``texts``.
+
+    Texts are forwarded in length-sorted micro-batches (as ``encode`` does), so short texts are not padded to the
+    longest passage of the whole contrastive batch: the same embeddings (attention masks make each row independent
+    of its padding) for far fewer FLOPs — about half on typical chunk-length spreads.
 
     Args:
         model: The model being trained (on its device).
         texts: Texts to embed (without prompt).
         prompt: Prefix to prepend (the model's ``query``/``document`` prompt); ``""``/``None`` for none.
+        micro_batch: Texts per forward pass.
     """
+    import torch
     import torch.nn.functional as F
     from sentence_transformers.util import batch_to_device
 
-    features = batch_to_device(model.preprocess(texts, prompt=prompt or None), model.device)
-    return F.normalize(model(features)["sentence_embedding"].float(), p=2, dim=1)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = []
+    for start in range(0, len(order), micro_batch):
+        rows = [texts[i] for i in order[start : start + micro_batch]]
+        features = batch_to_device(model.preprocess(rows, prompt=prompt or None), model.device)
+        parts.append(model(features)["sentence_embedding"].float())
+    emb = torch.cat(parts)
+    inverse = torch.empty(len(order), dtype=torch.long, device=emb.device)
+    inverse[torch.tensor(order, device=emb.device)] = torch.arange(len(order), device=emb.device)
+    return F.normalize(emb[inverse], p=2, dim=1)
 
 
 def _autocast_dtype(cfg: TrainConfig, device: str):
@@ -169,14 +183,15 @@ class Stepper:
     amp_dtype: object = None
     scaler: object = None
     device_type: str = "cpu"
+    micro_batch: int = 32
 
     def loss(self, batch: Batch) -> torch.Tensor:
         import torch
 
         ctx = torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         with ctx:
-            q = embed(self.model, batch.anchors, self.query_prompt)
-            d = embed(self.model, batch.candidates, self.document_prompt)
+            q = embed(self.model, batch.anchors, self.query_prompt, self.micro_batch)
+            d = embed(self.model, batch.candidates, self.document_prompt, self.micro_batch)
         b = len(batch.anchors)
         return self.loss_fn(q, d[:b], d[b:], batch.mask)
 
@@ -335,6 +350,7 @@ def run(
         amp_dtype=amp_dtype,
         scaler=scaler,
         device_type=model.device.type,
+        micro_batch=cfg.micro_batch,
     )
     log.info(
         "train: %d rows, %d steps (%.2f epochs, batch %d) on %s, precision %s",
