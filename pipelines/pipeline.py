@@ -137,7 +137,7 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         export_task = export(model=model, chunks=chunks, config=export_config)
         register_task = register(
             model=model, onnx_model=export_task.outputs["onnx_model"], evaluation=evaluate_task.outputs["evaluation"],
-            validation=validate_task.outputs["validation"], config=register_config, params=params,
+            validation=validate_task.outputs["validation"], pairs=pairs, config=register_config, params=params,
             tracking_uri=tracking_uri,
         )
         gate_task = gate(

@@ -184,8 +184,11 @@ def test_embedded_sqlite_store_keeps_artifacts_beside_the_db(tmp_path, monkeypat
 
 
 def test_component_python_func(tmp_path, model_name, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir,
-                               mlflow_uri):
+                               mlflow_uri, pairs_dir):
     from kfp import dsl
+    from mlflow import MlflowClient
+
+    from embedforge.contracts import read_manifest
 
     from embedforge.components.register.component import register
 
@@ -193,6 +196,7 @@ def test_component_python_func(tmp_path, model_name, tiny_model, tiny_onnx_dir, 
     register.python_func(
         model=dsl.Model(uri=str(tiny_model)), onnx_model=dsl.Model(uri=str(tiny_onnx_dir)),
         evaluation=dsl.Artifact(uri=str(evaluation_dir)), validation=dsl.Artifact(uri=str(validation_dir)),
+        pairs=dsl.Dataset(uri=str(pairs_dir)),
         config={"model_name": model_name, "experiment": "component-test"}, params=_params(),
         tracking_uri=mlflow_uri, registry=out,
     )
@@ -200,3 +204,6 @@ def test_component_python_func(tmp_path, model_name, tiny_model, tiny_onnx_dir, 
     assert reg["model_name"] == model_name and reg["version"] == "1"
     assert out.metadata["version"] == "1" and out.metadata["run_id"] == reg["run_id"]
     assert (tmp_path / "registry_out" / "manifest.json").is_file()
+    # the SDG counts (pairs per split; LLM requests/tokens per stage when the LLM generator ran) reach MLflow
+    metrics = MlflowClient(mlflow_uri).get_run(reg["run_id"]).data.metrics
+    assert metrics["sdg_train_pairs"] == read_manifest(pairs_dir).counts["train_pairs"] > 0

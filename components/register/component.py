@@ -11,6 +11,7 @@ def register(
     onnx_model: dsl.Input[dsl.Model],
     evaluation: dsl.Input[dsl.Artifact],
     validation: dsl.Input[dsl.Artifact],
+    pairs: dsl.Input[dsl.Dataset],
     config: dict,
     params: dict,
     tracking_uri: str,
@@ -23,6 +24,7 @@ def register(
         onnx_model: Export output folder (``model.onnx``, tokenizer, ``parity.json``); logged under ``onnx/``.
         evaluation: Evaluate output folder (``evaluation.json``): base_*, finetuned_*, delta_* metrics.
         validation: Validate output folder (``validation.json``), logged as an artifact.
+        pairs: SDG output folder; its counts (pairs, LLM requests and tokens per stage) become ``sdg_*`` metrics.
         config: ``RegisterConfig`` fields (model_name, experiment, tracking_uri).
         params: The whole pipeline configuration, logged as flattened params (secret-looking keys redacted).
         tracking_uri: MLflow tracking URI; empty -> ``config.tracking_uri`` -> ``$MLFLOW_TRACKING_URI``.
@@ -35,7 +37,8 @@ def register(
 
     os.makedirs(registry.path, exist_ok=True)
     manifest = stage.run(model.path, onnx_model.path, evaluation.path, validation.path, registry.path,
-                         RegisterConfig.model_validate(config), tracking_uri, params=params)
+                         RegisterConfig.model_validate(config), tracking_uri, params=params,
+                         pairs_dir=pairs.path)
     registry.metadata["model_name"] = manifest.model_name
     registry.metadata["version"] = manifest.version
     registry.metadata["run_id"] = manifest.run_id

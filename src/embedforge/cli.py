@@ -212,11 +212,13 @@ TrackingOpt = Annotated[str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACK
 
 @app.command()
 def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validation: Dir = ..., out: Dir = ...,
+             pairs: Optional[Path] = typer.Option(None, help="SDG output (its counts become sdg_* metrics)."),
              tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Log the run to MLflow and register a new model version."""
     from embedforge import registry as stage
 
-    _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register_, tracking_uri, params=c.to_dict()), config, set_)
+    _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register_, tracking_uri, params=c.to_dict(),
+                               pairs_dir=pairs), config, set_)
 
 
 @app.command()

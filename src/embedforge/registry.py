@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from embedforge.config import RegisterConfig
 from embedforge.contracts import (
     EVALUATION_FILE,
+    MANIFEST,
     REGISTRY_FILE,
     VALIDATION_FILE,
     Manifest,
@@ -296,6 +297,7 @@ def run(
     tracking_uri: str,
     params: dict,
     base_model: str = "",
+    pairs_dir: str | Path | None = None,
 ) -> Manifest:
     """Log one MLflow run for this pipeline run and register the model as a new version.
 
@@ -310,6 +312,8 @@ def run(
         params: The pipeline configuration (nested dict), logged as flattened params.
         base_model: Base model name for the version's ``base_model`` tag; empty -> ``params["base_model"]``
             -> ``evaluation.json``'s ``models.base``.
+        pairs_dir: The sdg output folder: its manifest counts (pairs per split and source, and for the LLM
+            generator requests and prompt/completion tokens per stage) are logged as ``sdg_*`` metrics.
 
     Returns:
         The manifest; ``registry.json`` holds tracking_uri (password redacted), experiment_id, run_id,
@@ -338,6 +342,9 @@ def run(
     base_model = base_model or str(params.get("base_model", "") or models.get("base", "") or "")
     flat_params = flatten_params(params)
     metrics = evaluation_metrics(evaluation)
+    if pairs_dir is not None and (Path(pairs_dir) / MANIFEST).is_file():
+        sdg_counts = read_json(Path(pairs_dir) / MANIFEST).get("counts", {})
+        metrics.update({metric_key(f"sdg_{k}"): float(v) for k, v in sdg_counts.items() if isinstance(v, (int, float))})
     primary = str(evaluation.get("primary_metric") or "")
     primary_value = _numeric(evaluation["finetuned"].get(primary)) if primary else None
 
