@@ -133,7 +133,7 @@ def test_run_params_metrics_artifacts_and_versions(tmp_path, model_name, saved_b
     run = client.get_run(reg["run_id"])
     assert run.info.status == "FINISHED" and run.info.experiment_id == reg["experiment_id"]
     p = run.data.params
-    assert p["train.epochs"] == "1.0" and p["gate.metric"] == "ndcg@10" and p["register.model_name"]
+    assert p["train.epochs"] == "3.0" and p["gate.metric"] == "ndcg@10" and p["register.model_name"]
     assert p["sdg.api_key"] == "***"
     assert SECRET not in json.dumps(p) and SECRET not in json.dumps(run.data.tags)
     m = run.data.metrics
