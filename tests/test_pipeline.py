@@ -165,3 +165,33 @@ def test_second_run_registers_v2_and_compares_with_champion(e2e_run, tiny_corpus
         # same data, same seed: the challenger cannot *beat* the champion, so it must not be promoted
         assert s["promotion"]["decision"]["champion_value"] is not None
         assert s["promotion"]["promoted"] is False and "champion" in s["promotion"]["reason"]
+
+
+def test_run_with_the_llm_generator_against_a_local_openai_endpoint(tmp_path, tiny_corpus):
+    """`embedforge run --set sdg.generator=llm` end to end through kfp.local against a real local HTTP endpoint
+    (OpenAI chat-completions protocol): token usage reaches summary.json and MLflow, the key reaches the endpoint
+    and nowhere else."""
+    import sqlite3
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_servers import FaultServer
+
+    key = "nvapi-TEST-SECRET-7f3a9"
+    out = tmp_path / "llm"
+    with FaultServer(require_key=key) as srv:
+        r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out), *FAST,
+                 "--set", "sdg.generator=llm", "--set", f"sdg.llm.base_url={srv.base_url}",
+                 "--set", "sdg.llm.model=fault-model", "--set", "sdg.llm.num_pairs=3",
+                 "--set", "sdg.llm.query_type_counts=multi_hop:1,structural:1,contextual:1",
+                 env={"NVIDIA_API_KEY": key})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "succeeded" and s["counts"]["pairs"]["train"] > 0
+    assert s["sdg"]["llm.qa.prompt_tokens"] > 0 and s["sdg"]["llm.judge.requests"] > 0
+    assert (out / "sdg_work").is_dir()  # resumable results live in the output folder
+    db = sqlite3.connect(out / "mlflow.db")
+    names = {n for (n,) in db.execute("select key from metrics")}
+    assert any(n.startswith("sdg_gen_llm_qa_prompt_tokens") for n in names), sorted(names)[:20]
+    for f in [*out.rglob("*.json"), *out.rglob("*.jsonl"), *out.rglob("*.log"), out / "mlflow.db"]:
+        assert key.encode() not in f.read_bytes(), f
+    assert key not in r.stdout + r.stderr
