@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedforge.encode import embedding_dim
+from embedforge.ingest import normalize_ws
 from embedforge.config import EvaluateConfig
 from embedforge.contracts import (
     BEIR_DIR,
@@ -505,9 +506,9 @@ def evaluate_beir_folder(
         # number ranges, and dropping "the query's own id" would silently drop real documents.
         by_text: dict[str, list[str]] = defaultdict(list)
         for d, doc in coll.corpus.items():
-            by_text[" ".join(doc["text"].split())].append(d)
+            by_text[normalize_ws(doc["text"])].append(d)
         for q in qids:
-            excluded[q] = set(by_text.get(" ".join(coll.queries[q].split()), ()))
+            excluded[q] = set(by_text.get(normalize_ws(coll.queries[q]), ()))
     log.info("BEIR %s: %d documents, %d judged queries", coll.path, len(doc_ids), len(qids))
     doc_emb = encode(model, [beir_document_text(coll.corpus[d]) for d in doc_ids], kind="document", batch_size=bs,
                      show_progress=True)
