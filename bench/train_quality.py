@@ -333,6 +333,14 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
     return SentenceTransformer(str(model_dir), device=device), info
 
 
+def emit_row(row: dict, json_path: Path | None) -> None:
+    """Print one result as a JSON line (and append it to ``json_path`` when given)."""
+    print(json.dumps(row), flush=True)
+    if json_path:
+        with json_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cranfield")
@@ -369,10 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"variant": name, "seed": seed, **{k: round(v, 4) for k, v in metrics.items()}, **info,
                    "seconds": round(time.perf_counter() - t0, 1), "device": device}
             results.append(row)
-            print(json.dumps(row), flush=True)
-            if args.json:
-                with args.json.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            emit_row(row, args.json)
     print("\nvariant              seed  ndcg@10  recall@100")
     for r in results:
         print(f"{r['variant']:<20} {r['seed']:>4}  {r['ndcg@10']:.4f}   {r['recall@100']:.4f}")

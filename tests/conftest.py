@@ -75,8 +75,14 @@ def mined_dir(tmp_path_factory, chunks_dir, pairs_dir, base_model) -> Path:
     from embedforge.config import MineConfig
 
     out = tmp_path_factory.mktemp("artifacts") / "mined"
-    mine.run(chunks_dir, pairs_dir, out, MineConfig(), base_model=base_model)
+    mine.run(chunks_dir, pairs_dir, out, MineConfig(**MINE_AS_HUMAN), base_model=base_model)
     return out
+
+
+#: The shared mined artifact mines the offline pairs the way bring-your-own/LLM pairs are mined (4 hard negatives,
+#: no consistency filter), so mining and training tests exercise hard negatives; the offline defaults (none, filter
+#: on) are tested in test_mine.py.
+MINE_AS_HUMAN = {"offline_num_negatives": 4, "offline_consistency_rank": 0}
 
 
 @pytest.fixture(scope="session")

@@ -196,3 +196,38 @@ def test_component_returns_the_bool(tmp_path, model_name, tiny_model, tiny_onnx_
     out2 = dsl.Artifact(uri=str(tmp_path / "d2"))
     assert gate.python_func(config={"min_improvement": 0.05}, decision=out2, **args) is False
     assert json.loads((tmp_path / "d2" / "decision.json").read_text())["promote"] is False
+
+
+def test_external_collection_decides_when_the_run_has_one(tmp_path, model_name, tiny_model, tiny_onnx_dir,
+                                                         validation_dir, evaluation_dir_factory, chunks_dir,
+                                                         pairs_dir, mlflow_uri):
+    """eval_set=auto: with external (human-judged) results the gate compares those, and re-evaluates the champion
+    on the external folder; held_out ignores them; external without external results is an input error."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.config import EvaluateConfig
+    from embedforge.contracts import read_chunks, read_pairs
+    from embedforge.errors import InputError
+    from embedforge.evaluate import build_eval_set, evaluate_beir_folder, write_beir_split
+
+    chunks = read_chunks(chunks_dir)
+    beir = write_beir_split(tmp_path / "beir", chunks, build_eval_set(chunks, read_pairs(pairs_dir)))
+    real = round(evaluate_beir_folder(SentenceTransformer(str(tiny_model), device="cpu"), beir, EvaluateConfig())[M], 5)
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              evaluation_dir_factory, {M: 0.99}, {M: 0.10})
+    _set_alias(mlflow_uri, model_name, "1")
+    # v2 looks great on its held-out pairs, but on the human-judged collection it trails the champion
+    external = {"path": str(beir), "base": {M: real - 0.02}, "finetuned": {M: real - 0.01}}
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        lambda out, ft, b: evaluation_dir_factory(out, ft, b, external), {M: 0.90}, {M: 0.50})
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.eval_set == f"external:{beir}" and "external collection beir" in d.reason
+    assert d.champion_value == pytest.approx(real, abs=1e-9) and d.challenger == pytest.approx(real - 0.01)
+    assert d.promote is False and d.champion_margin < 0
+
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri, eval_set="held_out")
+    assert d.eval_set == "held_out" and d.challenger == pytest.approx(0.90) and d.promote is True
+
+    ev_plain = evaluation_dir_factory(tmp_path / "ev-plain", {M: 0.9}, {M: 0.5})
+    with pytest.raises(InputError, match="--eval-beir"):
+        _gate(tmp_path, ev_plain, reg, chunks_dir, pairs_dir, mlflow_uri, eval_set="external")

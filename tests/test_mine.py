@@ -13,6 +13,8 @@ from embedforge.config import MineConfig
 from embedforge.contracts import Pair, TrainExample
 from embedforge.errors import InputError
 
+from conftest import MINE_AS_HUMAN
+
 
 @pytest.fixture(scope="module")
 def st_model(base_model):
@@ -94,12 +96,17 @@ def test_negatives_never_come_from_a_positive_document(rows, train_pairs, chunks
     assert checked > 0
 
 
-def test_document_relevance_positive_is_the_best_chunk_of_the_document(rows, train_pairs, chunks_dir, st_model):
+def test_document_relevance_positive_is_the_best_chunk_of_the_document(tmp_path, chunks_dir, base_model, st_model):
     chunks = contracts.read_chunks(chunks_dir)
-    doc_pairs = [p for p in train_pairs if p.relevance == "document" and p.positive_text is None]
-    multi = [p for p in doc_pairs if sum(c.doc_id == p.positive_doc_ids[0] for c in chunks) > 1][:3]
-    assert multi, "the tiny corpus should have title pairs over multi-chunk documents"
-    for p in multi:
+    multi = sorted({c.doc_id for c in chunks if c.title and sum(o.doc_id == c.doc_id for o in chunks) > 1})[:3]
+    assert multi, "the tiny corpus should have titled multi-chunk documents"
+    titles = {d: next(c.title for c in chunks if c.doc_id == d) for d in multi}
+    pairs = [Pair(query_id=f"t{i}", query=titles[d], positive_doc_ids=[d], relevance="document", split="train")
+             for i, d in enumerate(multi)]
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, pairs)
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(), base_model=base_model)
+    rows = contracts.read_train_examples(tmp_path / "mined")
+    for p in pairs:
         doc_chunks = [c.text for c in chunks if c.doc_id == p.positive_doc_ids[0]]
         best = doc_chunks[int(np.argmax(_cos(st_model, [p.query], doc_chunks)[0]))]
         assert [r.positive for r in rows if r.anchor == p.query] == [best]
@@ -150,7 +157,7 @@ def test_user_negatives_come_first_and_mining_fills_up(tmp_path, chunks_dir, tra
     pairs[0] = pairs[0].model_copy(update={"negatives": [*user, positive0]})
     pairs_dir = tmp_path / "pairs"
     contracts.write_jsonl(pairs_dir / contracts.PAIRS_FILE, pairs)
-    m = mine.run(chunks_dir, pairs_dir, tmp_path / "mined", MineConfig(num_negatives=4), base_model=base_model)
+    m = mine.run(chunks_dir, pairs_dir, tmp_path / "mined", MineConfig(**MINE_AS_HUMAN), base_model=base_model)
     got = contracts.read_train_examples(tmp_path / "mined")
     assert len(got) == len(pairs)
     for r in got:
@@ -171,7 +178,7 @@ def test_component_is_deterministic_and_matches_the_library(tmp_path, chunks_dir
         chunks=dsl.Dataset(uri=str(chunks_dir)),
         pairs=dsl.Dataset(uri=str(pairs_dir)),
         base_model=base_model,
-        config=MineConfig().model_dump(),
+        config=MineConfig(**MINE_AS_HUMAN).model_dump(),
         mined=out,
         metrics=metrics,
     )
@@ -195,3 +202,60 @@ def test_unknown_positive_chunk_is_an_input_error(tmp_path, chunks_dir, base_mod
     contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [bad])
     with pytest.raises(InputError, match="q1"):
         mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "out", MineConfig(), base_model=base_model)
+
+
+def test_consistency_filter_drops_generated_pairs_the_base_model_cannot_find(tmp_path, chunks_dir, train_pairs,
+                                                                            base_model, st_model):
+    """mine.offline_consistency_rank=k keeps a generated pair only if at most k-1 chunks of other documents outscore its
+    positive (checked here with sentence-transformers directly); bring-your-own pairs are never filtered."""
+    chunks = contracts.read_chunks(chunks_dir)
+    by_id = {c.chunk_id: c for c in chunks}
+    pairs = [p for p in train_pairs if p.relevance == "chunk"][:30]
+    nonsense = Pair(query_id="vague", query="Zebra marmalade orbits the quiet violin on Tuesdays.",
+                    positive_chunk_ids=[pairs[0].positive_chunk_ids[0]], split="train", source="offline/ict")
+    human = nonsense.model_copy(update={"query_id": "human", "query": "Zebra marmalade orbits a violin?", "source": "byo"})
+    pairs = [*pairs, nonsense, human]
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, pairs)
+    k = 3
+    m = mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(**{**MINE_AS_HUMAN, "offline_consistency_rank": k}), base_model=base_model)
+    anchors = {r.anchor for r in contracts.read_train_examples(tmp_path / "mined")}
+
+    texts = [c.text for c in chunks]
+    expected_dropped = 0
+    for p in pairs:
+        chunk = by_id[p.positive_chunk_ids[0]]
+        s = _cos(st_model, [p.query], [p.positive_text or chunk.text, *texts])[0]
+        others = s[1:][[c.doc_id != chunk.doc_id for c in chunks]]
+        ahead = int(np.sum(others > s[0]))
+        if np.min(np.abs(others - s[0])) < 1e-4:
+            continue  # a tie within float noise: either answer is right
+        keep = p.source == "byo" or ahead < k
+        assert (p.query in anchors) == keep, (p.query_id, ahead)
+        expected_dropped += not keep
+    assert "Zebra marmalade orbits the quiet violin on Tuesdays." not in anchors
+    assert "Zebra marmalade orbits a violin?" in anchors
+    assert 1 <= m.counts["pairs_dropped_by_consistency"] >= expected_dropped
+
+
+def test_consistency_filter_dropping_everything_is_an_input_error(tmp_path, chunks_dir, base_model):
+    chunks = contracts.read_chunks(chunks_dir)
+    vague = Pair(query_id="v", query="Zebra marmalade orbits the quiet violin on Tuesdays.",
+                 positive_chunk_ids=[chunks[0].chunk_id], split="train", source="offline/ict")
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [vague])
+    with pytest.raises(InputError, match="consistency_rank"):
+        mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "out", MineConfig(offline_consistency_rank=1), base_model=base_model)
+
+
+def test_offline_pairs_get_no_hard_negatives_by_default(tmp_path, chunks_dir, train_pairs, base_model):
+    """Default MineConfig: offline-generator pairs train on in-batch negatives only (their mined neighbours are
+    mostly false negatives); the same queries from another source get num_negatives mined ones."""
+    chunk_pairs = [p for p in train_pairs if p.relevance == "chunk"][:6]
+    human = [p.model_copy(update={"query_id": f"h{i}", "query": p.query + " (asked by a person)", "source": "byo"})
+             for i, p in enumerate(chunk_pairs)]
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [*chunk_pairs, *human])
+    m = mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(offline_consistency_rank=0),
+                 base_model=base_model)
+    got = {r.anchor: r for r in contracts.read_train_examples(tmp_path / "mined")}
+    assert all(got[p.query].negatives == [] for p in chunk_pairs)
+    assert all(len(got[p.query].negatives) == 4 for p in human)
+    assert m.counts["offline_examples"] == len(chunk_pairs) and m.counts["examples_short_of_negatives"] == 0

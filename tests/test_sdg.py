@@ -15,7 +15,7 @@ from embedforge.errors import InputError
 from embedforge.ingest import normalize_ws, split_segments
 from embedforge.sdg.base import GENERATORS, make_generator
 from embedforge.sdg.byo import load_pairs, pairs_from_beir_qrels
-from embedforge.sdg.offline import OfflineGenerator, meaningful_title
+from embedforge.sdg.offline import OfflineGenerator, meaningful_title, query_key
 
 
 def _run(chunks_dir, tmp_path, name="pairs", pairs_file=None, **cfg):
@@ -39,7 +39,7 @@ def test_offline_pairs_on_tiny_corpus(chunks_dir, pairs_dir):
     assert len({p.query_id for p in pairs}) == len(pairs)
     keys = Counter((p.split, normalize_ws(p.query).casefold()) for p in pairs)
     assert max(keys.values()) == 1  # unique queries
-    removed = 0
+    removed = titles_stripped = 0
     for p in pairs:
         if p.source == "offline/ict":
             if p.meta["source_chunk_masked"]:  # eval, multi-chunk document: find the doc without its source chunk
@@ -63,20 +63,31 @@ def test_offline_pairs_on_tiny_corpus(chunks_dir, pairs_dir):
                 assert p.meta["sentence_removed"] is True
         else:
             (doc,) = p.positive_doc_ids
-            assert p.source == "offline/title" and p.relevance == "document" and p.positive_chunk_ids == []
-            assert p.split == doc_split[doc] and p.query == chunks[f"{doc}#0"].title
+            assert p.source == "offline/title" and p.split == doc_split[doc] and p.query == chunks[f"{doc}#0"].title
+            if p.meta.get("title_removed_from_positive"):  # the document repeats its title: cut out of the positive
+                (cid,) = p.positive_chunk_ids
+                assert p.split == "train" and p.relevance == "chunk" and chunks[cid].doc_id == doc
+                segs = [query_key(s.text) for s in split_segments(chunks[cid].text)]
+                assert query_key(p.query) in segs
+                assert query_key(p.query) not in [query_key(s.text) for s in split_segments(p.positive_text)]
+                titles_stripped += 1
+            else:
+                assert p.relevance == "document" and p.positive_chunk_ids == [] and p.positive_text is None
     train_ict = sum(1 for p in pairs if p.source == "offline/ict" and p.split == "train")
-    assert 0.7 * train_ict <= removed < train_ict  # ict_remove_prob=0.9, not 1.0
+    assert removed == train_ict > 0  # ict_remove_prob=1.0: every training positive loses its query sentence
     assert m.counts["gen_ict_positive_removed"] == removed
+    assert titles_stripped > 0 and m.counts["gen_title_stripped"] == titles_stripped
+    assert any(p.source == "offline/title" and p.relevance == "document" for p in pairs)  # eval titles stay whole
 
 
 def test_deterministic_and_independent_of_other_documents(chunks_dir, pairs_dir, tmp_path):
     _run(chunks_dir, tmp_path)
     assert (tmp_path / "pairs" / PAIRS_FILE).read_bytes() == (pairs_dir / PAIRS_FILE).read_bytes()
-    # a chunk's pairs depend only on the chunk and the seed (no shared random stream)
+    # a document's pairs depend only on the document and the seed (no shared random stream)
     chunks = [c for c in read_chunks(chunks_dir) if c.split == "train"]
     full = OfflineGenerator(SdgConfig()).generate(chunks, "train")
-    half = OfflineGenerator(SdgConfig()).generate(chunks[::2], "train")
+    keep = sorted({c.doc_id for c in chunks})[::2]
+    half = OfflineGenerator(SdgConfig()).generate([c for c in chunks if c.doc_id in keep], "train")
     by_id = {p.query_id: p for p in full}
     assert half and all(by_id[p.query_id] == p for p in half)
     other_seed = OfflineGenerator(SdgConfig(seed=99)).generate(chunks, "train")
@@ -95,6 +106,9 @@ def test_generator_knobs(chunks_dir, tmp_path):
     assert pairs and all(p.source == "offline/ict" and p.positive_text is None for p in pairs)
     _, pairs = _run(chunks_dir, tmp_path, "b", queries_per_chunk=0)
     assert pairs and all(p.source == "offline/title" for p in pairs)
+    assert any(p.positive_text for p in pairs)
+    _, pairs = _run(chunks_dir, tmp_path, "b2", queries_per_chunk=0, title_strip=False)
+    assert pairs and all(p.relevance == "document" and p.positive_text is None for p in pairs)
     _, pairs = _run(chunks_dir, tmp_path, "c", title_queries=False, ict_remove_prob=1.0, queries_per_chunk=3)
     per_chunk = Counter((p.positive_chunk_ids or p.exclude_chunk_ids)[0] for p in pairs)
     assert max(per_chunk.values()) == 3

@@ -221,6 +221,34 @@ def test_component_run_reproduces_the_library_run_weights(tmp_path, trained, sma
     assert metrics.metadata["steps"] == 2 and metrics.metadata["final_loss"] > 0
 
 
+def test_wise_ft_saves_the_interpolation_of_finetuned_and_base_weights(tmp_path, trained, small_mined, base_model):
+    """base_weight=w: the saved weights are exactly (1 - w) x the plain fine-tuned run + w x the base model."""
+    from safetensors.torch import load_file
+
+    m = train.run(small_mined, tmp_path / "wise", TrainConfig(**SMALL, base_weight=0.25), base_model=base_model,
+                  prompts=PROMPTS)
+    assert m.model_extra["base_weight"] == 0.25
+    ft, base = load_file(str(trained / "model.safetensors")), load_file(str(Path(base_model) / "model.safetensors"))
+    wise = load_file(str(tmp_path / "wise" / "model.safetensors"))
+    for k in wise:
+        torch.testing.assert_close(wise[k], 0.75 * ft[k] + 0.25 * base[k], rtol=1e-5, atol=1e-6)
+
+
+def test_base_weight_defaults_by_where_the_rows_come_from(tmp_path):
+    """Unset base_weight: 0.5 when the mine manifest says most rows are offline-generated, else 0; set: as set."""
+    def mined(offline: int, examples: int = 10) -> Path:
+        d = tmp_path / f"m{offline}"
+        contracts.write_json(d / contracts.MANIFEST, {"stage": "mine", "started_at": 0, "finished_at": 0, "seconds": 0,
+                                                    "counts": {"examples": examples, "offline_examples": offline}})
+        return d
+
+    assert train.resolve_base_weight(TrainConfig(), mined(6), 10) == 0.5
+    assert train.resolve_base_weight(TrainConfig(), mined(5), 10) == 0.0
+    assert train.resolve_base_weight(TrainConfig(base_weight=0.0), mined(10), 10) == 0.0
+    assert train.resolve_base_weight(TrainConfig(base_weight=0.3), mined(0), 10) == 0.3
+    assert train.resolve_base_weight(TrainConfig(), tmp_path / "no-manifest", 10) == 0.0
+
+
 def test_max_seq_length_is_capped_by_the_model(base_model):
     model = train.load_for_training(base_model, TrainConfig(max_seq_length=4096, device="cpu"), PROMPTS)
     assert model.max_seq_length == 512

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
@@ -115,7 +116,7 @@ def _print_summary(summary: dict, out: Path) -> None:
         console.print(f"registered {summary['registry']['name']} v{summary['registry']['version']}")
     if "promotion" in summary:
         p = summary["promotion"]
-        console.print(("[green]promoted[/]: " if p["promoted"] else "[yellow]not promoted[/]: ") + p["reason"])
+        console.print(("[green]" if p["promoted"] else "[yellow]") + escape(p["reason"]) + "[/]")
     console.print(f"summary: {out / 'summary.json'}")
 
 

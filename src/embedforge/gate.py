@@ -13,6 +13,10 @@ Rule (``g`` = gain in the metric's good direction, i.e. ``value - other`` or ``o
 * ``g(challenger, base) > 0`` and ``g(challenger, base) >= cfg.min_improvement``, and
 * no champion, or ``g(challenger, champion) > 0``.
 
+The numbers compared are those of the held-out split, or — ``cfg.eval_set`` ``auto`` (default) with an
+``--eval-beir`` collection, or ``external`` — those of the external, human-judged collection, on which the
+champion is then re-evaluated too.
+
 Example:
     >>> from embedforge.config import GateConfig
     >>> d = decide({"ndcg@10": 0.61}, {"ndcg@10": 0.55}, None, GateConfig(min_improvement=0.01))
@@ -61,6 +65,7 @@ class Decision(BaseModel):
     challenger_version: str | None = None
     model_name: str | None = None
     alias: str | None = None
+    eval_set: str = Field("held_out", description="Which numbers were compared: held_out, or external:<path>.")
 
 
 def _value(metrics: dict[str, Any], metric: str, who: str) -> float:
@@ -172,8 +177,9 @@ def download_version(client, tracking_uri: str, model_name: str, version: str, d
 
 
 def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: str | Path,
-                      eval_cfg: EvaluateConfig) -> dict[str, Any]:
-    """Metrics of the model in ``model_dir`` on the eval split of ``chunks_dir`` + ``pairs_dir``.
+                      eval_cfg: EvaluateConfig, external: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of the model in ``model_dir`` on the eval split of ``chunks_dir`` + ``pairs_dir``, or on the
+    external BEIR folder ``external`` when given.
 
     Computed exactly as the evaluate stage computes the fine-tuned model's numbers (same function, same
     corpus, same queries) and rounded like ``evaluation.json`` (5 decimals), so equal models compare equal.
@@ -181,11 +187,29 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
     from sentence_transformers import SentenceTransformer
 
     from embedforge.encode import pick_device
-    from embedforge.evaluate import evaluate_model
+    from embedforge.evaluate import evaluate_beir_folder, evaluate_model
 
     model = SentenceTransformer(str(model_dir), device=pick_device("auto"))
-    metrics = evaluate_model(model, read_chunks(chunks_dir), read_pairs(pairs_dir), eval_cfg)
+    if external:
+        metrics = evaluate_beir_folder(model, external, eval_cfg)
+    else:
+        metrics = evaluate_model(model, read_chunks(chunks_dir), read_pairs(pairs_dir), eval_cfg)
     return {k: round(float(v), EVAL_DECIMALS) for k, v in metrics.items()}
+
+
+def pick_eval_set(evaluation: dict[str, Any], cfg: GateConfig, where: Path) -> tuple[dict, dict, str | None]:
+    """(fine-tuned metrics, base metrics, external folder or None) the gate compares, per ``cfg.eval_set``.
+
+    Raises:
+        InputError: ``eval_set="external"`` but the evaluation has no external results.
+    """
+    external = evaluation.get("external")
+    if cfg.eval_set == "external" and not isinstance(external, dict):
+        raise InputError(f"gate.eval_set is 'external' but {where} has no external results; run with "
+                         "--eval-beir DIR (a BEIR folder with human judgements) or set gate.eval_set=held_out")
+    if cfg.eval_set != "held_out" and isinstance(external, dict):
+        return external.get("finetuned"), external.get("base"), str(external.get("path") or "")
+    return evaluation.get("finetuned"), evaluation.get("base"), None
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -240,19 +264,24 @@ def run(
         log.info("alias %r already points at the challenger v%s: comparing with base only", cfg.alias, champion_version)
         champion_version = None
 
+    finetuned, base, external = pick_eval_set(evaluation, cfg, Path(evaluation_dir) / EVALUATION_FILE)
     champion_metrics = None
     if champion_version is not None:
-        log.info("re-evaluating champion %s v%s on the same eval set", model_name, champion_version)
+        log.info("re-evaluating champion %s v%s on the same eval set (%s)", model_name, champion_version,
+                 external or "held-out split")
         with tempfile.TemporaryDirectory(prefix="embedforge-champion-") as tmp:
             try:
                 model_dir = download_version(client, uri, model_name, champion_version, tmp)
             except MlflowException as exc:
                 raise mlflow_error(f"download {model_name} v{champion_version}", uri, exc) from None
-            champion_metrics = evaluate_champion(model_dir, chunks_dir, pairs_dir, eval_cfg)
+            champion_metrics = evaluate_champion(model_dir, chunks_dir, pairs_dir, eval_cfg, external=external)
 
-    decision = decide(evaluation.get("finetuned"), evaluation.get("base"), champion_metrics, cfg,
+    decision = decide(finetuned, base, champion_metrics, cfg,
                       champion_version=champion_version, challenger_version=challenger_version)
     decision.model_name = model_name
+    if external is not None:
+        decision.eval_set = f"external:{external}"
+        decision.reason += f" (on the external collection {Path(external).name})"
     log.info(decision.reason)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / DECISION_FILE, decision.model_dump(mode="json"))

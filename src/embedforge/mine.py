@@ -45,6 +45,9 @@ from embedforge.config import DEFAULT_BASE_MODEL, MineConfig
 from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
 from embedforge.errors import InputError
 
+#: ``Pair.source`` of the offline generator's pairs starts with this (``offline/ict``, ``offline/title``).
+OFFLINE_SOURCE_PREFIX = "offline/"
+
 log = logging.getLogger(__name__)
 
 STAGE = "mine"
@@ -72,6 +75,8 @@ class MineStats:
     positive_score_sum: float = 0.0
     mined_negative_score_sum: float = 0.0
     mined_negatives: int = 0
+    dropped_by_consistency: int = 0
+    offline_examples: int = 0
 
 
 def run(
@@ -164,22 +169,36 @@ def run(
         q = query_row[pair.query]
         not_negative = positive_texts[pair.query]
         candidates = _candidates(scores[q], ids[q], excluded[pair.query], cfg.candidates)
+        offline = is_offline(pair)
+        if offline and cfg.offline_consistency_rank:
+            ahead = positive_rank(candidates, best_positive[pair.query])
+            if ahead >= cfg.offline_consistency_rank:
+                stats.dropped_by_consistency += 1
+                continue
+        wanted = cfg.offline_num_negatives if offline else cfg.num_negatives
         user_negs = _dedupe([n for n in pair.negatives if n not in not_negative and n != pair.query])
         for pos in positives:
             reference = pos.score if cfg.margin_reference == "positive" else best_positive[pair.query]
             negatives, dropped, mined_scores = _pick_negatives(
-                candidates, chunks, reference, not_negative, user_negs, pair.query, cfg
+                candidates, chunks, reference, not_negative, user_negs, pair.query, cfg.margin, wanted
             )
             examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives))
             stats.examples += 1
+            stats.offline_examples += offline
             stats.negatives_total += len(negatives)
             stats.user_negatives += len(user_negs)
-            stats.short_of_negatives += int(len(negatives) < cfg.num_negatives)
+            stats.short_of_negatives += int(len(negatives) < wanted)
             stats.dropped_by_margin += dropped
             stats.positive_score_sum += pos.score
             stats.mined_negative_score_sum += float(sum(mined_scores))
             stats.mined_negatives += len(mined_scores)
 
+    if not examples:
+        raise InputError(
+            f"mine: the consistency filter (mine.offline_consistency_rank={cfg.offline_consistency_rank}) dropped "
+            f"all {len(pairs)} generated train pairs of {Path(pairs_dir) / contracts.PAIRS_FILE}; raise "
+            "mine.offline_consistency_rank or set it to 0"
+        )
     n_rows = contracts.write_jsonl(out / contracts.TRAIN_FILE, (e.to_columns() for e in examples))
     if stats.short_of_negatives:
         log.warning(
@@ -196,6 +215,8 @@ def run(
             "negatives_total": stats.negatives_total,
             "user_negatives": stats.user_negatives,
             "dropped_by_margin": stats.dropped_by_margin,
+            "pairs_dropped_by_consistency": stats.dropped_by_consistency,
+            "offline_examples": stats.offline_examples,
             "chunks_embedded": len(chunks),
         },
         inputs={"chunks": chunks_dir, "pairs": pairs_dir},
@@ -263,6 +284,16 @@ def _resolve_positives(
     return out
 
 
+def is_offline(pair: Pair) -> bool:
+    """Whether the offline generator (inverse cloze, titles) made this pair."""
+    return pair.source.startswith(OFFLINE_SOURCE_PREFIX)
+
+
+def positive_rank(candidates: list[tuple[int, float]], positive_score: float) -> int:
+    """How many candidates (other documents' chunks, best first) the base model scores above the positive."""
+    return sum(1 for _, s in candidates if s > positive_score)
+
+
 def _candidates(scores: np.ndarray, ids: np.ndarray, excluded: set[int], limit: int) -> list[tuple[int, float]]:
     """The best ``limit`` neighbours (row, score) outside the excluded rows, best first."""
     out = []
@@ -282,20 +313,21 @@ def _pick_negatives(
     positive_texts: set[str],
     user_negatives: list[str],
     query: str,
-    cfg: MineConfig,
+    margin: float,
+    wanted: int,
 ) -> tuple[list[str], int, list[float]]:
-    """User negatives first, then the best mined candidates under ``margin x positive_score``.
+    """User negatives first, then the best mined candidates under ``margin x positive_score``, up to ``wanted``.
 
     Returns:
         (negative texts, candidates dropped by the margin, scores of the mined negatives kept).
     """
     negatives = list(user_negatives)
     taken = set(negatives)
-    threshold = cfg.margin * positive_score
+    threshold = margin * positive_score
     dropped = 0
     mined_scores: list[float] = []
     for row, score in candidates:
-        if len(negatives) >= cfg.num_negatives:
+        if len(negatives) >= wanted:
             break
         text = chunks[row].text
         if text in taken or text in positive_texts or text == query:

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,9 @@ def run_pipeline(
         args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
         before = set(root.glob(f"{pipeline.name}-*")) if root.exists() else set()
         try:
-            with redirect_stdout(target):
+            with redirect_stdout(target), warnings.catch_warnings():
+                # kfp.local warns per task that our image is "non-Python"; it is ours, built for this runner.
+                warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
                 pipeline(**args)
         except Exception as exc:  # kfp.local raises RuntimeError naming the task; the stage's own error is in the log
             failed = [n for n, s in stages.items() if s.status in ("running", "failed")]

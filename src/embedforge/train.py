@@ -10,7 +10,8 @@ The loop is deliberately small (no ``SentenceTransformerTrainer``) so its step c
   negatives the ``document`` prompt;
 * :class:`embedforge.losses.InfoNCELoss` over [all positives ; all hard negatives] of the batch, with
   :func:`embedforge.losses.false_negative_mask` removing candidates that are known positives of the anchor;
-* AdamW (no decay on biases/LayerNorm), linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA.
+* AdamW (no decay on biases/LayerNorm), linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA;
+* optionally (``base_weight`` > 0) WiSE-FT: the saved weights are interpolated back towards the base model's.
 
 The result is a sentence-transformers folder (``SentenceTransformer(path)`` loads it) whose
 ``config_sentence_transformers.json`` holds the prompts, plus ``manifest.json``.
@@ -289,6 +290,41 @@ def _optimizer(model: SentenceTransformer, cfg: TrainConfig):
     return torch.optim.AdamW(groups, lr=cfg.learning_rate)
 
 
+#: WiSE-FT weight used when ``TrainConfig.base_weight`` is unset and most rows come from the offline generator.
+OFFLINE_BASE_WEIGHT = 0.5
+
+
+def resolve_base_weight(cfg: TrainConfig, mined_dir: str | Path, n_examples: int) -> float:
+    """``cfg.base_weight`` if set; else :data:`OFFLINE_BASE_WEIGHT` when the mine manifest says more than half of
+    the rows come from offline-generator pairs, else 0."""
+    if cfg.base_weight is not None:
+        return cfg.base_weight
+    if not (Path(mined_dir) / contracts.MANIFEST).is_file():
+        return 0.0  # rows from elsewhere than the mine stage: nothing says they are generated
+    offline = contracts.read_manifest(mined_dir).counts.get("offline_examples", 0)
+    return OFFLINE_BASE_WEIGHT if 2 * offline > n_examples else 0.0
+
+
+def snapshot_weights(model: "SentenceTransformer") -> dict[str, "torch.Tensor"]:
+    """A CPU copy of the model's floating-point parameters and buffers (the base weights, before training)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def interpolate_weights(model: "SentenceTransformer", base: dict[str, "torch.Tensor"], base_weight: float) -> None:
+    """WiSE-FT (Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"): in place,
+    ``theta = (1 - base_weight) * theta_finetuned + base_weight * theta_base``.
+
+    Weight-space interpolation between the fine-tuned model and the model it started from keeps most of the
+    in-domain gain while giving back robustness the fine-tuning traded away — the guard for noisy synthetic pairs.
+    """
+    import torch
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if k in base:
+                v.mul_(1.0 - base_weight).add_(base[k].to(v.device, v.dtype), alpha=base_weight)
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 def run(
     mined_dir: str | Path,
@@ -334,6 +370,8 @@ def run(
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts)
     device = str(model.device)
+    base_weight = resolve_base_weight(cfg, mined_dir, len(examples))
+    base_state = snapshot_weights(model) if base_weight > 0 else None
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed)
     optimizer = _optimizer(model, cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * len(plan)), len(plan))
@@ -371,6 +409,8 @@ def run(
     losses.flush(len(plan))
     train_seconds = time.perf_counter() - started
     model.eval()
+    if base_state is not None:
+        interpolate_weights(model, base_state, base_weight)
 
     out = Path(out_dir)
     model.save(str(out), create_model_card=False)
@@ -388,4 +428,5 @@ def run(
         examples_per_second=round(rows_seen / max(train_seconds, 1e-9), 3),
         device=device,
         precision=str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
+        base_weight=base_weight,
     )

@@ -12,11 +12,16 @@ Methods
       ``min_query_words`` .. ``MAX_QUERY_WORDS`` words, ending with ``. ! ?``, leaving at least
       ``min_query_words`` words of context in the chunk.
     * **Title queries**: a meaningful document title (>= 2 words, not file-name-like, not the whole text) is a
-      query whose positive is the whole document (``relevance="document"``, ``positive_doc_ids``).
+      query whose positive is the whole document (``relevance="document"``, ``positive_doc_ids``). Where the
+      document repeats its title (a heading, or the first sentence of an abstract) a *training* title pair instead
+      names that chunk with the title cut out (``positive_text``; ``title_strip``), for the same reason inverse
+      cloze removes its sentence: a positive that contains the query verbatim teaches copying, not meaning.
+      Measured on Cranfield, where every abstract starts with its title: see ``bench/offline_sdg_quality.py``.
 
 Everything is seeded per chunk/document (``random.Random(f"{seed}:{chunk_id}")``), so a chunk's pairs do not
 depend on other chunks; duplicate queries (case/whitespace-insensitive) are skipped; ``max_pairs`` is spread
-round-robin over documents (each document's title first, then its ICT pairs in chunk order).
+round-robin over documents (each document's candidates in a seeded random order, so a tight cap samples
+title and inverse-cloze pairs alike).
 
 Inputs/outputs
     ============  =========================================================================================
@@ -93,6 +98,7 @@ class OfflineGenerator:
             "ict_pairs": 0,
             "ict_positive_removed": 0,
             "title_pairs": 0,
+            "title_stripped": 0,
             "titles_not_meaningful": 0,
             "duplicate_queries_skipped": 0,
             "pairs_over_cap_dropped": 0,
@@ -150,6 +156,15 @@ class OfflineGenerator:
         if not meaningful_title(title, doc_id, doc_text):
             self._stats["titles_not_meaningful"] += 1
             return None
+        if split == "train" and self.cfg.title_strip:
+            stripped = _strip_title(title, chunks, self.cfg.min_query_words)
+            if stripped is not None:
+                chunk, rest = stripped
+                return Pair(
+                    query_id=f"title:{doc_id}", query=normalize_ws(title), positive_chunk_ids=[chunk.chunk_id],
+                    positive_doc_ids=[doc_id], relevance="chunk", split=split, positive_text=rest,
+                    source=SOURCE_TITLE, meta={"method": "title", "title_removed_from_positive": True},
+                )
         return Pair(
             query_id=f"title:{doc_id}",
             query=normalize_ws(title),
@@ -170,7 +185,7 @@ class OfflineGenerator:
             max_pairs: Cap for this call (default ``cfg.max_pairs``), spread round-robin over documents.
 
         Returns:
-            Pairs ordered by document then chunk; query ids ``ict:<chunk_id>:<k>`` / ``title:<doc_id>``.
+            Pairs grouped by document (seeded order within a document); query ids ``ict:<chunk_id>:<k>`` / ``title:<doc_id>``.
         """
         cap = self.cfg.max_pairs if max_pairs is None else max_pairs
         by_doc: OrderedDict[str, list[Chunk]] = OrderedDict()
@@ -197,6 +212,8 @@ class OfflineGenerator:
                     continue
                 seen.add(key)
                 kept.append(p)
+            # Seeded per document: a cap below the candidate count samples titles and inverse-cloze pairs alike.
+            random.Random(f"{self.cfg.seed}:{doc_id}").shuffle(kept)
             per_doc.append(kept)
 
         chosen = spread_cap(per_doc, cap)
@@ -204,12 +221,28 @@ class OfflineGenerator:
         for p in chosen:
             self._stats["ict_pairs" if p.source == SOURCE_ICT else "title_pairs"] += 1
             if p.positive_text is not None:
-                self._stats["ict_positive_removed"] += 1
+                self._stats["ict_positive_removed" if p.source == SOURCE_ICT else "title_stripped"] += 1
         return chosen
 
     def stats(self) -> dict[str, int | float]:
         """Counters accumulated over all ``generate`` calls."""
         return dict(self._stats)
+
+
+def _strip_title(title: str, chunks: list[Chunk], min_words: int) -> tuple[Chunk, str] | None:
+    """The first chunk that repeats the title as one of its segments (a heading, or a first sentence as in many
+    abstracts), and that chunk's text without it — or None when no chunk repeats the title or too little is left.
+
+    A title query trained against a positive that contains the title verbatim teaches the model to copy words, the
+    same shortcut inverse cloze avoids by removing its sentence."""
+    key = query_key(title)
+    for c in chunks:
+        segs = split_segments(c.text)
+        keep = [s for s in segs if query_key(s.text) != key]
+        if len(keep) < len(segs):
+            rest = join_segments(keep)
+            return (c, rest) if len(rest.split()) >= min_words else None
+    return None
 
 
 def spread_cap(per_doc: list[list[Pair]], cap: int) -> list[Pair]:
