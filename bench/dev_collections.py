@@ -4,7 +4,7 @@ Scenarios (issue #2 "done when"):
   sample      the bundled sample corpus, defaults                       (< 10 min on 2 CPU cores)
   cran-byo    cranfield, --pairs from qrels/train.tsv, --eval-beir cranfield (test queries)
   cran-sdg    cranfield, offline generator only (no pairs), --eval-beir cranfield
-  dbpedia-5k  agentset_dbpedia (5,000 docs), ~1,000 offline pairs       (< 30 min on 2 CPU cores)
+  dbpedia-5k  agentset_dbpedia (5,000 docs), ~1,000 offline pairs, --eval-beir its test queries (< 30 min)
 
     python bench/dev_collections.py --scenarios sample cran-byo cran-sdg dbpedia-5k --out runs/bench
 
@@ -46,7 +46,8 @@ def scenario_args(name: str, work: Path) -> list[str]:
     if name == "cran-sdg":
         return ["--corpus", str(cran / "corpus.jsonl"), "--eval-beir", str(cran)]
     if name == "dbpedia-5k":
-        return ["--corpus", str(DATA / "agentset_dbpedia" / "corpus.jsonl"), "sdg.max_pairs=1250"]
+        dbp = DATA / "agentset_dbpedia"
+        return ["--corpus", str(dbp / "corpus.jsonl"), "--eval-beir", str(dbp), "sdg.max_pairs=1250"]
     raise SystemExit(f"unknown scenario {name}")
 
 

@@ -52,11 +52,11 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_cpu_profile_caps_only_what_the_user_left_default():
-    cfg = load_config(None, ["train.epochs=2"])
+    cfg = load_config(None, ["train.epochs=3"])
     cpu, changed = cfg.resolved(cuda_available=False)
-    assert cpu.profile == "cpu" and cpu.train.epochs == 2  # the user's value wins
-    assert changed == {"sdg.max_pairs": 400, "train.batch_size": 16} and cpu.sdg.max_pairs == 400
+    assert cpu.profile == "cpu" and cpu.train.epochs == 3  # the user's value wins
+    assert changed == {"sdg.max_pairs": 1000, "train.batch_size": 16} and cpu.sdg.max_pairs == 1000
     gpu, changed = cfg.resolved(cuda_available=True)
     assert gpu.profile == "gpu" and changed == {} and gpu.sdg.max_pairs == PipelineConfig().sdg.max_pairs
     forced, changed = load_config(None, ["profile=cpu"]).resolved(cuda_available=True)
-    assert forced.train.epochs == 1.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
+    assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
