@@ -249,7 +249,7 @@ class TritonConfig(StageConfig):
 #: Compute profile for machines without a GPU: what `embedforge run` changes when ``profile`` resolves to ``cpu``
 #: — only for fields the user did not set. Measured on 2 CPU cores, all-MiniLM-L6-v2 trains at ~1k tokens/s, so
 #: the GPU defaults (3 epochs over every generated pair) would take hours on a large corpus; these keep a run of
-#: the sample corpus under 10 minutes (measured 7.0 min on 2 idle cores: 1000 pairs, 2 epochs; offline pairs train
+#: the sample corpus under 10 minutes (measured 5.4 min on 2 idle cores: 1000 pairs, 2 epochs; offline pairs train
 #: without hard negatives, 2 texts a row instead of 6). Batch 16 halves the activation memory of a step (~14 GB at
 #: batch 32 with 256-token passages and 4 negatives). Bring-your-own pairs are never capped, only the number of
 #: epochs and the batch size.
