@@ -60,3 +60,5 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     assert gpu.profile == "gpu" and changed == {} and gpu.sdg.max_pairs == PipelineConfig().sdg.max_pairs
     forced, changed = load_config(None, ["profile=cpu"]).resolved(cuda_available=True)
     assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
+    byo, changed = PipelineConfig().resolved(cuda_available=False, pairs_given=True)  # the user's pairs: 1 epoch
+    assert changed == {"train.epochs": 1.0, "train.batch_size": 16} and byo.sdg.max_pairs == PipelineConfig().sdg.max_pairs

@@ -126,7 +126,7 @@ def run_pipeline(
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
     import torch
 
-    cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available())
+    cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available(), pairs_given=bool(pairs))
     tracking_uri = default_tracking_uri(out)
     root = out / ".kfp"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
