@@ -24,6 +24,11 @@ Steps:
    Everything positive for a query text in any of its pairs (chunks of its positive documents, its positive texts)
    is excluded, so two pairs with the same query never make each other's positives negatives.
 
+Offline-generator pairs (``source`` ``offline/*``) are handled conservatively: a round-trip consistency filter
+keeps one only if at most ``offline_consistency_rank - 1`` chunks of other documents outscore its positive, and it
+gets ``offline_num_negatives`` (default 0) mined negatives — a synthetic query's nearest neighbours are mostly
+relevant too (measured in ``bench/offline_sdg_quality.py``). Bring-your-own and LLM pairs get ``num_negatives``.
+
 Scores are base-model cosines (embeddings are L2-normalised). The output is deterministic for fixed inputs.
 
 References:
