@@ -190,7 +190,7 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
     from embedforge.evaluate import evaluate_beir_folder, evaluate_model
 
     model = SentenceTransformer(str(model_dir), device=pick_device("auto"))
-    if external:
+    if external is not None:
         metrics = evaluate_beir_folder(model, external, eval_cfg)
     else:
         metrics = evaluate_model(model, read_chunks(chunks_dir), read_pairs(pairs_dir), eval_cfg)
@@ -208,7 +208,9 @@ def pick_eval_set(evaluation: dict[str, Any], cfg: GateConfig, where: Path) -> t
         raise InputError(f"gate.eval_set is 'external' but {where} has no external results; run with "
                          "--eval-beir DIR (a BEIR folder with human judgements) or set gate.eval_set=held_out")
     if cfg.eval_set != "held_out" and isinstance(external, dict):
-        return external.get("finetuned"), external.get("base"), str(external.get("path") or "")
+        if not external.get("path"):
+            raise InputError(f"{where}: 'external' has no 'path'; the gate re-evaluates the champion on that folder")
+        return external.get("finetuned"), external.get("base"), str(external["path"])
     return evaluation.get("finetuned"), evaluation.get("base"), None
 
 

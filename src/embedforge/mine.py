@@ -49,9 +49,7 @@ from embedforge import contracts
 from embedforge.config import DEFAULT_BASE_MODEL, MineConfig
 from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
 from embedforge.errors import InputError
-
-#: ``Pair.source`` of the offline generator's pairs starts with this (``offline/ict``, ``offline/title``).
-OFFLINE_SOURCE_PREFIX = "offline/"
+from embedforge.sdg.offline import is_offline_pair
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +172,7 @@ def run(
         q = query_row[pair.query]
         not_negative = positive_texts[pair.query]
         candidates = _candidates(scores[q], ids[q], excluded[pair.query], cfg.candidates)
-        offline = is_offline(pair)
+        offline = is_offline_pair(pair)
         if offline and cfg.offline_consistency_rank:
             ahead = positive_rank(candidates, best_positive[pair.query])
             if ahead >= cfg.offline_consistency_rank:
@@ -287,11 +285,6 @@ def _resolve_positives(
         if len(out) >= cfg.max_positives_per_pair:
             break
     return out
-
-
-def is_offline(pair: Pair) -> bool:
-    """Whether the offline generator (inverse cloze, titles) made this pair."""
-    return pair.source.startswith(OFFLINE_SOURCE_PREFIX)
 
 
 def positive_rank(candidates: list[tuple[int, float]], positive_score: float) -> int:

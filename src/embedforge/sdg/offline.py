@@ -47,10 +47,17 @@ if TYPE_CHECKING:
     from embedforge.contracts import Split
 
 MAX_QUERY_WORDS = 64
-SOURCE_ICT = "offline/ict"
-SOURCE_TITLE = "offline/title"
+#: ``Pair.source`` of every pair this generator makes starts with this.
+SOURCE_PREFIX = "offline/"
+SOURCE_ICT = f"{SOURCE_PREFIX}ict"
+SOURCE_TITLE = f"{SOURCE_PREFIX}title"
 _ENDS_SENTENCE = re.compile(r"[.!?][\"'”’)\]]*$")
 _FILENAME_LIKE = re.compile(r"^[\w.\-/\\]+$")
+
+
+def is_offline_pair(pair: Pair) -> bool:
+    """Whether this generator (inverse cloze, titles) made the pair."""
+    return pair.source.startswith(SOURCE_PREFIX)
 
 
 def query_key(query: str) -> str:

@@ -109,20 +109,13 @@ class QAPair(_Reply):
     def _normalise(cls, v: Any) -> Any:
         return _norm_label(v)
 
-    @field_validator("query_type")
+    @field_validator("query_type", "reasoning_type")
     @classmethod
-    def _known_query_type(cls, v: str, info: ValidationInfo) -> str:
-        allowed = (info.context or {}).get("query_types")
+    def _known_label(cls, v: str, info: ValidationInfo) -> str:
+        """The label must be one the prompt offered: context ``query_types`` / ``reasoning_types``."""
+        allowed = (info.context or {}).get(f"{info.field_name}s")
         if allowed and v not in allowed:
-            raise ValueError(f"query_type {v!r} is not one of {sorted(allowed)}")
-        return v
-
-    @field_validator("reasoning_type")
-    @classmethod
-    def _known_reasoning_type(cls, v: str, info: ValidationInfo) -> str:
-        allowed = (info.context or {}).get("reasoning_types")
-        if allowed and v not in allowed:
-            raise ValueError(f"reasoning_type {v!r} is not one of {sorted(allowed)}")
+            raise ValueError(f"{info.field_name} {v!r} is not one of {sorted(allowed)}")
         return v
 
     @field_validator("segment_ids")
