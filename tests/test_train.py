@@ -259,3 +259,30 @@ def test_fewer_than_two_rows_is_an_input_error(tmp_path, base_model):
     contracts.write_jsonl(tmp_path / contracts.TRAIN_FILE, [{"anchor": "q", "positive": "p"}])
     with pytest.raises(InputError, match="at least 2"):
         train.run(tmp_path, tmp_path / "model", TrainConfig(), base_model=base_model, prompts=PROMPTS)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_trains_like_eager_and_saves_a_plain_model(tmp_path, trained, small_mined, base_model):
+    """train.compile=True: the compiled forward computes the eager embeddings, training with it lowers the loss,
+    and the saved model carries no compiled wrapper. (Weights are not compared with eager training: dropout masks
+    come from another RNG stream under compilation, and two Adam steps follow the sign of those noisy gradients.)"""
+    from sentence_transformers import SentenceTransformer
+
+    model = train.load_for_training(base_model, TrainConfig(**SMALL), PROMPTS)
+    model.eval()
+    texts = ["How does the assert statement behave under -O?", "A much longer text " * 20, "short"]
+    with torch.no_grad():
+        eager = train.embed(model, texts, "query: ")
+        restore = train.compile_encoder(model)
+        torch.testing.assert_close(train.embed(model, texts, "query: "), eager, atol=1e-5, rtol=0)
+        restore()
+    assert "forward" not in vars(model[0].model)
+
+    m = train.run(small_mined, tmp_path / "compiled", TrainConfig(**SMALL, compile=True), base_model=base_model,
+                  prompts=PROMPTS)
+    assert m.counts["steps"] == 2
+    saved = SentenceTransformer(str(tmp_path / "compiled"), device="cpu")
+    assert "forward" not in vars(saved[0].model)
+    examples = contracts.read_train_examples(small_mined)
+    before = _eval_loss(train.load_for_training(base_model, TrainConfig(**SMALL), PROMPTS), examples, 0.05)
+    assert _eval_loss(saved, examples, 0.05) < before - 0.05

@@ -24,6 +24,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,8 @@ from embedforge.errors import ConfigError, InputError
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
+
+    from embedforge.tokens import TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -126,34 +129,43 @@ def collate(examples: list[TrainExample], rows: list[int], known_positives: dict
 
 
 # ------------------------------------------------------------------------------------------------ forward
-def embed(model: SentenceTransformer, texts: list[str], prompt: str | None, micro_batch: int = 32) -> torch.Tensor:
+def embed(
+    model: SentenceTransformer,
+    texts: list[str],
+    prompt: str | None,
+    max_tokens: int = 4096,
+    cache: TokenCache | None = None,
+) -> torch.Tensor:
     """Training-time embeddings: what ``model.encode(texts, prompt=prompt, normalize_embeddings=True)`` computes,
     with gradients. Returns float32 ``(len(texts), dim)``, L2-normalised, rows in the order of ``texts``.
 
-    Texts are forwarded in length-sorted micro-batches (as ``encode`` does), so short texts are not padded to the
-    longest passage of the whole contrastive batch: the same embeddings (attention masks make each row independent
-    of its padding) for far fewer FLOPs — about half on typical chunk-length spreads.
+    Texts are forwarded in length-sorted micro-batches of at most ``max_tokens`` padded tokens
+    (:func:`embedforge.tokens.micro_batches`), so short texts are not padded to the longest passage of the whole
+    contrastive batch: the same embeddings (attention masks make each row independent of its padding) for far
+    fewer FLOPs.
 
     Args:
         model: The model being trained (on its device).
         texts: Texts to embed (without prompt).
         prompt: Prefix to prepend (the model's ``query``/``document`` prompt); ``""``/``None`` for none.
-        micro_batch: Texts per forward pass.
+        max_tokens: Padded tokens per forward pass (texts x longest text of the micro-batch).
+        cache: Token rows of the texts under ``prompt`` (:class:`embedforge.tokens.TokenCache`); made here if
+            not given.
     """
     import torch
     import torch.nn.functional as F
-    from sentence_transformers.util import batch_to_device
 
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    parts = []
-    for start in range(0, len(order), micro_batch):
-        rows = [texts[i] for i in order[start : start + micro_batch]]
-        features = batch_to_device(model.preprocess(rows, prompt=prompt or None), model.device)
-        parts.append(model(features)["sentence_embedding"].float())
+    from embedforge.tokens import TokenCache, micro_batches
+
+    cache = cache if cache is not None else TokenCache(model, prompt)
+    cache.add(texts)
+    groups = micro_batches([cache.length(t) for t in texts], max_tokens)
+    parts = [model(cache.features([texts[i] for i in g], model.device))["sentence_embedding"].float() for g in groups]
+    order = [i for g in groups for i in g]
     emb = torch.cat(parts)
-    inverse = torch.empty(len(order), dtype=torch.long, device=emb.device)
-    inverse[torch.tensor(order, device=emb.device)] = torch.arange(len(order), device=emb.device)
-    return F.normalize(emb[inverse], p=2, dim=1)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return F.normalize(emb[inverse.to(emb.device, non_blocking=True)], p=2, dim=1)
 
 
 def _autocast_dtype(cfg: TrainConfig, device: str):
@@ -172,7 +184,11 @@ def _autocast_dtype(cfg: TrainConfig, device: str):
 
 @dataclass
 class Stepper:
-    """One optimisation step: forward both towers, loss, backward, clip, optimizer + scheduler step."""
+    """One optimisation step: forward both towers, loss, backward, clip, optimizer + scheduler step.
+
+    Texts are tokenised once per tower (:class:`embedforge.tokens.TokenCache`); :meth:`step` returns the loss as a
+    device tensor so the loop does not wait for the GPU every step.
+    """
 
     model: SentenceTransformer
     loss_fn: torch.nn.Module
@@ -184,19 +200,28 @@ class Stepper:
     amp_dtype: object = None
     scaler: object = None
     device_type: str = "cpu"
-    micro_batch: int = 32
+    micro_batch_tokens: int = 4096
+    query_tokens: TokenCache = field(init=False)
+    document_tokens: TokenCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        from embedforge.tokens import TokenCache
+
+        self.query_tokens = TokenCache(self.model, self.query_prompt)
+        self.document_tokens = TokenCache(self.model, self.document_prompt)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         import torch
 
         ctx = torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         with ctx:
-            q = embed(self.model, batch.anchors, self.query_prompt, self.micro_batch)
-            d = embed(self.model, batch.candidates, self.document_prompt, self.micro_batch)
+            q = embed(self.model, batch.anchors, self.query_prompt, self.micro_batch_tokens, self.query_tokens)
+            d = embed(self.model, batch.candidates, self.document_prompt, self.micro_batch_tokens, self.document_tokens)
         b = len(batch.anchors)
-        return self.loss_fn(q, d[:b], d[b:], batch.mask)
+        mask = batch.mask.to(q.device, non_blocking=True)
+        return self.loss_fn(q, d[:b], d[b:], mask)
 
-    def step(self, batch: Batch) -> float:
+    def step(self, batch: Batch) -> torch.Tensor:
         import torch
 
         loss = self.loss(batch)
@@ -212,24 +237,40 @@ class Stepper:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
 
 @dataclass
 class _LossLog:
+    """Loss per step, kept on the device and read back once per ``window`` steps (one GPU sync per window)."""
+
     window: int
     history: list[dict[str, float]] = field(default_factory=list)
-    _buf: list[float] = field(default_factory=list)
+    _buf: list[torch.Tensor] = field(default_factory=list)
+    last: float = float("nan")
 
-    def add(self, step: int, loss: float) -> None:
+    def add(self, step: int, loss: torch.Tensor) -> bool:
+        """Record ``loss``; returns True when the window was flushed (``last`` then holds its mean)."""
         self._buf.append(loss)
         if len(self._buf) >= self.window:
             self.flush(step)
+            return True
+        return False
 
     def flush(self, step: int) -> None:
-        if self._buf:
-            self.history.append({"step": step, "loss": round(float(np.mean(self._buf)), 6)})
-            self._buf = []
+        import torch
+
+        if not self._buf:
+            return
+        values = torch.stack(self._buf).float().cpu().tolist()
+        self._buf = []
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"train: loss is {bad[0]} in steps {step - len(values) + 1}..{step}; lower train.learning_rate"
+            )
+        self.last = float(np.mean(values))
+        self.history.append({"step": step, "loss": round(self.last, 6)})
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -279,6 +320,24 @@ def _model_length_limit(model: SentenceTransformer) -> int | None:
     return int(positions) - (2 if getattr(config, "model_type", "") in _POSITION_OFFSET_MODELS else 0)
 
 
+def compile_encoder(model: SentenceTransformer) -> Callable[[], None]:
+    """``torch.compile`` the transformer's ``forward`` in place (dynamic shapes: batch and sequence lengths vary).
+
+    sentence-transformers calls the Hugging Face model's ``forward`` method directly, so the method itself is
+    replaced (the module tree and its ``state_dict`` keys stay as they are). Returns a function that restores the
+    eager ``forward`` (call it before saving or exporting).
+    """
+    import torch
+
+    encoder = getattr(model[0], "model", None) or model[0].auto_model
+    encoder.forward = torch.compile(encoder.forward, dynamic=True)
+
+    def restore() -> None:
+        del encoder.forward  # the instance attribute shadows the class method
+
+    return restore
+
+
 def _optimizer(model: SentenceTransformer, cfg: TrainConfig):
     import torch
 
@@ -287,7 +346,8 @@ def _optimizer(model: SentenceTransformer, cfg: TrainConfig):
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights are not decayed
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    fused = model.device.type == "cuda"  # one kernel per parameter group instead of a loop over tensors
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
 
 
 #: WiSE-FT weight used when ``TrainConfig.base_weight`` is unset and most rows come from the offline generator.
@@ -388,27 +448,29 @@ def run(
         amp_dtype=amp_dtype,
         scaler=scaler,
         device_type=model.device.type,
-        micro_batch=cfg.micro_batch,
+        micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
     )
+    stepper.query_tokens.add(ex.anchor for ex in examples)
+    stepper.document_tokens.add(t for ex in examples for t in (ex.positive, *ex.negatives))
     log.info(
         "train: %d rows, %d steps (%.2f epochs, batch %d) on %s, precision %s",
         len(examples), len(plan), cfg.epochs, cfg.batch_size, device, amp_dtype or "fp32",
     )
     losses = _LossLog(window=max(1, len(plan) // 10))
+    restore_eager = compile_encoder(model) if cfg.compile else None
     model.train()
     rows_seen = 0
     started = time.perf_counter()
     bar = tqdm(plan, desc="train", unit="step")
     for step, rows in enumerate(bar, start=1):
-        loss = stepper.step(collate(examples, rows, known))
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"train: loss is {loss} at step {step}; lower train.learning_rate")
         rows_seen += len(rows)
-        losses.add(step, loss)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if losses.add(step, stepper.step(collate(examples, rows, known))):
+            bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     losses.flush(len(plan))
     train_seconds = time.perf_counter() - started
     model.eval()
+    if restore_eager is not None:
+        restore_eager()
     if base_state is not None:
         interpolate_weights(model, base_state, base_weight)
 
