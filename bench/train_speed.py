@@ -8,7 +8,7 @@ train, save) after a short warm-up run of both in the same process, so CUDA/cuBL
 Useful work is counted the same way for both, from the tokenised texts (no padding):
 ``FLOPs = sum over texts of (6 x P x n + 12 x L x d x n^2)`` — ``P`` the encoder's matmul parameters (embeddings
 excluded), ``n`` the text's tokens, ``L`` layers, ``d`` hidden size (the second term: attention scores and
-weighted sum, forward + backward). MFU = FLOPs / seconds / the card's dense bf16 peak.
+weighted sum, forward + backward). MFU = FLOPs / seconds / (the card's dense bf16 peak x GPUs used).
 
 Usage (GPU box, see docs/benchmarks.md)::
 
@@ -53,6 +53,9 @@ VARIANTS: dict[str, dict] = {
     "ours_mb1m": {"micro_batch_tokens": 1 << 20},
     "ours_compile": {"compile": True},
     "ours_compile_mb128k": {"compile": True, "micro_batch_tokens": 131072},
+    "ours_1proc": {"processes": 1},
+    "ours_2proc": {"processes": 2},
+    "ours_4proc": {"processes": 4},
 }
 
 
@@ -122,7 +125,7 @@ def run_ours(rows: list[dict], base_model: str, batch_size: int, out: Path, devi
     contracts.write_jsonl(mined / contracts.TRAIN_FILE, rows)
     cfg = TrainConfig(epochs=1, batch_size=batch_size, learning_rate=2e-5, max_seq_length=256, seed=seed,
                       device=device, base_weight=0.0, **overrides)
-    m = train.run(mined, out / "ours_model", cfg, base_model=base_model)
+    m = train.launch(mined, out / "ours_model", cfg, base_model=base_model)
     return {"loop_seconds": m.model_extra["train_seconds"]}
 
 
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"seconds": seconds, "peak_mem_gib": mem, **(extra or {})}
 
     variants = args.variants.split(",")
+    gpus = {v: VARIANTS[v].get("processes", 1) for v in variants}
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         for v in variants:  # warm-up: CUDA context, cuBLAS handles, allocator
             once(v, bs, rows[: 4 * bs])
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds": round(r["seconds"], 2), "rows_per_s": round(len(rows) / r["seconds"], 1),
                    "tokens_per_s": round(tokens / r["seconds"]),
                    "tflops": round(flops / r["seconds"] / 1e12, 2),
-                   "mfu": round(flops / r["seconds"] / peak, 4) if peak else None,
+                   "mfu": round(flops / r["seconds"] / (peak * gpus[v]), 4) if peak else None, "gpus": gpus[v],
                    "peak_mem_gib": round(r["peak_mem_gib"], 2) if r["peak_mem_gib"] is not None else None,
                    "loop_seconds": r.get("loop_seconds"), "card": card, "date": time.strftime("%Y-%m-%d"),
                    "torch": torch.__version__}

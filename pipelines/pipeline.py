@@ -15,7 +15,8 @@ Steps (one KFP component each, see ``components/<stage>/``):
 
 ``build_pipeline(kubernetes=False)`` is the pipeline run locally by ``embedforge run`` (kfp.local);
 ``build_pipeline(kubernetes=True)`` adds what a cluster needs: GPU for training, resource requests, the corpus
-volume, and the LLM API key from a Kubernetes Secret (never a parameter).
+volume, the Triton model-repository volume on promote (which then rolls the version out to the Triton Service),
+and the LLM API key from a Kubernetes Secret (never a parameter).
 """
 
 
@@ -64,6 +65,11 @@ class KubernetesSettings:
     mlflow_secret: str = "embedforge-mlflow"
     gpu_resource: str = "nvidia.com/gpu"
     train_gpus: int = 1
+    # The Triton model repository (manifests/base/data-pvc.yaml) and the server reading it (manifests/base/triton.yaml):
+    # promote publishes the version there, has Triton load it and checks it before it moves the alias.
+    model_repo_pvc: str = "embedforge-model-repository"
+    model_repo_mount: str = "/models"
+    triton_url: str = "http://triton.embedforge.svc.cluster.local:8000"
 
 
 def _stage_args(cfg: PipelineConfig) -> dict[str, dict]:
@@ -99,8 +105,12 @@ def pipeline_arguments(cfg: PipelineConfig, corpus_path: str, pairs_file: str = 
 
 def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = KubernetesSettings()):
     """Return the ``@dsl.pipeline`` function; ``kubernetes=True`` adds cluster resources and secrets."""
-    defaults = _stage_args(PipelineConfig())
-    default_params = PipelineConfig().to_dict()
+    cfg = PipelineConfig()
+    if kubernetes:  # promote publishes into the Triton PVC and rolls the version out on the cluster's server
+        cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
+            update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url})})
+    defaults = _stage_args(cfg)
+    default_params = cfg.to_dict()
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
     def embedforge_pipeline(
@@ -166,6 +176,7 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
     # The corpus, pairs files and external BEIR folders live on a shared volume (see manifests/).
     for task in (ingest_task, sdg_task, evaluate_task):
         kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+    kubernetes.mount_pvc(promote_task, pvc_name=k8s.model_repo_pvc, mount_path=k8s.model_repo_mount)
     # The LLM key (sdg.generator=llm) comes from a Secret, as an env var: never a pipeline parameter.
     kubernetes.use_secret_as_env(sdg_task, secret_name=k8s.llm_secret,
                                  secret_key_to_env={k8s.llm_secret_key: k8s.llm_key_env}, optional=True)
@@ -180,6 +191,8 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
         task.set_cpu_request("4").set_memory_request("16Gi").set_memory_limit("32Gi")
     train_task.set_cpu_request("8").set_memory_request("32Gi").set_memory_limit("64Gi")
     train_task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(k8s.train_gpus)
+    # train.processes=0 starts one torchrun worker per visible GPU; NCCL needs more than the default 64 MiB /dev/shm
+    kubernetes.empty_dir_mount(train_task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
     for task in (ingest_task, sdg_task, validate_task, register_task, promote_task):
@@ -188,9 +201,9 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
         task.set_caching_options(False)  # they read/write the live registry
 
 
-def compile_pipeline(path: str, kubernetes: bool = True) -> str:
+def compile_pipeline(path: str, kubernetes: bool = True, k8s: KubernetesSettings = KubernetesSettings()) -> str:
     """Write the pipeline YAML (the Kubernetes variant by default) and return its path."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(kubernetes=kubernetes), package_path=path)
+    compiler.Compiler().compile(build_pipeline(kubernetes=kubernetes, k8s=k8s), package_path=path)
     return path

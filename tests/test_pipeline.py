@@ -47,6 +47,11 @@ def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
     sdg_secret = execs["exec-sdg"]["secretAsEnv"][0]
     assert sdg_secret["secretName"] == "embedforge-llm"
     assert sdg_secret["keyToEnv"][0]["envVar"] == "NVIDIA_API_KEY"
+    assert execs["exec-train"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"  # NCCL shared memory for torchrun
+    promote_pvc = execs["exec-promote"]["pvcMount"][0]
+    assert (promote_pvc["constant"], promote_pvc["mountPath"]) == ("embedforge-model-repository", "/models")
+    triton_default = spec["root"]["inputDefinitions"]["parameters"]["triton_config"]["defaultValue"]
+    assert triton_default["repository_dir"] == "/models" and triton_default["server_url"].startswith("http://triton.")
     text = out.read_text()
     assert "api_key\":" not in text.lower().replace(" ", "") and "REPLACE_ME" not in text
 

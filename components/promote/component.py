@@ -25,7 +25,8 @@ def promote(
         registry: Register output folder (``registry.json``).
         onnx_model: Export output folder (``model.onnx`` + tokenizer files).
         config: ``GateConfig`` fields (the alias to set).
-        triton_config: ``TritonConfig`` fields (model_name, max_batch_size, instance_kind, max_queue_delay_us).
+        triton_config: ``TritonConfig`` fields (model_name, max_batch_size, instance_kind, max_queue_delay_us;
+            repository_dir + server_url: publish into the live repository and roll out before the alias moves).
         tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
         triton_repo: Output folder: a Triton model repository (``<model>/config.pbtxt``,
             ``<model>/<version>/model.onnx``, ``<model>/<version>/tokenizer/``) + ``promotion.json``.

@@ -19,7 +19,8 @@ def train(
     Args:
         mined: Mine output folder (``train.jsonl``: anchor, positive, negative_1..n).
         base_model: Model folder or id to start from.
-        config: ``TrainConfig`` fields (epochs, batch_size, learning_rate, temperature, warmup_ratio, ...).
+        config: ``TrainConfig`` fields (epochs, batch_size, learning_rate, temperature, warmup_ratio, ...;
+            ``processes``: 0 = one training process per visible GPU under torchrun, the global batch split).
         prompts: ``PromptsConfig`` fields (``query``, ``document``): prefixes used in training and saved in the
             model's ``config_sentence_transformers.json``.
         model: Output folder: the fine-tuned model (``SentenceTransformer(model.path)`` loads it) +
@@ -29,7 +30,7 @@ def train(
     from embedforge import train as stage
     from embedforge.config import PromptsConfig, TrainConfig
 
-    manifest = stage.run(
+    manifest = stage.launch(
         mined.path,
         model.path,
         TrainConfig.model_validate(config),

@@ -125,12 +125,14 @@ def _print_summary(summary: dict, out: Path) -> None:
 def compile_(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pipeline YAML.")] = Path("pipelines/embedforge.yaml"),
     local: Annotated[bool, typer.Option("--local", help="Compile the variant without Kubernetes settings.")] = False,
+    train_gpus: Annotated[int, typer.Option("--train-gpus", min=1, help="GPUs for the train step; more than 1 "
+                                            "trains data-parallel under torchrun (train.processes=0).")] = 1,
 ) -> None:
     """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
-    from embedforge.pipelines.pipeline import compile_pipeline
+    from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(output), kubernetes=not local)
+    compile_pipeline(str(output), kubernetes=not local, k8s=KubernetesSettings(train_gpus=train_gpus))
     console.print(f"wrote {output}")
 
 
@@ -142,6 +144,8 @@ def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Op
     _setup_logging()
     cfg = _guard(lambda: _config(config, sets, None, base_model))
     result = _guard(lambda: fn(cfg))
+    if result is None:  # a torchrun worker other than rank 0
+        return
     payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
     typer.echo(json.dumps(payload, indent=2, default=str))
 
@@ -185,7 +189,7 @@ def train(mined: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, con
     """Fine-tune the bi-encoder contrastively."""
     from embedforge import train as stage
 
-    _stage(lambda c: stage.run(mined, out, c.train, base_model=c.base_model, prompts=c.prompts), config, set_, base_model)
+    _stage(lambda c: stage.launch(mined, out, c.train, base_model=c.base_model, prompts=c.prompts), config, set_, base_model)
 
 
 @app.command()

@@ -178,6 +178,9 @@ class TrainConfig(StageConfig):
         None, ge=64, description="Padded tokens per forward pass (texts x longest text); texts are length-sorted "
         "inside the contrastive batch and the loss still sees the whole batch. Unset: 262144 on CUDA (each tower "
         "in one or two forwards: fewer kernel launches), 4096 on CPU (little padding).")
+    processes: int = Field(0, ge=0, description="Training processes on this machine, one per GPU, the global batch "
+                           "split over them (torchrun, embedforge.distributed): 0 = one per visible GPU (1 without a "
+                           "GPU); 1 = this process only.")
     compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
                           "kernels and less Python per step on a GPU, after a one-off compilation of about a minute; "
                           "worth it for runs of many minutes.")
@@ -255,6 +258,20 @@ class TritonConfig(StageConfig):
     max_batch_size: int = Field(64, ge=1)
     instance_kind: Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"] = "KIND_AUTO"
     max_queue_delay_us: int = Field(2000, ge=0)
+    repository_dir: str = Field(
+        "", description="Live model repository to publish the promoted version into (the Triton PVC mount on "
+        "Kubernetes, e.g. /models). Empty: the version is only in the pipeline's triton_repo artifact.")
+    server_url: str = Field(
+        "", description="Triton HTTP endpoint (e.g. http://triton.embedforge.svc.cluster.local:8000). Set: promote "
+        "has the server load the new version, waits until it is ready and checks one served embedding against the "
+        "exported model before it moves the alias; on failure the version is taken out of repository_dir again.")
+    ready_timeout_s: float = Field(180.0, gt=0, description="How long promote waits for the served version.")
+
+    @model_validator(mode="after")
+    def _server_needs_repository(self) -> TritonConfig:
+        if self.server_url and not self.repository_dir:
+            raise ValueError("triton.server_url needs triton.repository_dir: the folder that server serves from")
+        return self
 
 
 #: Compute profile for machines without a GPU: what `embedforge run` changes when ``profile`` resolves to ``cpu``

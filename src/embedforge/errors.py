@@ -19,3 +19,7 @@ class ValidationFailed(EmbedforgeError):
 
 class ParityError(EmbedforgeError):
     """Exported model does not reproduce the PyTorch embeddings."""
+
+
+class ServingError(EmbedforgeError):
+    """The inference server did not load, or did not correctly serve, the promoted version."""

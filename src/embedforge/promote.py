@@ -81,6 +81,11 @@ def run(
 
     uri = resolve_tracking_uri(tracking_uri, recorded=str(reg.get("tracking_uri", "")))
     client = client_for(uri)
+    params = {"registered_model": model_name, "registered_version": version,
+              "mlflow_run_id": str(reg.get("run_id", "")), "alias": cfg.alias}
+    version_dir = write_model_repository(onnx_dir, out_dir, triton, version, parameters=params)
+    rollout = _publish(onnx_dir, triton, version, params) if triton.repository_dir else None
+
     promoted_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
         previous = current_champion(client, model_name, cfg.alias)
@@ -92,17 +97,14 @@ def run(
             "promoted_metric_value": f"{decision.challenger:.6f}",
             "promoted_over": f"v{previous}" if previous and previous != version else "none",
         }
+        if rollout is not None:
+            tags["served_by"] = f"{triton.server_url} ({triton.model_name} v{version})"
         for key, value in tags.items():
             client.set_model_version_tag(model_name, version, key, value)
     except MlflowException as exc:
         raise mlflow_error(f"set alias {cfg.alias!r} of {model_name!r} to version {version}", uri, exc) from None
     log.info("%s@%s -> version %s (was %s)", model_name, cfg.alias, version, previous or "unset")
 
-    version_dir = write_model_repository(
-        onnx_dir, out_dir, triton, version,
-        parameters={"registered_model": model_name, "registered_version": version,
-                    "mlflow_run_id": str(reg.get("run_id", "")), "alias": cfg.alias},
-    )
     record = {
         "promoted": True,
         "alias": cfg.alias,
@@ -116,6 +118,8 @@ def run(
         "value": decision.challenger,
         "promoted_at": promoted_at,
         "reason": decision.reason,
+        "published_to": triton.repository_dir or None,
+        "rollout": rollout.as_dict() if rollout is not None else None,
     }
     write_json(out_dir / PROMOTION_FILE, record)
     return timer.write_manifest(
@@ -127,3 +131,39 @@ def run(
         version=version,
         model_name=model_name,
     )
+
+
+def _publish(onnx_dir: str | Path, triton: TritonConfig, version: str, params: dict[str, str]):
+    """Write the version into the live repository; with ``triton.server_url``, roll it out and verify it there.
+
+    On a failed rollout the version folder is removed and the previous ``config.pbtxt`` restored (the server keeps
+    or returns to the previous version), then the :class:`~embedforge.errors.ServingError` propagates, so the alias
+    is never moved to a version the server does not serve.
+    """
+    import shutil
+
+    from embedforge import serving
+    from embedforge.errors import ServingError
+    from embedforge.triton import CONFIG_FILE, atomic_write_text, write_model_repository
+
+    live = Path(triton.repository_dir)
+    model_dir = live / triton.model_name
+    config = model_dir / CONFIG_FILE
+    previous_config = config.read_text(encoding="utf-8") if config.is_file() else None
+    existed = (model_dir / str(int(version))).exists()
+    version_dir = write_model_repository(onnx_dir, live, triton, version, parameters=params)
+    log.info("published %s version %s into %s", triton.model_name, version, live)
+    if not triton.server_url:
+        return None
+    try:
+        return serving.roll_out(triton.server_url, live, triton.model_name, version, timeout_s=triton.ready_timeout_s)
+    except ServingError:
+        if not existed:
+            shutil.rmtree(version_dir, ignore_errors=True)
+        if previous_config is not None:
+            atomic_write_text(config, previous_config)
+        elif not existed:
+            config.unlink(missing_ok=True)
+        serving.reload(triton.server_url, triton.model_name)
+        log.error("rolled back: %s version %s removed from %s", triton.model_name, version, live)
+        raise

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedforge import contracts
+from embedforge import contracts, distributed
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
+from embedforge.distributed import DistContext, Shard
 from embedforge.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -157,6 +158,9 @@ def embed(
 
     from embedforge.tokens import TokenCache, micro_batches
 
+    if not texts:  # e.g. a rank with no rows of a small last batch: (0, dim), still part of the autograd graph
+        anchor = next(p for p in model.parameters() if p.requires_grad)
+        return torch.zeros(0, model.get_sentence_embedding_dimension(), device=anchor.device) + 0.0 * anchor.sum()
     cache = cache if cache is not None else TokenCache(model, prompt)
     cache.add(texts)
     groups = micro_batches([cache.length(t) for t in texts], max_tokens)
@@ -201,6 +205,7 @@ class Stepper:
     scaler: object = None
     device_type: str = "cpu"
     micro_batch_tokens: int = 4096
+    dist: DistContext = field(default_factory=DistContext)
     query_tokens: TokenCache = field(init=False)
     document_tokens: TokenCache = field(init=False)
 
@@ -210,29 +215,44 @@ class Stepper:
         self.query_tokens = TokenCache(self.model, self.query_prompt)
         self.document_tokens = TokenCache(self.model, self.document_prompt)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
+        """The loss of ``batch``. Distributed: this rank embeds only ``local`` (its rows of ``split``, see
+        :func:`embedforge.distributed.shard`) and the embeddings of all ranks are gathered into ``batch``'s order."""
         import torch
 
+        from embedforge.distributed import gather
+
+        part = local if local is not None else batch
         ctx = torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         with ctx:
-            q = embed(self.model, batch.anchors, self.query_prompt, self.micro_batch_tokens, self.query_tokens)
-            d = embed(self.model, batch.candidates, self.document_prompt, self.micro_batch_tokens, self.document_tokens)
-        b = len(batch.anchors)
+            q = embed(self.model, part.anchors, self.query_prompt, self.micro_batch_tokens, self.query_tokens)
+            d = embed(self.model, part.candidates, self.document_prompt, self.micro_batch_tokens, self.document_tokens)
+        b = len(part.anchors)
+        if self.dist.enabled:
+            q = gather(q, self.dist, split.anchors)
+            d, n = gather(d[:b], self.dist, split.anchors), gather(d[b:], self.dist, split.negatives)
+        else:
+            d, n = d[:b], d[b:]
+        p = d
         mask = batch.mask.to(q.device, non_blocking=True)
-        return self.loss_fn(q, d[:b], d[b:], mask)
+        return self.loss_fn(q, p, n, mask)
 
-    def step(self, batch: Batch) -> torch.Tensor:
+    def step(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
         import torch
 
-        loss = self.loss(batch)
+        from embedforge.distributed import average_gradients
+
+        loss = self.loss(batch, local, split)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            average_gradients(self.model.parameters(), self.dist)
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
+            average_gradients(self.model.parameters(), self.dist)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
         self.scheduler.step()
@@ -392,8 +412,11 @@ def run(
     cfg: TrainConfig,
     base_model: str = DEFAULT_BASE_MODEL,
     prompts: PromptsConfig | None = None,
-) -> Manifest:
+) -> Manifest | None:
     """Fine-tune ``base_model`` on the mined rows and save a sentence-transformers folder.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains one replica on its share of each global batch
+    (:mod:`embedforge.distributed`); rank 0 saves the model and returns the manifest, the others return None.
 
     Args:
         mined_dir: Mine artifact folder holding ``train.jsonl`` (``anchor, positive, negative_1..n``).
@@ -427,8 +450,14 @@ def run(
     for ex in examples:
         known.setdefault(ex.anchor, set()).add(ex.positive)
 
+    dist_ctx = distributed.from_env()
+    if dist_ctx.enabled:  # under torchrun: one process per device, the global batch split over them
+        from embedforge.encode import pick_device
+
+        cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts)
+    seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
     device = str(model.device)
     base_weight = resolve_base_weight(cfg, mined_dir, len(examples))
     base_state = snapshot_weights(model) if base_weight > 0 else None
@@ -449,22 +478,29 @@ def run(
         scaler=scaler,
         device_type=model.device.type,
         micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
+        dist=dist_ctx,
     )
     stepper.query_tokens.add(ex.anchor for ex in examples)
     stepper.document_tokens.add(t for ex in examples for t in (ex.positive, *ex.negatives))
     log.info(
-        "train: %d rows, %d steps (%.2f epochs, batch %d) on %s, precision %s",
-        len(examples), len(plan), cfg.epochs, cfg.batch_size, device, amp_dtype or "fp32",
+        "train: %d rows, %d steps (%.2f epochs, batch %d) on %s%s, precision %s",
+        len(examples), len(plan), cfg.epochs, cfg.batch_size, device,
+        f" (rank {dist_ctx.rank} of {dist_ctx.world})" if dist_ctx.enabled else "", amp_dtype or "fp32",
     )
     losses = _LossLog(window=max(1, len(plan) // 10))
     restore_eager = compile_encoder(model) if cfg.compile else None
     model.train()
     rows_seen = 0
     started = time.perf_counter()
-    bar = tqdm(plan, desc="train", unit="step")
+    bar = tqdm(plan, desc="train", unit="step", disable=not dist_ctx.is_main)
     for step, rows in enumerate(bar, start=1):
         rows_seen += len(rows)
-        if losses.add(step, stepper.step(collate(examples, rows, known))):
+        if dist_ctx.enabled:
+            split = distributed.shard(rows, dist_ctx, lambda i: len(examples[i].negatives))
+            loss = stepper.step(collate(examples, split.order, known), collate(examples, split.mine, {}), split)
+        else:
+            loss = stepper.step(collate(examples, rows, known))
+        if losses.add(step, loss):
             bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     losses.flush(len(plan))
     train_seconds = time.perf_counter() - started
@@ -474,10 +510,13 @@ def run(
     if base_state is not None:
         interpolate_weights(model, base_state, base_weight)
 
+    if not dist_ctx.is_main:  # the replicas are identical: rank 0 saves
+        distributed.shutdown(dist_ctx)
+        return None
     out = Path(out_dir)
     model.save(str(out), create_model_card=False)
     steps_per_epoch = len(no_duplicate_batches(examples, cfg.batch_size, cfg.seed))
-    return timer.write_manifest(
+    manifest = timer.write_manifest(
         out,
         counts={"examples": len(examples), "steps": len(plan), "epochs": math.ceil(len(plan) / steps_per_epoch)},
         inputs={"mined": mined_dir},
@@ -491,4 +530,58 @@ def run(
         device=device,
         precision=str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
         base_weight=base_weight,
+        processes=dist_ctx.world,
     )
+    distributed.shutdown(dist_ctx)
+    return manifest
+
+
+def resolved_processes(cfg: TrainConfig) -> int:
+    """``cfg.processes``, or one per visible CUDA device when 0 (1 without CUDA or when ``cfg.device`` is cpu)."""
+    if cfg.processes:
+        return cfg.processes
+    import torch
+
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return 1
+    return 1 if cfg.device.startswith("cuda:") else max(1, torch.cuda.device_count())
+
+
+def launch(
+    mined_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    base_model: str = DEFAULT_BASE_MODEL,
+    prompts: PromptsConfig | None = None,
+) -> Manifest:
+    """:func:`run` in this process, or — when :func:`resolved_processes` > 1 and this is not already a torchrun
+    worker — under ``torchrun --standalone --nproc-per-node N`` (``embedforge train`` in every process), then the
+    manifest rank 0 wrote.
+
+    Raises:
+        InputError, ConfigError: as :func:`run`; a failed worker raises :class:`~embedforge.errors.ConfigError`
+            with the tail of its output.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    prompts = prompts or PromptsConfig()
+    n = resolved_processes(cfg)
+    if n <= 1 or distributed.from_env().enabled:
+        return run(mined_dir, out_dir, cfg, base_model=base_model, prompts=prompts)
+    with tempfile.TemporaryDirectory() as tmp:
+        config_file = Path(tmp) / "train.yaml"
+        config_file.write_text(yaml.safe_dump({"base_model": base_model, "prompts": prompts.model_dump(),
+                                               "train": cfg.model_dump(mode="json", exclude_none=True)}))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "embedforge.cli", "train", "--mined", str(mined_dir), "--out", str(out_dir),
+               "--config", str(config_file)]
+        log.info("train: %d processes: %s", n, " ".join(cmd))
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"distributed training ({n} processes) failed with exit code {proc.returncode}; "
+                          f"last output:\n{proc.stdout[-3000:]}")
+    return contracts.read_manifest(out_dir)

@@ -1,0 +1,43 @@
+"""torchrun worker for tests/test_distributed.py: one distributed step's loss and gradients, eval mode (no dropout).
+
+Usage: torchrun --standalone --nproc-per-node N tests/dist_grad_worker.py MODEL MINED_DIR OUT.pt
+Rank 0 saves {"loss", "grads", "checksums"}: checksums of every rank's averaged gradients (they must agree)."""
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from embedforge import contracts, distributed, train
+from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.losses import InfoNCELoss
+
+
+def main() -> None:
+    model_dir, mined, out = sys.argv[1:4]
+    ctx = distributed.from_env()
+    distributed.init(ctx, "cpu")
+    examples = contracts.read_train_examples(mined)
+    known = {}
+    for e in examples:
+        known.setdefault(e.anchor, set()).add(e.positive)
+    cfg = TrainConfig(max_seq_length=32, device="cpu")
+    model = train.load_for_training(model_dir, cfg, PromptsConfig(query="query: ", document="passage: "))
+    model.eval()
+    stepper = train.Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0, dist=ctx)
+    rows = list(range(len(examples)))
+    split = distributed.shard(rows, ctx, lambda i: len(examples[i].negatives))
+    loss = stepper.loss(train.collate(examples, split.order, known), train.collate(examples, split.mine, {}), split)
+    loss.backward()
+    distributed.average_gradients(model.parameters(), ctx)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    checksum = torch.tensor([float(sum(g.double().sum() for g in grads.values()))], dtype=torch.float64)
+    sums = [torch.zeros_like(checksum) for _ in range(ctx.world)]
+    dist.all_gather(sums, checksum)
+    if ctx.is_main:
+        torch.save({"loss": float(loss), "grads": grads, "checksums": [float(s) for s in sums]}, out)
+    distributed.shutdown(ctx)
+
+
+if __name__ == "__main__":
+    main()
