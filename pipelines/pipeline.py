@@ -109,6 +109,8 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
     if kubernetes:  # promote publishes into the Triton PVC and rolls the version out on the cluster's server
         cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
             update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url})})
+        if k8s.train_gpus > 1:  # one torchrun worker per GPU of the train step
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0})})
     defaults = _stage_args(cfg)
     default_params = cfg.to_dict()
 

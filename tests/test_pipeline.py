@@ -56,6 +56,19 @@ def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
     assert "api_key\":" not in text.lower().replace(" ", "") and "REPLACE_ME" not in text
 
 
+def test_compile_for_several_training_gpus_starts_one_worker_per_gpu(tmp_path):
+    out = tmp_path / "p.yaml"
+    r = _cli("compile", "--output", str(out), "--train-gpus", "2")
+    assert r.returncode == 0, r.stderr
+    spec = next(yaml.safe_load_all(out.read_text()))
+    train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train_exec["resources"]["accelerator"]["count"] == "2"
+    assert spec["root"]["inputDefinitions"]["parameters"]["train_config"]["defaultValue"]["processes"] == 0
+    default = _cli("compile", "--output", str(tmp_path / "d.yaml"))
+    assert default.returncode == 0 and next(yaml.safe_load_all((tmp_path / "d.yaml").read_text()))[
+        "root"]["inputDefinitions"]["parameters"]["train_config"]["defaultValue"]["processes"] == 1
+
+
 def test_compile_does_not_leak_a_key_from_the_environment(tmp_path):
     out = tmp_path / "p.yaml"
     r = _cli("compile", "--output", str(out), env={"NVIDIA_API_KEY": "nvapi-SECRET-123", "OPENAI_API_KEY": "sk-SECRET-456"})

@@ -20,7 +20,7 @@ def train(
         mined: Mine output folder (``train.jsonl``: anchor, positive, negative_1..n).
         base_model: Model folder or id to start from.
         config: ``TrainConfig`` fields (epochs, batch_size, learning_rate, temperature, warmup_ratio, ...;
-            ``processes``: 0 = one training process per visible GPU under torchrun, the global batch split).
+            ``processes``: 0 = one torchrun worker per visible GPU, the global batch split over them).
         prompts: ``PromptsConfig`` fields (``query``, ``document``): prefixes used in training and saved in the
             model's ``config_sentence_transformers.json``.
         model: Output folder: the fine-tuned model (``SentenceTransformer(model.path)`` loads it) +

@@ -126,7 +126,7 @@ def compile_(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the pipeline YAML.")] = Path("pipelines/embedforge.yaml"),
     local: Annotated[bool, typer.Option("--local", help="Compile the variant without Kubernetes settings.")] = False,
     train_gpus: Annotated[int, typer.Option("--train-gpus", min=1, help="GPUs for the train step; more than 1 "
-                                            "trains data-parallel under torchrun (train.processes=0).")] = 1,
+                                            "trains data-parallel under torchrun (sets train.processes=0).")] = 1,
 ) -> None:
     """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
     from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline

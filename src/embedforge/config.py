@@ -178,9 +178,9 @@ class TrainConfig(StageConfig):
         None, ge=64, description="Padded tokens per forward pass (texts x longest text); texts are length-sorted "
         "inside the contrastive batch and the loss still sees the whole batch. Unset: 262144 on CUDA (each tower "
         "in one or two forwards: fewer kernel launches), 4096 on CPU (little padding).")
-    processes: int = Field(0, ge=0, description="Training processes on this machine, one per GPU, the global batch "
-                           "split over them (torchrun, embedforge.distributed): 0 = one per visible GPU (1 without a "
-                           "GPU); 1 = this process only.")
+    processes: int = Field(1, ge=0, description="Training processes on this machine, one per GPU, the global batch "
+                           "split over them (torchrun, embedforge.distributed): 1 = this process only; 0 = one per "
+                           "visible GPU. For MiniLM-sized models one GPU is faster (docs/benchmarks.md).")
     compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
                           "kernels and less Python per step on a GPU, after a one-off compilation of about a minute; "
                           "worth it for runs of many minutes.")
