@@ -56,6 +56,16 @@ def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
     assert "api_key\":" not in text.lower().replace(" ", "") and "REPLACE_ME" not in text
 
 
+def test_committed_pipeline_yaml_is_up_to_date(tmp_path):
+    """pipelines/embedforge.yaml is what `embedforge compile` writes now (regenerate it with `make compile`)."""
+    committed = Path(__file__).resolve().parents[1] / "pipelines" / "embedforge.yaml"
+    out = tmp_path / "fresh.yaml"
+    r = _cli("compile", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    assert list(yaml.safe_load_all(out.read_text())) == list(yaml.safe_load_all(committed.read_text())), (
+        "pipelines/embedforge.yaml is stale: run `make compile` and commit it")
+
+
 def test_compile_for_several_training_gpus_starts_one_worker_per_gpu(tmp_path):
     out = tmp_path / "p.yaml"
     r = _cli("compile", "--output", str(out), "--train-gpus", "2")
