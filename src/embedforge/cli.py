@@ -117,6 +117,10 @@ def _print_summary(summary: dict, out: Path) -> None:
     if "promotion" in summary:
         p = summary["promotion"]
         console.print(("[green]" if p["promoted"] else "[yellow]") + escape(p["reason"]) + "[/]")
+        if p.get("rollout"):
+            r = p["rollout"]
+            console.print(f"[green]served by {escape(r['url'])}: {escape(r['model_name'])} v{r['version']} ready after "
+                          f"{r['ready_seconds']:.1f} s, probe cosine {r['probe_cosine']:.5f}[/]")
     console.print(f"summary: {out / 'summary.json'}")
 
 

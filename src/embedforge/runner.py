@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embedforge.config import PipelineConfig
-from embedforge.contracts import read_json, write_json
+from embedforge.contracts import PROMOTION_FILE, read_json, write_json
 from embedforge.errors import EmbedforgeError, InputError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -255,5 +255,8 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         dec = read_json(art["gate"] / "decision.json")
         summary["promotion"] = {"promoted": bool(dec["promote"]) and art["promote"] is not None,
                                 "reason": dec["reason"], "decision": dec}
+        if art["promote"] is not None and (art["promote"] / PROMOTION_FILE).is_file():
+            rec = read_json(art["promote"] / PROMOTION_FILE)
+            summary["promotion"].update(published_to=rec.get("published_to"), rollout=rec.get("rollout"))
     write_json(out / "summary.json", summary)
     return summary
