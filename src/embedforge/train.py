@@ -228,12 +228,10 @@ class Stepper:
             q = embed(self.model, part.anchors, self.query_prompt, self.micro_batch_tokens, self.query_tokens)
             d = embed(self.model, part.candidates, self.document_prompt, self.micro_batch_tokens, self.document_tokens)
         b = len(part.anchors)
+        p, n = d[:b], d[b:]
         if self.dist.enabled:
-            q = gather(q, self.dist, split.anchors)
-            d, n = gather(d[:b], self.dist, split.anchors), gather(d[b:], self.dist, split.negatives)
-        else:
-            d, n = d[:b], d[b:]
-        p = d
+            q, p, n = (gather(q, self.dist, split.anchors), gather(p, self.dist, split.anchors),
+                       gather(n, self.dist, split.negatives))
         mask = batch.mask.to(q.device, non_blocking=True)
         return self.loss_fn(q, p, n, mask)
 
