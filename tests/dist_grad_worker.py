@@ -27,7 +27,7 @@ def main() -> None:
     stepper = train.Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0, dist=ctx)
     rows = list(range(len(examples)))
     split = distributed.shard(rows, ctx, lambda i: len(examples[i].negatives))
-    loss = stepper.loss(train.collate(examples, split.order, known), train.collate(examples, split.mine, {}), split)
+    loss = stepper.loss(train.collate(examples, split.order, known), train.collate(examples, split.mine, None), split)
     loss.backward()
     distributed.average_gradients(model.parameters(), ctx)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -120,6 +120,8 @@ def test_plan_supports_fractional_epochs():
 def test_collate_flattens_variable_negatives_and_builds_the_mask():
     ex = _examples()
     known = {"q0": {"p0", "p0-bis"}}
+    texts_only = train.collate(ex, [0, 1, 2, 20], None)  # one rank's share of a distributed batch: no mask
+    assert texts_only.mask is None and texts_only.candidates == ["p0", "p1", "p2", "p0-bis", "n1", "n2", "n2"]
     b = train.collate(ex, [0, 1, 2, 20], known)  # rows with 0, 1, 2, 0 negatives; rows 0 and 20 share anchor q0
     assert b.candidates == ["p0", "p1", "p2", "p0-bis", "n1", "n2", "n2"]
     assert b.mask.tolist() == [

@@ -100,32 +100,36 @@ def plan_steps(examples: list[TrainExample], batch_size: int, epochs: float, see
 
 @dataclass
 class Batch:
-    """Texts of one step, in loss order, and the false-negative mask ``(B, B + N)``."""
+    """Texts of one step, in loss order, and the false-negative mask ``(B, B + N)`` (None: texts only, e.g. one
+    rank's share of a distributed batch, whose loss uses the global batch's mask)."""
 
     anchors: list[str]
     positives: list[str]
     negatives: list[str]
-    mask: torch.Tensor
+    mask: torch.Tensor | None
 
     @property
     def candidates(self) -> list[str]:
         return self.positives + self.negatives
 
 
-def collate(examples: list[TrainExample], rows: list[int], known_positives: dict[str, set[str]]) -> Batch:
+def collate(examples: list[TrainExample], rows: list[int], known_positives: dict[str, set[str]] | None) -> Batch:
     """Gather a batch: flat hard negatives (rows may have different numbers) and its false-negative mask.
 
     Args:
         examples: All training rows.
         rows: Indices of this batch's rows.
-        known_positives: anchor text -> every positive text that anchor has in the data set.
+        known_positives: anchor text -> every positive text that anchor has in the data set; None: no mask
+            (the texts are all that is needed).
     """
     from embedforge.losses import false_negative_mask
 
     anchors = [examples[i].anchor for i in rows]
     positives = [examples[i].positive for i in rows]
     negatives = [n for i in rows for n in examples[i].negatives]
-    mask = false_negative_mask(positives, positives + negatives, [known_positives.get(a, set()) for a in anchors])
+    mask = None
+    if known_positives is not None:
+        mask = false_negative_mask(positives, positives + negatives, [known_positives.get(a, set()) for a in anchors])
     return Batch(anchors=anchors, positives=positives, negatives=negatives, mask=mask)
 
 
@@ -232,7 +236,7 @@ class Stepper:
         if self.dist.enabled:
             q, p, n = (gather(q, self.dist, split.anchors), gather(p, self.dist, split.anchors),
                        gather(n, self.dist, split.negatives))
-        mask = batch.mask.to(q.device, non_blocking=True)
+        mask = batch.mask.to(q.device, non_blocking=True) if batch.mask is not None else None
         return self.loss_fn(q, p, n, mask)
 
     def step(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
@@ -478,8 +482,11 @@ def run(
         micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
         dist=dist_ctx,
     )
-    stepper.query_tokens.add(ex.anchor for ex in examples)
-    stepper.document_tokens.add(t for ex in examples for t in (ex.positive, *ex.negatives))
+    # tokenise up front what this process will embed: every row, or under torchrun only this rank's shares
+    embedded = examples if not dist_ctx.enabled else [
+        examples[i] for i in sorted({i for rows in plan for i in distributed.shard(rows, dist_ctx).mine})]
+    stepper.query_tokens.add(ex.anchor for ex in embedded)
+    stepper.document_tokens.add(t for ex in embedded for t in (ex.positive, *ex.negatives))
     log.info(
         "train: %d rows, %d steps (%.2f epochs, batch %d) on %s%s, precision %s",
         len(examples), len(plan), cfg.epochs, cfg.batch_size, device,
@@ -495,7 +502,7 @@ def run(
         rows_seen += len(rows)
         if dist_ctx.enabled:
             split = distributed.shard(rows, dist_ctx, lambda i: len(examples[i].negatives))
-            loss = stepper.step(collate(examples, split.order, known), collate(examples, split.mine, {}), split)
+            loss = stepper.step(collate(examples, split.order, known), collate(examples, split.mine, None), split)
         else:
             loss = stepper.step(collate(examples, rows, known))
         if losses.add(step, loss):
