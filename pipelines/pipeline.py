@@ -98,7 +98,6 @@ def pipeline_arguments(cfg: PipelineConfig, corpus_path: str, pairs_file: str = 
         "eval_beir": eval_beir,
         "base_model": cfg.base_model,
         "tracking_uri": tracking_uri,
-        "params": cfg.to_dict(),
         **_stage_args(cfg),
     }
 
@@ -112,7 +111,6 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         if k8s.train_gpus > 1:  # one torchrun worker per GPU of the train step
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0})})
     defaults = _stage_args(cfg)
-    default_params = cfg.to_dict()
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
     def embedforge_pipeline(
@@ -121,7 +119,6 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         eval_beir: str = "",
         base_model: str = PipelineConfig().base_model,
         tracking_uri: str = "",
-        params: dict = default_params,
         prompts: dict = defaults["prompts"],
         ingest_config: dict = defaults["ingest_config"],
         sdg_config: dict = defaults["sdg_config"],
@@ -149,8 +146,12 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         export_task = export(model=model, chunks=chunks, config=export_config)
         register_task = register(
             model=model, onnx_model=export_task.outputs["onnx_model"], evaluation=evaluate_task.outputs["evaluation"],
-            validation=validate_task.outputs["validation"], pairs=pairs, config=register_config, params=params,
-            tracking_uri=tracking_uri,
+            validation=validate_task.outputs["validation"], pairs=pairs, config=register_config,
+            # MLflow params come from the configs the stages above actually received (no separate copy)
+            base_model=base_model, prompts=prompts, ingest_config=ingest_config, sdg_config=sdg_config,
+            validate_config=validate_config, mine_config=mine_config, train_config=train_config,
+            evaluate_config=evaluate_config, export_config=export_config, gate_config=gate_config,
+            triton_config=triton_config, tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         gate_task = gate(
             evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],

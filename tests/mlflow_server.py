@@ -1,4 +1,7 @@
-"""A real ``mlflow server`` for tests: sqlite backend + proxied local artifact store in a temporary folder.
+"""Real servers for the MLflow tests: ``mlflow server`` (by default sqlite + proxied local artifacts in a temporary
+folder; or any backend/artifact store, optionally with basic auth), a throwaway PostgreSQL cluster
+(:class:`PostgresCluster`, Debian's ``postgresql`` binaries) and an S3-compatible store (:class:`S3Store`, moto's
+server on localhost).
 
 Usage::
 
@@ -65,10 +68,20 @@ class MlflowServer:
         root: Folder for the sqlite database (``mlflow.db``), the artifact store (``artifacts/``) and
             ``server.log``; created if missing.
         startup_timeout_s: How long :meth:`wait_ready` waits for ``GET /health`` to answer 200.
+        backend_store_uri: Instead of ``sqlite:///<root>/mlflow.db`` (e.g. ``postgresql://...``).
+        artifacts_destination: Instead of ``<root>/artifacts`` (e.g. ``s3://bucket/prefix``); artifacts are
+            proxied either way, so clients need no store credentials.
+        app_name: ``basic-auth`` for MLflow's HTTP basic authentication.
+        env: Extra environment for the server only (S3 endpoint and keys, auth config).
     """
 
-    def __init__(self, root: str | Path, startup_timeout_s: float = 240.0):
+    def __init__(self, root: str | Path, startup_timeout_s: float = 240.0, backend_store_uri: str = "",
+                 artifacts_destination: str = "", app_name: str = "", env: dict[str, str] | None = None):
         self.root = Path(root)
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
+        self.artifacts_destination = artifacts_destination or str((self.root / "artifacts").resolve())
+        self.app_name = app_name
+        self.extra_env = dict(env or {})
         self.startup_timeout_s = startup_timeout_s
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
@@ -81,13 +94,14 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{(self.root / 'mlflow.db').resolve()}",
-            "--artifacts-destination", str((self.root / "artifacts").resolve()),
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--workers", "1",
+            *(["--app-name", self.app_name] if self.app_name else []),
         ]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.extra_env}
         env.pop("MLFLOW_TRACKING_URI", None)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -139,3 +153,126 @@ def mlflow_server(root: str | Path, startup_timeout_s: float = 240.0) -> Iterato
         yield server.wait_ready()
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+def postgres_bin_dir() -> Path | None:
+    """The newest ``/usr/lib/postgresql/<major>/bin`` holding ``initdb`` and ``pg_ctl`` (Debian layout), or None."""
+    import glob
+
+    found = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb") if (Path(p).parent / "pg_ctl").is_file()]
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0) if found else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: ``initdb`` into ``root``, ``pg_ctl start`` on a free 127.0.0.1 port.
+
+    PostgreSQL refuses to run as root, so when the tests run as root the cluster belongs to the ``postgres``
+    system user (created by Debian's package) and ``root`` is handed to it. Password authentication
+    (scram-sha-256) is on for TCP, so the URI carries a real password, as a production one does.
+
+    Args:
+        root: Folder for the data directory, the socket and ``postgres.log``.
+        bin_dir: Where ``initdb``/``pg_ctl``/``createdb`` live (:func:`postgres_bin_dir`).
+    """
+
+    def __init__(self, root: str | Path, bin_dir: Path, user: str = "mlflow", database: str = "mlflow"):
+        import secrets
+
+        self.root, self.bin_dir = Path(root), bin_dir
+        self.user, self.database = user, database
+        self.password = secrets.token_urlsafe(12)
+        self.port = free_port()
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        self._run_as: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *cmd: str, env: dict[str, str] | None = None) -> None:
+        proc = subprocess.run([str(self.bin_dir / cmd[0]), *cmd[1:]], user=self._run_as, cwd=self.root,
+                              env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.is_file() else ""
+            raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {proc.stdout[-2000:]}\n{log}")
+
+    def start(self) -> "PostgresCluster":
+        import pwd
+        import shutil
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self._run_as = "postgres"
+            ids = pwd.getpwnam(self._run_as)
+            for path in (self.root, *self.root.parents):  # the postgres user must be able to reach root
+                if path == Path("/"):
+                    break
+                os.chmod(path, os.stat(path).st_mode | 0o005) if path != self.root else None
+            shutil.chown(self.root, ids.pw_uid, ids.pw_gid)
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if self._run_as:
+            shutil.chown(pwfile, self._run_as)
+        self._run("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}", "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
+        pwfile.unlink()
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "start", "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database,
+                  env={"PGPASSWORD": self.password})
+        return self
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").is_file():
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+
+# ------------------------------------------------------------------------------------------------ S3 (moto)
+class S3Store:
+    """An S3-compatible server on 127.0.0.1 (moto's ``ThreadedMotoServer``) with one bucket.
+
+    The keys are random test values; they are given to the MLflow *server* only (``server_env``): with proxied
+    artifacts the clients never need them.
+    """
+
+    def __init__(self, bucket: str = "mlflow-artifacts"):
+        import secrets
+
+        self.bucket = bucket
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.key_id = "AKIA" + secrets.token_hex(8).upper()
+        self.secret = secrets.token_urlsafe(24)
+        self._server = None
+
+    @property
+    def server_env(self) -> dict[str, str]:
+        return {"MLFLOW_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key_id,
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret, region_name="us-east-1")
+
+    def start(self) -> "S3Store":
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.client().create_bucket(Bucket=self.bucket)
+        return self
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the bucket under ``prefix``."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()

@@ -1,5 +1,7 @@
 """Register against a real MLflow server (one per session) and an embedded sqlite store: params, metrics and
-artifacts visible through MlflowClient, secrets redacted, versions incrementing, registry.json, the component."""
+artifacts visible through MlflowClient, secrets redacted, versions incrementing, registry.json, the component;
+each version a real MLflow Model (pyfunc over the ONNX file) that loads from ``models:/`` and embeds text, tagged
+with its provenance; params taken from the stage configs the component received."""
 
 from __future__ import annotations
 
@@ -53,7 +55,9 @@ def test_flatten_params_dotted_truncated_and_secrets_redacted():
         "note": SECRET,  # a credential-shaped value under an innocent key
         "big": "x" * 10_000,
         "credentials": {"user": "u", "pass": "p"},
+        "sdg_url": "https://bob:hunter2@llm.example/v1",
     })
+    assert flat["sdg_url"] == "https://bob:***@llm.example/v1"
     assert flat["train.epochs"] == "1.0" and flat["ingest.max_chunk_tokens"] == "256"
     assert flat["ingest.extensions"] == '[".txt", ".md"]'
     assert flat["prompts.query"] == "query: "
@@ -81,13 +85,31 @@ def test_metric_names_and_evaluation_metrics():
     assert m["count_queries"] == 12
 
 
-def test_redact_and_resolve_tracking_uri(monkeypatch):
-    from embedforge.errors import ConfigError
-    from embedforge.registry import redact_uri, resolve_tracking_uri
+@pytest.mark.parametrize("text, expected", [
+    ("https://bob:hunter2@mlflow.example:5000/x", "https://bob:***@mlflow.example:5000/x"),
+    ("postgresql://u:p%40ss@db:5432/mlflow", "postgresql://u:***@db:5432/mlflow"),
+    ("postgresql+psycopg2://mlflow:s3cr3t@db/mlflow?sslmode=require", "postgresql+psycopg2://mlflow:***@db/mlflow?sslmode=require"),
+    ("http://minio:9000", "http://minio:9000"),
+    ("https://ghp_abcdefghijklmnopqrstuvwx@github.com/o/r", "https://***@github.com/o/r"),
+    ("sqlite:////tmp/m.db", "sqlite:////tmp/m.db"),
+    ("s3://bucket/prefix", "s3://bucket/prefix"),
+    ("https://llm.example/v1?api_key=abc123&model=m", "https://llm.example/v1?api_key=***&model=m"),
+    ("GET https://s3.local/b/k?X-Amz-Credential=AKIA1%2F&X-Amz-Signature=deadbeef&partNumber=2 failed: 403",
+     "GET https://s3.local/b/k?X-Amz-Credential=***&X-Amz-Signature=***&partNumber=2 failed: 403"),
+    ("cannot reach http://u:pw@a:1 nor https://v:pw2@b:2/", "cannot reach http://u:***@a:1 nor https://v:***@b:2/"),
+    ("key sk-live-0123456789abcdefABCDEF leaked; risk-assessment-module fine",
+     "key *** leaked; risk-assessment-module fine"),
+])
+def test_redact_hides_credentials_in_urls_and_text(text, expected):
+    from embedforge.redact import redact
 
-    assert redact_uri("https://bob:hunter2@mlflow.example:5000/x") == "https://bob:***@mlflow.example:5000/x"
-    assert redact_uri("postgresql://u:pw@db/mlflow") == "postgresql://u:***@db/mlflow"
-    assert redact_uri("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+    assert redact(text) == expected
+
+
+def test_resolve_tracking_uri(monkeypatch):
+    from embedforge.errors import ConfigError
+    from embedforge.registry import resolve_tracking_uri
+
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI"):
         resolve_tracking_uri("")
@@ -141,14 +163,17 @@ def test_run_params_metrics_artifacts_and_versions(tmp_path, model_name, saved_b
     assert m["delta_ndcg_at_10"] == pytest.approx(0.07) and m["external_finetuned_ndcg_at_10"] == pytest.approx(0.34)
 
     top = {a.path for a in client.list_artifacts(reg["run_id"])}
-    assert top == {"model", "onnx", "evaluation.json", "validation.json"}
-    assert "model/modules.json" in {a.path for a in client.list_artifacts(reg["run_id"], "model")}
-    assert "onnx/model.onnx" in {a.path for a in client.list_artifacts(reg["run_id"], "onnx")}
+    assert top == {"model", "evaluation.json", "validation.json"}
+    in_model = {a.path for a in client.list_artifacts(reg["run_id"], "model")}
+    assert {"model/MLmodel", "model/modules.json", "model/input_example.json"} <= in_model
+    onnx_files = {a.path for a in client.list_artifacts(reg["run_id"], "model/artifacts/onnx")}
+    assert {"model/artifacts/onnx/model.onnx", "model/artifacts/onnx/tokenizer.json"} <= onnx_files
 
     mv = client.get_model_version(model_name, "1")
     assert mv.source == reg["source"] and mv.run_id == reg["run_id"]
     assert mv.tags["primary_metric"] == "ndcg@10" and float(mv.tags["primary_metric_value"]) == pytest.approx(0.62)
     assert mv.tags["base_model"] == "all-MiniLM-L6-v2"
+    assert mv.tags["code_version"].startswith("0.") and "data_sha256" not in mv.tags  # no pairs folder given
 
     # the registered source downloads as a loadable sentence-transformers folder
     from embedforge.gate import download_version
@@ -183,27 +208,83 @@ def test_embedded_sqlite_store_keeps_artifacts_beside_the_db(tmp_path, monkeypat
     assert (model_path / "modules.json").is_file()
 
 
-def test_component_python_func(tmp_path, model_name, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir,
-                               mlflow_uri, pairs_dir):
+def _onnx_reference(onnx_dir: Path, texts: list[str]):
+    """Embeddings straight from onnxruntime + the shipped tokenizer: what Triton computes for these texts."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(str(onnx_dir))(texts, padding=True, truncation=True, return_tensors="np")
+    sess = ort.InferenceSession(str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()}
+    return sess.run(None, feeds)[0]
+
+
+def test_component_logs_effective_configs_provenance_and_a_loadable_mlflow_model(
+        tmp_path, monkeypatch, model_name, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir, mlflow_uri,
+        pairs_dir):
+    import mlflow
+    import numpy as np
+    import pandas as pd
     from kfp import dsl
     from mlflow import MlflowClient
 
-    from embedforge.contracts import read_manifest
-
     from embedforge.components.register.component import register
+    from embedforge.contracts import read_manifest, sha256_file
 
+    defaults = _params()
+    stage_args = {f"{k}_config": defaults[k] for k in ("ingest", "sdg", "validate", "mine", "train", "evaluate",
+                                                       "export", "gate", "triton")}
+    # configs overridden at submit time: what the stages received is what MLflow must show
+    stage_args["train_config"] = {"epochs": 7.5, "batch_size": 48}
+    stage_args["sdg_config"] = {**defaults["sdg"], "llm": {**defaults["sdg"]["llm"],
+                                                          "base_url": "https://bob:hunter2@llm.example/v1"}}
     out = dsl.Artifact(uri=str(tmp_path / "registry_out"))
     register.python_func(
         model=dsl.Model(uri=str(tiny_model)), onnx_model=dsl.Model(uri=str(tiny_onnx_dir)),
         evaluation=dsl.Artifact(uri=str(evaluation_dir)), validation=dsl.Artifact(uri=str(validation_dir)),
-        pairs=dsl.Dataset(uri=str(pairs_dir)),
-        config={"model_name": model_name, "experiment": "component-test"}, params=_params(),
-        tracking_uri=mlflow_uri, registry=out,
+        pairs=dsl.Dataset(uri=str(pairs_dir)), config={"model_name": model_name, "experiment": "component-test"},
+        base_model="/models/my-base", prompts={"query": "query: ", "document": ""}, tracking_uri=mlflow_uri,
+        kfp_run_id="run-3f2a", registry=out, **stage_args,
     )
     reg = json.loads((tmp_path / "registry_out" / "registry.json").read_text())
-    assert reg["model_name"] == model_name and reg["version"] == "1"
+    assert reg["model_name"] == model_name and reg["version"] == "1" and reg["kfp_run_id"] == "run-3f2a"
     assert out.metadata["version"] == "1" and out.metadata["run_id"] == reg["run_id"]
     assert (tmp_path / "registry_out" / "manifest.json").is_file()
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(reg["run_id"])
     # the SDG counts (pairs per split; LLM requests/tokens per stage when the LLM generator ran) reach MLflow
-    metrics = MlflowClient(mlflow_uri).get_run(reg["run_id"]).data.metrics
-    assert metrics["sdg_train_pairs"] == read_manifest(pairs_dir).counts["train_pairs"] > 0
+    assert run.data.metrics["sdg_train_pairs"] == read_manifest(pairs_dir).counts["train_pairs"] > 0
+    p = run.data.params
+    assert p["train.epochs"] == "7.5" and p["train.batch_size"] == "48"
+    assert p["train.learning_rate"] == str(defaults["train"]["learning_rate"])  # defaults filled in
+    assert p["base_model"] == "/models/my-base" and p["prompts.query"] == "query: "
+    assert p["sdg.llm.base_url"] == "https://bob:***@llm.example/v1"
+    assert "hunter2" not in json.dumps(p)
+
+    expected_tags = {"kfp_run_id": "run-3f2a", "base_model": "/models/my-base",
+                     "data_sha256": sha256_file(pairs_dir / "pairs.jsonl")}
+    mv = client.get_model_version(model_name, "1")
+    assert expected_tags.items() <= mv.tags.items() and mv.tags["code_version"]
+    assert all(run.data.tags[f"embedforge.{k}"] == v for k, v in expected_tags.items())
+
+    # a real MLflow Model: loads by registry URI with pyfunc and embeds like the ONNX file Triton serves
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    info = mlflow.models.get_model_info(f"models:/{model_name}/1")
+    assert info.signature.inputs.input_names() == ["text"] and info.signature.params.params[0].name == "prompt_name"
+    assert info.metadata["kfp_run_id"] == "run-3f2a"
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{model_name}/1")
+    texts = ["rotate the signing keys", "a longer passage about key rotation schedules"]
+    emb = pyfunc.predict(pd.DataFrame({"text": texts}))
+    assert emb.shape == (2, 8) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb, _onnx_reference(tiny_onnx_dir, texts), atol=1e-5)
+    as_query = pyfunc.predict(pd.DataFrame({"text": texts}), params={"prompt_name": "query"})
+    np.testing.assert_allclose(as_query, _onnx_reference(tiny_onnx_dir, ["query: " + t for t in texts]), atol=1e-5)
+    assert not np.allclose(as_query, emb)
+    # ... and the same folder is still the sentence-transformers model the gate re-evaluates
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.gate import download_version
+
+    st = SentenceTransformer(str(download_version(client, mlflow_uri, model_name, "1", tmp_path / "dl")), device="cpu")
+    assert st.encode(texts).shape == (2, 32)

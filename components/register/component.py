@@ -13,21 +13,38 @@ def register(
     validation: dsl.Input[dsl.Artifact],
     pairs: dsl.Input[dsl.Dataset],
     config: dict,
-    params: dict,
+    base_model: str,
+    prompts: dict,
+    ingest_config: dict,
+    sdg_config: dict,
+    validate_config: dict,
+    mine_config: dict,
+    train_config: dict,
+    evaluate_config: dict,
+    export_config: dict,
+    gate_config: dict,
+    triton_config: dict,
     tracking_uri: str,
+    kfp_run_id: str,
     registry: dsl.Output[dsl.Artifact],
 ):
-    """Create one MLflow run (params, metrics, artifacts) and a new version of the registered model.
+    """Create one MLflow run (params, metrics, artifacts) and a new version of the registered model (an MLflow
+    Model: pyfunc over the ONNX file and tokenizer, with signature and input example).
 
     Args:
-        model: Train output folder (sentence-transformers model); logged under ``model/``, the version's source.
-        onnx_model: Export output folder (``model.onnx``, tokenizer, ``parity.json``); logged under ``onnx/``.
+        model: Train output folder (sentence-transformers model); its files sit beside ``MLmodel`` in ``model/``.
+        onnx_model: Export output folder (``model.onnx``, tokenizer, ``parity.json``): the pyfunc's artifact.
         evaluation: Evaluate output folder (``evaluation.json``): base_*, finetuned_*, delta_* metrics.
         validation: Validate output folder (``validation.json``), logged as an artifact.
-        pairs: SDG output folder; its counts (pairs, LLM requests and tokens per stage) become ``sdg_*`` metrics.
+        pairs: SDG output folder; its counts become ``sdg_*`` metrics, the sha256 of its pairs the
+            ``data_sha256`` tag.
         config: ``RegisterConfig`` fields (model_name, experiment, tracking_uri).
-        params: The whole pipeline configuration, logged as flattened params (secret-looking keys redacted).
+        base_model, prompts, ingest_config, ..., triton_config: the very values the pipeline passed to the other
+            stages; validated into the effective configuration and logged as flattened params (secrets redacted),
+            so a config overridden at submit time is what MLflow shows.
         tracking_uri: MLflow tracking URI; empty -> ``config.tracking_uri`` -> ``$MLFLOW_TRACKING_URI``.
+        kfp_run_id: The KFP run id (the pipeline passes ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), tagged on run and
+            version; empty -> ``$KFP_RUN_ID``.
         registry: Output folder: ``registry.json`` (run id, model name, version, source) + ``manifest.json``.
     """
     import os
@@ -35,10 +52,15 @@ def register(
     from embedforge import registry as stage
     from embedforge.config import RegisterConfig
 
+    params = stage.effective_params(base_model, prompts, {
+        "ingest": ingest_config, "sdg": sdg_config, "validate": validate_config, "mine": mine_config,
+        "train": train_config, "evaluate": evaluate_config, "export": export_config, "register": config,
+        "gate": gate_config, "triton": triton_config,
+    })
     os.makedirs(registry.path, exist_ok=True)
     manifest = stage.run(model.path, onnx_model.path, evaluation.path, validation.path, registry.path,
-                         RegisterConfig.model_validate(config), tracking_uri, params=params,
-                         pairs_dir=pairs.path)
+                         RegisterConfig.model_validate(config), tracking_uri, params=params, base_model=base_model,
+                         pairs_dir=pairs.path, kfp_run_id=kfp_run_id)
     registry.metadata["model_name"] = manifest.model_name
     registry.metadata["version"] = manifest.version
     registry.metadata["run_id"] = manifest.run_id

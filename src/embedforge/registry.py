@@ -1,10 +1,19 @@
-"""Register: one MLflow run per pipeline run, and a new version of the registered model.
+"""Register: one MLflow run per pipeline run, and a new version of the registered model that is a real MLflow Model.
 
-The run carries the pipeline configuration as params (flattened to dotted keys, secret-looking keys redacted),
-the evaluation as metrics (``base_*``, ``finetuned_*``, ``delta_*``; ``@`` is not a legal MLflow metric
-character, so ``ndcg@10`` is logged as ``ndcg_at_10``), and the artifacts: the sentence-transformers folder
-under ``model/``, the ONNX folder under ``onnx/``, ``evaluation.json`` and ``validation.json``. The registered
-model version's source is the run's ``model/`` artifact folder.
+The run carries the *effective* stage configurations (what each component received, defaults filled in, see
+:func:`effective_params`) as params (flattened to dotted keys; secret-looking keys, credential-shaped values and
+credentials inside URLs redacted by :mod:`embedforge.redact`), the evaluation as metrics (``base_*``,
+``finetuned_*``, ``delta_*``; ``@`` is not a legal MLflow metric character, so ``ndcg@10`` is logged as
+``ndcg_at_10``), ``evaluation.json``, ``validation.json``, and under ``model/`` the version itself:
+
+* an MLflow Model (pyfunc flavour, :mod:`embedforge.mlflow_pyfunc` logged as code) with a signature (``text``
+  -> float32 embeddings, param ``prompt_name``), an input example, and the ONNX file + tokenizer as its ``onnx``
+  artifact, so ``mlflow.pyfunc.load_model("models:/<name>/<version>").predict(df)`` embeds text exactly as
+  Triton will;
+* the fine-tuned sentence-transformers files beside ``MLmodel`` (the gate loads champions with them).
+
+Run and version are tagged with the KFP run id, the sha256 of the run's pairs, the base model and the code
+version (:func:`provenance_tags`). The registered version's source is the run's ``model/`` folder.
 
 Tracking URI: the ``tracking_uri`` argument, else ``RegisterConfig.tracking_uri``, else ``$MLFLOW_TRACKING_URI``
 (the CLI passes ``sqlite:///<out>/mlflow.db`` when none is set). For a local store (sqlite/file) the experiment
@@ -24,6 +33,8 @@ import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,14 +43,17 @@ from embedforge.config import RegisterConfig
 from embedforge.contracts import (
     EVALUATION_FILE,
     MANIFEST,
+    PAIRS_FILE,
     REGISTRY_FILE,
     VALIDATION_FILE,
     Manifest,
     StageTimer,
     read_json,
+    sha256_file,
     write_json,
 )
 from embedforge.errors import ConfigError, InputError
+from embedforge.redact import REDACTED, looks_secret, redact, secret_value
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -48,19 +62,10 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
 ONNX_ARTIFACT_PATH = "onnx"
-REDACTED = "***"
 #: MLflow limits (mlflow.utils.validation), repeated so this module imports without mlflow.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_KEY_LENGTH = 250
 _PARAM_BATCH = 100
-
-# A key "looks secret" when one of its words (split on . _ - and camelCase) is one of these, or when it holds
-# "api key"/"access key"/"private key" as adjacent words. "max_chunk_tokens" is not secret ("tokens").
-_SECRET_WORDS = {"password", "passwd", "pwd", "secret", "token", "apikey", "credential", "credentials", "auth",
-                 "authorization", "bearer", "cookie"}
-_SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key"), ("secret", "key"), ("client", "secret")}
-# Values that look like well-known credential formats are redacted whatever their key.
-_SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|gho_|github_pat_|xox[abpr]-|nvapi-|AKIA)[A-Za-z0-9_\-]{12,}")
 _BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 
 
@@ -82,21 +87,6 @@ def resolve_tracking_uri(explicit: str = "", recorded: str = "") -> str:
             "(e.g. sqlite:///out/mlflow.db or http://mlflow:5000)"
         )
     return uri
-
-
-def redact_uri(uri: str) -> str:
-    """``uri`` with any password in its user-info part replaced by ``***`` (safe to write to files/logs)."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:{REDACTED}@{host}" if parts.username else f"{REDACTED}@{host}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_local_store(uri: str) -> bool:
@@ -128,23 +118,10 @@ def client_for(uri: str) -> "MlflowClient":
 def mlflow_error(action: str, uri: str, exc: Exception) -> ConfigError:
     """A one-line ConfigError for an MLflow failure that names the server and what we were doing."""
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConfigError(f"MLflow at {redact_uri(uri)}: cannot {action}: {msg[:500]}")
+    return ConfigError(f"MLflow at {redact(uri)}: cannot {action}: {redact(msg[:500])}")
 
 
 # ------------------------------------------------------------------------------------------ params/metrics
-def _words(key: str) -> list[str]:
-    key = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", key.lower()) if w]
-
-
-def looks_secret(key: str) -> bool:
-    """True when the last part of a dotted key names a credential (api_key, token, password, secret, ...)."""
-    words = _words(key.rsplit(".", 1)[-1])
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    return any((a, b) in _SECRET_PAIRS for a, b in zip(words, words[1:]))
-
-
 def _param_value(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -169,8 +146,7 @@ def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
             out.update(flatten_params(v, prefix=f"{key}."))
             continue
         text = _param_value(v)
-        if looks_secret(key) or _SECRET_VALUE.match(text.strip()):
-            text = REDACTED
+        text = REDACTED if looks_secret(key) or secret_value(text) else redact(text)
         out[metric_key(key)[:MAX_KEY_LENGTH]] = text[:MAX_PARAM_VALUE_LENGTH]
     return out
 
@@ -286,6 +262,124 @@ def _log_metrics(client: "MlflowClient", run_id: str, metrics: dict[str, float])
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in items[start:start + 1000]])
 
 
+# --------------------------------------------------------------------------------------- provenance/model
+def effective_params(base_model: str, prompts: dict, stage_configs: dict[str, dict]) -> dict[str, Any]:
+    """The pipeline configuration the stages actually ran with, as one nested dict for :func:`flatten_params`.
+
+    ``stage_configs`` maps a ``PipelineConfig`` section (``ingest``, ``train``, ``register``, ...) to the dict
+    that stage's component received; each is validated through ``PipelineConfig`` so the logged values include
+    the defaults the stage applied. A config overridden at submit time is therefore what MLflow shows.
+
+    Raises:
+        ConfigError: A stage config does not validate (names the field).
+    """
+    from pydantic import ValidationError
+
+    from embedforge.config import PipelineConfig
+
+    tree = {"base_model": base_model, "prompts": prompts or {}, **{k: v or {} for k, v in stage_configs.items()}}
+    try:
+        return PipelineConfig.model_validate(tree).to_dict()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"register received stage configs that do not validate: {problems}") from None
+
+
+def code_version() -> str:
+    """embedforge's version, plus the image's git commit when the build recorded it (``$EMBEDFORGE_GIT_SHA``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("embedforge")
+    except PackageNotFoundError:
+        v = "unknown"
+    sha = os.environ.get("EMBEDFORGE_GIT_SHA", "").strip()
+    return f"{v}+g{sha[:12]}" if sha else v
+
+
+def data_sha256(pairs_dir: str | Path | None) -> str:
+    """sha256 of the run's pairs file (``pairs.jsonl``: the training and held-out data, derived from the corpus)."""
+    if pairs_dir is None or not (Path(pairs_dir) / PAIRS_FILE).is_file():
+        return ""
+    return sha256_file(Path(pairs_dir) / PAIRS_FILE)
+
+
+def provenance_tags(base_model: str, kfp_run_id: str, pairs_dir: str | Path | None) -> dict[str, str]:
+    """Tags for the run and the version: ``kfp_run_id``, ``data_sha256``, ``base_model``, ``code_version``.
+
+    ``kfp_run_id``: the argument (the pipeline passes ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), else ``$KFP_RUN_ID``;
+    empty ones are left out (e.g. the standalone CLI).
+    """
+    tags = {
+        "kfp_run_id": kfp_run_id or os.environ.get("KFP_RUN_ID", ""),
+        "data_sha256": data_sha256(pairs_dir),
+        "base_model": base_model or "unknown",
+        "code_version": code_version(),
+    }
+    return {k: redact(v) for k, v in tags.items() if v}
+
+
+def _onnx_output_dim(onnx_path: Path) -> int:
+    """The static embedding width of the ONNX graph's first output, or -1 when it is symbolic."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    dims = graph.output[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else -1
+
+
+def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict[str, str]) -> Path:
+    """Write ``dst`` as an MLflow Model (pyfunc, :mod:`embedforge.mlflow_pyfunc` as code) that is ALSO the
+    sentence-transformers folder, then load it back and embed the input example as a self-check.
+
+    * pyfunc: signature ``text`` (string column) -> float32 ``(-1, dim)``, param ``prompt_name``; the input
+      example; the ONNX file and tokenizer as its ``onnx`` artifact (``artifacts/onnx/``); requirements pinned
+      to the versions installed here.
+    * the sentence-transformers files sit beside ``MLmodel``, so ``SentenceTransformer(<downloaded version>)``
+      still loads the fine-tuned model (the gate re-evaluates champions that way).
+
+    Raises:
+        InputError: The saved model cannot be loaded or does not embed the example (names the problem).
+    """
+    from importlib.metadata import version
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    from embedforge import mlflow_pyfunc
+
+    dim = _onnx_output_dim(onnx_dir / "model.onnx")
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "text")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
+        params=ParamSchema([ParamSpec("prompt_name", "string", "")]),
+    )
+    example = pd.DataFrame({"text": ["How do I rotate the signing keys?", "Keys are rotated every 90 days."]})
+    reqs = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "onnxruntime", "transformers", "numpy", "pandas")]
+    mlflow.pyfunc.save_model(
+        path=str(dst), python_model=mlflow_pyfunc.__file__, artifacts={mlflow_pyfunc.ONNX_ARTIFACT: str(onnx_dir)},
+        signature=signature, input_example=example, pip_requirements=reqs, metadata=metadata,
+    )
+    for item in model_dir.iterdir():  # the sentence-transformers layout beside MLmodel (no name clashes)
+        if item.name == MANIFEST:
+            continue
+        target = dst / item.name
+        if item.is_dir():
+            shutil.copytree(item, target)
+        else:
+            shutil.copy2(item, target)
+    try:
+        emb = mlflow.pyfunc.load_model(str(dst)).predict(example)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the version would not load for users
+        raise InputError(f"the MLflow Model built from {onnx_dir} does not load/predict: {exc}") from None
+    if emb.shape[0] != len(example) or (dim > 0 and emb.shape[1] != dim):
+        raise InputError(f"the MLflow Model built from {onnx_dir} returned shape {emb.shape}, expected (2, {dim})")
+    return dst
+
+
 # ------------------------------------------------------------------------------------------------ stage
 def run(
     model_dir: str | Path,
@@ -298,22 +392,27 @@ def run(
     params: dict,
     base_model: str = "",
     pairs_dir: str | Path | None = None,
+    kfp_run_id: str = "",
 ) -> Manifest:
     """Log one MLflow run for this pipeline run and register the model as a new version.
 
     Args:
-        model_dir: The fine-tuned sentence-transformers folder (logged under ``model/``; the version's source).
-        onnx_dir: The export folder (``model.onnx``, tokenizer files, ``parity.json``; logged under ``onnx/``).
+        model_dir: The fine-tuned sentence-transformers folder (its files sit beside ``MLmodel`` in ``model/``).
+        onnx_dir: The export folder (``model.onnx``, tokenizer files, ``parity.json``): the pyfunc's ``onnx``
+            artifact (``model/artifacts/onnx/``).
         evaluation_dir: Folder holding ``evaluation.json`` (metrics: base_*, finetuned_*, delta_*).
         validation_dir: Folder holding ``validation.json`` (logged as an artifact).
         out_dir: Output folder: ``registry.json`` + ``manifest.json``.
         cfg: Registered model name, experiment name, optional tracking URI.
         tracking_uri: MLflow tracking URI; empty -> ``cfg.tracking_uri`` -> ``$MLFLOW_TRACKING_URI``.
-        params: The pipeline configuration (nested dict), logged as flattened params.
+        params: The effective pipeline configuration (nested dict, see :func:`effective_params`), logged as
+            flattened params.
         base_model: Base model name for the version's ``base_model`` tag; empty -> ``params["base_model"]``
             -> ``evaluation.json``'s ``models.base``.
         pairs_dir: The sdg output folder: its manifest counts (pairs per split and source, and for the LLM
-            generator requests and prompt/completion tokens per stage) are logged as ``sdg_*`` metrics.
+            generator requests and prompt/completion tokens per stage) are logged as ``sdg_*`` metrics; the
+            sha256 of its ``pairs.jsonl`` is the ``data_sha256`` tag.
+        kfp_run_id: The KFP run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``); empty -> ``$KFP_RUN_ID``.
 
     Returns:
         The manifest; ``registry.json`` holds tracking_uri (password redacted), experiment_id, run_id,
@@ -354,9 +453,9 @@ def run(
     except MlflowException as exc:
         raise mlflow_error(f"get or create experiment {cfg.experiment!r}", uri, exc) from None
 
-    run_tags = {"embedforge.stage": "register", "embedforge.model_name": cfg.model_name}
-    if base_model:
-        run_tags["embedforge.base_model"] = base_model
+    provenance = provenance_tags(base_model, kfp_run_id, pairs_dir)
+    run_tags = {"embedforge.stage": "register", "embedforge.model_name": cfg.model_name,
+                **{f"embedforge.{k}": v for k, v in provenance.items()}}
     if primary:
         run_tags["embedforge.primary_metric"] = primary
     try:
@@ -365,18 +464,20 @@ def run(
         raise mlflow_error(f"create a run in experiment {cfg.experiment!r}", uri, exc) from None
     run_id = mlrun.info.run_id
     artifact_uri = mlrun.info.artifact_uri
-    log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.experiment, redact_uri(uri))
+    log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.experiment, redact(uri))
     try:
         _log_params(client, run_id, flat_params)
         _log_metrics(client, run_id, metrics)
-        client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
-        client.log_artifacts(run_id, str(onnx_dir), ONNX_ARTIFACT_PATH)
+        with tempfile.TemporaryDirectory(prefix="embedforge-mlflow-model-") as tmp:
+            mlmodel_dir = save_mlflow_model(model_dir, onnx_dir, Path(tmp) / MODEL_ARTIFACT_PATH,
+                                            metadata={**provenance, "run_id": run_id})
+            client.log_artifacts(run_id, str(mlmodel_dir), MODEL_ARTIFACT_PATH)
         client.log_artifact(run_id, str(evaluation_dir / EVALUATION_FILE))
         client.log_artifact(run_id, str(validation_dir / VALIDATION_FILE))
 
         ensure_registered_model(client, cfg.model_name)
         source = f"{artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
-        version_tags = {"base_model": base_model or "unknown", "run_id": run_id}
+        version_tags = {**provenance, "run_id": run_id}
         if primary:
             version_tags["primary_metric"] = primary
             if primary_value is not None:
@@ -398,7 +499,8 @@ def run(
         raise
 
     record = {
-        "tracking_uri": redact_uri(uri),
+        "tracking_uri": redact(uri),
+        "kfp_run_id": provenance.get("kfp_run_id", ""),
         "experiment_id": experiment_id,
         "experiment": cfg.experiment,
         "run_id": run_id,
@@ -413,7 +515,7 @@ def run(
     write_json(out_dir / REGISTRY_FILE, record)
     log.info("registered %s version %s (source %s)", cfg.model_name, mv.version, source)
     config = cfg.model_dump(mode="json")
-    config["tracking_uri"] = redact_uri(config.get("tracking_uri", ""))
+    config["tracking_uri"] = redact(config.get("tracking_uri", ""))
     return timer.write_manifest(
         out_dir,
         counts={"params": len(flat_params), "metrics": len(metrics), "version": int(mv.version)},
@@ -446,6 +548,6 @@ def read_registry(registry_dir: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "evaluation_metrics", "flatten_params", "looks_secret", "metric_key", "read_registry",
-    "redact_uri", "resolve_tracking_uri", "run",
+    "effective_params", "evaluation_metrics", "flatten_params", "metric_key", "provenance_tags", "read_registry",
+    "resolve_tracking_uri", "run", "save_mlflow_model",
 ]
