@@ -172,7 +172,8 @@ class PostgresCluster:
     (scram-sha-256) is on for TCP, so the URI carries a real password, as a production one does.
 
     Args:
-        root: Folder for the data directory, the socket and ``postgres.log``.
+        root: Folder for the data directory, the socket and ``postgres.log``; every folder above it must be
+            reachable by the cluster's user (e.g. a fresh ``tempfile.mkdtemp()``, not pytest's 0700 tmp_path).
         bin_dir: Where ``initdb``/``pg_ctl``/``createdb`` live (:func:`postgres_bin_dir`).
     """
 
@@ -189,10 +190,27 @@ class PostgresCluster:
 
     @property
     def uri(self) -> str:
-        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+        return self.uri_for(self.database)
+
+    def uri_for(self, database: str) -> str:
+        """A libpq URI (what ``psycopg2.connect`` takes)."""
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def sqlalchemy_uri(self, database: str = "") -> str:
+        """The URI MLflow's SQLAlchemy stores take: ``postgresql+psycopg2://`` (SQLAlchemy >= 2.1 maps a plain
+        ``postgresql://`` to psycopg 3, which the MLflow image does not ship)."""
+        return self.uri_for(database or self.database).replace("postgresql://", "postgresql+psycopg2://", 1)
+
+    def create_database(self, name: str) -> str:
+        """``createdb name``; returns its SQLAlchemy URI."""
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name,
+                  env={"PGPASSWORD": self.password})
+        return self.sqlalchemy_uri(name)
 
     def _run(self, *cmd: str, env: dict[str, str] | None = None) -> None:
-        proc = subprocess.run([str(self.bin_dir / cmd[0]), *cmd[1:]], user=self._run_as, cwd=self.root,
+        # as root: run as the postgres user AND group, without root's supplementary groups
+        drop = {"user": self._run_as, "group": self._run_as, "extra_groups": []} if self._run_as else {}
+        proc = subprocess.run([str(self.bin_dir / cmd[0]), *cmd[1:]], **drop, cwd=self.root,
                               env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=120)
         if proc.returncode != 0:
@@ -207,22 +225,17 @@ class PostgresCluster:
         if os.geteuid() == 0:
             self._run_as = "postgres"
             ids = pwd.getpwnam(self._run_as)
-            for path in (self.root, *self.root.parents):  # the postgres user must be able to reach root
-                if path == Path("/"):
-                    break
-                os.chmod(path, os.stat(path).st_mode | 0o005) if path != self.root else None
             shutil.chown(self.root, ids.pw_uid, ids.pw_gid)
         pwfile = self.root / "pwfile"
         pwfile.write_text(self.password + "\n")
         if self._run_as:
-            shutil.chown(pwfile, self._run_as)
+            shutil.chown(pwfile, self._run_as, self._run_as)
         self._run("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}", "--auth-local=trust",
                   "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")
         pwfile.unlink()
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "start", "-o",
                   f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off")
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database,
-                  env={"PGPASSWORD": self.password})
+        self.create_database(self.database)
         return self
 
     def stop(self) -> None:
