@@ -165,7 +165,31 @@ class MineConfig(StageConfig):
         "out (0 = off). Drops generated queries too vague to find their passage.")
 
 
+class TrainJobConfig(StageConfig):
+    """How the train step runs a multi-node job (``train.nodes`` > 1) as a Kubeflow Trainer TrainJob."""
+
+    runtime: str = Field("torch-distributed", min_length=1, description="The ClusterTrainingRuntime the TrainJob "
+                         "references (Kubeflow Trainer's torchrun runtime installs as `torch-distributed`).")
+    image: str = Field("", description="Image of the training nodes; empty: the image the train step runs in "
+                       "($EMBEDFORGE_IMAGE, set by the compiled pipeline).")
+    namespace: str = Field("", description="Namespace of the TrainJob; empty: the train step's own namespace.")
+    gpus_per_node: int = Field(1, ge=0, description="GPUs per node (also torchrun processes per node; 0: CPU, one "
+                               "process per node).")
+    cpu_per_node: str = Field("8", min_length=1)
+    memory_per_node: str = Field("32Gi", min_length=1)
+    shared_pvc: str = Field("embedforge-data", min_length=1, description="ReadWriteMany claim mounted by the train "
+                            "step and every node: the step stages the mined rows there and reads the model back.")
+    shared_mount: str = Field("/data", min_length=1, description="Where the train step and the nodes mount it.")
+    timeout_s: float = Field(86400.0, gt=0, description="Fail (and delete the TrainJob) when it has not finished "
+                             "by then: a job stuck Pending (no GPUs, no quota) fails clearly instead of hanging.")
+    poll_s: float = Field(10.0, gt=0, description="Seconds between status reads.")
+
+
 class TrainConfig(StageConfig):
+    nodes: int = Field(1, ge=1, description="Machines to train on. 1: in the train step's own pod (processes "
+                       "workers there); > 1: the train step submits a Kubeflow Trainer TrainJob of this many nodes "
+                       "(see train.trainjob and embedforge.trainjob).")
+    trainjob: TrainJobConfig = Field(default_factory=TrainJobConfig)
     epochs: float = Field(3.0, gt=0, description="Passes over the mined rows; fractions allowed.")
     batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, cosine decay).")
