@@ -196,6 +196,11 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
     train_task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(k8s.train_gpus)
     # train.processes=0 starts one torchrun worker per visible GPU; NCCL needs more than the default 64 MiB /dev/shm
     kubernetes.empty_dir_mount(train_task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
+    # train.nodes > 1: the step stages its inputs for a TrainJob on the shared volume and reads the model back
+    # there (embedforge.trainjob; TrainConfig.trainjob.shared_pvc/shared_mount default to these), and the nodes
+    # run the step's own image
+    kubernetes.mount_pvc(train_task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+    train_task.set_env_variable("EMBEDFORGE_IMAGE", train_task.component_spec.implementation.container.image)
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
     for task in (ingest_task, sdg_task, validate_task, register_task, promote_task):

@@ -46,6 +46,7 @@ class FakeKubeApi:
                  create_status: int = 201):
         self.statuses, self.on_create, self.create_status = statuses, on_create, create_status
         self.jobs: dict[str, dict] = {}
+        self.created: list[dict] = []
         self.gets = 0
         self.calls: list[tuple[str, str]] = []
         self.deleted: list[tuple[str, dict]] = []
@@ -95,6 +96,7 @@ class FakeKubeApi:
             return h._reply(422, _status(422, "Invalid", "unknown or malformed fields"))
         body.setdefault("metadata", {})["uid"] = "1b2c"
         self.jobs[body["metadata"]["name"]] = body
+        self.created.append(body)
         if self.on_create:
             self.on_create(body)
         h._reply(201, body)
@@ -167,7 +169,8 @@ def _nodes_write_model(body: dict) -> None:
     out = Path(args[args.index("--out") + 1])
     out.mkdir(parents=True)
     (out / "modules.json").write_text("[]")
-    StageTimer("train").write_manifest(out, counts={"examples": 1})
+    StageTimer("train").write_manifest(out, counts={"examples": 1}, final_loss=0.5, examples_per_second=9.0,
+                                       train_seconds=0.1)
 
 
 # ---------------------------------------------------------------------------------------------- the object
@@ -310,3 +313,30 @@ def test_role_grants_exactly_what_the_train_step_uses(tmp_path, kube, mined):
     binding = next(d for d in docs if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "embedforge-pipeline"}]
+
+
+def test_train_component_with_nodes_runs_a_trainjob(tmp_path, kube, mined, monkeypatch):
+    """The KFP train step with train.nodes=2 goes through a TrainJob, reaching the API server through a kubeconfig
+    as the kubernetes client finds it (in a pod: the ServiceAccount), and logs the nodes' metrics."""
+    from kfp import dsl
+
+    from embedforge.components.train.component import train
+
+    api = kube([RUNNING, COMPLETE], on_create=_nodes_write_model)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "users": [{"name": "step", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "step", "namespace": NS}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("EMBEDFORGE_IMAGE", "reg.example/embedforge@sha256:0123")
+    cfg = _cfg(tmp_path, namespace=NS).model_dump(mode="json")
+    model, metrics = dsl.Model(uri=str(tmp_path / "model")), dsl.Metrics(uri=str(tmp_path / "metrics"))
+    train.python_func(mined=dsl.Dataset(uri=str(mined)), base_model="m", config=cfg, prompts={}, model=model,
+                      metrics=metrics)
+    assert (tmp_path / "model" / "modules.json").is_file() and api.deleted
+    assert metrics.metadata["final_loss"] == 0.5 and metrics.metadata["examples"] == 1
+    assert [b["spec"]["trainer"]["image"] for b in api.created] == ["reg.example/embedforge@sha256:0123"]

@@ -20,7 +20,9 @@ def train(
         mined: Mine output folder (``train.jsonl``: anchor, positive, negative_1..n).
         base_model: Model folder or id to start from.
         config: ``TrainConfig`` fields (epochs, batch_size, learning_rate, temperature, warmup_ratio, ...;
-            ``processes``: 0 = one torchrun worker per visible GPU, the global batch split over them).
+            ``processes``: 0 = one torchrun worker per visible GPU, the global batch split over them; ``nodes`` > 1:
+            a Kubeflow Trainer TrainJob of that many nodes is submitted, awaited and deleted, see
+            ``embedforge.trainjob``).
         prompts: ``PromptsConfig`` fields (``query``, ``document``): prefixes used in training and saved in the
             model's ``config_sentence_transformers.json``.
         model: Output folder: the fine-tuned model (``SentenceTransformer(model.path)`` loads it) +
@@ -30,13 +32,15 @@ def train(
     from embedforge import train as stage
     from embedforge.config import PromptsConfig, TrainConfig
 
-    manifest = stage.launch(
-        mined.path,
-        model.path,
-        TrainConfig.model_validate(config),
-        base_model=base_model,
-        prompts=PromptsConfig.model_validate(prompts),
-    )
+    cfg = TrainConfig.model_validate(config)
+    if cfg.nodes > 1:  # beyond one machine: a TrainJob does the training, this step stages, waits, collects
+        from embedforge import trainjob
+
+        manifest = trainjob.run(mined.path, model.path, cfg, base_model=base_model,
+                                prompts=PromptsConfig.model_validate(prompts))
+    else:
+        manifest = stage.launch(mined.path, model.path, cfg, base_model=base_model,
+                                prompts=PromptsConfig.model_validate(prompts))
     model.metadata["framework"] = "sentence-transformers"
     for name, value in manifest.counts.items():
         metrics.log_metric(name, value)

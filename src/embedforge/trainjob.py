@@ -216,7 +216,7 @@ def custom_objects_api() -> "CustomObjectsApi":
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)  # read now, not at import
     return client.CustomObjectsApi()
 
 
