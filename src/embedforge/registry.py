@@ -36,6 +36,7 @@ import re
 import shutil
 import tempfile
 import urllib.parse
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -349,8 +350,6 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from embedforge import mlflow_pyfunc
-
     dim = _onnx_output_dim(onnx_dir / "model.onnx")
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "text")]),
@@ -359,10 +358,15 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
     )
     example = pd.DataFrame({"text": ["How do I rotate the signing keys?", "Keys are rotated every 90 days."]})
     reqs = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "onnxruntime", "transformers", "numpy", "pandas")]
-    mlflow.pyfunc.save_model(
-        path=str(dst), python_model=mlflow_pyfunc.__file__, artifacts={mlflow_pyfunc.ONNX_ARTIFACT: str(onnx_dir)},
-        signature=signature, input_example=example, pip_requirements=reqs, metadata=metadata,
-    )
+    with warnings.catch_warnings():  # "add type hints to predict": the signature above is explicit on purpose
+        warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+        from embedforge import mlflow_pyfunc
+
+        mlflow.pyfunc.save_model(
+            path=str(dst), python_model=mlflow_pyfunc.__file__,
+            artifacts={mlflow_pyfunc.ONNX_ARTIFACT: str(onnx_dir)},
+            signature=signature, input_example=example, pip_requirements=reqs, metadata=metadata,
+        )
     for item in model_dir.iterdir():  # the sentence-transformers layout beside MLmodel (no name clashes)
         if item.name == MANIFEST:
             continue
@@ -372,7 +376,9 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
         else:
             shutil.copy2(item, target)
     try:
-        emb = mlflow.pyfunc.load_model(str(dst)).predict(example)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
+            emb = mlflow.pyfunc.load_model(str(dst)).predict(example)
     except Exception as exc:  # noqa: BLE001 - any failure here means the version would not load for users
         raise InputError(f"the MLflow Model built from {onnx_dir} does not load/predict: {exc}") from None
     if emb.shape[0] != len(example) or (dim > 0 and emb.shape[1] != dim):
