@@ -23,6 +23,7 @@ from typing import Any, Callable
 from embedforge.config import PipelineConfig
 from embedforge.contracts import PROMOTION_FILE, read_json, write_json
 from embedforge.errors import EmbedforgeError, InputError
+from embedforge.kfp_local import program_only_python_rewrite
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
@@ -143,7 +144,7 @@ def run_pipeline(
         args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
         before = set(root.glob(f"{pipeline.name}-*")) if root.exists() else set()
         try:
-            with redirect_stdout(target), warnings.catch_warnings():
+            with redirect_stdout(target), warnings.catch_warnings(), program_only_python_rewrite():
                 # kfp.local warns per task that our image is "non-Python"; it is ours, built for this runner.
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
                 pipeline(**args)
