@@ -150,8 +150,7 @@ def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Op
     result = _guard(lambda: fn(cfg))
     if result is None:  # a torchrun worker other than rank 0
         return
-    payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    typer.echo(json.dumps(result.model_dump(mode="json"), indent=2, default=str))
 
 
 @app.command()
