@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedforge.encode import embedding_dim
-from embedforge.ingest import normalize_ws
+from embedforge.text import normalize_ws
 from embedforge.config import EvaluateConfig
 from embedforge.contracts import (
     BEIR_DIR,

@@ -57,7 +57,7 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    from embedforge.ingest import normalize_ws
+    from embedforge.text import normalize_ws
 
     chunk_doc = {c.chunk_id: c.doc_id for c in chunks}
     doc_split: dict[str, str] = {}
