@@ -19,7 +19,7 @@ from embedforge.contracts import (
     write_jsonl,
 )
 from embedforge.errors import InputError
-from embedforge.ingest import normalize_ws
+from embedforge.text import normalize_ws
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
