@@ -13,13 +13,20 @@ are eval chunks); generated eval pairs whose query also appears in train are dro
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
 from embedforge.config import DEFAULT_BASE_MODEL, SdgConfig
-from embedforge.contracts import PAIRS_FILE, Manifest, Pair, StageTimer, read_chunks, write_jsonl
+from embedforge.contracts import (
+    PAIRS_FILE,
+    Manifest,
+    Pair,
+    StageTimer,
+    read_chunks,
+    write_jsonl,
+)
 from embedforge.errors import InputError
+from embedforge.names import for_count
 from embedforge.sdg.base import PairGenerator
 from embedforge.sdg.byo import load_pairs, pairs_from_beir_qrels, write_pairs_file
 from embedforge.sdg.offline import OfflineGenerator
@@ -28,10 +35,6 @@ from embedforge.text import query_key
 __all__ = ["run", "make_generator", "split_budgets", "pairs_from_beir_qrels", "write_pairs_file", "load_pairs"]
 
 log = logging.getLogger(__name__)
-
-
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
 
 
 def make_generator(cfg: SdgConfig) -> PairGenerator:
@@ -141,10 +144,10 @@ def run(
         "eval_pairs": sum(1 for p in pairs if p.split == "eval"),
     }
     for source, n in sorted(Counter(p.source for p in pairs).items()):
-        counts[f"source_{_metric_key(source)}"] = n
+        counts[f"source_{for_count(source)}"] = n
     for k, v in stats.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
-            counts[f"gen_{_metric_key(k)}"] = int(v)  # non-integer statistics stay in generator_stats
+            counts[f"gen_{for_count(k)}"] = int(v)  # non-integer statistics stay in generator_stats
     log.info("sdg (%s): %s", mode, counts)
     inputs = {"chunks": str(chunks_dir)}
     if pairs_file:
