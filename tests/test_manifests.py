@@ -325,3 +325,47 @@ def test_evaluator_admits_everything_without_policies():
     """The evaluator's baseline (so the denials above come from the policies): no policy, no isolation."""
     pod = {"ns": NAMESPACE, "labels": {"app": "triton"}}
     assert admits([], pod, 8000, {"ns": "x", "ns_labels": {}, "labels": {}})
+
+
+# ------------------------------------------------------------------------- Triton flags, on a real server
+def _triton_argv(overlay: str) -> list[str]:
+    """The Triton container's argv as the pod runs it: kubelet turns ``$$`` into ``$``, then ``sh -c`` expands."""
+    c = _container(render(overlay), "triton")
+    assert c["command"] == ["/bin/sh", "-c"] and len(c["args"]) == 1, c
+    script = c["args"][0].replace("$$", "$").replace("exec tritonserver", "exec printf '%s\\n'", 1)
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    return r.stdout.splitlines()
+
+
+def test_manifest_flags_lock_the_grpc_repository_api_on_a_real_tritonserver(tmp_path):
+    """Start the real tritonserver (PyPI nvidia-pytriton, via tests/triton_server.py) with the manifest's
+    restriction flag: gRPC inference-side calls work, the gRPC repository API is refused without the header
+    (whose value is random per start), and the HTTP repository API the promote step uses stays open."""
+    triton_server = pytest.importorskip("triton_server", reason="needs tests/triton_server.py (real tritonserver)")
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from mlflow_server import free_port
+    from tritonclient.utils import InferenceServerException
+
+    argv = _triton_argv("prod")
+    restricted = [a for a in argv if a.startswith("--grpc-restricted-protocol=")]
+    assert len(restricted) == 1 and "--load-model=*" in argv, argv
+    key, _, value = restricted[0].split(":", 1)[1].partition("=")
+    assert len(value) == 32 and value != _triton_argv("prod")[argv.index(restricted[0])].rpartition("=")[2]
+
+    grpc_port = free_port()
+    server = triton_server.TritonServer(
+        tmp_path / "repo", triton_server.ensure_runtime(), log_dir=tmp_path,
+        extra_args=("--allow-grpc=true", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}", restricted[0]),
+    ).start()
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert client.is_server_live() and client.is_server_ready()
+        for call in (client.get_model_repository_index, lambda: client.load_model("embedforge_embedder"),
+                     lambda: client.unload_model("embedforge_embedder")):
+            with pytest.raises(InferenceServerException):
+                call()
+        # with the header (Triton prefixes the key) the call goes through: a restriction, not an outage
+        assert client.get_model_repository_index(headers={f"triton-grpc-protocol-{key}": value}) is not None
+        assert server.ready() == []  # HTTP repository API (what promote uses) answers
+    finally:
+        server.stop()
