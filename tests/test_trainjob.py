@@ -74,7 +74,10 @@ class FakeKubeApi:
                 if not path.startswith(PATH):
                     return self._reply(404, _status(404, "NotFound", f"no route {path}"))
                 fake.calls.append((VERB[self.command], "trainjobs"))
-                return getattr(fake, f"do_{self.command.lower()}")(self, name)
+                try:
+                    return getattr(fake, f"do_{self.command.lower()}")(self, name)
+                except Exception as exc:  # an invalid body or a broken test hook: an API error, not a hang-up
+                    return self._reply(500, _status(500, "InternalError", repr(exc)[:300]))
 
             do_POST = do_GET = do_DELETE = _handle
 
@@ -169,8 +172,9 @@ def _nodes_write_model(body: dict) -> None:
     out = Path(args[args.index("--out") + 1])
     out.mkdir(parents=True)
     (out / "modules.json").write_text("[]")
-    StageTimer("train").write_manifest(out, counts={"examples": 1}, final_loss=0.5, examples_per_second=9.0,
-                                       train_seconds=0.1)
+    StageTimer("train").write_manifest(out, counts={"examples": 1}, base_model="m", prompts={}, final_loss=0.5,
+                                       loss_history=[], train_seconds=0.1, examples_per_second=9.0, device="cuda",
+                                       precision="bf16", base_weight=0.0, processes=2)
 
 
 # ---------------------------------------------------------------------------------------------- the object

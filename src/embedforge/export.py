@@ -382,37 +382,40 @@ def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg:
     """
     from embedforge.encode import load_model
 
-    with StageTimer("export") as timer:
-        model_dir, chunks_dir, out_dir = Path(model_dir), Path(chunks_dir), Path(out_dir)
-        if not (model_dir / "modules.json").is_file():
-            raise InputError(f"{model_dir} is not a sentence-transformers folder (no modules.json)")
-        chunks = read_chunks(chunks_dir)
-        if not chunks:
-            raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks: parity needs real texts")
-        model = load_model(str(model_dir), device="cpu")
-        model.eval()
-        pooling, module_names = _check_modules(model, model_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        exporter = _pick_exporter(cfg)
-        samples = pick_parity_chunks(chunks, cfg.parity_samples)
-        by_len = sorted(samples, key=lambda c: len(c.text))
-        onnx_path = out_dir / ONNX_FILE
-        log.info("exporting %s (%s, pooling %s) to %s with the %s exporter, opset %d", model_dir,
-                 " -> ".join(module_names), pooling, onnx_path, exporter, cfg.opset)
-        export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
-        side_files = copy_tokenizer_files(model, model_dir, out_dir)
-        report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
-        dim = int(embedding_dim(model))
-        return timer.write_manifest(
-            out_dir,
-            counts={"parity_samples": report["samples"], "dim": dim},
-            inputs={"model": model_dir, "chunks": chunks_dir},
-            config=cfg,
-            dim=dim,
-            opset=report["opset"],
-            file_size=onnx_path.stat().st_size,
-            pooling=pooling,
-            exporter=exporter,
-            files=sorted([ONNX_FILE, PARITY_FILE, *side_files]),
-            min_cosine=report["min_cosine"],
-        )
+    timer = StageTimer("export")
+    model_dir, chunks_dir, out_dir = Path(model_dir), Path(chunks_dir), Path(out_dir)
+    if not (model_dir / "modules.json").is_file():
+        raise InputError(f"{model_dir} is not a sentence-transformers folder (no modules.json)")
+    chunks = read_chunks(chunks_dir)
+    if not chunks:
+        raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks: parity needs real texts")
+    model = load_model(str(model_dir), device="cpu")
+    model.eval()
+    pooling, module_names = _check_modules(model, model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exporter = _pick_exporter(cfg)
+    samples = pick_parity_chunks(chunks, cfg.parity_samples)
+    by_len = sorted(samples, key=lambda c: len(c.text))
+    onnx_path = out_dir / ONNX_FILE
+    log.info("exporting %s (%s, pooling %s) to %s with the %s exporter, opset %d", model_dir,
+             " -> ".join(module_names), pooling, onnx_path, exporter, cfg.opset)
+    export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
+    side_files = copy_tokenizer_files(model, model_dir, out_dir)
+    report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
+    dim = int(embedding_dim(model))
+    return timer.write_manifest(
+        out_dir,
+        counts={"parity_samples": report["samples"], "dim": dim},
+        inputs={"model": model_dir, "chunks": chunks_dir},
+        config=cfg,
+        dim=dim,
+        opset=report["opset"],
+        file_size=onnx_path.stat().st_size,
+        pooling=pooling,
+        exporter=exporter,
+        files=sorted([ONNX_FILE, PARITY_FILE, *side_files]),
+        min_cosine=report["min_cosine"],
+        mean_cosine=report["mean_cosine"],
+        max_abs_diff=report["max_abs_diff"],
+        parity_samples=report["samples"],
+    )

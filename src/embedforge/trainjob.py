@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.contracts import Manifest, read_manifest
+from embedforge.contracts import Manifest, TrainResult, has_manifest, read_manifest
 from embedforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -288,12 +288,12 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
             wait_for(api, namespace, name, cfg.trainjob.timeout_s, cfg.trainjob.poll_s)
         finally:
             delete(api, namespace, name)
-        if not (work / "model" / "manifest.json").is_file():
+        if not has_manifest(work / "model"):
             raise TrainJobError(f"TrainJob {namespace}/{name} completed but wrote no model to {work / 'model'}")
         shutil.copytree(work / "model", out_dir, dirs_exist_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return read_manifest(out_dir)
+    return read_manifest(out_dir, TrainResult)
 
 
 __all__ = ["TrainJobError", "build_trainjob", "delete", "job_state", "run", "wait_for"]
