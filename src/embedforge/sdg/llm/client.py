@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from embedforge.errors import ConfigError
+from embedforge.redact import redact
 from embedforge.sdg.llm.backends import (
     MODES,
     Backend,
@@ -299,5 +300,5 @@ def make_backend(cfg: LlmSdgConfig) -> Backend:
     else:
         log.info("API key taken from $%s", source)
     if not cfg.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"sdg.llm.base_url {cfg.base_url!r} must start with http:// or https://")
+        raise ConfigError(f"sdg.llm.base_url {redact(cfg.base_url)!r} must start with http:// or https://")
     return OpenAIBackend(cfg.base_url, key)

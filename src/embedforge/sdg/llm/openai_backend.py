@@ -13,6 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from embedforge.redact import redact
 from embedforge.sdg.llm.backends import (
     MODES,
     Completion,
@@ -70,7 +71,7 @@ class OpenAIBackend:
 
         # Local servers (llama.cpp, vLLM without --api-key) need no key, the SDK needs a non-empty string.
         self._client = AsyncOpenAI(base_url=base_url, api_key=api_key or "no-key", max_retries=0)
-        self.base_url = base_url
+        self.base_url = redact(base_url)  # shown in messages only (the client above holds the real URL)
 
     async def chat(self, messages: list[Message], settings: StageSettings, response_format: dict | None) -> Completion:
         import openai
