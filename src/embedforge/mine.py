@@ -113,7 +113,6 @@ class MineStats:
     positive_score_sum: float = 0.0
     mined_negative_score_sum: float = 0.0
     mined_negatives: int = 0
-    dropped_by_consistency: int = 0
 
 
 def run(
@@ -165,8 +164,8 @@ def run(
     n_rows = contracts.write_jsonl(out / contracts.TRAIN_FILE, (e.to_columns() for e in examples))
     if stats.short_of_negatives:
         log.warning(
-            "mine: %d of %d examples have fewer than %d negatives (small corpus, or the margin %.2f dropped them)",
-            stats.short_of_negatives, stats.examples, cfg.num_negatives, cfg.margin,
+            "mine: %d of %d examples have fewer negatives than their pair policy asks for (small corpus, or the "
+            "margin %.2f dropped them)", stats.short_of_negatives, stats.examples, cfg.margin,
         )
     return timer.write_manifest(
         out,
@@ -178,7 +177,7 @@ def run(
             "negatives_total": stats.negatives_total,
             "user_negatives": stats.user_negatives,
             "dropped_by_margin": stats.dropped_by_margin,
-            "pairs_dropped_by_consistency": stats.dropped_by_consistency,
+            "pairs_dropped_by_consistency": sum(p.dropped_by_consistency for p in applied.kinds.values()),
             "offline_examples": applied.kinds["offline"].examples,
             "chunks_embedded": len(corpus.chunks),
         },
@@ -285,7 +284,6 @@ def _make_examples(
         not_negative = positives.texts[pair.query]
         candidates = _candidates(scores[q], ids[q], positives.excluded[pair.query], cfg.candidates)
         if rule.consistency_rank and positive_rank(candidates, positives.best[pair.query]) >= rule.consistency_rank:
-            stats.dropped_by_consistency += 1
             done["dropped_by_consistency"] += 1
             continue
         user_negs = _dedupe([n for n in pair.negatives if n not in not_negative and n != pair.query])

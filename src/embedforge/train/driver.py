@@ -12,9 +12,9 @@ import math
 import time
 from pathlib import Path
 
+import embedforge.train.distributed as distributed
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
-from embedforge.train import distributed
 from embedforge.train.batching import collate, no_duplicate_batches, plan_steps, positives_by_anchor, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
+import embedforge.train.distributed as distributed
 from embedforge import contracts
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest
 from embedforge.errors import ConfigError
-from embedforge.train import distributed
 from embedforge.train.driver import run
 
 log = logging.getLogger(__name__)
