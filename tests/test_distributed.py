@@ -83,7 +83,7 @@ def test_embedforge_train_with_two_processes_saves_one_model(tmp_path, five_rows
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     m = contracts.read_manifest(tmp_path / "model")
-    assert m.model_extra["processes"] == 2 and m.counts["steps"] == 4
+    assert m.result.processes == 2 and m.counts["steps"] == 4
     assert json.loads(r.stdout)["stage"] == "train"  # the manifest rank 0 wrote, printed once
     emb = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["a question"], prompt_name="query")
     assert emb.shape == (1, 384)

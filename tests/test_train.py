@@ -14,7 +14,7 @@ from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
 from embedforge.contracts import TrainExample
 from embedforge.errors import InputError
-from embedforge.sdg.policy import AppliedPolicy, MinedPolicy
+from embedforge.contracts import AppliedPolicy, MinedPolicy
 from embedforge.train.batching import collate, no_duplicate_batches, plan_steps
 from embedforge.train.losses import InfoNCELoss, false_negative_mask
 from embedforge.train.setup import compile_encoder, load_for_training
@@ -177,10 +177,10 @@ def test_training_lowers_the_loss_and_writes_a_manifest(trained, small_mined, ba
     m = contracts.read_manifest(trained)
     assert m.stage == "train"
     assert m.counts == {"examples": 8, "steps": 2, "epochs": 1}
-    extra = m.model_extra
-    assert extra["device"] == "cpu" and extra["precision"] == "fp32"
-    assert extra["examples_per_second"] > 0 and extra["final_loss"] == extra["loss_history"][-1]["loss"]
-    assert [h["step"] for h in extra["loss_history"]] == [1, 2]
+    r = m.result
+    assert r.device == "cpu" and r.precision == "fp32"
+    assert r.examples_per_second > 0 and r.final_loss == r.loss_history[-1].loss
+    assert [h.step for h in r.loss_history] == [1, 2]
 
 
 def test_saved_model_reproduces_the_training_time_forward(trained):
@@ -234,7 +234,7 @@ def test_wise_ft_saves_the_interpolation_of_finetuned_and_base_weights(tmp_path,
 
     m = train.run(small_mined, tmp_path / "wise", TrainConfig(**SMALL, base_weight=0.25), base_model=base_model,
                   prompts=PROMPTS)
-    assert m.model_extra["base_weight"] == 0.25
+    assert m.result.base_weight == 0.25
     ft, base = load_file(str(trained / "model.safetensors")), load_file(str(Path(base_model) / "model.safetensors"))
     wise = load_file(str(tmp_path / "wise" / "model.safetensors"))
     for k in wise:
@@ -248,7 +248,9 @@ def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_
         d = tmp_path / f"m{offline}-{default}"
         kinds = {"offline": AppliedPolicy(num_negatives=0, consistency_rank=10, base_weight=0.5, examples=offline),
                  "default": AppliedPolicy(num_negatives=4, consistency_rank=0, base_weight=0.0, examples=default)}
-        contracts.StageTimer("mine").write_manifest(d, policy=MinedPolicy(kinds=kinds).model_dump(mode="json"))
+        contracts.StageTimer("mine").write_manifest(d, result=contracts.MineResult(
+            base_model="m", embedding_dim=8, mean_positive_score=0.7, mean_negative_score=0.3,
+            policy=MinedPolicy(kinds=kinds)))
         return d
 
     assert resolve_base_weight(TrainConfig(), mined(6, 4)) == 0.5
@@ -260,9 +262,11 @@ def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_
 
 
 def test_a_mine_manifest_without_a_policy_is_an_input_error(tmp_path):
-    """A mine manifest of an older embedforge (offline rows only counted) names itself and what to do."""
-    contracts.StageTimer("mine").write_manifest(tmp_path, counts={"examples": 10, "offline_examples": 6})
-    with pytest.raises(InputError, match=r"manifest.json has no 'policy' record; re-run the mine stage"):
+    """A mine manifest of an older embedforge (schema 1: no typed result, no policy) names itself and what to do."""
+    (tmp_path / contracts.MANIFEST).write_text(json.dumps({
+        "schema_version": 1, "stage": "mine", "counts": {"examples": 10, "offline_examples": 6}, "started_at": 0,
+        "finished_at": 1, "seconds": 1}))
+    with pytest.raises(InputError, match=r"manifest.json was written by another embedforge version.*re-run the mine"):
         resolve_base_weight(TrainConfig(), tmp_path)
     assert resolve_base_weight(TrainConfig(base_weight=0.2), tmp_path) == 0.2
 

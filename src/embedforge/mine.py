@@ -52,7 +52,7 @@ from embedforge.config import DEFAULT_BASE_MODEL, MineConfig
 from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
 from embedforge.errors import InputError
 from embedforge.sdg import policy
-from embedforge.sdg.policy import AppliedPolicy, MinedPolicy, PairKind, PairPolicy
+from embedforge.contracts import AppliedPolicy, MinedPolicy, PairKind, PairPolicy
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def run(
         embedding_dim=int(emb.chunks.shape[1]),
         mean_positive_score=round(stats.positive_score_sum / max(stats.examples, 1), 6),
         mean_negative_score=round(stats.mined_negative_score_sum / max(stats.mined_negatives, 1), 6),
-        policy=applied.model_dump(mode="json"),
+        policy=applied,
     )
 
 

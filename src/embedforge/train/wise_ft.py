@@ -11,12 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
 from embedforge import contracts
 from embedforge.config import TrainConfig
-from embedforge.errors import InputError
-from embedforge.sdg.policy import MinedPolicy
+from embedforge.contracts import MinedPolicy
 
 if TYPE_CHECKING:
     import torch
@@ -27,24 +24,16 @@ def mined_policy(mined_dir: str | Path) -> MinedPolicy | None:
     """The pair policy recorded by the mine stage that wrote ``mined_dir``; None when no mine manifest is there.
 
     Raises:
-        InputError: The manifest has no valid ``policy`` record (e.g. written by an older embedforge).
+        InputError: The mine result is unreadable (e.g. written by an older embedforge): re-run mine.
     """
-    path = Path(mined_dir) / contracts.MANIFEST
-    if not path.is_file():
+    if not contracts.has_manifest(mined_dir):
         return None
-    raw = (contracts.read_manifest(mined_dir).model_extra or {}).get("policy")
-    try:
-        return MinedPolicy.model_validate(raw)
-    except ValidationError as exc:
-        problem = "no 'policy' record" if raw is None else f"an invalid 'policy' record ({exc.errors()[0]['msg']})"
-        raise InputError(
-            f"{path} has {problem}; re-run the mine stage with this embedforge, or set train.base_weight"
-        ) from None
+    return contracts.read_result(mined_dir, contracts.MineResult).policy
 
 
 def resolve_base_weight(cfg: TrainConfig, mined_dir: str | Path) -> float:
     """``cfg.base_weight`` if set; else the base weight of the pair kind that made most rows
-    (:meth:`~embedforge.sdg.policy.MinedPolicy.base_weight`); 0 for rows that no mine stage wrote."""
+    (:meth:`~embedforge.contracts.MinedPolicy.base_weight`); 0 for rows that no mine stage wrote."""
     if cfg.base_weight is not None:
         return cfg.base_weight
     policy = mined_policy(mined_dir)
