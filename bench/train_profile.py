@@ -37,24 +37,25 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from embedforge import train
     from embedforge.encode import pick_device, resolve_model_path
-    from embedforge.losses import InfoNCELoss
+    from embedforge.train.batching import collate, plan_steps
+    from embedforge.train.losses import InfoNCELoss
+    from embedforge.train.setup import autocast_dtype, compile_encoder, load_for_training, make_optimizer
+    from embedforge.train.step import Stepper
 
     device = pick_device(args.device)
     rows = build_rows(args.data, args.batch_size * (args.steps + 5), 13)
     examples = [TrainExample.from_columns(r) for r in rows]
     cfg = TrainConfig(batch_size=args.batch_size, device=device, micro_batch_tokens=args.micro_batch_tokens)
-    model = train.load_for_training(resolve_model_path(args.base_model), cfg, PromptsConfig())
+    model = load_for_training(resolve_model_path(args.base_model), cfg, PromptsConfig())
     if args.compile:
-        train.compile_encoder(model)
-    opt = train._optimizer(model, cfg)
-    stepper = train.Stepper(model, InfoNCELoss(), opt, get_cosine_schedule_with_warmup(opt, 1, 1000), None, None, 1.0,
-                            amp_dtype=train._autocast_dtype(cfg, device), device_type=model.device.type,
-                            micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type))
-    stepper.query_tokens.add(e.anchor for e in examples)
-    stepper.document_tokens.add(t for e in examples for t in (e.positive, *e.negatives))
-    plan = train.plan_steps(examples, args.batch_size, 1, 13)
+        compile_encoder(model)
+    opt = make_optimizer(model, cfg)
+    stepper = Stepper(model, InfoNCELoss(), opt, get_cosine_schedule_with_warmup(opt, 1, 1000), None, None, 1.0,
+                      amp_dtype=autocast_dtype(cfg, device), device_type=model.device.type,
+                      micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type))
+    stepper.tokenize(examples)
+    plan = plan_steps(examples, args.batch_size, 1, 13)
     known = {e.anchor: {e.positive} for e in examples}
     model.train()
 
@@ -64,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter()
 
     for rows_ in plan[:5]:  # warm-up (and compilation)
-        stepper.step(train.collate(examples, rows_, known))
+        stepper.step(collate(examples, rows_, known))
     # phase timing, synchronised
     phases = {"collate": 0.0, "forward+loss": 0.0, "backward": 0.0, "optimizer": 0.0}
     for rows_ in plan[5 : 5 + args.steps]:
         t0 = sync()
-        batch = train.collate(examples, rows_, known)
+        batch = collate(examples, rows_, known)
         t1 = sync()
         with torch.autocast(model.device.type, dtype=stepper.amp_dtype, enabled=stepper.amp_dtype is not None):
             loss = stepper.loss(batch)
@@ -86,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     # unsynchronised steady state, as the loop runs
     t0 = sync()
     for rows_ in plan[5 : 5 + args.steps]:
-        stepper.step(train.collate(examples, rows_, known))
+        stepper.step(collate(examples, rows_, known))
     print(f"ms/step (pipelined): {1000 * (sync() - t0) / args.steps:.1f}")
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with profile(activities=acts) as prof:
         for rows_ in plan[5 : 5 + min(args.steps, 5)]:
-            stepper.step(train.collate(examples, rows_, known))
+            stepper.step(collate(examples, rows_, known))
         sync()
     key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))

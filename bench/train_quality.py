@@ -255,7 +255,7 @@ def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path,
     )
 
     from embedforge.encode import resolve_model_path
-    from embedforge.train import seed_everything
+    from embedforge.train.setup import seed_everything
 
     seed_everything(seed)
     model = SentenceTransformer(resolve_model_path(base_model), device=device)
@@ -291,7 +291,7 @@ def _plain_mnrl_loop(model, loss, rows: list[dict], st: dict, seed: int, device:
     from transformers import get_linear_schedule_with_warmup
 
     from embedforge.contracts import TrainExample
-    from embedforge.train import plan_steps
+    from embedforge.train.batching import plan_steps
 
     examples = [TrainExample.from_columns(r) for r in rows]
     plan = plan_steps(examples, st["batch_size"], st["epochs"], seed)

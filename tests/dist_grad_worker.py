@@ -8,9 +8,13 @@ import sys
 import torch
 import torch.distributed as dist
 
-from embedforge import contracts, distributed, train
+from embedforge import contracts
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.losses import InfoNCELoss
+from embedforge.train import distributed
+from embedforge.train.batching import collate
+from embedforge.train.losses import InfoNCELoss
+from embedforge.train.setup import load_for_training
+from embedforge.train.step import Stepper
 
 
 def main() -> None:
@@ -22,12 +26,12 @@ def main() -> None:
     for e in examples:
         known.setdefault(e.anchor, set()).add(e.positive)
     cfg = TrainConfig(max_seq_length=32, device="cpu")
-    model = train.load_for_training(model_dir, cfg, PromptsConfig(query="query: ", document="passage: "))
+    model = load_for_training(model_dir, cfg, PromptsConfig(query="query: ", document="passage: "))
     model.eval()
-    stepper = train.Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0, dist=ctx)
+    stepper = Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0, dist=ctx)
     rows = list(range(len(examples)))
     split = distributed.shard(rows, ctx, lambda i: len(examples[i].negatives))
-    loss = stepper.loss(train.collate(examples, split.order, known), train.collate(examples, split.mine, None), split)
+    loss = stepper.loss(collate(examples, split.order, known), collate(examples, split.mine, None), split)
     loss.backward()
     distributed.average_gradients(model.parameters(), ctx)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -10,7 +10,7 @@ import pytest
 
 from embedforge import contracts
 from embedforge.contracts import (
-    RESULT_TYPES, Decision, EvaluationResult, MineResult, StageTimer, TrainResult, read_manifest, read_result,
+    RESULT_TYPES, Decision, EvaluationResult, IngestResult, StageTimer, TrainResult, read_manifest, read_result,
 )
 from embedforge.errors import InputError
 
@@ -28,11 +28,10 @@ def test_a_result_round_trips_typed(tmp_path):
 
 
 def test_fields_given_as_keywords_are_validated_into_the_stage_type(tmp_path):
-    m = StageTimer("mine").write_manifest(tmp_path, base_model="m", embedding_dim=8, mean_positive_score=0.7,
-                                          mean_negative_score=0.3)
-    assert isinstance(m.result, MineResult)
-    with pytest.raises(ValueError, match="embedding_dim"):
-        StageTimer("mine").write_manifest(tmp_path, base_model="m", mean_positive_score=0.7, mean_negative_score=0.3)
+    m = StageTimer("ingest").write_manifest(tmp_path, corpus_format="folder", base_model="m")
+    assert isinstance(m.result, IngestResult) and read_result(tmp_path, IngestResult).corpus_format == "folder"
+    with pytest.raises(ValueError, match="corpus_format"):
+        StageTimer("ingest").write_manifest(tmp_path, base_model="m")
     with pytest.raises(TypeError, match="TrainResult"):
         StageTimer("train").write_manifest(tmp_path, result=EVAL)
 

@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from embedforge import contracts, distributed, train
+from embedforge import contracts
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.losses import InfoNCELoss
+from embedforge.train import distributed
+from embedforge.train.batching import collate
+from embedforge.train.losses import InfoNCELoss
+from embedforge.train.setup import load_for_training
+from embedforge.train.step import Stepper
 
 HERE = Path(__file__).parent
 
@@ -57,11 +61,11 @@ def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, f
     known = {}
     for e in examples:
         known.setdefault(e.anchor, set()).add(e.positive)
-    model = train.load_for_training(base_model, TrainConfig(max_seq_length=32, device="cpu"),
+    model = load_for_training(base_model, TrainConfig(max_seq_length=32, device="cpu"),
                                     PromptsConfig(query="query: ", document="passage: "))
     model.eval()
-    stepper = train.Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0)
-    loss = stepper.loss(train.collate(examples, list(range(5)), known))
+    stepper = Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0)
+    loss = stepper.loss(collate(examples, list(range(5)), known))
     loss.backward()
     assert got["loss"] == pytest.approx(loss.item(), abs=1e-5)
     for name, p in model.named_parameters():
@@ -79,7 +83,19 @@ def test_embedforge_train_with_two_processes_saves_one_model(tmp_path, five_rows
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     m = contracts.read_manifest(tmp_path / "model")
-    assert m.model_extra["processes"] == 2 and m.counts["steps"] == 4
+    assert m.result.processes == 2 and m.counts["steps"] == 4
     assert json.loads(r.stdout)["stage"] == "train"  # the manifest rank 0 wrote, printed once
     emb = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["a question"], prompt_name="query")
     assert emb.shape == (1, 384)
+
+
+def test_the_worker_entry_point_reports_bad_input_in_one_line(tmp_path):
+    """`python -m embedforge.train` (what torchrun runs on every rank) fails with one line naming the file."""
+    contracts.write_jsonl(tmp_path / contracts.TRAIN_FILE, [{"anchor": "q", "positive": "p"}])
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {device: cpu}\n")
+    r = subprocess.run([sys.executable, "-m", "embedforge.train", "--mined", str(tmp_path), "--out",
+                        str(tmp_path / "model"), "--config", str(config)], capture_output=True, text=True, env=_env(),
+                       timeout=600)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / contracts.TRAIN_FILE} has 1 training rows")

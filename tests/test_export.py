@@ -97,9 +97,9 @@ def test_parity_report_and_manifest(exported, st_model):
 
     m = contracts.read_manifest(out)
     assert m.stage == "export"
-    assert m.model_extra["dim"] == 384 and m.model_extra["opset"] == 17
-    assert m.model_extra["file_size"] == (out / contracts.ONNX_FILE).stat().st_size
-    assert m.model_extra["pooling"] == "mean"
+    assert m.result.dim == 384 and m.result.opset == 17
+    assert m.result.file_size == (out / contracts.ONNX_FILE).stat().st_size
+    assert m.result.pooling == "mean"
     assert metrics.metadata["parity_min_cosine"] == parity["min_cosine"]
     assert metrics.metadata["dim"] == 384 and metrics.metadata["opset"] == 17
 
@@ -165,7 +165,7 @@ def test_cls_pooling_is_exported_from_the_pooling_module(base_model, chunks_dir,
     cls_model.save(str(tmp_path / "cls_model"))
 
     m = export.run(tmp_path / "cls_model", chunks_dir, tmp_path / "onnx", ExportConfig(parity_samples=6))
-    assert m.model_extra["pooling"] == "cls"
+    assert m.result.pooling == "cls"
     parity = json.loads((tmp_path / "onnx" / contracts.PARITY_FILE).read_text())
     assert parity["passed"] and parity["min_cosine"] >= 0.999
     # CLS really differs from mean pooling: the graph is not silently mean-pooling.

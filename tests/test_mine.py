@@ -12,6 +12,7 @@ from embedforge import contracts, mine
 from embedforge.config import MineConfig
 from embedforge.contracts import Pair, TrainExample
 from embedforge.errors import InputError
+from embedforge.contracts import AppliedPolicy
 
 from conftest import MINE_AS_HUMAN
 
@@ -53,8 +54,8 @@ def test_writes_rows_embeddings_and_manifest(mined_dir, chunks_dir, rows):
     assert m.counts["chunks_embedded"] == len(chunks)
     assert m.counts["negatives_total"] == sum(len(r.negatives) for r in rows)
     assert m.counts["examples_short_of_negatives"] == sum(len(r.negatives) < 4 for r in rows)
-    assert m.model_extra["embedding_dim"] == emb.shape[1]
-    assert m.model_extra["mean_positive_score"] > m.model_extra["mean_negative_score"]
+    assert m.result.embedding_dim == emb.shape[1]
+    assert m.result.mean_positive_score > m.result.mean_negative_score
     first = json.loads((Path(mined_dir) / contracts.TRAIN_FILE).read_text().splitlines()[0])
     assert list(first)[:2] == ["anchor", "positive"] and all(k.startswith("negative_") for k in list(first)[2:])
 
@@ -235,6 +236,10 @@ def test_consistency_filter_drops_generated_pairs_the_base_model_cannot_find(tmp
     assert "Zebra marmalade orbits the quiet violin on Tuesdays." not in anchors
     assert "Zebra marmalade orbits a violin?" in anchors
     assert 1 <= m.counts["pairs_dropped_by_consistency"] >= expected_dropped
+    policy = m.result.policy
+    assert policy.kinds["offline"].consistency_rank == k and policy.kinds["default"].consistency_rank == 0
+    assert policy.kinds["offline"].dropped_by_consistency == m.counts["pairs_dropped_by_consistency"]
+    assert (policy.kinds["offline"].pairs, policy.kinds["default"].pairs) == (len(pairs) - 1, 1)
 
 
 def test_consistency_filter_dropping_everything_is_an_input_error(tmp_path, chunks_dir, base_model):
@@ -259,3 +264,11 @@ def test_offline_pairs_get_no_hard_negatives_by_default(tmp_path, chunks_dir, tr
     assert all(got[p.query].negatives == [] for p in chunk_pairs)
     assert all(len(got[p.query].negatives) == 4 for p in human)
     assert m.counts["offline_examples"] == len(chunk_pairs) and m.counts["examples_short_of_negatives"] == 0
+    # the policies applied, with what each made, are recorded for train: half the rows offline is not most of them
+    policy = m.result.policy
+    n = len(chunk_pairs)
+    assert policy.kinds == {
+        "offline": AppliedPolicy(num_negatives=0, consistency_rank=0, base_weight=0.5, pairs=n, examples=n),
+        "default": AppliedPolicy(num_negatives=4, consistency_rank=0, base_weight=0.0, pairs=n, examples=n),
+    }
+    assert policy.base_weight() == 0.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from embedforge.tokens import TokenCache, micro_batches
+from embedforge.train.tokens import TokenCache, micro_batches
 
 TEXTS = [
     "short",

@@ -14,7 +14,12 @@ from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
 from embedforge.contracts import TrainExample
 from embedforge.errors import InputError
-from embedforge.losses import InfoNCELoss, false_negative_mask
+from embedforge.contracts import AppliedPolicy, MinedPolicy
+from embedforge.train.batching import collate, no_duplicate_batches, plan_steps
+from embedforge.train.losses import InfoNCELoss, false_negative_mask
+from embedforge.train.setup import compile_encoder, load_for_training
+from embedforge.train.step import Stepper, embed
+from embedforge.train.wise_ft import resolve_base_weight
 
 PROMPTS = PromptsConfig(query="query: ", document="passage: ")
 SMALL = {"epochs": 1, "batch_size": 4, "max_seq_length": 32, "learning_rate": 2e-4, "warmup_ratio": 0.0, "seed": 7, "device": "cpu"}
@@ -101,28 +106,28 @@ def _examples() -> list[TrainExample]:
 
 def test_no_duplicate_batches_cover_every_row_once_without_duplicates():
     ex = _examples()
-    batches = train.no_duplicate_batches(ex, batch_size=8, seed=3)
+    batches = no_duplicate_batches(ex, batch_size=8, seed=3)
     assert sorted(i for b in batches for i in b) == list(range(len(ex)))
     for b in batches:
         texts = [t for i in b for t in (ex[i].anchor, ex[i].positive)]
         assert len(texts) == len(set(texts))
-    assert batches == train.no_duplicate_batches(ex, batch_size=8, seed=3)
-    assert batches != train.no_duplicate_batches(ex, batch_size=8, seed=4)
+    assert batches == no_duplicate_batches(ex, batch_size=8, seed=3)
+    assert batches != no_duplicate_batches(ex, batch_size=8, seed=4)
 
 
 def test_plan_supports_fractional_epochs():
     ex = _examples()
-    per_epoch = len(train.no_duplicate_batches(ex, batch_size=4, seed=0))
-    assert len(train.plan_steps(ex, 4, 1.5, seed=0)) == round(1.5 * per_epoch)
-    assert len(train.plan_steps(ex, 4, 0.01, seed=0)) == 1
+    per_epoch = len(no_duplicate_batches(ex, batch_size=4, seed=0))
+    assert len(plan_steps(ex, 4, 1.5, seed=0)) == round(1.5 * per_epoch)
+    assert len(plan_steps(ex, 4, 0.01, seed=0)) == 1
 
 
 def test_collate_flattens_variable_negatives_and_builds_the_mask():
     ex = _examples()
     known = {"q0": {"p0", "p0-bis"}}
-    texts_only = train.collate(ex, [0, 1, 2, 20], None)  # one rank's share of a distributed batch: no mask
+    texts_only = collate(ex, [0, 1, 2, 20], None)  # one rank's share of a distributed batch: no mask
     assert texts_only.mask is None and texts_only.candidates == ["p0", "p1", "p2", "p0-bis", "n1", "n2", "n2"]
-    b = train.collate(ex, [0, 1, 2, 20], known)  # rows with 0, 1, 2, 0 negatives; rows 0 and 20 share anchor q0
+    b = collate(ex, [0, 1, 2, 20], known)  # rows with 0, 1, 2, 0 negatives; rows 0 and 20 share anchor q0
     assert b.candidates == ["p0", "p1", "p2", "p0-bis", "n1", "n2", "n2"]
     assert b.mask.tolist() == [
         [False, False, False, True, False, False, False],  # q0's other positive is not its negative
@@ -152,11 +157,11 @@ def trained(tmp_path_factory, small_mined, base_model) -> Path:
 
 def _eval_loss(model, examples: list[TrainExample], temperature: float) -> float:
     """Mean loss over fixed batches, eval mode (no dropout): comparable before and after training."""
-    stepper = train.Stepper(model, InfoNCELoss(temperature), None, None, PROMPTS.query, PROMPTS.document, 1.0)
+    stepper = Stepper(model, InfoNCELoss(temperature), None, None, PROMPTS.query, PROMPTS.document, 1.0)
     model.eval()
     known = {e.anchor: {e.positive} for e in examples}
     with torch.no_grad():
-        losses = [float(stepper.loss(train.collate(examples, list(range(s, s + 4)), known))) for s in range(0, len(examples), 4)]
+        losses = [float(stepper.loss(collate(examples, list(range(s, s + 4)), known))) for s in range(0, len(examples), 4)]
     return sum(losses) / len(losses)
 
 
@@ -165,17 +170,17 @@ def test_training_lowers_the_loss_and_writes_a_manifest(trained, small_mined, ba
 
     examples = contracts.read_train_examples(small_mined)
     cfg = TrainConfig(**SMALL)
-    before = _eval_loss(train.load_for_training(base_model, cfg, PROMPTS), examples, cfg.temperature)
+    before = _eval_loss(load_for_training(base_model, cfg, PROMPTS), examples, cfg.temperature)
     after = _eval_loss(SentenceTransformer(str(trained), device="cpu"), examples, cfg.temperature)
     assert after < before - 0.05, (before, after)
 
     m = contracts.read_manifest(trained)
     assert m.stage == "train"
     assert m.counts == {"examples": 8, "steps": 2, "epochs": 1}
-    extra = m.model_extra
-    assert extra["device"] == "cpu" and extra["precision"] == "fp32"
-    assert extra["examples_per_second"] > 0 and extra["final_loss"] == extra["loss_history"][-1]["loss"]
-    assert [h["step"] for h in extra["loss_history"]] == [1, 2]
+    r = m.result
+    assert r.device == "cpu" and r.precision == "fp32"
+    assert r.examples_per_second > 0 and r.final_loss == r.loss_history[-1].loss
+    assert [h.step for h in r.loss_history] == [1, 2]
 
 
 def test_saved_model_reproduces_the_training_time_forward(trained):
@@ -190,7 +195,7 @@ def test_saved_model_reproduces_the_training_time_forward(trained):
     for name in ("query", "document"):
         encoded = model.encode(texts, prompt_name=name, normalize_embeddings=True, convert_to_tensor=True)
         with torch.no_grad():
-            forward = train.embed(model, texts, model.prompts[name])
+            forward = embed(model, texts, model.prompts[name])
         torch.testing.assert_close(encoded, forward, atol=1e-5, rtol=0)
     # and the prompt matters: the two towers differ
     assert not torch.allclose(
@@ -229,30 +234,45 @@ def test_wise_ft_saves_the_interpolation_of_finetuned_and_base_weights(tmp_path,
 
     m = train.run(small_mined, tmp_path / "wise", TrainConfig(**SMALL, base_weight=0.25), base_model=base_model,
                   prompts=PROMPTS)
-    assert m.model_extra["base_weight"] == 0.25
+    assert m.result.base_weight == 0.25
     ft, base = load_file(str(trained / "model.safetensors")), load_file(str(Path(base_model) / "model.safetensors"))
     wise = load_file(str(tmp_path / "wise" / "model.safetensors"))
     for k in wise:
         torch.testing.assert_close(wise[k], 0.75 * ft[k] + 0.25 * base[k], rtol=1e-5, atol=1e-6)
 
 
-def test_base_weight_defaults_by_where_the_rows_come_from(tmp_path):
-    """Unset base_weight: 0.5 when the mine manifest says most rows are offline-generated, else 0; set: as set."""
-    def mined(offline: int, examples: int = 10) -> Path:
-        d = tmp_path / f"m{offline}"
-        contracts.write_json(d / contracts.MANIFEST, {"stage": "mine", "started_at": 0, "finished_at": 0, "seconds": 0,
-                                                    "counts": {"examples": examples, "offline_examples": offline}})
+def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_path):
+    """Unset base_weight: the base weight of the pair kind that made more than half of the rows, as the mine manifest
+    records it (offline 0.5, default 0), else 0; set: as set; rows no mine stage wrote: 0."""
+    def mined(offline: int, default: int) -> Path:
+        d = tmp_path / f"m{offline}-{default}"
+        kinds = {"offline": AppliedPolicy(num_negatives=0, consistency_rank=10, base_weight=0.5, examples=offline),
+                 "default": AppliedPolicy(num_negatives=4, consistency_rank=0, base_weight=0.0, examples=default)}
+        contracts.StageTimer("mine").write_manifest(d, result=contracts.MineResult(
+            base_model="m", embedding_dim=8, mean_positive_score=0.7, mean_negative_score=0.3,
+            policy=MinedPolicy(kinds=kinds)))
         return d
 
-    assert train.resolve_base_weight(TrainConfig(), mined(6), 10) == 0.5
-    assert train.resolve_base_weight(TrainConfig(), mined(5), 10) == 0.0
-    assert train.resolve_base_weight(TrainConfig(base_weight=0.0), mined(10), 10) == 0.0
-    assert train.resolve_base_weight(TrainConfig(base_weight=0.3), mined(0), 10) == 0.3
-    assert train.resolve_base_weight(TrainConfig(), tmp_path / "no-manifest", 10) == 0.0
+    assert resolve_base_weight(TrainConfig(), mined(6, 4)) == 0.5
+    assert resolve_base_weight(TrainConfig(), mined(5, 5)) == 0.0
+    assert resolve_base_weight(TrainConfig(), mined(0, 0)) == 0.0
+    assert resolve_base_weight(TrainConfig(base_weight=0.0), mined(10, 0)) == 0.0
+    assert resolve_base_weight(TrainConfig(base_weight=0.3), mined(0, 10)) == 0.3
+    assert resolve_base_weight(TrainConfig(), tmp_path / "no-manifest") == 0.0
+
+
+def test_a_mine_manifest_without_a_policy_is_an_input_error(tmp_path):
+    """A mine manifest of an older embedforge (schema 1: no typed result, no policy) names itself and what to do."""
+    (tmp_path / contracts.MANIFEST).write_text(json.dumps({
+        "schema_version": 1, "stage": "mine", "counts": {"examples": 10, "offline_examples": 6}, "started_at": 0,
+        "finished_at": 1, "seconds": 1}))
+    with pytest.raises(InputError, match=r"manifest.json was written by another embedforge version.*re-run the mine"):
+        resolve_base_weight(TrainConfig(), tmp_path)
+    assert resolve_base_weight(TrainConfig(base_weight=0.2), tmp_path) == 0.2
 
 
 def test_max_seq_length_is_capped_by_the_model(base_model):
-    model = train.load_for_training(base_model, TrainConfig(max_seq_length=4096, device="cpu"), PROMPTS)
+    model = load_for_training(base_model, TrainConfig(max_seq_length=4096, device="cpu"), PROMPTS)
     assert model.max_seq_length == 512
     assert model.prompts == {"query": "query: ", "document": "passage: "}
 
@@ -270,13 +290,13 @@ def test_compiled_encoder_trains_like_eager_and_saves_a_plain_model(tmp_path, tr
     come from another RNG stream under compilation, and two Adam steps follow the sign of those noisy gradients.)"""
     from sentence_transformers import SentenceTransformer
 
-    model = train.load_for_training(base_model, TrainConfig(**SMALL), PROMPTS)
+    model = load_for_training(base_model, TrainConfig(**SMALL), PROMPTS)
     model.eval()
     texts = ["How does the assert statement behave under -O?", "A much longer text " * 20, "short"]
     with torch.no_grad():
-        eager = train.embed(model, texts, "query: ")
-        restore = train.compile_encoder(model)
-        torch.testing.assert_close(train.embed(model, texts, "query: "), eager, atol=1e-5, rtol=0)
+        eager = embed(model, texts, "query: ")
+        restore = compile_encoder(model)
+        torch.testing.assert_close(embed(model, texts, "query: "), eager, atol=1e-5, rtol=0)
         restore()
     assert "forward" not in vars(model[0].model)
 
@@ -286,5 +306,5 @@ def test_compiled_encoder_trains_like_eager_and_saves_a_plain_model(tmp_path, tr
     saved = SentenceTransformer(str(tmp_path / "compiled"), device="cpu")
     assert "forward" not in vars(saved[0].model)
     examples = contracts.read_train_examples(small_mined)
-    before = _eval_loss(train.load_for_training(base_model, TrainConfig(**SMALL), PROMPTS), examples, 0.05)
+    before = _eval_loss(load_for_training(base_model, TrainConfig(**SMALL), PROMPTS), examples, 0.05)
     assert _eval_loss(saved, examples, 0.05) < before - 0.05

@@ -119,11 +119,13 @@ class LlmSdgConfig(StageConfig):
 
 
 class SdgConfig(StageConfig):
-    generator: Literal["offline", "llm"] = Field("offline", description="offline: no LLM (inverse cloze + titles); llm: see issue #3.")
+    generator: Literal["offline", "llm"] = Field(
+        "offline", description="offline: pairs from the documents themselves, no LLM (inverse cloze + titles; "
+        "embedforge.sdg.offline); llm: an LLM writes and judges question/answer pairs (embedforge.sdg.llm).")
     queries_per_chunk: int = Field(1, ge=0, le=10, description="Offline: inverse-cloze queries per chunk.")
     title_queries: bool = Field(True, description="Offline: use document titles/headings as document-level queries.")
     ict_remove_prob: float = Field(1.0, ge=0.0, le=1.0, description="Offline: probability the query sentence is removed "
-                                   "from the training positive (1.0 measured >= 0.9 on Cranfield, DBpedia, ArguAna).")
+                                   "from the training positive (so the model must match meaning, not copy words).")
     title_strip: bool = Field(True, description="Offline: remove a title that the document repeats (heading or first "
                               "sentence) from the training positive of its title query.")
     min_query_words: int = Field(4, ge=1)
@@ -146,7 +148,12 @@ class ValidateConfig(StageConfig):
 
 
 class MineConfig(StageConfig):
-    num_negatives: int = Field(4, ge=0, le=64)
+    """Hard-negative mining. How many negatives a pair gets, and whether the consistency filter applies, depends on
+    the kind of source that made it (embedforge.sdg.policy): ``offline_*`` for the offline generator's pairs, the
+    plain fields for every other source."""
+
+    num_negatives: int = Field(4, ge=0, le=64, description="Negatives per example (the pair's own, then mined ones) "
+                               "for bring-your-own and LLM pairs.")
     margin: float = Field(0.95, gt=0.0, le=1.0, description="Drop candidates scoring above margin x positive score.")
     candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
     max_positives_per_pair: int = Field(10, ge=1, le=100, description="Training examples per pair at most (one per positive chunk).")
@@ -156,9 +163,9 @@ class MineConfig(StageConfig):
     batch_size: int = Field(64, ge=1)
     use_gpu: bool = Field(True, description="Use faiss GPU resources when faiss-gpu and a GPU are present.")
     offline_num_negatives: int = Field(
-        0, ge=0, le=64, description="Hard negatives mined for the OFFLINE generator's pairs (inverse cloze, titles; "
-        "num_negatives applies to bring-your-own and LLM pairs). Their base-model neighbours are mostly false "
-        "negatives: 4 mined negatives cost 3-10 points nDCG@10 on Cranfield/DBpedia (bench/offline_sdg_quality.py).")
+        0, ge=0, le=64, description="Negatives per example for the OFFLINE generator's pairs (inverse cloze, "
+        "titles). 0 = in-batch negatives only: a generated query's base-model neighbours are mostly relevant too, "
+        "so mined ones would mostly be false negatives.")
     offline_consistency_rank: int = Field(
         10, ge=0, description="Round-trip consistency filter for the OFFLINE generator's pairs: keep a pair only if "
         "the base model ranks its positive within this many results of the corpus, the pair's own documents left "
@@ -203,22 +210,19 @@ class TrainConfig(StageConfig):
         "inside the contrastive batch and the loss still sees the whole batch. Unset: 262144 on CUDA (each tower "
         "in one or two forwards: fewer kernel launches), 4096 on CPU (little padding).")
     processes: int = Field(1, ge=0, description="Training processes on this machine, one per GPU, the global batch "
-                           "split over them (torchrun, embedforge.distributed): 1 = this process only; 0 = one per "
-                           "visible GPU. For MiniLM-sized models one GPU is faster (docs/benchmarks.md).")
+                           "split over them (torchrun, embedforge.train.distributed): 1 = this process only; 0 = one "
+                           "per visible GPU. Worth it when one step is compute-bound (large models or batches); "
+                           "docs/benchmarks.md compares.")
     compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
-                          "kernels and less Python per step on a GPU, after a one-off compilation of about a minute; "
-                          "worth it for runs of many minutes.")
+                          "kernels and less Python per step on a GPU, after a one-off compilation at the start of "
+                          "the run; worth it for long runs.")
     base_weight: float | None = Field(
         None, ge=0.0, lt=1.0, description="WiSE-FT: save (1 - w) x fine-tuned + w x base weights (0 = the plain "
-        "fine-tuned model). Unset: 0.5 when most training rows come from the offline generator (its noisy pairs "
-        "otherwise pull the model away from what it knew), else 0.")
+        "fine-tuned model). Unset: the base weight of the pair policy (embedforge.sdg.policy) of the source kind "
+        "that made most rows, as the mine stage recorded it: 0.5 for the offline generator, else 0.")
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-
-    @property
-    def scale(self) -> float:
-        return 1.0 / self.temperature
 
     def resolved_micro_batch_tokens(self, device_type: str) -> int:
         """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""
@@ -299,16 +303,14 @@ class TritonConfig(StageConfig):
 
 
 #: Compute profile for machines without a GPU: what `embedforge run` changes when ``profile`` resolves to ``cpu``
-#: — only for fields the user did not set. Measured on 2 CPU cores, all-MiniLM-L6-v2 trains at ~1k tokens/s, so
-#: the GPU defaults (3 epochs over every generated pair) would take hours on a large corpus; these keep a run of
-#: the sample corpus under 10 minutes (measured 5.4 min on 2 idle cores: 1000 pairs, 2 epochs; offline pairs train
-#: without hard negatives, 2 texts a row instead of 6). Batch 16 halves the activation memory of a step (~14 GB at
-#: batch 32 with 256-token passages and 4 negatives). Bring-your-own pairs are never capped, only the number of
-#: epochs and the batch size.
+#: — only for fields the user did not set. It caps the generated pairs and the epochs so that a run of the sample
+#: corpus stays short on a few cores, and halves the batch (half the activation memory per step).
+#: Bring-your-own pairs are never capped, only the number of epochs and the batch size. Timings and the quality
+#: they cost are in docs/benchmarks.md.
 CPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"max_pairs": 1000}, "train": {"epochs": 2.0, "batch_size": 16}}
-#: What the CPU profile changes instead when the user gives pairs (``--pairs``): their rows carry 4 mined negatives
-#: (3x the cost of an offline row), and on Cranfield's qrels 1 epoch at batch 16 scored 0.4008 test nDCG@10 where
-#: 2 epochs scored 0.3832 (base 0.3741; docs/benchmarks.md).
+#: What the CPU profile changes instead when the user gives pairs (``--pairs``): one epoch, since their rows carry
+#: ``mine.num_negatives`` mined negatives each (several texts more per row than an offline row); the choice is
+#: measured in docs/benchmarks.md.
 CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_size": 16}}
 
 

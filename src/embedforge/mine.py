@@ -24,10 +24,10 @@ Steps:
    Everything positive for a query text in any of its pairs (chunks of its positive documents, its positive texts)
    is excluded, so two pairs with the same query never make each other's positives negatives.
 
-Offline-generator pairs (``source`` ``offline/*``) are handled conservatively: a round-trip consistency filter
-keeps one only if at most ``offline_consistency_rank - 1`` chunks of other documents outscore its positive, and it
-gets ``offline_num_negatives`` (default 0) mined negatives — a synthetic query's nearest neighbours are mostly
-relevant too (measured in ``bench/offline_sdg_quality.py``). Bring-your-own and LLM pairs get ``num_negatives``.
+How many negatives a pair's examples get, and whether a round-trip consistency filter may drop the pair, depend
+on the kind of source that made it (:mod:`embedforge.sdg.policy`: offline-generator pairs are trained
+conservatively). The policies applied, with the pairs and rows each produced, are recorded in the manifest
+(``policy``), where train reads its WiSE-FT default.
 
 Scores are base-model cosines (embeddings are L2-normalised). The output is deterministic for fixed inputs.
 
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +51,32 @@ from embedforge import contracts
 from embedforge.config import DEFAULT_BASE_MODEL, MineConfig
 from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
 from embedforge.errors import InputError
-from embedforge.sdg.offline import is_offline_pair
+from embedforge.sdg import policy
+from embedforge.contracts import AppliedPolicy, MinedPolicy, PairKind, PairPolicy
 
 log = logging.getLogger(__name__)
 
 STAGE = "mine"
+
+
+@dataclass
+class _Corpus:
+    """The chunks, and where each chunk id and each document's chunks sit in the embedding matrix."""
+
+    chunks: list[Chunk]
+    chunk_row: dict[str, int]
+    doc_rows: dict[str, list[int]]
+
+
+@dataclass
+class _Embedded:
+    """Base-model embeddings: every chunk (documents), every train query, every positive-text override."""
+
+    chunks: np.ndarray
+    queries: np.ndarray
+    query_row: dict[str, int]
+    overrides: np.ndarray | None
+    override_row: dict[str, int]
 
 
 @dataclass
@@ -64,6 +87,18 @@ class _Positive:
     row: int
     text: str
     score: float
+
+
+@dataclass
+class _Positives:
+    """Positives of every pair (``per_pair``, in pair order) and, per query text over all its pairs: the chunk rows
+    that are never its negatives (``excluded``), the texts that are never its negatives (``texts``) and its best
+    positive score (``best``)."""
+
+    per_pair: list[list[_Positive]]
+    excluded: dict[str, set[int]]
+    texts: dict[str, set[str]]
+    best: dict[str, float]
 
 
 @dataclass
@@ -78,8 +113,6 @@ class MineStats:
     positive_score_sum: float = 0.0
     mined_negative_score_sum: float = 0.0
     mined_negatives: int = 0
-    dropped_by_consistency: int = 0
-    offline_examples: int = 0
 
 
 def run(
@@ -100,101 +133,27 @@ def run(
 
     Returns:
         The written manifest (counts: train_pairs, examples, examples_short_of_negatives, negatives_total,
-        dropped_by_margin, chunks_embedded, ...).
+        dropped_by_margin, chunks_embedded, ...; ``policy``: the :class:`~embedforge.sdg.policy.MinedPolicy`).
 
     Raises:
-        InputError: No chunks, no train pairs, or a pair naming a chunk/document that is not in ``chunks.jsonl``.
+        InputError: No chunks, no train pairs, a pair naming a chunk/document that is not in ``chunks.jsonl``, or
+            the consistency filter dropped every pair.
     """
-    from embedforge.encode import encode, load_model
-    from embedforge.search import build_index, top_k
+    from embedforge.encode import load_model
 
     timer = StageTimer(STAGE)
     out = Path(out_dir)
-    chunks = contracts.read_chunks(chunks_dir)
-    if not chunks:
-        raise InputError(f"{Path(chunks_dir) / contracts.CHUNKS_FILE} holds no chunks; run ingest on a non-empty corpus")
+    corpus = _read_corpus(chunks_dir)
     all_pairs = contracts.read_pairs(pairs_dir)
-    pairs = [p for p in all_pairs if p.split == "train"]
-    if not pairs:
-        raise InputError(
-            f"{Path(pairs_dir) / contracts.PAIRS_FILE} holds no pairs with split 'train' "
-            f"({len(all_pairs)} pairs in all); mining needs training pairs"
-        )
-    chunk_row = {c.chunk_id: i for i, c in enumerate(chunks)}
-    if len(chunk_row) != len(chunks):
-        raise InputError(f"{Path(chunks_dir) / contracts.CHUNKS_FILE} repeats chunk ids; chunk_id must be unique")
-    doc_rows: dict[str, list[int]] = {}
-    for i, c in enumerate(chunks):
-        doc_rows.setdefault(c.doc_id, []).append(i)
-    _check_references(pairs, chunk_row, doc_rows, Path(pairs_dir) / contracts.PAIRS_FILE)
+    pairs = _train_pairs(all_pairs, corpus, Path(pairs_dir) / contracts.PAIRS_FILE)
 
     model = load_model(base_model)
-    log.info("mine: embedding %d chunks and %d train queries with %s", len(chunks), len(pairs), base_model)
-    chunk_emb = encode(model, [c.text for c in chunks], kind="document", batch_size=cfg.batch_size, show_progress=True)
-    out.mkdir(parents=True, exist_ok=True)
-    _save_embeddings(out, chunk_emb, [c.chunk_id for c in chunks])
-
-    queries = sorted({p.query for p in pairs})
-    query_row = {q: i for i, q in enumerate(queries)}
-    query_emb = encode(model, queries, kind="query", batch_size=cfg.batch_size, show_progress=True)
-    # Positive-text overrides (e.g. inverse cloze) are scored as themselves, not as their source chunk.
-    overrides = sorted({p.positive_text for p in pairs if p.positive_text})
-    override_emb = encode(model, overrides, kind="document", batch_size=cfg.batch_size) if overrides else None
-    override_row = {t: i for i, t in enumerate(overrides)}
-
-    # Positives of every pair; what is positive for a query text (in any of its pairs) is never its negative.
-    resolved: list[list[_Positive]] = []
-    excluded: dict[str, set[int]] = {}
-    positive_texts: dict[str, set[str]] = {}
-    for pair in pairs:
-        q = query_row[pair.query]
-        positives = _resolve_positives(pair, chunks, chunk_row, doc_rows, chunk_emb, query_emb[q], cfg)
-        if pair.positive_text:
-            vec = override_emb[override_row[pair.positive_text]]
-            positives = [_Positive(row=positives[0].row, text=pair.positive_text, score=float(vec @ query_emb[q]))]
-        resolved.append(positives)
-        rows = _excluded_rows(pair, chunks, chunk_row, doc_rows)
-        excluded.setdefault(pair.query, set()).update(rows)
-        positive_texts.setdefault(pair.query, set()).update({p.text for p in positives} | {chunks[r].text for r in rows})
-
-    # Search deep enough that excluding the positive documents' own chunks still leaves `candidates` neighbours.
-    k = min(len(chunks), cfg.candidates + max(len(rows) for rows in excluded.values()))
-    index = build_index(chunk_emb, use_gpu=cfg.use_gpu)
-    scores, ids = top_k(index, query_emb, k)
-
-    best_positive: dict[str, float] = {}
-    for pair, positives in zip(pairs, resolved):
-        best_positive[pair.query] = max([best_positive.get(pair.query, -1.0)] + [p.score for p in positives])
-
-    stats = MineStats()
-    examples: list[TrainExample] = []
-    for pair, positives in zip(pairs, resolved):
-        q = query_row[pair.query]
-        not_negative = positive_texts[pair.query]
-        candidates = _candidates(scores[q], ids[q], excluded[pair.query], cfg.candidates)
-        offline = is_offline_pair(pair)
-        if offline and cfg.offline_consistency_rank:
-            ahead = positive_rank(candidates, best_positive[pair.query])
-            if ahead >= cfg.offline_consistency_rank:
-                stats.dropped_by_consistency += 1
-                continue
-        wanted = cfg.offline_num_negatives if offline else cfg.num_negatives
-        user_negs = _dedupe([n for n in pair.negatives if n not in not_negative and n != pair.query])
-        for pos in positives:
-            reference = pos.score if cfg.margin_reference == "positive" else best_positive[pair.query]
-            negatives, dropped, mined_scores = _pick_negatives(
-                candidates, chunks, reference, not_negative, user_negs, pair.query, cfg.margin, wanted
-            )
-            examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives))
-            stats.examples += 1
-            stats.offline_examples += offline
-            stats.negatives_total += len(negatives)
-            stats.user_negatives += len(user_negs)
-            stats.short_of_negatives += int(len(negatives) < wanted)
-            stats.dropped_by_margin += dropped
-            stats.positive_score_sum += pos.score
-            stats.mined_negative_score_sum += float(sum(mined_scores))
-            stats.mined_negatives += len(mined_scores)
+    log.info("mine: embedding %d chunks and %d train queries with %s", len(corpus.chunks), len(pairs), base_model)
+    emb = _embed(model, corpus, pairs, cfg, out)
+    positives = _resolve_all_positives(pairs, corpus, emb, cfg)
+    scores, ids = _search(emb, positives, cfg, len(corpus.chunks))
+    policies = policy.resolve(cfg)
+    examples, stats, applied = _make_examples(pairs, corpus, emb.query_row, positives, scores, ids, policies, cfg)
 
     if not examples:
         raise InputError(
@@ -205,8 +164,8 @@ def run(
     n_rows = contracts.write_jsonl(out / contracts.TRAIN_FILE, (e.to_columns() for e in examples))
     if stats.short_of_negatives:
         log.warning(
-            "mine: %d of %d examples have fewer than %d negatives (small corpus, or the margin %.2f dropped them)",
-            stats.short_of_negatives, stats.examples, cfg.num_negatives, cfg.margin,
+            "mine: %d of %d examples have fewer negatives than their pair policy asks for (small corpus, or the "
+            "margin %.2f dropped them)", stats.short_of_negatives, stats.examples, cfg.margin,
         )
     return timer.write_manifest(
         out,
@@ -218,24 +177,140 @@ def run(
             "negatives_total": stats.negatives_total,
             "user_negatives": stats.user_negatives,
             "dropped_by_margin": stats.dropped_by_margin,
-            "pairs_dropped_by_consistency": stats.dropped_by_consistency,
-            "offline_examples": stats.offline_examples,
-            "chunks_embedded": len(chunks),
+            "pairs_dropped_by_consistency": sum(p.dropped_by_consistency for p in applied.kinds.values()),
+            "offline_examples": applied.kinds["offline"].examples,
+            "chunks_embedded": len(corpus.chunks),
         },
         inputs={"chunks": chunks_dir, "pairs": pairs_dir},
         config=cfg,
         base_model=base_model,
-        embedding_dim=int(chunk_emb.shape[1]),
+        embedding_dim=int(emb.chunks.shape[1]),
         mean_positive_score=round(stats.positive_score_sum / max(stats.examples, 1), 6),
         mean_negative_score=round(stats.mined_negative_score_sum / max(stats.mined_negatives, 1), 6),
+        policy=applied,
     )
 
 
+# ------------------------------------------------------------------------------------------------ phases
+def _read_corpus(chunks_dir: str | Path) -> _Corpus:
+    """Read the chunks (non-empty, unique ids) and index them by chunk id and by document."""
+    path = Path(chunks_dir) / contracts.CHUNKS_FILE
+    chunks = contracts.read_chunks(chunks_dir)
+    if not chunks:
+        raise InputError(f"{path} holds no chunks; run ingest on a non-empty corpus")
+    chunk_row = {c.chunk_id: i for i, c in enumerate(chunks)}
+    if len(chunk_row) != len(chunks):
+        raise InputError(f"{path} repeats chunk ids; chunk_id must be unique")
+    doc_rows: dict[str, list[int]] = {}
+    for i, c in enumerate(chunks):
+        doc_rows.setdefault(c.doc_id, []).append(i)
+    return _Corpus(chunks=chunks, chunk_row=chunk_row, doc_rows=doc_rows)
+
+
+def _train_pairs(all_pairs: list[Pair], corpus: _Corpus, path: Path) -> list[Pair]:
+    """The pairs of the train split, each checked to name only chunks and documents of the corpus."""
+    pairs = [p for p in all_pairs if p.split == "train"]
+    if not pairs:
+        raise InputError(
+            f"{path} holds no pairs with split 'train' ({len(all_pairs)} pairs in all); mining needs training pairs"
+        )
+    _check_references(pairs, corpus, path)
+    return pairs
+
+
+def _embed(model, corpus: _Corpus, pairs: list[Pair], cfg: MineConfig, out: Path) -> _Embedded:
+    """Embed every chunk (saved to ``out`` for evaluate), every distinct train query and every positive-text
+    override (e.g. inverse cloze: scored as itself, not as its source chunk)."""
+    from embedforge.encode import encode
+
+    chunk_emb = encode(model, [c.text for c in corpus.chunks], kind="document", batch_size=cfg.batch_size,
+                       show_progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_embeddings(out, chunk_emb, [c.chunk_id for c in corpus.chunks])
+    queries = sorted({p.query for p in pairs})
+    query_emb = encode(model, queries, kind="query", batch_size=cfg.batch_size, show_progress=True)
+    overrides = sorted({p.positive_text for p in pairs if p.positive_text})
+    override_emb = encode(model, overrides, kind="document", batch_size=cfg.batch_size) if overrides else None
+    return _Embedded(chunks=chunk_emb, queries=query_emb, query_row={q: i for i, q in enumerate(queries)},
+                     overrides=override_emb, override_row={t: i for i, t in enumerate(overrides)})
+
+
+def _resolve_all_positives(pairs: list[Pair], corpus: _Corpus, emb: _Embedded, cfg: MineConfig) -> _Positives:
+    """Positives of every pair; what is positive for a query text (in any of its pairs) is never its negative."""
+    found = _Positives(per_pair=[], excluded={}, texts={}, best={})
+    for pair in pairs:
+        query_vec = emb.queries[emb.query_row[pair.query]]
+        positives = _resolve_positives(pair, corpus, emb.chunks, query_vec, cfg.max_positives_per_pair)
+        if pair.positive_text:
+            vec = emb.overrides[emb.override_row[pair.positive_text]]
+            positives = [_Positive(row=positives[0].row, text=pair.positive_text, score=float(vec @ query_vec))]
+        found.per_pair.append(positives)
+        rows = _excluded_rows(pair, corpus)
+        found.excluded.setdefault(pair.query, set()).update(rows)
+        found.texts.setdefault(pair.query, set()).update({p.text for p in positives} | {corpus.chunks[r].text for r in rows})
+        found.best[pair.query] = max([found.best.get(pair.query, -1.0)] + [p.score for p in positives])
+    return found
+
+
+def _search(emb: _Embedded, positives: _Positives, cfg: MineConfig, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest chunks of every query, deep enough that excluding the positive documents' own chunks still leaves
+    ``cfg.candidates`` neighbours: (scores, chunk rows), one row per query."""
+    from embedforge.search import build_index, top_k
+
+    k = min(n_chunks, cfg.candidates + max(len(rows) for rows in positives.excluded.values()))
+    index = build_index(emb.chunks, use_gpu=cfg.use_gpu)
+    return top_k(index, emb.queries, k)
+
+
+def _make_examples(
+    pairs: list[Pair],
+    corpus: _Corpus,
+    query_row: dict[str, int],
+    positives: _Positives,
+    scores: np.ndarray,
+    ids: np.ndarray,
+    policies: Mapping[PairKind, PairPolicy],
+    cfg: MineConfig,
+) -> tuple[list[TrainExample], MineStats, MinedPolicy]:
+    """One example per positive of every pair its policy keeps, with user negatives then mined ones."""
+    stats = MineStats()
+    produced = {kind: Counter() for kind in policies}  # per kind: pairs, dropped_by_consistency, examples
+    examples: list[TrainExample] = []
+    for pair, pair_positives in zip(pairs, positives.per_pair):
+        kind = policy.kind_of(pair.source)
+        rule, done = policies[kind], produced[kind]
+        done["pairs"] += 1
+        q = query_row[pair.query]
+        not_negative = positives.texts[pair.query]
+        candidates = _candidates(scores[q], ids[q], positives.excluded[pair.query], cfg.candidates)
+        if rule.consistency_rank and positive_rank(candidates, positives.best[pair.query]) >= rule.consistency_rank:
+            done["dropped_by_consistency"] += 1
+            continue
+        user_negs = _dedupe([n for n in pair.negatives if n not in not_negative and n != pair.query])
+        for pos in pair_positives:
+            reference = pos.score if cfg.margin_reference == "positive" else positives.best[pair.query]
+            negatives, dropped, mined_scores = _pick_negatives(
+                candidates, corpus.chunks, reference, not_negative, user_negs, pair.query, cfg.margin, rule.num_negatives
+            )
+            examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives))
+            done["examples"] += 1
+            stats.examples += 1
+            stats.negatives_total += len(negatives)
+            stats.user_negatives += len(user_negs)
+            stats.short_of_negatives += int(len(negatives) < rule.num_negatives)
+            stats.dropped_by_margin += dropped
+            stats.positive_score_sum += pos.score
+            stats.mined_negative_score_sum += float(sum(mined_scores))
+            stats.mined_negatives += len(mined_scores)
+    applied = {kind: AppliedPolicy(**rule.model_dump(), **produced[kind]) for kind, rule in policies.items()}
+    return examples, stats, MinedPolicy(kinds=applied)
+
+
 # ------------------------------------------------------------------------------------------------ helpers
-def _check_references(pairs: list[Pair], chunk_row: dict[str, int], doc_rows: dict[str, list[int]], path: Path) -> None:
+def _check_references(pairs: list[Pair], corpus: _Corpus, path: Path) -> None:
     for p in pairs:
-        missing_chunks = [c for c in p.positive_chunk_ids if c not in chunk_row]
-        missing_docs = [d for d in p.positive_doc_ids if d not in doc_rows]
+        missing_chunks = [c for c in p.positive_chunk_ids if c not in corpus.chunk_row]
+        missing_docs = [d for d in p.positive_doc_ids if d not in corpus.doc_rows]
         if missing_chunks or missing_docs:
             raise InputError(
                 f"{path}: pair {p.query_id!r} names positives that are not in chunks.jsonl "
@@ -247,42 +322,32 @@ def _check_references(pairs: list[Pair], chunk_row: dict[str, int], doc_rows: di
             raise InputError(f"{path}: pair {p.query_id!r} has relevance 'chunk' but no positive_chunk_ids")
 
 
-def _positive_docs(pair: Pair, chunks: list[Chunk], chunk_row: dict[str, int]) -> list[str]:
-    """Positive documents of a pair, in order: its positive_doc_ids, then the documents of its positive chunks."""
-    docs = list(pair.positive_doc_ids) + [chunks[chunk_row[c]].doc_id for c in pair.positive_chunk_ids]
-    return _dedupe(docs)
+def _excluded_rows(pair: Pair, corpus: _Corpus) -> set[int]:
+    """Every chunk of every positive document (its positive_doc_ids and the documents of its positive chunks):
+    never a negative for this pair."""
+    docs = list(pair.positive_doc_ids) + [corpus.chunks[corpus.chunk_row[c]].doc_id for c in pair.positive_chunk_ids]
+    return {r for d in _dedupe(docs) for r in corpus.doc_rows[d]}
 
 
-def _excluded_rows(pair: Pair, chunks: list[Chunk], chunk_row: dict[str, int], doc_rows: dict[str, list[int]]) -> set[int]:
-    """Every chunk of every positive document: never a negative for this pair."""
-    return {r for d in _positive_docs(pair, chunks, chunk_row) for r in doc_rows[d]}
-
-
-def _resolve_positives(
-    pair: Pair,
-    chunks: list[Chunk],
-    chunk_row: dict[str, int],
-    doc_rows: dict[str, list[int]],
-    chunk_emb: np.ndarray,
-    query_vec: np.ndarray,
-    cfg: MineConfig,
-) -> list[_Positive]:
+def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, limit: int) -> list[_Positive]:
+    """The pair's positive chunks (for document relevance the best-scoring chunk of each positive document),
+    distinct texts only, at most ``limit``."""
     if pair.relevance == "chunk" or not pair.positive_doc_ids:
-        rows = [chunk_row[c] for c in _dedupe(pair.positive_chunk_ids)]
+        rows = [corpus.chunk_row[c] for c in _dedupe(pair.positive_chunk_ids)]
     else:  # document relevance: the best-scoring chunk of each positive document
         rows = []
         for d in _dedupe(pair.positive_doc_ids):
-            cand = doc_rows[d]
+            cand = corpus.doc_rows[d]
             rows.append(cand[int(np.argmax(chunk_emb[cand] @ query_vec))])
     out: list[_Positive] = []
     seen: set[str] = set()
     for r in rows:
-        text = chunks[r].text
+        text = corpus.chunks[r].text
         if text in seen:
             continue
         seen.add(text)
         out.append(_Positive(row=r, text=text, score=float(chunk_emb[r] @ query_vec)))
-        if len(out) >= cfg.max_positives_per_pair:
+        if len(out) >= limit:
             break
     return out
 

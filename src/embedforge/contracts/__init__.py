@@ -36,6 +36,6 @@ from embedforge.contracts.records import (  # noqa: F401
     Chunk, Pair, Record, Split, TrainExample, read_chunks, read_pairs, read_train_examples,
 )
 from embedforge.contracts.results import (  # noqa: F401
-    RESULT_TYPES, Decision, EvaluationResult, ExportResult, ExternalEvaluation, IngestResult, LossPoint,
+    PAIR_KINDS, RESULT_TYPES, AppliedPolicy, Decision, MinedPolicy, PairKind, PairPolicy, EvaluationResult, ExportResult, ExternalEvaluation, IngestResult, LossPoint,
     MineResult, PromotionRecord, RegistryRecord, SdgResult, StageResult, TrainResult, ValidationResult,
 )

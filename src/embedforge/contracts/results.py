@@ -9,7 +9,7 @@ unknown fields. The human-facing files some stages also write (``evaluation.json
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,12 +38,54 @@ class ValidationResult(StageResult):
     failed_checks: list[str] = Field(default_factory=list)
 
 
+# ---------------------------------------------------------------- the generated-pair policy mine applied
+# (decided per pair source in embedforge.sdg.policy; recorded here so train reads it instead of deciding again)
+#: ``offline``: pairs of the offline generator (``Pair.source`` ``offline/*``); ``default``: every other source.
+PairKind = Literal["offline", "default"]
+PAIR_KINDS: tuple[PairKind, ...] = ("offline", "default")
+
+class PairPolicy(BaseModel):
+    """What mine and train do with the pairs of one kind of source."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_negatives: int = Field(ge=0, description="Negatives per example mine fills up to with mined ones.")
+    consistency_rank: int = Field(
+        ge=0, description="Mine keeps a pair only if fewer than this many chunks of other documents outscore its "
+        "positive (base model); 0 = keep every pair.")
+    base_weight: float = Field(
+        ge=0.0, lt=1.0, description="WiSE-FT weight train uses when these pairs make most rows and "
+        "train.base_weight is unset.")
+
+
+class AppliedPolicy(PairPolicy):
+    """A :class:`PairPolicy` as mine applied it, with what it produced."""
+
+    pairs: int = Field(0, ge=0, description="Train pairs of this kind that mine read.")
+    dropped_by_consistency: int = Field(0, ge=0, description="Of those, pairs the consistency filter dropped.")
+    examples: int = Field(0, ge=0, description="Rows of train.jsonl made from this kind's pairs.")
+
+
+class MinedPolicy(BaseModel):
+    """The policy of every pair kind and what it produced: the ``policy`` record of the mine result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kinds: dict[PairKind, AppliedPolicy]
+
+    def base_weight(self) -> float:
+        """The WiSE-FT weight of the kind that made more than half of the rows; 0 when no kind did."""
+        total = sum(p.examples for p in self.kinds.values())
+        return next((p.base_weight for p in self.kinds.values() if 2 * p.examples > total), 0.0)
+
+
 class MineResult(StageResult):
     stage: ClassVar[str] = "mine"
     base_model: str
     embedding_dim: int
     mean_positive_score: float
     mean_negative_score: float
+    policy: MinedPolicy
 
 
 class LossPoint(BaseModel):

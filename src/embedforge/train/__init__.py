@@ -1,0 +1,26 @@
+"""Train stage: contrastive fine-tuning, a compact PyTorch loop over mined ``anchor, positive, negative_1..n`` rows.
+
+The loop is deliberately small (no ``SentenceTransformerTrainer``) so its step can be tuned for GPU throughput.
+One concept per module:
+
+=====================  ==========================================================================================
+:mod:`.batching`       batch sampler (no text twice among a batch's anchors and positives) and collation
+:mod:`.losses`         InfoNCE over [all positives ; all hard negatives] with false-negative masking
+:mod:`.tokens`         tokenise each text once; token-budgeted micro-batches
+:mod:`.step`           the training-time forward ``embed`` and one optimisation step (``Stepper``)
+:mod:`.loss_log`       loss history, one device sync per window of steps
+:mod:`.setup`          seeds, model, precision, AdamW, warm-up + cosine schedule, ``torch.compile``
+:mod:`.wise_ft`        WiSE-FT: saved weights interpolated back towards the base model's
+:mod:`.distributed`    one global contrastive batch split over torchrun ranks
+:mod:`.driver`         :func:`run`: the stage, glue over the above
+:mod:`.launcher`       :func:`launch`: :func:`run` here, or under torchrun (``python -m embedforge.train``)
+=====================  ==========================================================================================
+
+The result is a sentence-transformers folder (``SentenceTransformer(path)`` loads it) whose
+``config_sentence_transformers.json`` holds the prompts, plus ``manifest.json``.
+"""
+
+from embedforge.train.driver import STAGE, run
+from embedforge.train.launcher import launch
+
+__all__ = ["STAGE", "launch", "run"]

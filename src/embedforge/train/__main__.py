@@ -1,0 +1,39 @@
+"""One training process: ``python -m embedforge.train --mined DIR --out DIR --config FILE``.
+
+:func:`embedforge.train.launch` starts this once per rank under torchrun. ``FILE`` is a YAML config
+(:func:`embedforge.config.load_config`) whose ``base_model``, ``prompts`` and ``train`` sections are used. A
+user-fixable problem prints one line (``error: ...``) and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from embedforge.config import load_config
+from embedforge.errors import EmbedforgeError
+from embedforge.train.driver import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m embedforge.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--mined", required=True, help="Mine artifact folder (train.jsonl, manifest.json).")
+    parser.add_argument("--out", required=True, help="Output folder of the model and its manifest.")
+    parser.add_argument("--config", required=True, help="YAML config: base_model, prompts, train.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing loads from a model hub at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = load_config(args.config)
+        run(args.mined, args.out, cfg.train, base_model=cfg.base_model, prompts=cfg.prompts)
+    except EmbedforgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Which rows train together, and how a step's rows become texts in loss order.
+
+* :func:`no_duplicate_batches` / :func:`plan_steps`: the batch sampler — no text twice among a batch's anchors and
+  positives (sentence-transformers' ``NoDuplicatesBatchSampler``), shuffled per epoch from the seed;
+* :func:`collate`: the collator — a batch's anchors, positives and flat hard negatives (:class:`Batch`) and its
+  false-negative mask (:func:`embedforge.train.losses.false_negative_mask`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedforge import contracts
+from embedforge.contracts import TrainExample
+from embedforge.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def read_examples(mined_dir: str | Path) -> list[TrainExample]:
+    """The training rows of a mine artifact folder (``train.jsonl``).
+
+    Raises:
+        InputError: ``train.jsonl`` is missing or has fewer than 2 rows (a contrastive batch needs two).
+    """
+    examples = contracts.read_train_examples(mined_dir)
+    if len(examples) < 2:
+        raise InputError(
+            f"{Path(mined_dir) / contracts.TRAIN_FILE} has {len(examples)} training rows; contrastive training needs "
+            "at least 2 (add documents or pairs upstream)"
+        )
+    return examples
+
+
+def positives_by_anchor(examples: list[TrainExample]) -> dict[str, set[str]]:
+    """Anchor text -> every positive text that anchor has in the data set (what the mask keeps out of its negatives)."""
+    known: dict[str, set[str]] = {}
+    for ex in examples:
+        known.setdefault(ex.anchor, set()).add(ex.positive)
+    return known
+
+
+def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: int) -> list[list[int]]:
+    """One epoch of batches (row indices) in which no text appears twice among the anchors and positives.
+
+    Rows are visited in a seeded random order; a row whose anchor or positive is already in the batch being
+    filled waits for a later batch (the algorithm of sentence-transformers' ``NoDuplicatesBatchSampler``). Every
+    row appears exactly once per epoch; the last batches may be smaller.
+
+    Args:
+        examples: Training rows.
+        batch_size: Rows per batch.
+        seed: Shuffle seed (use ``seed + epoch`` for a different order each epoch).
+
+    Returns:
+        A list of batches, each a list of row indices.
+    """
+    remaining = np.random.default_rng(seed).permutation(len(examples)).tolist()
+    batches: list[list[int]] = []
+    while remaining:
+        batch: list[int] = []
+        seen: set[str] = set()
+        skipped: list[int] = []
+        pos = 0
+        while pos < len(remaining) and len(batch) < batch_size:
+            i = remaining[pos]
+            pos += 1
+            ex = examples[i]
+            if ex.anchor in seen or ex.positive in seen:
+                skipped.append(i)  # waits, in order, for a later batch
+                continue
+            batch.append(i)
+            seen.update((ex.anchor, ex.positive))
+        batches.append(batch)
+        remaining = skipped + remaining[pos:]
+    return batches
+
+
+def plan_steps(examples: list[TrainExample], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """All batches of the run: whole epochs of :func:`no_duplicate_batches` (epoch ``e`` shuffled with
+    ``seed + e``), cut after ``round(epochs x batches per epoch)`` steps, so fractional epochs work."""
+    first = no_duplicate_batches(examples, batch_size, seed)
+    total = max(1, round(epochs * len(first)))
+    plan = list(first)
+    epoch = 1
+    while len(plan) < total:
+        plan.extend(no_duplicate_batches(examples, batch_size, seed + epoch))
+        epoch += 1
+    return plan[:total]
+
+
+@dataclass
+class Batch:
+    """Texts of one step, in loss order, and the false-negative mask ``(B, B + N)`` (None: texts only, e.g. one
+    rank's share of a distributed batch, whose loss uses the global batch's mask)."""
+
+    anchors: list[str]
+    positives: list[str]
+    negatives: list[str]
+    mask: torch.Tensor | None
+
+    @property
+    def candidates(self) -> list[str]:
+        return self.positives + self.negatives
+
+
+def collate(examples: list[TrainExample], rows: list[int], known_positives: dict[str, set[str]] | None) -> Batch:
+    """Gather a batch: flat hard negatives (rows may have different numbers) and its false-negative mask.
+
+    Args:
+        examples: All training rows.
+        rows: Indices of this batch's rows.
+        known_positives: anchor text -> every positive text that anchor has in the data set
+            (:func:`positives_by_anchor`); None: no mask (the texts are all that is needed).
+    """
+    from embedforge.train.losses import false_negative_mask
+
+    anchors = [examples[i].anchor for i in rows]
+    positives = [examples[i].positive for i in rows]
+    negatives = [n for i in rows for n in examples[i].negatives]
+    mask = None
+    if known_positives is not None:
+        mask = false_negative_mask(positives, positives + negatives, [known_positives.get(a, set()) for a in anchors])
+    return Batch(anchors=anchors, positives=positives, negatives=negatives, mask=mask)

@@ -1,0 +1,139 @@
+"""The train stage's entry point, :func:`run`: glue over the package's parts, in the order a run needs them.
+
+read rows (:mod:`.batching`) -> model, optimizer, schedule, stepper (:mod:`.setup`) -> plan of batches
+(:mod:`.batching`) -> steps (:mod:`.step`), loss history (:mod:`.loss_log`) -> WiSE-FT (:mod:`.wise_ft`) -> save
+the model and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import embedforge.train.distributed as distributed
+from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
+from embedforge.contracts import Manifest, StageTimer, TrainExample
+from embedforge.train.batching import collate, no_duplicate_batches, plan_steps, positives_by_anchor, read_examples
+from embedforge.train.distributed import DistContext
+from embedforge.train.loss_log import LossLog
+from embedforge.train.setup import compile_encoder, load_for_training, make_stepper, seed_everything
+from embedforge.train.step import Stepper
+from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+
+def run(
+    mined_dir: str | Path,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    base_model: str = DEFAULT_BASE_MODEL,
+    prompts: PromptsConfig | None = None,
+) -> Manifest | None:
+    """Fine-tune ``base_model`` on the mined rows and save a sentence-transformers folder.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains one replica on its share of each global batch
+    (:mod:`embedforge.train.distributed`); rank 0 saves the model and returns the manifest, the others return None.
+
+    Args:
+        mined_dir: Mine artifact folder holding ``train.jsonl`` (``anchor, positive, negative_1..n``).
+        out_dir: Output folder: the saved model (``SentenceTransformer(out_dir)`` loads it) + ``manifest.json``.
+        cfg: Training settings (epochs, batch_size, learning_rate, temperature, ...).
+        base_model: Model folder or id to start from.
+        prompts: Query/document prefixes used in training and saved in the model.
+
+    Returns:
+        The written manifest (counts: examples, steps, epochs; final_loss, loss_history, seconds,
+        examples_per_second, device, precision, base_weight, processes).
+
+    Raises:
+        InputError: ``train.jsonl`` is missing or has fewer than 2 rows; the mine manifest has no pair policy.
+        ConfigError: The base model cannot be loaded; fp16 without CUDA.
+    """
+    timer = StageTimer(STAGE)
+    prompts = prompts or PromptsConfig()
+    examples = read_examples(mined_dir)
+    dist_ctx = distributed.from_env()
+    if dist_ctx.enabled:  # under torchrun: one process per device, the global batch split over them
+        from embedforge.encode import pick_device
+
+        cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
+    seed_everything(cfg.seed)
+    model = load_for_training(base_model, cfg, prompts)
+    seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
+    base_weight = resolve_base_weight(cfg, mined_dir)
+    base_state = snapshot_weights(model) if base_weight > 0 else None
+    plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed)
+    stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
+    stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
+    log.info(
+        "train: %d rows, %d steps (%.2f epochs, batch %d) on %s%s, precision %s",
+        len(examples), len(plan), cfg.epochs, cfg.batch_size, model.device,
+        f" (rank {dist_ctx.rank} of {dist_ctx.world})" if dist_ctx.enabled else "", stepper.amp_dtype or "fp32",
+    )
+    restore_eager = compile_encoder(model) if cfg.compile else None
+    started = time.perf_counter()
+    losses = _train(stepper, examples, plan, dist_ctx)
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    if restore_eager is not None:
+        restore_eager()
+    if base_state is not None:
+        interpolate_weights(model, base_state, base_weight)
+
+    if not dist_ctx.is_main:  # the replicas are identical: rank 0 saves
+        distributed.shutdown(dist_ctx)
+        return None
+    out = Path(out_dir)
+    model.save(str(out), create_model_card=False)
+    steps_per_epoch = len(no_duplicate_batches(examples, cfg.batch_size, cfg.seed))
+    manifest = timer.write_manifest(
+        out,
+        counts={"examples": len(examples), "steps": len(plan), "epochs": math.ceil(len(plan) / steps_per_epoch)},
+        inputs={"mined": mined_dir},
+        config=cfg,
+        base_model=base_model,
+        prompts=prompts.model_dump(),
+        final_loss=losses.history[-1]["loss"],
+        loss_history=losses.history,
+        train_seconds=round(train_seconds, 3),
+        examples_per_second=round(sum(len(rows) for rows in plan) / max(train_seconds, 1e-9), 3),
+        device=str(model.device),
+        precision=str(stepper.amp_dtype).replace("torch.", "") if stepper.amp_dtype is not None else "fp32",
+        base_weight=base_weight,
+        processes=dist_ctx.world,
+    )
+    distributed.shutdown(dist_ctx)
+    return manifest
+
+
+def _embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> list[int]:
+    """The rows this process embeds: every row, or under torchrun only this rank's shares of the planned batches."""
+    if not ctx.enabled:
+        return list(range(n_examples))
+    return sorted({i for rows in plan for i in distributed.shard(rows, ctx).mine})
+
+
+def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext) -> LossLog:
+    """Run every planned step; returns the loss history."""
+    from tqdm.auto import tqdm
+
+    known = positives_by_anchor(examples)
+    losses = LossLog(window=max(1, len(plan) // 10))
+    stepper.model.train()
+    bar = tqdm(plan, desc="train", unit="step", disable=not ctx.is_main)
+    for step, rows in enumerate(bar, start=1):
+        if ctx.enabled:
+            split = distributed.shard(rows, ctx, lambda i: len(examples[i].negatives))
+            loss = stepper.step(collate(examples, split.order, known), collate(examples, split.mine, None), split)
+        else:
+            loss = stepper.step(collate(examples, rows, known))
+        if losses.add(step, loss):
+            bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{stepper.scheduler.get_last_lr()[0]:.2e}")
+    losses.flush(len(plan))
+    return losses
+

@@ -1,0 +1,149 @@
+"""What a run is made of before its first step: seeds, the model, precision, optimizer, schedule and the stepper.
+
+AdamW (no decay on biases/LayerNorm), linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA
+(fp16 with a gradient scaler), optionally ``torch.compile`` on the encoder's forward.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.errors import ConfigError
+from embedforge.train.distributed import DistContext
+from embedforge.train.step import Stepper
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+# Architectures whose position ids start after the padding index: two positions are not usable.
+_POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "xlm-roberta-xl"}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) RNGs."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig) -> SentenceTransformer:
+    """A fresh SentenceTransformer on ``cfg.device`` with our prompts and ``max_seq_length``.
+
+    Args:
+        base_model: Model folder or id.
+        cfg: Training settings (device, max_seq_length).
+        prompts: Query/document prefixes, saved in the model as prompts ``query``/``document``.
+
+    Raises:
+        ConfigError: The model cannot be loaded.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.encode import pick_device, resolve_model_path
+
+    try:
+        model = SentenceTransformer(resolve_model_path(base_model), device=pick_device(cfg.device))
+    except OSError as exc:
+        raise ConfigError(f"cannot load base model {base_model!r}: {exc}") from None
+    model.prompts = {"query": prompts.query, "document": prompts.document}
+    model.default_prompt_name = None
+    model.max_seq_length = min(cfg.max_seq_length, _model_length_limit(model) or cfg.max_seq_length)
+    return model
+
+
+def _model_length_limit(model: SentenceTransformer) -> int | None:
+    """Longest input the architecture accepts (its position embeddings), or None if unknown."""
+    config = getattr(model.transformers_model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    return int(positions) - (2 if getattr(config, "model_type", "") in _POSITION_OFFSET_MODELS else 0)
+
+
+def compile_encoder(model: SentenceTransformer) -> Callable[[], None]:
+    """``torch.compile`` the transformer's ``forward`` in place (dynamic shapes: batch and sequence lengths vary).
+
+    sentence-transformers calls the Hugging Face model's ``forward`` method directly, so the method itself is
+    replaced (the module tree and its ``state_dict`` keys stay as they are). Returns a function that restores the
+    eager ``forward`` (call it before saving or exporting).
+    """
+    import torch
+
+    encoder = getattr(model[0], "model", None) or model[0].auto_model
+    encoder.forward = torch.compile(encoder.forward, dynamic=True)
+
+    def restore() -> None:
+        del encoder.forward  # the instance attribute shadows the class method
+
+    return restore
+
+
+def autocast_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
+    """The autocast dtype of ``cfg.precision`` on ``device``; None: fp32, no autocast.
+
+    Raises:
+        ConfigError: fp16 on a device other than CUDA.
+    """
+    import torch
+
+    if cfg.precision == "fp32":
+        return None
+    if cfg.precision == "auto":
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if cfg.precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+
+
+def make_optimizer(model: SentenceTransformer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with ``cfg.weight_decay`` on weight matrices only (biases and LayerNorm weights are not decayed)."""
+    import torch
+
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = model.device.type == "cuda"  # one kernel per parameter group instead of a loop over tensors
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
+
+
+def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsConfig, steps: int,
+                 dist: DistContext) -> Stepper:
+    """The :class:`~embedforge.train.step.Stepper` of a run of ``steps`` steps: InfoNCE at ``cfg.temperature``,
+    :func:`make_optimizer`, warm-up over ``cfg.warmup_ratio`` of the steps then cosine decay, the precision of
+    :func:`autocast_dtype` and the micro-batch token budget of the model's device."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from embedforge.train.losses import InfoNCELoss
+
+    optimizer = make_optimizer(model, cfg)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
+    amp_dtype = autocast_dtype(cfg, str(model.device))
+    return Stepper(
+        model=model,
+        loss_fn=InfoNCELoss(cfg.temperature),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        query_prompt=prompts.query or None,
+        document_prompt=prompts.document or None,
+        max_grad_norm=cfg.max_grad_norm,
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        device_type=model.device.type,
+        micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
+        dist=dist,
+    )

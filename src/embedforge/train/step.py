@@ -1,0 +1,137 @@
+"""The training-time forward (:func:`embed`) and one optimisation step (:class:`Stepper`).
+
+:func:`embed` is token for token what ``model.encode(texts, prompt_name=..., normalize_embeddings=True)`` does
+later (``model.preprocess`` with the prompt, forward, L2-normalise), so the saved model reproduces the embeddings
+it was trained on. Anchors get the ``query`` prompt, positives and negatives the ``document`` prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from embedforge.contracts import TrainExample
+from embedforge.train.batching import Batch
+from embedforge.train.distributed import DistContext, Shard, average_gradients, gather
+from embedforge.train.tokens import TokenCache, micro_batches
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+
+def embed(
+    model: SentenceTransformer,
+    texts: list[str],
+    prompt: str | None,
+    max_tokens: int = 4096,
+    cache: TokenCache | None = None,
+) -> torch.Tensor:
+    """Training-time embeddings: what ``model.encode(texts, prompt=prompt, normalize_embeddings=True)`` computes,
+    with gradients. Returns float32 ``(len(texts), dim)``, L2-normalised, rows in the order of ``texts``.
+
+    Texts are forwarded in length-sorted micro-batches of at most ``max_tokens`` padded tokens
+    (:func:`embedforge.train.tokens.micro_batches`), so short texts are not padded to the longest passage of the
+    whole contrastive batch: the same embeddings (attention masks make each row independent of its padding) for far
+    fewer FLOPs.
+
+    Args:
+        model: The model being trained (on its device).
+        texts: Texts to embed (without prompt).
+        prompt: Prefix to prepend (the model's ``query``/``document`` prompt); ``""``/``None`` for none.
+        max_tokens: Padded tokens per forward pass (texts x longest text of the micro-batch).
+        cache: Token rows of the texts under ``prompt`` (:class:`embedforge.train.tokens.TokenCache`); made here
+            if not given.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not texts:  # e.g. a rank with no rows of a small last batch: (0, dim), still part of the autograd graph
+        anchor = next(p for p in model.parameters() if p.requires_grad)
+        return torch.zeros(0, model.get_sentence_embedding_dimension(), device=anchor.device) + 0.0 * anchor.sum()
+    cache = cache if cache is not None else TokenCache(model, prompt)
+    cache.add(texts)
+    groups = micro_batches([cache.length(t) for t in texts], max_tokens)
+    parts = [model(cache.features([texts[i] for i in g], model.device))["sentence_embedding"].float() for g in groups]
+    order = [i for g in groups for i in g]
+    emb = torch.cat(parts)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return F.normalize(emb[inverse.to(emb.device, non_blocking=True)], p=2, dim=1)
+
+
+@dataclass
+class Stepper:
+    """One optimisation step: forward both towers, loss, backward, clip, optimizer + scheduler step.
+
+    Texts are tokenised once per tower (:class:`embedforge.train.tokens.TokenCache`); :meth:`step` returns the loss
+    as a device tensor so the loop does not wait for the GPU every step. Under torchrun (``dist``) each rank embeds
+    its share of the batch and the gradients are averaged over the ranks (:mod:`embedforge.train.distributed`).
+    """
+
+    model: SentenceTransformer
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    query_prompt: str | None
+    document_prompt: str | None
+    max_grad_norm: float
+    amp_dtype: object = None
+    scaler: object = None
+    device_type: str = "cpu"
+    micro_batch_tokens: int = 4096
+    dist: DistContext = field(default_factory=DistContext)
+    query_tokens: TokenCache = field(init=False)
+    document_tokens: TokenCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.query_tokens = TokenCache(self.model, self.query_prompt)
+        self.document_tokens = TokenCache(self.model, self.document_prompt)
+
+    def tokenize(self, examples: Sequence[TrainExample]) -> None:
+        """Tokenise up front the texts of ``examples`` (anchors: query tower; positives, negatives: document)."""
+        self.query_tokens.add(ex.anchor for ex in examples)
+        self.document_tokens.add(t for ex in examples for t in (ex.positive, *ex.negatives))
+
+    def loss(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
+        """The loss of ``batch``. Distributed: this rank embeds only ``local`` (its rows of ``split``, see
+        :func:`embedforge.train.distributed.shard`) and the embeddings of all ranks are gathered into ``batch``'s
+        order."""
+        import torch
+
+        part = local if local is not None else batch
+        ctx = torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        with ctx:
+            q = embed(self.model, part.anchors, self.query_prompt, self.micro_batch_tokens, self.query_tokens)
+            d = embed(self.model, part.candidates, self.document_prompt, self.micro_batch_tokens, self.document_tokens)
+        b = len(part.anchors)
+        p, n = d[:b], d[b:]
+        if self.dist.enabled:
+            q, p, n = (gather(q, self.dist, split.anchors), gather(p, self.dist, split.anchors),
+                       gather(n, self.dist, split.negatives))
+        mask = batch.mask.to(q.device, non_blocking=True) if batch.mask is not None else None
+        return self.loss_fn(q, p, n, mask)
+
+    def step(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
+        """:meth:`loss`, backward, gradient averaging over ranks, clipping, optimizer and scheduler step; returns the
+        detached loss."""
+        import torch
+
+        loss = self.loss(batch, local, split)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            average_gradients(self.model.parameters(), self.dist)
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            average_gradients(self.model.parameters(), self.dist)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
