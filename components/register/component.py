@@ -51,8 +51,9 @@ def register(
 
     from embedforge import registry as stage
     from embedforge.config import RegisterConfig
+    from embedforge.provenance import effective_params
 
-    params = stage.effective_params(base_model, prompts, {
+    params = effective_params(base_model, prompts, {
         "ingest": ingest_config, "sdg": sdg_config, "validate": validate_config, "mine": mine_config,
         "train": train_config, "evaluate": evaluate_config, "export": export_config, "register": config,
         "gate": gate_config, "triton": triton_config,

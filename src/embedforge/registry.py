@@ -1,7 +1,7 @@
 """Register: one MLflow run per pipeline run, and a new version of the registered model that is a real MLflow Model.
 
 The run carries the *effective* stage configurations (what each component received, defaults filled in, see
-:func:`effective_params`) as params (flattened to dotted keys; secret-looking keys, credential-shaped values and
+:func:`embedforge.provenance.effective_params`) as params (flattened to dotted keys; secret-looking keys, credential-shaped values and
 credentials inside URLs redacted by :mod:`embedforge.redact`), the evaluation as metrics (``base_*``,
 ``finetuned_*``, ``delta_*``; ``@`` is not a legal MLflow metric character, so ``ndcg@10`` is logged as
 ``ndcg_at_10``), ``evaluation.json``, ``validation.json``, and under ``model/`` the version itself:
@@ -13,7 +13,7 @@ credentials inside URLs redacted by :mod:`embedforge.redact`), the evaluation as
 * the fine-tuned sentence-transformers files beside ``MLmodel`` (the gate loads champions with them).
 
 Run and version are tagged with the KFP run id, the sha256 of the run's pairs, the base model and the code
-version (:func:`provenance_tags`). The registered version's source is the run's ``model/`` folder.
+version (:func:`embedforge.provenance.provenance_tags`). The registered version's source is the run's ``model/`` folder.
 
 Tracking URI: the ``tracking_uri`` argument, else ``RegisterConfig.tracking_uri``, else ``$MLFLOW_TRACKING_URI``
 (the CLI passes ``sqlite:///<out>/mlflow.db`` when none is set). For a local store (sqlite/file) the experiment
@@ -33,16 +33,13 @@ import logging
 import math
 import os
 import re
-import shutil
 import tempfile
 import urllib.parse
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedforge.config import RegisterConfig
 from embedforge.contracts import (
-    PAIRS_FILE,
     REGISTRY_FILE,
     EvaluationResult,
     Manifest,
@@ -54,10 +51,11 @@ from embedforge.contracts import (
     read_manifest,
     read_result,
     report_file,
-    sha256_file,
     write_json,
 )
 from embedforge.errors import ConfigError, InputError
+from embedforge.mlflow_model import save_mlflow_model
+from embedforge.provenance import provenance_tags
 from embedforge.redact import REDACTED, looks_secret, redact, secret_value
 
 if TYPE_CHECKING:
@@ -267,127 +265,6 @@ def _log_metrics(client: "MlflowClient", run_id: str, metrics: dict[str, float])
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in items[start:start + 1000]])
 
 
-# --------------------------------------------------------------------------------------- provenance/model
-def effective_params(base_model: str, prompts: dict, stage_configs: dict[str, dict]) -> dict[str, Any]:
-    """The pipeline configuration the stages actually ran with, as one nested dict for :func:`flatten_params`.
-
-    ``stage_configs`` maps a ``PipelineConfig`` section (``ingest``, ``train``, ``register``, ...) to the dict
-    that stage's component received; each is validated through ``PipelineConfig`` so the logged values include
-    the defaults the stage applied. A config overridden at submit time is therefore what MLflow shows.
-
-    Raises:
-        ConfigError: A stage config does not validate (names the field).
-    """
-    from pydantic import ValidationError
-
-    from embedforge.config import PipelineConfig
-
-    tree = {"base_model": base_model, "prompts": prompts or {}, **{k: v or {} for k, v in stage_configs.items()}}
-    try:
-        return PipelineConfig.model_validate(tree).to_dict()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"register received stage configs that do not validate: {problems}") from None
-
-
-def code_version() -> str:
-    """embedforge's version, plus the image's git commit when the build recorded it (``$EMBEDFORGE_GIT_SHA``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        v = version("embedforge")
-    except PackageNotFoundError:
-        v = "unknown"
-    sha = os.environ.get("EMBEDFORGE_GIT_SHA", "").strip()
-    return f"{v}+g{sha[:12]}" if sha else v
-
-
-def data_sha256(pairs_dir: str | Path | None) -> str:
-    """sha256 of the run's pairs file (``pairs.jsonl``: the training and held-out data, derived from the corpus)."""
-    if pairs_dir is None or not (Path(pairs_dir) / PAIRS_FILE).is_file():
-        return ""
-    return sha256_file(Path(pairs_dir) / PAIRS_FILE)
-
-
-def provenance_tags(base_model: str, kfp_run_id: str, pairs_dir: str | Path | None) -> dict[str, str]:
-    """Tags for the run and the version: ``kfp_run_id``, ``data_sha256``, ``base_model``, ``code_version``.
-
-    ``kfp_run_id``: the argument (the pipeline passes ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), else ``$KFP_RUN_ID``;
-    empty ones are left out (e.g. the standalone CLI).
-    """
-    tags = {
-        "kfp_run_id": kfp_run_id or os.environ.get("KFP_RUN_ID", ""),
-        "data_sha256": data_sha256(pairs_dir),
-        "base_model": base_model or "unknown",
-        "code_version": code_version(),
-    }
-    return {k: redact(v) for k, v in tags.items() if v}
-
-
-def _onnx_output_dim(onnx_path: Path) -> int:
-    """The static embedding width of the ONNX graph's first output, or -1 when it is symbolic."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    dims = graph.output[0].type.tensor_type.shape.dim
-    return int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else -1
-
-
-def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict[str, str]) -> Path:
-    """Write ``dst`` as an MLflow Model (pyfunc, :mod:`embedforge.mlflow_pyfunc` as code) that is ALSO the
-    sentence-transformers folder, then load it back and embed the input example as a self-check.
-
-    * pyfunc: signature ``text`` (string column) -> float32 ``(-1, dim)``, param ``prompt_name``; the input
-      example; the ONNX file and tokenizer as its ``onnx`` artifact (``artifacts/onnx/``); requirements pinned
-      to the versions installed here.
-    * the sentence-transformers files sit beside ``MLmodel``, so ``SentenceTransformer(<downloaded version>)``
-      still loads the fine-tuned model (the gate re-evaluates champions that way).
-
-    Raises:
-        InputError: The saved model cannot be loaded or does not embed the example (names the problem).
-    """
-    from importlib.metadata import version
-
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
-
-    dim = _onnx_output_dim(onnx_dir / "model.onnx")
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
-        params=ParamSchema([ParamSpec("prompt_name", "string", "")]),
-    )
-    example = pd.DataFrame({"text": ["How do I rotate the signing keys?", "Keys are rotated every 90 days."]})
-    reqs = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "onnxruntime", "transformers", "numpy", "pandas")]
-    with warnings.catch_warnings():  # "add type hints to predict": the signature above is explicit on purpose
-        warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
-        from embedforge import mlflow_pyfunc
-
-        mlflow.pyfunc.save_model(
-            path=str(dst), python_model=mlflow_pyfunc.__file__,
-            artifacts={mlflow_pyfunc.ONNX_ARTIFACT: str(onnx_dir)},
-            signature=signature, input_example=example, pip_requirements=reqs, metadata=metadata,
-        )
-    for item in model_dir.iterdir():  # the sentence-transformers layout beside MLmodel (no name clashes)
-        target = dst / item.name
-        if item.is_dir():
-            shutil.copytree(item, target)
-        else:
-            shutil.copy2(item, target)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hints.*", category=UserWarning)
-            emb = mlflow.pyfunc.load_model(str(dst)).predict(example)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the version would not load for users
-        raise InputError(f"the MLflow Model built from {onnx_dir} does not load/predict: {exc}") from None
-    if emb.shape[0] != len(example) or (dim > 0 and emb.shape[1] != dim):
-        raise InputError(f"the MLflow Model built from {onnx_dir} returned shape {emb.shape}, expected (2, {dim})")
-    return dst
-
-
 # ------------------------------------------------------------------------------------------------ stage
 def run(
     model_dir: str | Path,
@@ -413,7 +290,7 @@ def run(
         out_dir: Output folder: ``registry.json`` + ``manifest.json``.
         cfg: Registered model name, experiment name, optional tracking URI.
         tracking_uri: MLflow tracking URI; empty -> ``cfg.tracking_uri`` -> ``$MLFLOW_TRACKING_URI``.
-        params: The effective pipeline configuration (nested dict, see :func:`effective_params`), logged as
+        params: The effective pipeline configuration (nested dict, see :func:`embedforge.provenance.effective_params`), logged as
             flattened params.
         base_model: Base model name for the version's ``base_model`` tag; empty -> ``params["base_model"]``
             -> ``evaluation.json``'s ``models.base``.
@@ -546,6 +423,5 @@ def read_registry(registry_dir: str | Path) -> RegistryRecord:
 
 
 __all__ = [
-    "effective_params", "evaluation_metrics", "flatten_params", "metric_key", "provenance_tags", "read_registry",
-    "resolve_tracking_uri", "run", "save_mlflow_model",
+    "evaluation_metrics", "flatten_params", "metric_key", "read_registry", "resolve_tracking_uri", "run",
 ]
