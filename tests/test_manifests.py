@@ -240,7 +240,7 @@ def test_prod_mlflow_uses_postgres_s3_and_auth_from_user_secrets():
     assert c["image"].split("/")[-1].split(":")[0] == "embedforge-mlflow"
     assert not [v for v in mlflow["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
     example = (MANIFESTS / "secrets" / "mlflow-store.env.example").read_text()
-    assert "MLFLOW_BACKEND_STORE_URI=postgresql://" in example and "MLFLOW_ARTIFACTS_DESTINATION=s3://" in example
+    assert "MLFLOW_BACKEND_STORE_URI=postgresql+psycopg2://" in example and "MLFLOW_ARTIFACTS_DESTINATION=s3://" in example
 
 
 def test_prod_triton_has_a_gpu_and_rwx_repository():
