@@ -117,6 +117,23 @@ def test_malformed_pairs_line_names_file_and_line(tmp_path, tiny_corpus):
     assert (Path(summary["outputs"]["kfp_run"]) / "ingest" / "chunks" / "chunks.jsonl").is_file()  # nothing lost
 
 
+def test_llm_endpoint_problems_fail_before_any_stage(tmp_path, tiny_corpus):
+    """The LLM pre-flight runs before ingest: no key for the remote default, or a refused port, is one line."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_servers import free_port
+
+    nokey = {"NVIDIA_API_KEY": "", "OPENAI_API_KEY": ""}
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "a"), "--set", "sdg.generator=llm", env=nokey)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "no API key for sdg.llm.base_url https://integrate.api.nvidia.com/v1: set $NVIDIA_API_KEY" in r.stderr
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "b"), "--set", "sdg.generator=llm",
+             "--set", f"sdg.llm.base_url={url}", env=nokey)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"sdg.llm.base_url {url} refused the connection: start the server or fix sdg.llm.base_url" in r.stderr
+    assert not (tmp_path / "b" / ".kfp").exists()  # no stage started
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def e2e_run(tmp_path_factory, tiny_corpus):

@@ -139,6 +139,10 @@ def run_pipeline(
     pairs = pairs.resolve() if pairs else None
     eval_beir = eval_beir.resolve() if eval_beir else None
     check_inputs(corpus, pairs, eval_beir)
+    if cfg.sdg.generator == "llm" and pairs is None:
+        from embedforge.sdg.llm.preflight import preflight
+
+        preflight(cfg.sdg.llm)  # a missing key or a stopped server fails in seconds, before ingest
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     if cfg.sdg.generator == "llm" and not cfg.sdg.llm.work_dir:
