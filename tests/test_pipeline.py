@@ -117,6 +117,27 @@ def test_malformed_pairs_line_names_file_and_line(tmp_path, tiny_corpus):
     assert (Path(summary["outputs"]["kfp_run"]) / "ingest" / "chunks" / "chunks.jsonl").is_file()  # nothing lost
 
 
+def test_out_under_a_regular_file_is_one_line(tmp_path, tiny_corpus):
+    (tmp_path / "afile").write_text("not a folder")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: --out {out}: {tmp_path / 'afile'} is a file, not a folder: choose another --out" in r.stderr
+    r = _cli("ingest", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "afile" / "chunks"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {tmp_path / 'afile' / 'chunks'}: {tmp_path / 'afile'} is a file, not a folder" in r.stderr
+    assert (tmp_path / "afile").read_text() == "not a folder"  # nothing already there is lost
+
+
+@pytest.mark.parametrize("value", ["train.epochs=inf", "train.epochs=nan", "gate.min_improvement=inf", "train.weight_decay=-inf",
+                                   "sdg.llm.backoff_base_s=NaN", "train.batch_size=inf"])
+def test_non_finite_numbers_are_rejected_with_the_field_name(tmp_path, tiny_corpus, value):
+    field = value.split("=")[0]
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "o"), "--set", value)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"invalid configuration: {field}: Input should be a" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_llm_endpoint_problems_fail_before_any_stage(tmp_path, tiny_corpus):
     """The LLM pre-flight runs before ingest: no key for the remote default, or a refused port, is one line."""
     sys.path.insert(0, str(Path(__file__).parent))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 #: Prefix of the one structured line a failing component prints (see :func:`reported_stage_errors`).
 STAGE_ERROR_MARK = "EMBEDFORGE-ERROR "
@@ -55,6 +56,22 @@ def one_line(exc: BaseException) -> str:
     else:
         message = str(exc)
     return f"{type(exc).__name__}: {' '.join(message.split()) or '(no message)'}"
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The regular file at ``path`` or at one of its parents, which stops ``path`` from being a folder."""
+    p = Path(path)
+    return next((a for a in (p, *p.parents) if a.exists() and not a.is_dir()), None)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system error a user can fix: the path, what is wrong with it, and what to do."""
+    if exc.filename is None:
+        return one_line(exc)
+    path = exc.filename
+    if isinstance(exc, (NotADirectoryError, FileExistsError)) and (blocker := file_in_the_way(path)) is not None:
+        return f"{path}: {blocker} is a file, not a folder: choose another path (or move the file)"
+    return f"{path}: {exc.strerror or exc}"
 
 
 @contextmanager

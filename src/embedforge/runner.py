@@ -24,7 +24,7 @@ from embedforge.config import PipelineConfig
 from embedforge.contracts import (
     Decision, EvaluationResult, PromotionRecord, RegistryRecord, has_manifest, read_manifest, write_json,
 )
-from embedforge.errors import EmbedforgeError, InputError, parse_stage_error
+from embedforge.errors import EmbedforgeError, InputError, file_in_the_way, parse_stage_error
 from embedforge.kfp_local import program_only_python_rewrite
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -107,6 +107,12 @@ def default_tracking_uri(out: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
 
 
+def check_out(out: Path) -> None:
+    """``--out`` must be (or become) a folder: a regular file at it or above it is one line, not a traceback."""
+    if (blocker := file_in_the_way(out)) is not None:
+        raise InputError(f"--out {out}: {blocker} is a file, not a folder: choose another --out (or move the file)")
+
+
 def check_inputs(corpus: Path, pairs: Path | None, eval_beir: Path | None) -> None:
     """Cheap checks before any stage starts, so bad input fails in a second with a clear message."""
     if not corpus.exists():
@@ -139,6 +145,7 @@ def run_pipeline(
     pairs = pairs.resolve() if pairs else None
     eval_beir = eval_beir.resolve() if eval_beir else None
     check_inputs(corpus, pairs, eval_beir)
+    check_out(out)
     if cfg.sdg.generator == "llm" and pairs is None:
         from embedforge.sdg.llm.preflight import preflight
 
