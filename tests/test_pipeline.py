@@ -138,6 +138,29 @@ def test_non_finite_numbers_are_rejected_with_the_field_name(tmp_path, tiny_corp
     assert f"invalid configuration: {field}: Input should be a" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_failed_stage_is_its_own_one_line_in_console_and_summary(tmp_path, tiny_corpus):
+    """A whitespace-only query fails validation; the user sees the check, the count, the row and the fix as
+    "stage validate failed: ValidationFailed: ..." (no kfp boilerplate, no ANSI), and summary.json says the same."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"query": f"what does the {t} statement do", "positive_ids": [f"{t}.rst"]}
+            for t in ("assert", "break", "continue", "del", "global", "if")]
+    rows.append({"query": "   ", "positive_ids": ["pass.rst"], "query_id": "blank"})
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--pairs", str(pairs), "--out", str(out), *FAST,
+             "validate.min_train_pairs=1", "validate.min_eval_pairs=0")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    error = summary["error"]
+    assert error.startswith("stage validate failed: ValidationFailed: pairs failed 1 of 10 data-quality checks: "
+                            "query_not_blank (1 row(s), e.g. blank: '   '): give these pairs a real query or drop them")
+    assert "\n" not in error and "\x1b" not in error and "Pipeline" not in error and "Inner task" not in error
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert line.startswith(f"error: {error} (log: {out / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
+    assert "Traceback" not in r.stderr and "Pipeline 'embedforge'" not in r.stderr
+    assert summary["stages"]["sdg"]["status"] == "succeeded" and summary["stages"]["validate"]["status"] == "failed"
+
+
 def test_llm_endpoint_problems_fail_before_any_stage(tmp_path, tiny_corpus):
     """The LLM pre-flight runs before ingest: no key for the remote default, or a refused port, is one line."""
     sys.path.insert(0, str(Path(__file__).parent))

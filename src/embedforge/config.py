@@ -144,7 +144,7 @@ class ValidateConfig(StageConfig):
     min_train_pairs: int = Field(10, ge=1)
     min_eval_pairs: int = Field(5, ge=0)
     unique_queries: bool = True
-    max_examples: int = Field(5, ge=1, description="Example rows quoted in a failure message.")
+    max_examples: int = Field(5, ge=1, description="Example rows kept per failed check in validation.json (the error line quotes two).")
 
 
 class MineConfig(StageConfig):

@@ -10,9 +10,12 @@ stage's output with :func:`parse_stage_error`, whatever the exception class (our
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n]\s*")
 
 #: Prefix of the one structured line a failing component prints (see :func:`reported_stage_errors`).
 STAGE_ERROR_MARK = "EMBEDFORGE-ERROR "
@@ -43,7 +46,7 @@ class ServingError(EmbedforgeError):
 
 
 def one_line(exc: BaseException) -> str:
-    """``Class: message`` with the message's whitespace (newlines included) collapsed to single spaces.
+    """``Class: message`` with each line break (and the indentation around it) replaced by one space.
 
     A pydantic ``ValidationError`` becomes ``ValidationError: <model>: <field.path>: <msg>; ...`` instead of its
     multi-line text (which repeats the input and a documentation link per error).
@@ -55,7 +58,7 @@ def one_line(exc: BaseException) -> str:
         message = f"{exc.title}: " + "; ".join(parts)
     else:
         message = str(exc)
-    return f"{type(exc).__name__}: {' '.join(message.split()) or '(no message)'}"
+    return f"{type(exc).__name__}: {_LINE_BREAKS.sub(' ', message).strip() or '(no message)'}"
 
 
 def file_in_the_way(path: str | Path) -> Path | None:
