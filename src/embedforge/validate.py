@@ -6,7 +6,7 @@ The pairs (``pairs.jsonl``) become a pandas DataFrame with derived columns, vali
 check                       expectation                                       column(s)
 ==========================  ================================================  ==============================
 query_not_null              expect_column_values_to_not_be_null               query
-query_not_blank             expect_column_values_to_not_match_regex ^\s*$     query
+query_not_blank             expect_column_values_to_not_match_regex           query (not whitespace only)
 query_length                expect_column_value_lengths_to_be_between         query (min/max_query_chars)
 unique_query_ids            expect_column_values_to_be_unique                 query_id
 unique_queries_per_split    expect_compound_columns_to_be_unique              split, query_key (if unique_queries)
