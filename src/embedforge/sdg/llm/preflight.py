@@ -56,8 +56,6 @@ def preflight(cfg: LlmSdgConfig) -> list[str]:
     Raises:
         ConfigError: one line naming the setting to fix (the key itself never appears in it).
     """
-    import openai
-
     if cfg.backend == "local":
         return []
     url = cfg.base_url
@@ -69,6 +67,8 @@ def preflight(cfg: LlmSdgConfig) -> list[str]:
         raise ConfigError(
             f"no API key for sdg.llm.base_url {url}: set {env_names} (sdg.llm.api_key_env), or point "
             "sdg.llm.base_url at a self-hosted endpoint that needs none")
+    import openai  # after the checks that need no request: a missing key fails before the SDK loads
+
     client = openai.OpenAI(base_url=url, api_key=key or "no-key", max_retries=0, timeout=TIMEOUT_S)
     used = models_in_use(cfg)
     try:
