@@ -465,6 +465,8 @@ def test_preflight_refused_port_is_named_with_the_setting(no_keys):
     msg, connects = _preflight_connects({"base_url": url})
     assert msg == f"sdg.llm.base_url {url} refused the connection: start the server or fix sdg.llm.base_url"
     assert len(connects) == 1  # no retries
+    msg, _ = _preflight_connects({"base_url": url.replace("127.0.0.1", "me:s3cr3t@127.0.0.1")})
+    assert msg.endswith("refused the connection: start the server or fix sdg.llm.base_url") and "s3cr3t" not in msg
 
 
 def test_preflight_unknown_model_names_the_setting_and_what_is_served(no_keys):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from embedforge.errors import ConfigError
+from embedforge.redact import redact
 from embedforge.sdg.llm.openai_backend import _error_text, resolve_api_key
 
 if TYPE_CHECKING:
@@ -58,18 +59,18 @@ def preflight(cfg: LlmSdgConfig) -> list[str]:
     """
     if cfg.backend == "local":
         return []
-    url = cfg.base_url
-    if not url.startswith(("http://", "https://")):
+    url = redact(cfg.base_url)  # shown in messages (credentials in a URL never are); the client gets the real one
+    if not cfg.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"sdg.llm.base_url {url!r} must start with http:// or https://")
     key, source = resolve_api_key(cfg)
     env_names = " or ".join(f"${n}" for n in (cfg.api_key_env, cfg.fallback_api_key_env) if n)
-    if key is None and url.rstrip("/") == remote_default_url().rstrip("/"):
+    if key is None and cfg.base_url.rstrip("/") == remote_default_url().rstrip("/"):
         raise ConfigError(
             f"no API key for sdg.llm.base_url {url}: set {env_names} (sdg.llm.api_key_env), or point "
             "sdg.llm.base_url at a self-hosted endpoint that needs none")
     import openai  # after the checks that need no request: a missing key fails before the SDK loads
 
-    client = openai.OpenAI(base_url=url, api_key=key or "no-key", max_retries=0, timeout=TIMEOUT_S)
+    client = openai.OpenAI(base_url=cfg.base_url, api_key=key or "no-key", max_retries=0, timeout=TIMEOUT_S)
     used = models_in_use(cfg)
     try:
         try:
@@ -101,7 +102,7 @@ def preflight(cfg: LlmSdgConfig) -> list[str]:
         if "refused" in str(cause).lower():
             raise ConfigError(f"sdg.llm.base_url {url} refused the connection: start the server or fix "
                               "sdg.llm.base_url") from None
-        raise ConfigError(f"sdg.llm.base_url {url} cannot be reached ({cause}): check the URL and the "
+        raise ConfigError(f"sdg.llm.base_url {url} cannot be reached ({redact(str(cause))}): check the URL and the "
                           "network") from None
     except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
         how = f"refused the key in ${source}: fix it" if key else f"needs a key: set {env_names}"
