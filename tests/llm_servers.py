@@ -118,7 +118,7 @@ class FaultServer:
         slow_s: How long a ``slow`` reply takes (longer than the client's timeout).
         delay_s: Latency of every ``ok`` reply.
         judge_score: Score of every judge criterion (or ``{question-substring: score}`` via ``judge_scores``).
-        require_key: If set, requests without ``Authorization: Bearer <key>`` get 401.
+        require_key: If set, requests (the model list included) without ``Authorization: Bearer <key>`` get 401.
     """
 
     def __init__(self, script: list[str] | None = None, stage_faults: dict[str, str] | None = None,
@@ -183,7 +183,9 @@ class FaultServer:
                     pass  # the client gave up (timeout) before we answered
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
+                if server.require_key is not None and self.headers.get("Authorization") != f"Bearer {server.require_key}":
+                    self._send(401, b'{"error": {"message": "invalid api key"}}')
+                elif self.path.rstrip("/").endswith("/models"):
                     self._send(200, json.dumps({"object": "list", "data": [{"id": "fault-model", "object": "model"}]}).encode())
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')

@@ -117,6 +117,67 @@ def test_malformed_pairs_line_names_file_and_line(tmp_path, tiny_corpus):
     assert (Path(summary["outputs"]["kfp_run"]) / "ingest" / "chunks" / "chunks.jsonl").is_file()  # nothing lost
 
 
+def test_out_under_a_regular_file_is_one_line(tmp_path, tiny_corpus):
+    (tmp_path / "afile").write_text("not a folder")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out))
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"error: --out {out}: {tmp_path / 'afile'} is a file, not a folder: choose another --out" in r.stderr
+    r = _cli("ingest", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "afile" / "chunks"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {tmp_path / 'afile' / 'chunks'}: {tmp_path / 'afile'} is a file, not a folder" in r.stderr
+    assert (tmp_path / "afile").read_text() == "not a folder"  # nothing already there is lost
+
+
+@pytest.mark.parametrize("value", ["train.epochs=inf", "train.epochs=nan", "gate.min_improvement=inf", "train.weight_decay=-inf",
+                                   "sdg.llm.backoff_base_s=NaN", "train.batch_size=inf"])
+def test_non_finite_numbers_are_rejected_with_the_field_name(tmp_path, tiny_corpus, value):
+    field = value.split("=")[0]
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "o"), "--set", value)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"invalid configuration: {field}: Input should be a" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_failed_stage_is_its_own_one_line_in_console_and_summary(tmp_path, tiny_corpus):
+    """A whitespace-only query fails validation; the user sees the check, the count, the row and the fix as
+    "stage validate failed: ValidationFailed: ..." (no kfp boilerplate, no ANSI), and summary.json says the same."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"query": f"what does the {t} statement do", "positive_ids": [f"{t}.rst"]}
+            for t in ("assert", "break", "continue", "del", "global", "if")]
+    rows.append({"query": "   ", "positive_ids": ["pass.rst"], "query_id": "blank"})
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "o"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--pairs", str(pairs), "--out", str(out), *FAST,
+             "validate.min_train_pairs=1", "validate.min_eval_pairs=0")
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    error = summary["error"]
+    assert error.startswith("stage validate failed: ValidationFailed: pairs failed 1 of 10 data-quality checks: "
+                            "query_not_blank (1 row(s), e.g. blank: '   '): give these pairs a real query or drop them")
+    assert "\n" not in error and "\x1b" not in error and "Pipeline" not in error and "Inner task" not in error
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert line.startswith(f"error: {error} (log: {out / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
+    assert "Traceback" not in r.stderr and "Pipeline 'embedforge'" not in r.stderr
+    assert summary["stages"]["sdg"]["status"] == "succeeded" and summary["stages"]["validate"]["status"] == "failed"
+
+
+def test_llm_endpoint_problems_fail_before_any_stage(tmp_path, tiny_corpus):
+    """The LLM pre-flight runs before ingest: no key for the remote default, or a refused port, is one line."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from llm_servers import free_port
+
+    nokey = {"NVIDIA_API_KEY": "", "OPENAI_API_KEY": ""}
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "a"), "--set", "sdg.generator=llm", env=nokey)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "no API key for sdg.llm.base_url https://integrate.api.nvidia.com/v1: set $NVIDIA_API_KEY" in r.stderr
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "b"), "--set", "sdg.generator=llm",
+             "--set", f"sdg.llm.base_url={url}", env=nokey)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"sdg.llm.base_url {url} refused the connection: start the server or fix sdg.llm.base_url" in r.stderr
+    assert not (tmp_path / "b" / ".kfp").exists()  # no stage started
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def e2e_run(tmp_path_factory, tiny_corpus):

@@ -414,3 +414,92 @@ def test_cli_sdg_subcommand_with_llm_overrides(chunks_dir, tmp_path):
     assert res.exit_code == 0, res.output
     pairs = read_pairs(tmp_path / "pairs")
     assert pairs and all(p.source == "llm:fault-model" and p.meta["provenance"]["prompt_version"] == "v1" for p in pairs)
+
+
+# ------------------------------------------------------------------------------------------- pre-flight
+_CONNECTS: list[tuple] = []
+_RECORDING: list[bool] = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "socket.connect" and _RECORDING[0]:
+        _CONNECTS.append(args[1])
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: it records only inside _preflight_connects
+
+
+def _preflight_connects(llm: dict) -> tuple[str | None, list]:
+    """Run the pre-flight on ``llm``; return (its ConfigError message or None, the addresses it connected to)."""
+    from embedforge.sdg.llm.preflight import preflight
+
+    _CONNECTS.clear()
+    _RECORDING[0] = True
+    try:
+        preflight(LlmSdgConfig(**llm))
+        return None, list(_CONNECTS)
+    except ConfigError as exc:
+        return str(exc), list(_CONNECTS)
+    finally:
+        _RECORDING[0] = False
+
+
+@pytest.fixture
+def no_keys(monkeypatch):
+    for name in ("NVIDIA_API_KEY", "OPENAI_API_KEY", "EF_TEST_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_preflight_without_a_key_never_contacts_the_remote_default(no_keys):
+    msg, connects = _preflight_connects({})
+    assert connects == []
+    assert msg.startswith("no API key for sdg.llm.base_url https://integrate.api.nvidia.com/v1: set $NVIDIA_API_KEY")
+    assert "sdg.llm.api_key_env" in msg and "self-hosted" in msg
+
+
+def test_preflight_refused_port_is_named_with_the_setting(no_keys):
+    from llm_servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    msg, connects = _preflight_connects({"base_url": url})
+    assert msg == f"sdg.llm.base_url {url} refused the connection: start the server or fix sdg.llm.base_url"
+    assert len(connects) == 1  # no retries
+    msg, _ = _preflight_connects({"base_url": url.replace("127.0.0.1", "me:s3cr3t@127.0.0.1")})
+    assert msg.endswith("refused the connection: start the server or fix sdg.llm.base_url") and "s3cr3t" not in msg
+
+
+def test_preflight_unknown_model_names_the_setting_and_what_is_served(no_keys):
+    with FaultServer() as srv:
+        assert _preflight_connects({"base_url": srv.base_url, "model": "fault-model"}) == (None, [("127.0.0.1", srv.port)])
+        msg, _ = _preflight_connects({"base_url": srv.base_url, "model": "no-such-model"})
+        assert msg == (f"sdg.llm.model 'no-such-model' is not served by sdg.llm.base_url {srv.base_url} "
+                       "(it serves: fault-model): fix sdg.llm.model")
+        msg, _ = _preflight_connects({"base_url": srv.base_url, "model": "fault-model", "judge": {"model": "big-judge"}})
+        assert msg.startswith("sdg.llm.judge.model 'big-judge' is not served") and msg.endswith("fix sdg.llm.judge.model")
+        assert srv.log == []  # a listed model costs no chat request
+
+
+def test_preflight_rejected_or_missing_key_on_a_keyed_endpoint(no_keys):
+    secret = "nvapi-TEST-SECRET-0123456789"
+    with FaultServer(require_key=secret) as srv:
+        no_keys.setenv("EF_TEST_KEY", "wrong-key")
+        msg, _ = _preflight_connects({"base_url": srv.base_url, "model": "fault-model", "api_key_env": "EF_TEST_KEY"})
+        assert msg.startswith(f"sdg.llm.base_url {srv.base_url} refused the key in $EF_TEST_KEY: fix it")
+        assert "401" in msg and "wrong-key" not in msg
+        no_keys.delenv("EF_TEST_KEY")
+        msg, _ = _preflight_connects({"base_url": srv.base_url, "model": "fault-model", "api_key_env": "EF_TEST_KEY"})
+        assert msg.startswith(f"sdg.llm.base_url {srv.base_url} needs a key: set $EF_TEST_KEY")
+        no_keys.setenv("EF_TEST_KEY", secret)
+        assert _preflight_connects({"base_url": srv.base_url, "model": "fault-model", "api_key_env": "EF_TEST_KEY"})[0] is None
+
+
+def test_sdg_stage_runs_the_preflight_before_any_document(no_keys, chunks_dir, base_model, tmp_path):
+    from embedforge import sdg
+
+    with FaultServer() as srv:
+        cfg = SdgConfig(generator="llm", llm={"base_url": srv.base_url, "model": "gone-model",
+                                              "work_dir": str(tmp_path / "work")})
+        with pytest.raises(ConfigError, match="sdg.llm.model 'gone-model' is not served"):
+            sdg.run(chunks_dir, tmp_path / "pairs", cfg, base_model=base_model)
+        assert srv.log == [] and not (tmp_path / "work").exists()

@@ -11,7 +11,7 @@ from embedforge.config import ValidateConfig
 from embedforge.contracts import MANIFEST, PAIRS_FILE, VALIDATION_FILE, Pair, read_chunks, read_json, read_manifest, write_jsonl
 from embedforge.errors import ValidationFailed
 
-CHECKS = ["query_not_null", "query_length", "unique_query_ids", "unique_queries_per_split", "has_positive",
+CHECKS = ["query_not_null", "query_not_blank", "query_length", "unique_query_ids", "unique_queries_per_split", "has_positive",
           "positives_resolve", "no_eval_positive_in_train", "min_train_pairs", "min_eval_pairs"]
 
 
@@ -28,7 +28,8 @@ def test_real_sdg_output_passes(validation_dir, pairs_dir):
     assert [r["check"] for r in summary["results"]] == CHECKS
     assert all(r["success"] and r["unexpected_count"] == 0 for r in summary["results"])
     assert {r["expectation"] for r in summary["results"]} >= {
-        "expect_column_values_to_not_be_null", "expect_column_value_lengths_to_be_between",
+        "expect_column_values_to_not_be_null", "expect_column_values_to_not_match_regex",
+        "expect_column_value_lengths_to_be_between",
         "expect_compound_columns_to_be_unique", "expect_column_values_to_be_in_set", "expect_table_row_count_to_be_between"}
     m = read_manifest(validation_dir)
     pm = read_manifest(pairs_dir)
@@ -72,7 +73,7 @@ def test_bad_pairs_fail_with_named_checks_and_rows(chunks_dir, pairs_dir, tmp_pa
     assert (out / MANIFEST).is_file() and read_manifest(out).counts["success"] == 0
     assert str(out / VALIDATION_FILE) in msg
     failed = {r["check"]: r for r in summary["results"] if not r["success"]}
-    assert set(failed) == {"query_length", "unique_queries_per_split", "has_positive", "positives_resolve",
+    assert set(failed) == {"query_not_blank", "query_length", "unique_queries_per_split", "has_positive", "positives_resolve",
                            "no_eval_positive_in_train", "min_train_pairs", "min_eval_pairs"}
 
     def example_ids(check):
@@ -87,14 +88,33 @@ def test_bad_pairs_fail_with_named_checks_and_rows(chunks_dir, pairs_dir, tmp_pa
     assert failed["min_eval_pairs"]["observed_value"] == 1 and failed["min_train_pairs"]["observed_value"] == 18
     assert failed["positives_resolve"]["kwargs"] == {"column": "positives_resolve", "value_set": [True]}
 
-    # the message names each failed check, its GX expectation, and example rows 'query_id: query'
+    # one line: each failed check with its count, two example rows 'query_id: query [why]' and the fix
+    assert "\n" not in msg and msg.startswith("pairs failed 8 of 10 data-quality checks: ")
     for check in failed:
-        assert f"- {check} (" in msg
-    assert "expect_compound_columns_to_be_unique" in msg and "expect_table_row_count_to_be_between" in msg
-    assert "empty-q: ''" in msg and "leak: 'an eval document in a train pair'" in msg
-    assert "ghost-chunk: 'which chunk is this' [ids not in the corpus: ['ghost.rst#0']]" in msg
-    assert "unresolved positives: ['a passage that is nowhere']" in msg
-    assert "min_eval_pairs (expect_table_row_count_to_be_between): observed 1, expected >= 3" in msg
+        assert f"{check} (" in msg and validate.FIXES[check] in msg
+    assert "query_length (1 row(s), e.g. empty-q: ''): fix or drop these queries, or change validate.min_query_chars" in msg
+    assert "no_eval_positive_in_train (1 row(s), e.g. leak: 'an eval document in a train pair' [eval documents" in msg
+    assert ("positives_resolve (2 row(s), e.g. unresolved: 'where did my passage go' [no document positive; "
+            "unresolved positives: ['a passage that is nowhere']]; ghost-chunk: 'which chunk is this' "
+            "[ids not in the corpus: ['ghost.rst#0']]): point the positives") in msg
+    assert ("min_eval_pairs (observed 1, expected >= 3): add documents or pairs, or lower validate.min_eval_pairs"
+            in msg)
+
+
+def test_whitespace_only_query_fails_with_count_examples_and_fix(chunks_dir, tmp_path):
+    train = next(c for c in read_chunks(chunks_dir) if c.split == "train")
+    rows = [Pair(query_id=f"ok{i}", query=f"what does statement {i} do", positive_chunk_ids=[train.chunk_id],
+                 split="train") for i in range(3)]
+    rows += [Pair(query_id=f"blank{i}", query=q, positive_chunk_ids=[train.chunk_id], split="train")
+             for i, q in enumerate(["   ", "\t \n ", "    "])]
+    write_jsonl(tmp_path / "p" / PAIRS_FILE, rows)
+    with pytest.raises(ValidationFailed) as e:
+        validate.run(chunks_dir, tmp_path / "p", tmp_path / "v",  # (blank queries also repeat one another)
+                     ValidateConfig(min_train_pairs=1, min_eval_pairs=0, unique_queries=False))
+    msg = str(e.value)
+    assert msg == ("pairs failed 1 of 9 data-quality checks: query_not_blank (3 row(s), e.g. blank0: '   '; "
+                   "blank1: '\\t \\n '): give these pairs a real query or drop them "
+                   f"(all rows: {tmp_path / 'v' / VALIDATION_FILE})")
 
 
 def test_switches_and_example_limit(chunks_dir, pairs_dir, tmp_path):
@@ -111,7 +131,7 @@ def test_switches_and_example_limit(chunks_dir, pairs_dir, tmp_path):
     assert [r["check"] for r in summary["results"] if not r["success"]] == ["query_length"]  # duplicates allowed
     (length,) = [r for r in summary["results"] if r["check"] == "query_length"]
     assert length["unexpected_count"] == 4 and len(length["examples"]) == 2
-    assert str(e.value).count("\n    x") == 2
+    assert "query_length (4 row(s), e.g. x0: 'x'; x1: 'x'):" in str(e.value)
 
 
 def test_component_passes_and_fails(chunks_dir, pairs_dir, tmp_path):

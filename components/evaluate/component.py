@@ -33,21 +33,25 @@ def evaluate(
         metrics: ``finetuned_<metric>_at_<k>``, ``base_<metric>_at_<k>`` and ``delta_<metric>_at_<k>`` (KFP metric
             names allow no "@"), plus ``external_*`` ones when ``eval_beir`` is set, and the counts.
     """
-    from embedforge import evaluate as stage
-    from embedforge.config import EvaluateConfig
-    from embedforge.names import for_kfp
 
-    manifest = stage.run(
-        chunks.path, pairs.path, base_model, model.path, evaluation.path, EvaluateConfig.model_validate(config),
-        base_embeddings_dir=mined.path, eval_beir=eval_beir or None,
-    )
-    result = manifest.result
-    tables = {"finetuned": result.finetuned, "base": result.base, "delta": result.delta}
-    if result.external is not None:
-        tables.update({"external_finetuned": result.external.finetuned, "external_base": result.external.base,
-                       "external_delta": result.external.delta})
-    for prefix, table in tables.items():
-        for name, value in table.items():
-            metrics.log_metric(for_kfp(f"{prefix}_{name}"), value)
-    for name, value in manifest.counts.items():
-        metrics.log_metric(name, value)
+    from embedforge.errors import reported_stage_errors
+
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import evaluate as stage
+        from embedforge.config import EvaluateConfig
+        from embedforge.names import for_kfp
+
+        manifest = stage.run(
+            chunks.path, pairs.path, base_model, model.path, evaluation.path, EvaluateConfig.model_validate(config),
+            base_embeddings_dir=mined.path, eval_beir=eval_beir or None,
+        )
+        result = manifest.result
+        tables = {"finetuned": result.finetuned, "base": result.base, "delta": result.delta}
+        if result.external is not None:
+            tables.update({"external_finetuned": result.external.finetuned, "external_base": result.external.base,
+                           "external_delta": result.external.delta})
+        for prefix, table in tables.items():
+            for name, value in table.items():
+                metrics.log_metric(for_kfp(f"{prefix}_{name}"), value)
+        for name, value in manifest.counts.items():
+            metrics.log_metric(name, value)

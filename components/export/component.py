@@ -26,16 +26,20 @@ def export(
         metrics: ``parity_min_cosine``, ``parity_mean_cosine``, ``parity_max_abs_diff``, ``dim``, ``opset``,
             ``onnx_file_size``, ``parity_samples``.
     """
-    from embedforge import export as stage
-    from embedforge.config import ExportConfig
 
-    manifest = stage.run(model.path, chunks.path, onnx_model.path, ExportConfig.model_validate(config))
-    result = manifest.result
-    metrics.log_metric("parity_min_cosine", result.min_cosine)
-    metrics.log_metric("parity_mean_cosine", result.mean_cosine)
-    metrics.log_metric("parity_max_abs_diff", result.max_abs_diff)
-    metrics.log_metric("parity_samples", result.parity_samples)
-    metrics.log_metric("dim", result.dim)
-    metrics.log_metric("opset", result.opset)
-    metrics.log_metric("onnx_file_size", result.file_size)
-    onnx_model.metadata.update({"dim": result.dim, "opset": result.opset, "pooling": result.pooling})
+    from embedforge.errors import reported_stage_errors
+
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import export as stage
+        from embedforge.config import ExportConfig
+
+        manifest = stage.run(model.path, chunks.path, onnx_model.path, ExportConfig.model_validate(config))
+        result = manifest.result
+        metrics.log_metric("parity_min_cosine", result.min_cosine)
+        metrics.log_metric("parity_mean_cosine", result.mean_cosine)
+        metrics.log_metric("parity_max_abs_diff", result.max_abs_diff)
+        metrics.log_metric("parity_samples", result.parity_samples)
+        metrics.log_metric("dim", result.dim)
+        metrics.log_metric("opset", result.opset)
+        metrics.log_metric("onnx_file_size", result.file_size)
+        onnx_model.metadata.update({"dim": result.dim, "opset": result.opset, "pooling": result.pooling})

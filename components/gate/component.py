@@ -34,16 +34,20 @@ def gate(
     Returns:
         True when the new version should be promoted.
     """
-    import os
 
-    from embedforge import gate as stage
-    from embedforge.config import EvaluateConfig, GateConfig
+    from embedforge.errors import reported_stage_errors
 
-    os.makedirs(decision.path, exist_ok=True)
-    result = stage.run(evaluation.path, registry.path, chunks.path, pairs.path, decision.path,
-                       GateConfig.model_validate(config), EvaluateConfig.model_validate(evaluate_config),
-                       tracking_uri)
-    decision.metadata["promote"] = result.promote
-    decision.metadata["reason"] = result.reason
-    print(result.reason)
-    return bool(result.promote)
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        import os
+
+        from embedforge import gate as stage
+        from embedforge.config import EvaluateConfig, GateConfig
+
+        os.makedirs(decision.path, exist_ok=True)
+        result = stage.run(evaluation.path, registry.path, chunks.path, pairs.path, decision.path,
+                           GateConfig.model_validate(config), EvaluateConfig.model_validate(evaluate_config),
+                           tracking_uri)
+        decision.metadata["promote"] = result.promote
+        decision.metadata["reason"] = result.reason
+        print(result.reason)
+        return bool(result.promote)

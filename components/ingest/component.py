@@ -22,9 +22,13 @@ def ingest(
         chunks: Output folder: ``chunks.jsonl`` + ``manifest.json``.
         metrics: Document and chunk counts.
     """
-    from embedforge import ingest as stage
-    from embedforge.config import IngestConfig
 
-    manifest = stage.run(corpus_path, chunks.path, IngestConfig.model_validate(config), base_model=base_model)
-    for name, value in manifest.counts.items():
-        metrics.log_metric(name, value)
+    from embedforge.errors import reported_stage_errors
+
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import ingest as stage
+        from embedforge.config import IngestConfig
+
+        manifest = stage.run(corpus_path, chunks.path, IngestConfig.model_validate(config), base_model=base_model)
+        for name, value in manifest.counts.items():
+            metrics.log_metric(name, value)

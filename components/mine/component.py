@@ -26,11 +26,15 @@ def mine(
             ``embedding_ids.json`` (base-model chunk embeddings, reused by evaluate) and ``manifest.json``.
         metrics: Example/negative counts and mean positive/negative base-model scores.
     """
-    from embedforge import mine as stage
-    from embedforge.config import MineConfig
 
-    manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config), base_model=base_model)
-    for name, value in manifest.counts.items():
-        metrics.log_metric(name, value)
-    metrics.log_metric("mean_positive_score", manifest.result.mean_positive_score)
-    metrics.log_metric("mean_negative_score", manifest.result.mean_negative_score)
+    from embedforge.errors import reported_stage_errors
+
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import mine as stage
+        from embedforge.config import MineConfig
+
+        manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config), base_model=base_model)
+        for name, value in manifest.counts.items():
+            metrics.log_metric(name, value)
+        metrics.log_metric("mean_positive_score", manifest.result.mean_positive_score)
+        metrics.log_metric("mean_negative_score", manifest.result.mean_negative_score)

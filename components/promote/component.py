@@ -32,16 +32,20 @@ def promote(
             ``<model>/<version>/model.onnx``, ``<model>/<version>/tokenizer/``) + ``promotion.json``.
         metrics: The promoted version and its gate metric value.
     """
-    import os
 
-    from embedforge import promote as stage
-    from embedforge.config import GateConfig, TritonConfig
+    from embedforge.errors import reported_stage_errors
 
-    os.makedirs(triton_repo.path, exist_ok=True)
-    manifest = stage.run(decision.path, registry.path, onnx_model.path, triton_repo.path,
-                         GateConfig.model_validate(config), TritonConfig.model_validate(triton_config), tracking_uri)
-    promotion = manifest.result
-    metrics.log_metric("promoted_version", int(promotion.version))
-    metrics.log_metric(promotion.metric, promotion.value)
-    triton_repo.metadata["model_name"] = promotion.triton_model_name
-    triton_repo.metadata["version"] = promotion.version
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        import os
+
+        from embedforge import promote as stage
+        from embedforge.config import GateConfig, TritonConfig
+
+        os.makedirs(triton_repo.path, exist_ok=True)
+        manifest = stage.run(decision.path, registry.path, onnx_model.path, triton_repo.path,
+                             GateConfig.model_validate(config), TritonConfig.model_validate(triton_config), tracking_uri)
+        promotion = manifest.result
+        metrics.log_metric("promoted_version", int(promotion.version))
+        metrics.log_metric(promotion.metric, promotion.value)
+        triton_repo.metadata["model_name"] = promotion.triton_model_name
+        triton_repo.metadata["version"] = promotion.version

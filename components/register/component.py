@@ -47,21 +47,25 @@ def register(
             version; empty -> ``$KFP_RUN_ID``.
         registry: Output folder: ``registry.json`` (run id, model name, version, source) + ``manifest.json``.
     """
-    import os
 
-    from embedforge import registry as stage
-    from embedforge.config import RegisterConfig
-    from embedforge.provenance import effective_params
+    from embedforge.errors import reported_stage_errors
 
-    params = effective_params(base_model, prompts, {
-        "ingest": ingest_config, "sdg": sdg_config, "validate": validate_config, "mine": mine_config,
-        "train": train_config, "evaluate": evaluate_config, "export": export_config, "register": config,
-        "gate": gate_config, "triton": triton_config,
-    })
-    os.makedirs(registry.path, exist_ok=True)
-    manifest = stage.run(model.path, onnx_model.path, evaluation.path, validation.path, registry.path,
-                         RegisterConfig.model_validate(config), tracking_uri, params=params, base_model=base_model,
-                         pairs_dir=pairs.path, kfp_run_id=kfp_run_id)
-    registry.metadata["model_name"] = manifest.result.model_name
-    registry.metadata["version"] = manifest.result.version
-    registry.metadata["run_id"] = manifest.result.run_id
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        import os
+
+        from embedforge import registry as stage
+        from embedforge.config import RegisterConfig
+        from embedforge.provenance import effective_params
+
+        params = effective_params(base_model, prompts, {
+            "ingest": ingest_config, "sdg": sdg_config, "validate": validate_config, "mine": mine_config,
+            "train": train_config, "evaluate": evaluate_config, "export": export_config, "register": config,
+            "gate": gate_config, "triton": triton_config,
+        })
+        os.makedirs(registry.path, exist_ok=True)
+        manifest = stage.run(model.path, onnx_model.path, evaluation.path, validation.path, registry.path,
+                             RegisterConfig.model_validate(config), tracking_uri, params=params, base_model=base_model,
+                             pairs_dir=pairs.path, kfp_run_id=kfp_run_id)
+        registry.metadata["model_name"] = manifest.result.model_name
+        registry.metadata["version"] = manifest.result.version
+        registry.metadata["run_id"] = manifest.result.run_id

@@ -24,10 +24,14 @@ def sdg(
         pairs: Output folder: ``pairs.jsonl`` + ``manifest.json``.
         metrics: Pair counts per split and source, and generator statistics.
     """
-    from embedforge import sdg as stage
-    from embedforge.config import SdgConfig
 
-    manifest = stage.run(chunks.path, pairs.path, SdgConfig.model_validate(config),
-                         pairs_file=pairs_file or None, base_model=base_model)
-    for name, value in manifest.counts.items():
-        metrics.log_metric(name, value)
+    from embedforge.errors import reported_stage_errors
+
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import sdg as stage
+        from embedforge.config import SdgConfig
+
+        manifest = stage.run(chunks.path, pairs.path, SdgConfig.model_validate(config),
+                             pairs_file=pairs_file or None, base_model=base_model)
+        for name, value in manifest.counts.items():
+            metrics.log_metric(name, value)

@@ -29,21 +29,25 @@ def train(
             ``manifest.json``.
         metrics: Examples, steps, final loss, throughput.
     """
-    from embedforge import train as stage
-    from embedforge.config import PromptsConfig, TrainConfig
 
-    cfg = TrainConfig.model_validate(config)
-    if cfg.nodes > 1:  # beyond one machine: a TrainJob does the training, this step stages, waits, collects
-        from embedforge import trainjob
+    from embedforge.errors import reported_stage_errors
 
-        manifest = trainjob.run(mined.path, model.path, cfg, base_model=base_model,
-                                prompts=PromptsConfig.model_validate(prompts))
-    else:
-        manifest = stage.launch(mined.path, model.path, cfg, base_model=base_model,
-                                prompts=PromptsConfig.model_validate(prompts))
-    model.metadata["framework"] = "sentence-transformers"
-    for name, value in manifest.counts.items():
-        metrics.log_metric(name, value)
-    metrics.log_metric("final_loss", manifest.result.final_loss)
-    metrics.log_metric("examples_per_second", manifest.result.examples_per_second)
-    metrics.log_metric("train_seconds", manifest.result.train_seconds)
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import train as stage
+        from embedforge.config import PromptsConfig, TrainConfig
+
+        cfg = TrainConfig.model_validate(config)
+        if cfg.nodes > 1:  # beyond one machine: a TrainJob does the training, this step stages, waits, collects
+            from embedforge import trainjob
+
+            manifest = trainjob.run(mined.path, model.path, cfg, base_model=base_model,
+                                    prompts=PromptsConfig.model_validate(prompts))
+        else:
+            manifest = stage.launch(mined.path, model.path, cfg, base_model=base_model,
+                                    prompts=PromptsConfig.model_validate(prompts))
+        model.metadata["framework"] = "sentence-transformers"
+        for name, value in manifest.counts.items():
+            metrics.log_metric(name, value)
+        metrics.log_metric("final_loss", manifest.result.final_loss)
+        metrics.log_metric("examples_per_second", manifest.result.examples_per_second)
+        metrics.log_metric("train_seconds", manifest.result.train_seconds)

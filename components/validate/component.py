@@ -24,9 +24,13 @@ def validate(
         validation: Output folder: ``validation.json`` + ``manifest.json``.
         metrics: Pair counts and the number of failed expectations.
     """
-    from embedforge import validate as stage
-    from embedforge.config import ValidateConfig
 
-    manifest = stage.run(chunks.path, pairs.path, validation.path, ValidateConfig.model_validate(config))
-    for name, value in manifest.counts.items():
-        metrics.log_metric(name, value)
+    from embedforge.errors import reported_stage_errors
+
+    with reported_stage_errors():  # the runner shows the stage's error as one line
+        from embedforge import validate as stage
+        from embedforge.config import ValidateConfig
+
+        manifest = stage.run(chunks.path, pairs.path, validation.path, ValidateConfig.model_validate(config))
+        for name, value in manifest.counts.items():
+            metrics.log_metric(name, value)

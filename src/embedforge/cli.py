@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from embedforge.config import PipelineConfig, load_config
-from embedforge.errors import EmbedforgeError
+from embedforge.errors import EmbedforgeError, describe_os_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 console = Console(stderr=True)
@@ -30,17 +30,17 @@ BaseModelOpt = Annotated[Optional[str], typer.Option("--base-model", help="Base 
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # "[..]" is no markup
     raise typer.Exit(1)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except EmbedforgeError as exc:
+    except (EmbedforgeError, OSError) as exc:  # OSError: a path given as a folder is a file, no permission ...
         if os.environ.get("EMBEDFORGE_DEBUG"):
             raise
-        _fail(str(exc))
+        _fail(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))
 
 
 def _config(config: Optional[Path], sets: Optional[list[str]], extra: Optional[list[str]], base_model: Optional[str]) -> PipelineConfig:

@@ -21,7 +21,7 @@ DEFAULT_BASE_MODEL = "all-MiniLM-L6-v2"  # resolved to the folder shipped by the
 
 
 class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # inf/nan: one error naming the field
 
 
 class IngestConfig(StageConfig):
@@ -144,7 +144,7 @@ class ValidateConfig(StageConfig):
     min_train_pairs: int = Field(10, ge=1)
     min_eval_pairs: int = Field(5, ge=0)
     unique_queries: bool = True
-    max_examples: int = Field(5, ge=1, description="Example rows quoted in a failure message.")
+    max_examples: int = Field(5, ge=1, description="Example rows kept per failed check in validation.json (the error line quotes two).")
 
 
 class MineConfig(StageConfig):
@@ -331,7 +331,7 @@ class PipelineConfig(StageConfig):
     gate: GateConfig = Field(default_factory=GateConfig)
     triton: TritonConfig = Field(default_factory=TritonConfig)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _gate_metric_is_evaluated(self) -> "PipelineConfig":

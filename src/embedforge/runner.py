@@ -24,13 +24,14 @@ from embedforge.config import PipelineConfig
 from embedforge.contracts import (
     Decision, EvaluationResult, PromotionRecord, RegistryRecord, has_manifest, read_manifest, write_json,
 )
-from embedforge.errors import EmbedforgeError, InputError
+from embedforge.errors import EmbedforgeError, InputError, file_in_the_way, parse_stage_error
 from embedforge.kfp_local import program_only_python_rewrite
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
 _END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
-_ERROR = re.compile(r"^\s*((?:embedforge\.errors\.)?\w*(?:Error|Exception|Failed)): (.+)$")
+#: The last line of a Python traceback: only used when a stage died before printing its EMBEDFORGE-ERROR line.
+_TRACEBACK_LAST = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Failed|Interrupt|Exit)): (.+)$")
 
 
 class PipelineFailed(EmbedforgeError):
@@ -45,13 +46,18 @@ class StageState:
 
 
 class _LogTee(io.TextIOBase):
-    """Receives kfp.local's stdout: writes it to a log file and tracks stage starts/ends and error lines."""
+    """Receives kfp.local's stdout: writes it to a log file and tracks stage starts/ends and error lines.
+
+    ``error_lines`` holds the one-line errors the components printed (:func:`embedforge.errors.reported_stage_errors`);
+    ``traceback_lines`` the last lines of tracebacks, the fallback for a stage that died before it could print one.
+    """
 
     def __init__(self, log: Any, stages: dict[str, StageState], on_event: Callable[[str, str], None] | None = None):
         self.log = log
         self.stages = stages
         self.on_event = on_event
         self.error_lines: list[str] = []
+        self.traceback_lines: list[str] = []
         self._buf = ""
 
     def writable(self) -> bool:
@@ -79,8 +85,18 @@ class _LogTee(io.TextIOBase):
             if st.started is not None:
                 st.seconds = round(time.time() - st.started, 2)
             self._emit(m.group(1), st.status)
-        elif m := _ERROR.match(line):
-            self.error_lines.append(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}")
+        elif (message := parse_stage_error(line)) is not None:
+            self.error_lines.append(message)
+        elif m := _TRACEBACK_LAST.match(line):
+            self.traceback_lines.append(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}")
+
+    def stage_error(self) -> str:
+        """The failed stage's own one-line error (never kfp's "Pipeline ... finished with status FAILURE")."""
+        if self.error_lines:
+            return self.error_lines[-1]
+        if self.traceback_lines:
+            return self.traceback_lines[-1]
+        return "it printed no error (killed?); its output is in the log"
 
     def _emit(self, stage: str, status: str) -> None:
         if self.on_event:
@@ -89,6 +105,12 @@ class _LogTee(io.TextIOBase):
 
 def default_tracking_uri(out: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be (or become) a folder: a regular file at it or above it is one line, not a traceback."""
+    if (blocker := file_in_the_way(out)) is not None:
+        raise InputError(f"--out {out}: {blocker} is a file, not a folder: choose another --out (or move the file)")
 
 
 def check_inputs(corpus: Path, pairs: Path | None, eval_beir: Path | None) -> None:
@@ -123,6 +145,11 @@ def run_pipeline(
     pairs = pairs.resolve() if pairs else None
     eval_beir = eval_beir.resolve() if eval_beir else None
     check_inputs(corpus, pairs, eval_beir)
+    check_out(out)
+    if cfg.sdg.generator == "llm" and pairs is None:
+        from embedforge.sdg.llm.preflight import preflight
+
+        preflight(cfg.sdg.llm)  # a missing key or a stopped server fails in seconds, before ingest
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     if cfg.sdg.generator == "llm" and not cfg.sdg.llm.work_dir:
@@ -150,12 +177,11 @@ def run_pipeline(
                 # kfp.local warns per task that our image is "non-Python"; it is ours, built for this runner.
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
                 pipeline(**args)
-        except Exception as exc:  # kfp.local raises RuntimeError naming the task; the stage's own error is in the log
+        except Exception:  # kfp.local raises RuntimeError naming the task; the stage's own error is in its output
             failed = [n for n, s in stages.items() if s.status in ("running", "failed")]
             for n in failed:
                 stages[n].status = "failed"
-            detail = tee.error_lines[-1] if tee.error_lines else str(exc).splitlines()[0]
-            error = f"stage {failed[0] if failed else '?'} failed: {detail}"
+            error = f"stage {failed[0] if failed else '?'} failed: {tee.stage_error()}"
     run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
     run_dir = run_dirs[-1] if run_dirs else None
     summary = collect(run_dir, out, stages, cfg, corpus, pairs, eval_beir, tracking_uri, time.time() - started, error,

@@ -6,6 +6,7 @@ The pairs (``pairs.jsonl``) become a pandas DataFrame with derived columns, vali
 check                       expectation                                       column(s)
 ==========================  ================================================  ==============================
 query_not_null              expect_column_values_to_not_be_null               query
+query_not_blank             expect_column_values_to_not_match_regex           query (not whitespace only)
 query_length                expect_column_value_lengths_to_be_between         query (min/max_query_chars)
 unique_query_ids            expect_column_values_to_be_unique                 query_id
 unique_queries_per_split    expect_compound_columns_to_be_unique              split, query_key (if unique_queries)
@@ -21,8 +22,9 @@ positive chunk id / document id exists in the chunks and nothing is left in ``me
 ``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split.
 
 ``validation.json`` (success, per-expectation results with example rows) and ``manifest.json`` are written
-ALWAYS; then, if anything failed, :class:`~embedforge.errors.ValidationFailed` names every failed check with
-example rows (``query_id: query``) and the path of ``validation.json``.
+ALWAYS; then, if anything failed, :class:`~embedforge.errors.ValidationFailed` says in one line, per failed
+check, how many rows failed (or the observed count), two example rows (``query_id: 'query' [why]``) and what to
+do (:data:`FIXES`), then the path of ``validation.json``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def _suite(cfg: ValidateConfig) -> list[tuple[str, Any]]:
     E = gx.expectations
     checks: list[tuple[str, Any]] = [
         ("query_not_null", E.ExpectColumnValuesToNotBeNull(column="query")),
+        ("query_not_blank", E.ExpectColumnValuesToNotMatchRegex(column="query", regex=r"^\s*$")),
         ("query_length", E.ExpectColumnValueLengthsToBeBetween(column="query", min_value=cfg.min_query_chars,
                                                                max_value=cfg.max_query_chars)),
         ("unique_query_ids", E.ExpectColumnValuesToBeUnique(column="query_id")),
@@ -178,29 +181,51 @@ def run_suite(df: "pd.DataFrame", cfg: ValidateConfig) -> dict[str, Any]:
     return {"success": all(e["success"] for e in out), "statistics": dict(result.statistics), "results": out}
 
 
+#: What to do about each failed check (the one-line error quotes it).
+FIXES = {
+    "query_not_null": "give every pair a query",
+    "query_not_blank": "give these pairs a real query or drop them",
+    "query_length": "fix or drop these queries, or change validate.min_query_chars / validate.max_query_chars",
+    "unique_query_ids": "give every pair its own query_id",
+    "unique_queries_per_split": "drop the repeated queries, or set validate.unique_queries=false",
+    "has_positive": "give every pair a positive (positive_ids / positive_chunk_ids)",
+    "positives_resolve": "point the positives at chunk or document ids of this corpus (see chunks.jsonl)",
+    "no_eval_positive_in_train": "move these pairs to the eval split or drop them (eval documents must stay unseen)",
+    "min_train_pairs": "add documents or pairs, or lower validate.min_train_pairs",
+    "min_eval_pairs": "add documents or pairs, or lower validate.min_eval_pairs",
+}
+
+#: Example rows quoted per failed check in the one-line error (validation.json keeps validate.max_examples).
+EXAMPLES_IN_MESSAGE = 2
+
+
+def _example(ex: dict[str, Any]) -> str:
+    query = ex["query"] if not isinstance(ex["query"], str) or len(ex["query"]) <= 80 else ex["query"][:77] + "..."
+    return f"{ex['query_id']}: {query!r}" + (f" [{ex['detail']}]" if ex.get("detail") else "")
+
+
 def failure_message(summary: dict[str, Any], path: Path) -> str:
-    """One readable message naming every failed check with example rows.
+    """One line naming every failed check: its count, two example rows, what to do; then ``validation.json``.
 
     Args:
         summary: Output of :func:`run_suite`.
         path: Where ``validation.json`` was written.
     """
     failed = [e for e in summary["results"] if not e["success"]]
-    lines = [f"pairs failed {len(failed)} of {len(summary['results'])} data-quality checks (details: {path}):"]
+    parts = []
     for e in failed:
-        if "observed_value" in e and not e["examples"]:
+        if "exception" in e:
+            what = "could not run: " + " ".join(str(e["exception"]).split())
+        elif "observed_value" in e and not e["examples"]:
             lo, hi = e["kwargs"].get("min_value"), e["kwargs"].get("max_value")
             expected = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"between {lo} and {hi}")
             what = f"observed {e['observed_value']}, expected {expected}"
-        elif "exception" in e:
-            what = f"could not run: {e['exception']}"
         else:
-            what = f"{e['unexpected_count']} row(s)"
-        lines.append(f"- {e['check']} ({e['expectation']}): {what}")
-        for ex in e["examples"]:
-            detail = f" [{ex['detail']}]" if ex.get("detail") else ""
-            lines.append(f"    {ex['query_id']}: {ex['query']!r}{detail}")
-    return "\n".join(lines)
+            shown = "; ".join(_example(ex) for ex in e["examples"][:EXAMPLES_IN_MESSAGE])
+            what = f"{e['unexpected_count']} row(s), e.g. {shown}" if shown else f"{e['unexpected_count']} row(s)"
+        parts.append(f"{e['check']} ({what}): {FIXES.get(e['check'], 'see ' + str(path))}")
+    head = f"pairs failed {len(failed)} of {len(summary['results'])} data-quality checks: "
+    return head + " | ".join(parts) + f" (all rows: {path})"
 
 
 def run(chunks_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, cfg: ValidateConfig) -> Manifest:

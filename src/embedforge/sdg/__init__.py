@@ -132,6 +132,10 @@ def run(
         pairs, stats = load_pairs(pairs_file, read_chunks(chunks_dir), split_policy=cfg.byo_split)
         mode = "byo"
     else:
+        if cfg.generator == "llm":
+            from embedforge.sdg.llm.preflight import preflight
+
+            preflight(cfg.llm)  # key, endpoint and model checked in seconds, before any document
         if cfg.generator == "llm" and "dedup_model" not in cfg.llm.model_fields_set:
             cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"dedup_model": base_model})})
         pairs, stats = _generate(chunks_dir, cfg)
