@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from triton_server import all_on
+
 pytest_plugins = ["conftest_mlflow", "conftest_triton"]
 
 M = "ndcg@10"
@@ -140,20 +142,6 @@ def test_component_python_func(tmp_path, model_name, tiny_model, tiny_onnx_dir, 
 
 
 # ------------------------------------------------------------------------------------------------ over the wire
-def _served(url):
-    from embedforge.client import http_client
-
-    client = http_client(url)
-    try:
-        return sorted((m["name"], m["version"]) for m in client.get_model_repository_index() if m.get("state") == "READY")
-    finally:
-        client.close()
-
-
-def _all_on(version):
-    return sorted((n, version) for n in ("embedder", "embedder_onnx", "embedder_tokenizer"))
-
-
 def test_promote_serves_the_version_before_it_moves_the_alias(tmp_path, model_name, tiny_model, tiny_onnx_dir,
                                                               validation_dir, evaluation_dir_factory, chunks_dir,
                                                               pairs_dir, mlflow_uri, triton, triton_cfg):
@@ -167,7 +155,7 @@ def test_promote_serves_the_version_before_it_moves_the_alias(tmp_path, model_na
     live = tmp_path / "models"
     server = triton(live)
     promote.run(dec, reg, tiny_onnx_dir, tmp_path / "artifact", GateConfig(), triton_cfg(live, server), mlflow_uri)
-    assert _served(server.url) == _all_on("1")
+    assert server.ready() == all_on("1")
     rec = json.loads((tmp_path / "artifact" / "promotion.json").read_text())
     assert rec["published_to"] == str(live) and rec["rollout"]["replicas"][0]["mode"] == "explicit"
     assert rec["rollout"]["probe_cosine"] > 0.999
@@ -221,7 +209,7 @@ def test_two_runs_gated_against_the_same_champion_cannot_both_promote(
     with pytest.raises(promote.PromotionConflict, match="another run promoted v1 meanwhile; re-run the gate"):
         promote.run(dec2, reg2, tiny_onnx_dir, tmp_path / "artifact-b", GateConfig(), cfg, mlflow_uri)
     assert _client(mlflow_uri).get_model_version_by_alias(model_name, "champion").version == "1"
-    assert _served(server.url) == _all_on("1") and not (live / "embedder" / "2").exists()
+    assert server.ready() == all_on("1") and not (live / "embedder" / "2").exists()
 
 
 def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
@@ -259,4 +247,4 @@ def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
         promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", GateConfig(), cfg, mlflow_uri)
     client = _client(mlflow_uri)
     assert client.get_model_version_by_alias(model_name, "champion").version == "3"
-    assert _served(server.url) == _all_on("3")
+    assert server.ready() == all_on("3")

@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from triton_server import all_on
+
 pytest_plugins = ["conftest_mlflow", "conftest_triton"]
 
 
@@ -17,20 +19,6 @@ def _client(uri):
     from mlflow import MlflowClient
 
     return MlflowClient(uri, registry_uri=uri)
-
-
-def _ready(url):
-    from embedforge.client import http_client
-
-    client = http_client(url)
-    try:
-        return sorted((m["name"], m["version"]) for m in client.get_model_repository_index() if m.get("state") == "READY")
-    finally:
-        client.close()
-
-
-def _all_on(version):
-    return sorted((n, version) for n in ("embedder", "embedder_onnx", "embedder_tokenizer"))
 
 
 @pytest.fixture
@@ -50,7 +38,7 @@ def promoted_twice(tmp_path, model_name, tiny_model, tiny_onnx_dir, export_dir, 
                      mlflow_uri, params={})
         gate.run(ev, reg, chunks_dir, pairs_dir, dec, GateConfig(), EvaluateConfig(), mlflow_uri)
         promote.run(dec, reg, onnx_dir, tmp_path / f"artifact-{tag}", GateConfig(), cfg, mlflow_uri)
-    assert _ready(server.url) == _all_on("2")
+    assert server.ready() == all_on("2")
     return server, cfg, live
 
 
@@ -69,7 +57,7 @@ def test_rollback_moves_the_alias_and_serves_that_version(promoted_twice, model_
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
     assert client.get_model_version_by_alias(model_name, "previous").version == "2"
     assert client.get_model_version(model_name, "2").tags["rolled_back_to"] == "v1"
-    assert _ready(server.url) == _all_on("1")
+    assert server.ready() == all_on("1")
     texts = ["how do I leave a loop"]
     np.testing.assert_allclose(embed(server.url, texts, model="embedder"),
                                reference_embedding(live, "embedder", "1", texts), atol=1e-5)
@@ -77,7 +65,7 @@ def test_rollback_moves_the_alias_and_serves_that_version(promoted_twice, model_
     # a second rollback goes forward again
     assert rollback.run(model_name, cfg, mlflow_uri).version == "2"
     assert client.get_model_version_by_alias(model_name, "champion").version == "2"
-    assert _ready(server.url) == _all_on("2")
+    assert server.ready() == all_on("2")
 
 
 def test_rollback_command_with_an_explicit_version(promoted_twice, model_name, mlflow_uri):
@@ -93,7 +81,7 @@ def test_rollback_command_with_an_explicit_version(promoted_twice, model_name, m
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout[out.stdout.index("{"):])["version"] == "1"
     assert _client(mlflow_uri).get_model_version_by_alias(model_name, "champion").version == "1"
-    assert _ready(server.url) == _all_on("1")
+    assert server.ready() == all_on("1")
 
 
 def test_a_target_that_cannot_be_served_changes_nothing(promoted_twice, model_name, mlflow_uri):
@@ -113,4 +101,4 @@ def test_a_target_that_cannot_be_served_changes_nothing(promoted_twice, model_na
     with pytest.raises(ServingError, match="could not load 'embedder_onnx'"):
         rollback.run(model_name, cfg, mlflow_uri)
     assert _client(mlflow_uri).get_model_version_by_alias(model_name, "champion").version == "2"
-    assert _ready(server.url) == _all_on("2")
+    assert server.ready() == all_on("2")

@@ -10,6 +10,8 @@ import socket
 import numpy as np
 import pytest
 
+from triton_server import all_on
+
 pytest_plugins = ["conftest_mlflow", "conftest_triton"]
 
 LONG = " ".join(["the yield statement suspends a generator and hands a value back to its caller"] * 40)
@@ -19,17 +21,6 @@ TEXTS = ["what does the yield statement do", "break out of a loop early", LONG]
 def _cos(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-
-
-def _served(url, names):
-    from embedforge.client import http_client
-
-    client = http_client(url)
-    try:
-        return sorted((m["name"], m["version"]) for m in client.get_model_repository_index()
-                      if m.get("state") == "READY" and m["name"] in names)
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="module")
@@ -95,25 +86,24 @@ def test_text_in_equals_sentence_transformers_and_tokens_in_stays(tmp_path, tiny
 def test_exactly_the_chosen_version_is_served(tmp_path, tiny_onnx_dir, export_dir, triton, triton_cfg):
     from embedforge import serving
     from embedforge.client import embed
-    from embedforge.triton import ModelNames, served_version, write_model_repository
+    from embedforge.triton import served_version, write_model_repository
 
     live = tmp_path / "models"
     server = triton(live)
     cfg = triton_cfg(live, server)
     write_model_repository(tiny_onnx_dir, live, cfg, 1, serve=False)
     write_model_repository(export_dir(tmp_path / "export-2", seed=1), live, cfg, 2, serve=False)
-    names = ModelNames.of("embedder").all()
 
     serving.serve(cfg, "1")
-    assert _served(server.url, names) == sorted((n, "1") for n in names)
+    assert server.ready() == all_on("1")
     v1 = embed(server.url, TEXTS[:1], model="embedder")
     serving.serve(cfg, "2")  # the higher version folder was there all along; only now is it served
-    assert _served(server.url, names) == sorted((n, "2") for n in names)
+    assert server.ready() == all_on("2")
     v2 = embed(server.url, TEXTS[:1], model="embedder")
     assert _cos(v1, v2)[0] < 0.9  # another model (seed 1) answers now
     np.testing.assert_allclose(v2, serving.reference_embedding(live, "embedder", "2", TEXTS[:1]), atol=1e-5)
     serving.serve(cfg, "1")  # back to the lower version
-    assert _served(server.url, names) == sorted((n, "1") for n in names) and served_version(live, "embedder") == "1"
+    assert server.ready() == all_on("1") and served_version(live, "embedder") == "1"
     np.testing.assert_allclose(embed(server.url, TEXTS[:1], model="embedder"), v1, atol=1e-6)
 
 
@@ -121,7 +111,7 @@ def test_a_broken_version_does_not_replace_the_serving_one(tmp_path, tiny_onnx_d
     from embedforge import serving
     from embedforge.client import embed
     from embedforge.errors import ServingError
-    from embedforge.triton import ModelNames, served_version, write_model_repository
+    from embedforge.triton import served_version, write_model_repository
 
     live = tmp_path / "models"
     server = triton(live)
@@ -134,8 +124,7 @@ def test_a_broken_version_does_not_replace_the_serving_one(tmp_path, tiny_onnx_d
 
     with pytest.raises(ServingError, match=rf"{server.url}.*version 2.*could not load 'embedder_onnx'"):
         serving.serve(cfg, "2")
-    names = ModelNames.of("embedder").all()
-    assert _served(server.url, names) == sorted((n, "1") for n in names)
+    assert server.ready() == all_on("1")
     assert served_version(live, "embedder") == "1"
     np.testing.assert_allclose(embed(server.url, TEXTS[:1], model="embedder"), before, atol=1e-6)
 
@@ -146,7 +135,7 @@ def test_two_replicas_and_one_dies_mid_rollout(tmp_path, tiny_onnx_dir, export_d
     from embedforge import serving
     from embedforge.client import embed
     from embedforge.errors import ServingError
-    from embedforge.triton import ModelNames, served_version, write_model_repository
+    from embedforge.triton import served_version, write_model_repository
 
     live = tmp_path / "models"
     a, b = triton(live), triton(live)
@@ -154,15 +143,14 @@ def test_two_replicas_and_one_dies_mid_rollout(tmp_path, tiny_onnx_dir, export_d
     write_model_repository(tiny_onnx_dir, live, cfg, 1, serve=False)
     rollout = serving.serve(cfg, "1")
     assert [r.url for r in rollout.replicas] == [a.url, b.url]
-    names = ModelNames.of("embedder").all()
-    assert _served(a.url, names) == _served(b.url, names) == sorted((n, "1") for n in names)
+    assert a.ready() == b.ready() == all_on("1")
 
     write_model_repository(export_dir(tmp_path / "export-2", seed=1), live, cfg, 2, serve=False)
     b.kill()
     with pytest.raises(ServingError, match=rf"{b.url}.*(cannot reach|not live)"):
         serving.serve(cfg, "2")
     assert served_version(live, "embedder") == "1"
-    assert _served(a.url, names) == sorted((n, "1") for n in names)  # a had switched to 2, and is back on 1
+    assert a.ready() == all_on("1")  # a had switched to 2, and is back on 1
     np.testing.assert_allclose(embed(a.url, TEXTS[:1], model="embedder"),
                                serving.reference_embedding(live, "embedder", "1", TEXTS[:1]), atol=1e-5)
 

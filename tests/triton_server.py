@@ -152,6 +152,16 @@ class TritonServer:
             time.sleep(0.3)
         return self
 
+    def ready(self, names: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+        """Sorted ``(model, version)`` pairs the server reports READY (of ``names``, if given)."""
+        import json
+
+        req = urllib.request.Request(f"{self.url}/v2/repository/index", data=b"{}", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            index = json.loads(resp.read())
+        return sorted((m["name"], m["version"]) for m in index
+                      if m.get("state") == "READY" and (names is None or m["name"] in names))
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -165,6 +175,11 @@ class TritonServer:
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc, grace_s=20)
+
+
+def all_on(version: str, model_name: str = "embedder") -> list[tuple[str, str]]:
+    """What :meth:`TritonServer.ready` lists when ``model_name``'s three models serve ``version`` only."""
+    return sorted((n, str(version)) for n in (model_name, f"{model_name}_onnx", f"{model_name}_tokenizer"))
 
 
 @contextlib.contextmanager
