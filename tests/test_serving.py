@@ -25,12 +25,12 @@ def _cos(a, b):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory, tiny_model, chunks_dir):
-    """The real export stage's output for the tiny model (max_seq_length 128, prompts query:/passage:)."""
+    """The real export stage's output for the tiny model (max_seq_length 128, prompts query:/passage:, + FP16)."""
     from embedforge import export
     from embedforge.config import ExportConfig
 
     out = tmp_path_factory.mktemp("served") / "onnx"
-    export.run(tiny_model, chunks_dir, out, ExportConfig(parity_samples=4))
+    export.run(tiny_model, chunks_dir, out, ExportConfig(parity_samples=4, fp16=True))
     return out
 
 
@@ -81,6 +81,22 @@ def test_text_in_equals_sentence_transformers_and_tokens_in_stays(tmp_path, tiny
     tokens_in = client.infer("embedder_onnx", inputs).as_numpy("embeddings")
     client.close()
     assert _cos(tokens_in, st.encode(TEXTS[:1], prompt_name="query"))[0] >= 0.999
+
+
+def test_fp16_variant_served_as_text_in(tmp_path, tiny_model, tiny_export, triton, triton_cfg):
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge import serving
+    from embedforge.client import embed
+    from embedforge.triton import write_model_repository
+
+    live = tmp_path / "models"
+    server = triton(live)
+    cfg = triton_cfg(live, server, precision="fp16")
+    write_model_repository(tiny_export, live, cfg, 1, serve=False)
+    assert serving.serve(cfg, "1").probe_cosine > 0.999  # against the FP16 graph it serves
+    ref = SentenceTransformer(str(tiny_model), device="cpu").encode(TEXTS, prompt_name="query")
+    assert _cos(embed(server.url, TEXTS, model="embedder"), ref).min() >= 0.995
 
 
 def test_exactly_the_chosen_version_is_served(tmp_path, tiny_onnx_dir, export_dir, triton, triton_cfg):

@@ -41,6 +41,7 @@ from pathlib import Path
 from embedforge.config import TritonConfig
 from embedforge.contracts import MANIFEST, ONNX_FILE, PARITY_FILE, atomic_write_text
 from embedforge.errors import ConfigError, InputError
+from embedforge.export import FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,9 @@ REQUIRED_INPUTS = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embeddings"
 TEXT_INPUT = "text"
 INPUT_TYPE = "input_type"
-FP16_ONNX_FILE = "model_fp16.onnx"
-PLAN_FILE = "model.plan"
 _MODEL_PY = {"tokenizer": "triton_tokenizer_model.py", "python": "triton_onnx_model.py"}
 #: Files of the export folder that are not tokenizer files (they are not copied into ``tokenizer/``).
-_NOT_TOKENIZER = {ONNX_FILE, PARITY_FILE, MANIFEST}
+_NOT_TOKENIZER = {ONNX_FILE, PARITY_FILE, MANIFEST, FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE}
 
 # ONNX TensorProto element type -> Triton DataType name.
 _ONNX_TO_TRITON = {
@@ -363,7 +362,7 @@ def _embedder_files(onnx_dir: Path, cfg: TritonConfig, sig: OnnxSignature) -> di
         if not plan.is_file():
             raise InputError(f"triton.embedder_backend=tensorrt_plan but {plan} does not exist: export with "
                              "export.tensorrt_plan=true on a machine where the tensorrt package is importable")
-        return {PLAN_FILE: plan}
+        return {PLAN_FILE: plan, ONNX_FILE: onnx_dir / ONNX_FILE}  # the graph: the rollout probe's reference
     graph = onnx_dir / (FP16_ONNX_FILE if cfg.precision == "fp16" else ONNX_FILE)
     if not graph.is_file():
         raise InputError(f"triton.precision={cfg.precision} needs {graph}: export with export.fp16=true")
@@ -426,7 +425,7 @@ def write_model_repository(
         names.embedder: build_config(sig, cfg, params, v),
     }
     embedder_files = _embedder_files(onnx_dir, cfg, sig)
-    skip = _NOT_TOKENIZER | set(sig.external_data) | {FP16_ONNX_FILE, PLAN_FILE}
+    skip = _NOT_TOKENIZER | set(sig.external_data)
     for model, text in configs.items():
         tmp = _fresh(repo_dir / model / f".{v}.tmp")
         (tmp / SERVED_CONFIG).write_text(text, encoding="utf-8")
