@@ -23,14 +23,33 @@ class TritonPythonModel:
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        """One onnxruntime run for all requests the dynamic batcher gathered: each request's rows are padded to
+        the longest sequence (mask 0: pooling ignores them), then the outputs are split back per request."""
+        feeds, errors = [], {}
+        for i, request in enumerate(requests):
             try:
-                feed = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy().astype(np.int64)
-                        for n in self.inputs}
-                (out,) = self.session.run(["embeddings"], feed)
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor("embeddings", out.astype(np.float32))]))
+                feeds.append({n: pb_utils.get_input_tensor_by_name(request, n).as_numpy().astype(np.int64)
+                              for n in self.inputs})
             except Exception as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                errors[i] = str(exc)
+                feeds.append(None)
+        good = [f for f in feeds if f is not None]
+        out = None
+        if good:
+            width = max(f[self.inputs[0]].shape[1] for f in good)
+            batch = {n: np.concatenate([np.pad(f[n], ((0, 0), (0, width - f[n].shape[1]))) for f in good])
+                     for n in self.inputs}
+            try:
+                (out,) = self.session.run(["embeddings"], batch)
+            except Exception as exc:
+                errors.update({i: str(exc) for i, f in enumerate(feeds) if f is not None})
+        responses, row = [], 0
+        for i, f in enumerate(feeds):
+            if i in errors:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[i])))
+                continue
+            n = f[self.inputs[0]].shape[0]
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("embeddings", out[row:row + n].astype(np.float32))]))
+            row += n
         return responses
