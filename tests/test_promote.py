@@ -248,3 +248,33 @@ def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
     client = _client(mlflow_uri)
     assert client.get_model_version_by_alias(model_name, "champion").version == "3"
     assert server.ready() == all_on("3")
+
+
+def test_champion_removed_during_the_rollout_puts_serving_back(
+        tmp_path, model_name, tiny_model, tiny_onnx_dir, export_dir, validation_dir, evaluation_dir_factory,
+        chunks_dir, pairs_dir, mlflow_uri, triton, triton_cfg, monkeypatch):
+    """v1 is served; while v2 rolls out, an operator deletes the registered model: the swap's compare fails,
+    and the server is back on v1 (what was served before: the registry names no champion any more)."""
+    from embedforge import promote, serving
+    from embedforge.config import GateConfig
+    live = tmp_path / "models"
+    server = triton(live)
+    cfg = triton_cfg(live, server)
+    reg1, dec1, _ = _register_and_gate(tmp_path, "a", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
+                                       validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
+    promote.run(dec1, reg1, tiny_onnx_dir, tmp_path / "artifact-a", GateConfig(), cfg, mlflow_uri)
+    onnx_b = export_dir(tmp_path / "export-b", seed=1)
+    reg2, dec2, _ = _register_and_gate(tmp_path, "b", mlflow_uri, model_name, tiny_model, onnx_b,
+                                       validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir, finetuned=0.95)
+    real_roll_out = serving.roll_out
+
+    def roll_out_then_model_deleted(*args, **kw):
+        result = real_roll_out(*args, **kw)
+        assert server.ready() == all_on("2")  # v2 was really served at this point
+        _client(mlflow_uri).delete_registered_model(model_name)
+        return result
+
+    monkeypatch.setattr(serving, "roll_out", roll_out_then_model_deleted)
+    with pytest.raises(promote.PromotionConflict, match=f"{model_name}@champion was removed meanwhile"):
+        promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", GateConfig(), cfg, mlflow_uri)
+    assert server.ready() == all_on("1")

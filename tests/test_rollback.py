@@ -91,6 +91,8 @@ def test_a_target_that_cannot_be_served_changes_nothing(promoted_twice, model_na
     from embedforge.errors import InputError, ServingError
 
     server, cfg, live = promoted_twice
+    with pytest.raises(InputError, match="has no version 9: pass --to with a registered version"):
+        rollback.run(model_name, cfg, mlflow_uri, to_version="9")
     shutil.rmtree(live / "embedder_onnx" / "1")  # the old version's embedder is gone from the volume
     with pytest.raises(InputError, match="version 1 of 'embedder' is not in the model repository"):
         rollback.run(model_name, cfg, mlflow_uri)

@@ -56,6 +56,9 @@ def check_champion(client, model_name: str, alias: str, expected: str | None, ve
     from embedforge.gate import current_champion
 
     current = current_champion(client, model_name, alias)
+    if current is None and expected is not None:
+        raise PromotionConflict(f"{model_name}@{alias} was removed meanwhile (the gate compared v{version} against "
+                                f"v{expected}); re-run the gate")
     if current not in (expected, version):
         raise PromotionConflict(
             f"another run promoted v{current} meanwhile; re-run the gate (it compared v{version} against "

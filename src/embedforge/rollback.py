@@ -73,6 +73,9 @@ def run(model_name: str, triton: TritonConfig, tracking_uri: str = "", to_versio
             raise InputError(f"{model_name} has no {PREVIOUS_ALIAS!r} alias to roll back to; pass --to VERSION")
         client.get_model_version(model_name, target)  # raises for an unknown version
     except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise InputError(f"{model_name} has no version {to_version}: pass --to with a registered version "
+                             f"(the champion is v{current})") from None
         raise mlflow_error(f"read versions of {model_name!r}", uri, exc) from None
     if target == current:
         log.info("%s@%s is already v%s: re-checking that it is served", model_name, alias, target)
