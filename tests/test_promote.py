@@ -212,27 +212,40 @@ def test_two_runs_gated_against_the_same_champion_cannot_both_promote(
     assert server.ready() == all_on("1") and not (live / "embedder" / "2").exists()
 
 
-def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
-        tmp_path, model_name, tiny_model, tiny_onnx_dir, export_dir, validation_dir, evaluation_dir_factory,
-        chunks_dir, pairs_dir, mlflow_uri, triton, triton_cfg, monkeypatch):
-    """Run A promotes v1. Runs B (v2) and C (v3) are gated against v1; C's promotion finishes while B's rollout
-    is running. B's swap must fail, and the replica must end up serving v3, the version the registry names."""
-    from embedforge import promote, serving
+@pytest.fixture
+def v1_served_v2_gated(tmp_path, model_name, tiny_model, tiny_onnx_dir, export_dir, validation_dir,
+                       evaluation_dir_factory, chunks_dir, pairs_dir, mlflow_uri, triton, triton_cfg):
+    """Run A promoted v1 over the wire; run B registered v2 (another model, seed 1) and its gate compared it
+    against v1. Returns (server, cfg, gated) with ``gated(tag, onnx_dir)`` -> (registry, decision) of one more run."""
+    from embedforge import promote
     from embedforge.config import GateConfig
 
     live = tmp_path / "models"
     server = triton(live)
     cfg = triton_cfg(live, server)
-    reg1, dec1, _ = _register_and_gate(tmp_path, "a", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
-                                       validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
+
+    def gated(tag, onnx_dir, finetuned=0.95):
+        return _register_and_gate(tmp_path, tag, mlflow_uri, model_name, tiny_model, onnx_dir, validation_dir,
+                                  evaluation_dir_factory, chunks_dir, pairs_dir, finetuned=finetuned)
+
+    reg1, dec1, _ = gated("a", tiny_onnx_dir, 0.90)
     promote.run(dec1, reg1, tiny_onnx_dir, tmp_path / "artifact-a", GateConfig(), cfg, mlflow_uri)
     onnx_b = export_dir(tmp_path / "export-b", seed=1)
-    reg2, dec2, d2 = _register_and_gate(tmp_path, "b", mlflow_uri, model_name, tiny_model, onnx_b,
-                                        validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir, finetuned=0.95)
-    reg3, dec3, d3 = _register_and_gate(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
-                                        validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir, finetuned=0.95)
-    assert d2.champion_version == d3.champion_version == "1" and d2.promote and d3.promote
+    reg2, dec2, d2 = gated("b", onnx_b)
+    assert d2.champion_version == "1" and d2.promote
+    return server, cfg, gated, (reg2, dec2, onnx_b)
 
+
+def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
+        tmp_path, model_name, tiny_onnx_dir, mlflow_uri, v1_served_v2_gated, monkeypatch):
+    """Runs B (v2) and C (v3) are gated against v1; C's promotion finishes while B's rollout is running. B's
+    swap must fail, and the replica must end up serving v3, the version the registry names."""
+    from embedforge import promote, serving
+    from embedforge.config import GateConfig
+
+    server, cfg, gated, (reg2, dec2, onnx_b) = v1_served_v2_gated
+    reg3, dec3, d3 = gated("c", tiny_onnx_dir)
+    assert d3.champion_version == "1" and d3.promote
     real_roll_out = serving.roll_out
 
     def roll_out_while_c_promotes(urls, repo, name, version, **kw):
@@ -250,22 +263,14 @@ def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
     assert server.ready() == all_on("3")
 
 
-def test_champion_removed_during_the_rollout_puts_serving_back(
-        tmp_path, model_name, tiny_model, tiny_onnx_dir, export_dir, validation_dir, evaluation_dir_factory,
-        chunks_dir, pairs_dir, mlflow_uri, triton, triton_cfg, monkeypatch):
-    """v1 is served; while v2 rolls out, an operator deletes the registered model: the swap's compare fails,
-    and the server is back on v1 (what was served before: the registry names no champion any more)."""
+def test_champion_removed_during_the_rollout_puts_serving_back(tmp_path, model_name, mlflow_uri,
+                                                              v1_served_v2_gated, monkeypatch):
+    """While v2 rolls out, an operator deletes the registered model: the swap's compare fails, and the server is
+    back on v1 (what was served before: the registry names no champion any more)."""
     from embedforge import promote, serving
     from embedforge.config import GateConfig
-    live = tmp_path / "models"
-    server = triton(live)
-    cfg = triton_cfg(live, server)
-    reg1, dec1, _ = _register_and_gate(tmp_path, "a", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
-                                       validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
-    promote.run(dec1, reg1, tiny_onnx_dir, tmp_path / "artifact-a", GateConfig(), cfg, mlflow_uri)
-    onnx_b = export_dir(tmp_path / "export-b", seed=1)
-    reg2, dec2, _ = _register_and_gate(tmp_path, "b", mlflow_uri, model_name, tiny_model, onnx_b,
-                                       validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir, finetuned=0.95)
+
+    server, cfg, _, (reg2, dec2, onnx_b) = v1_served_v2_gated
     real_roll_out = serving.roll_out
 
     def roll_out_then_model_deleted(*args, **kw):
