@@ -1,8 +1,8 @@
 """Fixtures for tests against a real ``tritonserver`` (load with ``pytest_plugins = ["conftest_triton"]``).
 
 * ``triton_runtime``: the cached server + Python-backend environment (tests/triton_server.py), built once.
-* ``triton``: ``triton(repository)`` starts a real server in explicit model-control mode on free ports, serving
-  that folder; every server a test started is stopped at its teardown.
+* ``triton``: ``triton(repository, poll_secs=0)`` starts a real server in explicit model-control mode (poll mode
+  with ``poll_secs``) on free ports, serving that folder; every server a test started is stopped at its teardown.
 * ``triton_cfg``: ``triton_cfg(repo, *servers, **overrides)``: a ``TritonConfig`` for the test servers (the
   embedder through the Python backend: this Triton build has no ONNX Runtime backend).
 """
@@ -23,8 +23,8 @@ def triton_runtime() -> Runtime:
 def triton(triton_runtime, tmp_path):
     started: list[TritonServer] = []
 
-    def start(repository) -> TritonServer:
-        server = TritonServer(repository, triton_runtime, log_dir=tmp_path).start()
+    def start(repository, poll_secs: int = 0) -> TritonServer:
+        server = TritonServer(repository, triton_runtime, log_dir=tmp_path, poll_secs=poll_secs).start()
         started.append(server)
         return server
 

@@ -123,6 +123,23 @@ def test_exactly_the_chosen_version_is_served(tmp_path, tiny_onnx_dir, export_di
     np.testing.assert_allclose(embed(server.url, TEXTS[:1], model="embedder"), v1, atol=1e-6)
 
 
+def test_a_poll_mode_server_is_waited_for(tmp_path, tiny_onnx_dir, export_dir, triton, triton_cfg):
+    """A server in poll mode refuses explicit loads: the rollout waits for its scan to serve exactly v2."""
+    from embedforge import serving
+    from embedforge.triton import write_model_repository
+
+    live = tmp_path / "models"
+    cfg = triton_cfg(live)
+    write_model_repository(tiny_onnx_dir, live, cfg, 1)  # served from the start
+    server = triton(live, poll_secs=1)
+    cfg = triton_cfg(live, server)
+    assert serving.serve(cfg, "1").replicas[0].mode == "poll"
+    write_model_repository(export_dir(tmp_path / "export-2", seed=1), live, cfg, 2, serve=False)
+    rollout = serving.serve(cfg, "2")
+    assert rollout.replicas[0].mode == "poll" and rollout.probe_cosine > 0.999
+    assert server.ready() == all_on("2")
+
+
 def test_a_broken_version_does_not_replace_the_serving_one(tmp_path, tiny_onnx_dir, triton, triton_cfg):
     from embedforge import serving
     from embedforge.client import embed

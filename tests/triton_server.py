@@ -114,26 +114,30 @@ class TritonServer:
 
     Args:
         repository: The model repository folder (may be empty: models are loaded through the repository API).
+        poll_secs: > 0: ``--model-control-mode=poll`` with that scan interval instead (loads what is there).
         runtime: From :func:`ensure_runtime`.
         log_dir: Where ``triton.log`` goes (default: the repository's parent).
         extra_args: More ``tritonserver`` flags.
     """
 
     def __init__(self, repository: str | Path, runtime: Runtime, log_dir: str | Path | None = None,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), poll_secs: int = 0):
         self.repository = Path(repository)
         self.runtime = runtime
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.log_path = Path(log_dir or self.repository.parent) / f"triton-{self.http_port}.log"
         self.extra_args = extra_args
+        self.poll_secs = poll_secs
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 120.0) -> "TritonServer":
         self.repository.mkdir(parents=True, exist_ok=True)
         rt = self.runtime
         cmd = [
-            str(rt.binary), f"--model-repository={self.repository}", "--model-control-mode=explicit",
+            str(rt.binary), f"--model-repository={self.repository}",
+            *(["--model-control-mode=poll", f"--repository-poll-secs={self.poll_secs}"] if self.poll_secs
+              else ["--model-control-mode=explicit"]),
             f"--backend-directory={rt.server_dir / 'backends'}", f"--cache-directory={rt.server_dir / 'caches'}",
             f"--http-port={self.http_port}", "--http-address=127.0.0.1", "--allow-grpc=false",
             "--allow-metrics=false", "--strict-readiness=false", "--exit-timeout-secs=5", *self.extra_args,
