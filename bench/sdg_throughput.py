@@ -53,7 +53,7 @@ def _chunks(n_docs: int, base_model: str, tmp: Path):
 
 def measure(base_url: str, model: str, chunks, concurrency: int, args: argparse.Namespace, base_model: str) -> dict:
     from embedforge.config import SdgConfig
-    from embedforge.sdg.base import make_generator
+    from embedforge.sdg import make_generator
 
     per_type = {"multi_hop": 1, "structural": 1, "contextual": 1}
     counts = dict(list(per_type.items())[: args.num_pairs]) if args.num_pairs <= 3 else {"multi_hop": args.num_pairs}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
+from embedforge.components._common import BASE_IMAGE
 from embedforge.components.evaluate.component import evaluate
 from embedforge.components.export.component import export
 from embedforge.components.gate.component import gate
@@ -70,6 +71,8 @@ class KubernetesSettings:
     model_repo_pvc: str = "embedforge-model-repository"
     model_repo_mount: str = "/models"
     triton_url: str = "http://triton.embedforge.svc.cluster.local:8000"
+    # Every step's container image (embedforge compile --image REGISTRY/embedforge@sha256:...).
+    image: str = BASE_IMAGE
 
 
 def _stage_args(cfg: PipelineConfig) -> dict[str, dict]:
@@ -175,6 +178,12 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
                       evaluate_task, export_task, register_task, gate_task, promote_task) -> None:
     from kfp import kubernetes
 
+    for task in (ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task, export_task,
+                 register_task, gate_task, promote_task):
+        task.set_container_image(k8s.image)
+        # The prod overlay's NetworkPolicies admit these pods to MLflow, and only promote to Triton's repository API.
+        kubernetes.add_pod_label(task, "embedforge.io/pipeline", "true")
+    kubernetes.add_pod_label(promote_task, "embedforge.io/promote", "true")
     # The corpus, pairs files and external BEIR folders live on a shared volume (see manifests/).
     for task in (ingest_task, sdg_task, evaluate_task):
         kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)

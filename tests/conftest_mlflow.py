@@ -158,22 +158,28 @@ def tiny_onnx_dir(tmp_path_factory, base_model) -> Path:
 
 
 def write_evaluation(out: Path, finetuned: dict, base: dict, external: dict | None = None) -> Path:
-    """An evaluate-shaped folder whose evaluation.json holds the given numbers."""
+    """An evaluate-shaped folder whose result holds the given numbers."""
+    from embedforge.contracts import EVALUATION_FILE, EvaluationResult, ExternalEvaluation, StageTimer, write_json
+
     out.mkdir(parents=True, exist_ok=True)
-    ev = {"primary_metric": "ndcg@10", "base": base, "finetuned": finetuned,
-          "counts": {"queries": 12, "corpus": 40}}
+    ext = None
     if external:
-        ev["external"] = external
-    (out / "evaluation.json").write_text(json.dumps(ev))
-    (out / "manifest.json").write_text(json.dumps({"stage": "evaluate"}))
+        ext = ExternalEvaluation(**{"delta": {}, "counts": {"queries": 3}, **external})
+    ev = EvaluationResult(primary_metric="ndcg@10", base=base, finetuned=finetuned, delta={}, external=ext,
+                          counts={"queries": 12, "corpus": 40})
+    write_json(out / EVALUATION_FILE, ev.model_dump(mode="json"))
+    StageTimer("evaluate").write_manifest(out, result=ev)
     return out
 
 
 @pytest.fixture
 def validation_dir(tmp_path) -> Path:
+    from embedforge.contracts import VALIDATION_FILE, StageTimer, ValidationResult
+
     out = tmp_path / "validation"
     out.mkdir()
-    (out / "validation.json").write_text(json.dumps({"success": True, "statistics": {"evaluated_expectations": 7}}))
+    (out / VALIDATION_FILE).write_text(json.dumps({"success": True, "statistics": {"evaluated_expectations": 7}}))
+    StageTimer("validate").write_manifest(out, result=ValidationResult(success=True))
     return out
 
 

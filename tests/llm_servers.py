@@ -324,7 +324,7 @@ def _generate_main(cfg_path: str, chunks_path: str, split: str, out_path: str) -
 
     from embedforge.config import SdgConfig
     from embedforge.contracts import Chunk, read_records
-    from embedforge.sdg.base import make_generator
+    from embedforge.sdg import make_generator
 
     logging.basicConfig(level=logging.INFO)
     cfg = SdgConfig.model_validate(json.loads(Path(cfg_path).read_text()))

@@ -328,14 +328,6 @@ def test_no_eval_pairs_says_what_to_change(tmp_path, base_model):
     assert not (tmp_path / "out" / contracts.MANIFEST).exists()
 
 
-def test_kfp_metric_names():
-    pattern = re.compile(r"^[a-zA-Z]([-_a-zA-Z0-9]{0,62}[a-zA-Z0-9])?$")
-    for raw, want in [("finetuned_ndcg@10", "finetuned_ndcg_at_10"), ("base_mrr@100", "base_mrr_at_100"),
-                      ("10x", "m_10x"), ("delta ndcg@5!", "delta_ndcg_at_5")]:
-        assert evaluate.kfp_metric_name(raw) == want
-        assert pattern.match(want)
-
-
 # ------------------------------------------------------------------------------------------------ component
 def test_component_on_the_shared_artifacts(tmp_path, chunks_dir, pairs_dir, mined_dir, model_dir, base_model,
                                            fixture_data, base_reencoded):

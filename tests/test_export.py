@@ -225,7 +225,9 @@ def test_fp16_variant_and_tensorrt_plan_where_tensorrt_is_missing(tiny_model, ch
         ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64)]
     assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     rep = json.loads((out / export.FP16_PARITY_FILE).read_text())
-    assert rep["passed"] and rep["threshold"] == 0.995 and m.model_extra["fp16_min_cosine"] == rep["min_cosine"] >= 0.995
-    assert not (out / export.PLAN_FILE).exists()
-    assert m.model_extra["tensorrt_plan"].startswith("skipped: the tensorrt package is not importable")
+    variants = json.loads((out / export.VARIANTS_FILE).read_text())
+    assert rep["passed"] and rep["threshold"] == 0.995 and variants["fp16"]["min_cosine"] == rep["min_cosine"] >= 0.995
+    assert not (out / export.PLAN_FILE).exists() and variants["tensorrt_plan"]["file"] is None
+    assert variants["tensorrt_plan"]["status"].startswith("skipped: the tensorrt package is not importable")
+    assert {export.FP16_ONNX_FILE, export.VARIANTS_FILE} <= set(m.result.files)
     assert "tensorrt package is not importable" in caplog.text

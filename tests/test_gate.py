@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from embedforge.contracts import Decision, read_result
+
 pytest_plugins = ["conftest_mlflow"]
 
 M = "ndcg@10"
@@ -175,8 +177,7 @@ def test_champion_is_downloaded_and_reevaluated(tmp_path, model_name, tiny_model
     assert d.promote is promoted
     if not promoted:
         assert "does not beat champion v1" in d.reason and d.champion_margin < 0
-    manifest = json.loads((tmp_path / "decision" / "manifest.json").read_text())
-    assert manifest["champion_metrics"][M] == pytest.approx(real)
+    assert read_result(tmp_path / "decision", Decision).champion_metrics[M] == pytest.approx(real)
 
 
 def test_component_returns_the_bool(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,

@@ -11,6 +11,7 @@ from embedforge import ingest
 from embedforge.config import IngestConfig
 from embedforge.contracts import CHUNKS_FILE, read_chunks, read_manifest
 from embedforge.errors import InputError
+from embedforge.text import split_sentences
 
 LONG_PARA = (
     "Gradient clipping bounds the norm of the update. It keeps training stable when the loss spikes. "
@@ -84,7 +85,7 @@ def test_sentences_per_chunk_and_token_cap(tmp_path, base_model):
     _write(corpus, "notes.txt", " ".join(f"Sentence number {i} is about topic {i} of the notes." for i in range(18)))
     _, chunks = _run(corpus, tmp_path, base_model, sentences_per_chunk=2, eval_fraction=0.0)
     assert len(chunks) == 9  # 18 sentences, 2 a chunk
-    assert all(len(ingest.split_sentences(c.text)) == 2 for c in chunks)
+    assert all(len(split_sentences(c.text)) == 2 for c in chunks)
 
     # one giant sentence (no punctuation) is cut by tokens under the cap
     _write(corpus, "notes.txt", " ".join(f"word{i} alpha beta" for i in range(300)))
@@ -141,7 +142,7 @@ cd widget</pre>
 
 def test_exact_duplicate_chunks_dropped(tmp_path, base_model):
     corpus = tmp_path / "c"
-    five = " ".join(ingest.split_sentences(LONG_PARA)[:5])
+    five = " ".join(split_sentences(LONG_PARA)[:5])
     _write(corpus, "a.txt", five)
     closing = "A new closing paragraph that only the second file has in it, long enough to stand alone."
     _write(corpus, "b.txt", five.replace(". ", ".\n   ") + "\n\n" + closing)
@@ -185,8 +186,6 @@ def test_beir_corpus_file_or_folder(tmp_path, base_model):
     assert {c.doc_id: c.title for c in c1} == {"d1": "Wing flutter", "2": ""}
     assert m1.counts["documents"] == 2 and m1.counts["empty_documents"] == 1
     assert m1.counts["eval_documents"] == 1  # >= 1 eval document whenever there are >= 2 documents
-    # the ' . ' style of tokenised corpora still splits into sentences
-    assert ingest.split_sentences(rows[0]["text"]) == ["flutter of a wing at high speed .", "the model was tested in a tunnel ."]
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -234,26 +233,6 @@ def test_malformed_corpus_line_names_file_and_line(tmp_path, base_model, line, e
     with pytest.raises(InputError) as e:
         ingest.run(path, tmp_path / "out", IngestConfig(), base_model=base_model)
     assert f"{path}:2" in str(e.value) and expected in str(e.value)
-
-
-# ------------------------------------------------------------------------------------------------ splitter
-def test_sentence_splitter_keeps_abbreviations_and_code():
-    text = "Dr. Smith moved to the U.S. in 2019. See Fig. 3 for e.g. the curve. It costs 3.50 dollars! Why? Done."
-    assert ingest.split_sentences(text) == [
-        "Dr. Smith moved to the U.S. in 2019.", "See Fig. 3 for e.g. the curve.", "It costs 3.50 dollars!", "Why?", "Done.",
-    ]
-    segs = ingest.split_segments("Set the value like this:\n\n    x = compute(a, b)\n    print(x)\n\nThen it works. Really.")
-    assert [(s.kind, s.text.strip()) for s in segs] == [
-        ("prose", "Set the value like this:"), ("code", "x = compute(a, b)\n    print(x)"),
-        ("prose", "Then it works."), ("prose", "Really."),
-    ]
-    # an indented first line of a paragraph is prose, not a code block
-    segs2 = ingest.split_segments("  It was a dark and stormy night; the rain fell\nin torrents. Then it stopped.")
-    assert [(s.kind, s.text) for s in segs2] == [
-        ("prose", "It was a dark and stormy night; the rain fell in torrents."), ("prose", "Then it stopped.")]
-    # a chunk's text re-splits into the same segments (the offline generator relies on it)
-    joined = ingest.join_segments(segs)
-    assert [(s.kind, s.text) for s in ingest.split_segments(joined)] == [(s.kind, s.text) for s in segs]
 
 
 # ------------------------------------------------------------------------------------------------ component

@@ -86,19 +86,6 @@ def test_compile_does_not_leak_a_key_from_the_environment(tmp_path):
     assert "SECRET" not in out.read_text()
 
 
-def test_manifests_render_with_kustomize():
-    import shutil
-
-    if not shutil.which("kubectl"):
-        pytest.skip("kubectl not installed")
-    repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run(["kubectl", "kustomize", str(repo / "manifests" / "overlays" / "default")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    kinds = [(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(r.stdout) if d]
-    assert ("Deployment", "triton") in kinds and ("Deployment", "mlflow") in kinds
-    assert ("Secret", "embedforge-llm") in kinds and ("PersistentVolumeClaim", "embedforge-data") in kinds
-
-
 # ------------------------------------------------------------------------------------------ bad input
 def test_missing_corpus_is_one_clear_line(tmp_path):
     r = _cli("run", "--corpus", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))

@@ -52,7 +52,7 @@ def test_promote_sets_alias_tags_version_and_writes_triton_repo(tmp_path, model_
     repo = tmp_path / "triton"
     triton_cfg = TritonConfig(model_name="embedder", instance_kind="KIND_CPU", max_batch_size=16)
     manifest = promote.run(dec, reg, tiny_onnx_dir, repo, GateConfig(), triton_cfg, mlflow_uri)
-    assert manifest.stage == "promote" and manifest.version == "1"
+    assert manifest.stage == "promote" and manifest.result.version == "1"
 
     client = _client(mlflow_uri)
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
@@ -110,13 +110,15 @@ def test_refuses_a_non_promote_decision(tmp_path, model_name, tiny_model, tiny_o
 def test_refuses_a_decision_about_another_version(tmp_path, tiny_onnx_dir):
     from embedforge import promote
     from embedforge.config import GateConfig, TritonConfig
-    from embedforge.contracts import write_json
+    from embedforge.contracts import RegistryRecord, StageTimer
     from embedforge.errors import InputError
     from embedforge.gate import decide
 
     d = decide({M: 0.9}, {M: 0.8}, None, GateConfig(), challenger_version="7")
-    write_json(tmp_path / "decision" / "decision.json", d.model_dump(mode="json"))
-    write_json(tmp_path / "registry" / "registry.json", {"model_name": "m", "version": "3", "run_id": "r"})
+    StageTimer("gate").write_manifest(tmp_path / "decision", result=d)
+    StageTimer("register").write_manifest(tmp_path / "registry", result=RegistryRecord(
+        tracking_uri="", experiment_id="1", experiment="e", run_id="r", model_name="m", version="3", source="s",
+        artifact_uri="a", primary_metric="ndcg@10", primary_metric_value=0.9))
     with pytest.raises(InputError, match="about version 7 but registry.json registered version 3"):
         promote.run(tmp_path / "decision", tmp_path / "registry", tiny_onnx_dir, tmp_path / "triton", GateConfig(),
                     TritonConfig(), "http://127.0.0.1:9")  # refused before MLflow is contacted

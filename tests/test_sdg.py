@@ -12,10 +12,9 @@ from embedforge import sdg
 from embedforge.config import SdgConfig
 from embedforge.contracts import PAIRS_FILE, Chunk, read_chunks, read_manifest, read_pairs, write_jsonl
 from embedforge.errors import InputError
-from embedforge.ingest import normalize_ws, split_segments
-from embedforge.sdg.base import GENERATORS, make_generator
 from embedforge.sdg.byo import load_pairs, pairs_from_beir_qrels
-from embedforge.sdg.offline import OfflineGenerator, meaningful_title, query_key
+from embedforge.sdg.offline import OfflineGenerator, meaningful_title
+from embedforge.text import normalize_ws, query_key, split_segments
 
 
 def _run(chunks_dir, tmp_path, name="pairs", pairs_file=None, **cfg):
@@ -34,10 +33,9 @@ def test_offline_pairs_on_tiny_corpus(chunks_dir, pairs_dir):
     assert m.counts["train_pairs"] > 0 and m.counts["eval_pairs"] >= 5
     assert m.counts["source_offline_ict"] + m.counts["source_offline_title"] == len(pairs)
     assert m.counts["gen_chunks_seen"] == len(chunks)  # generator.stats() lands in the manifest
-    assert "offline" in GENERATORS and isinstance(make_generator(SdgConfig()), OfflineGenerator)
 
     assert len({p.query_id for p in pairs}) == len(pairs)
-    keys = Counter((p.split, normalize_ws(p.query).casefold()) for p in pairs)
+    keys = Counter((p.split, query_key(p.query)) for p in pairs)
     assert max(keys.values()) == 1  # unique queries
     removed = titles_stripped = 0
     for p in pairs:
@@ -115,6 +113,42 @@ def test_generator_knobs(chunks_dir, tmp_path):
     assert all(p.positive_text is not None for p in pairs if p.split == "train")
     _, pairs = _run(chunks_dir, tmp_path, "d", title_queries=False, min_query_words=25)
     assert all(len(p.query.split()) >= 25 for p in pairs)
+
+
+def test_make_generator_builds_the_configured_generator():
+    from embedforge.sdg.llm import LlmGenerator
+
+    assert isinstance(sdg.make_generator(SdgConfig()), OfflineGenerator)
+    assert isinstance(sdg.make_generator(SdgConfig(generator="llm")), LlmGenerator)
+
+
+def test_no_import_cycle_inside_sdg():
+    """Every import of the sdg package, at module or function level (TYPE_CHECKING ones too), forms a DAG."""
+    import ast
+    import graphlib
+
+    root = Path(sdg.__file__).parent
+    mods = {}
+    for path in root.rglob("*.py"):
+        parts = ["embedforge", *path.relative_to(root.parent).with_suffix("").parts]
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path}: relative import"
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            graph[mod].update(n for n in names if n in mods and n != mod)
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle in embedforge.sdg: {' -> '.join(exc.args[1])}")
+    assert len(order) == len(mods) >= 10
+    assert "embedforge.sdg.llm" in graph["embedforge.sdg"]  # function-level imports are seen (the factory's)
 
 
 def test_meaningful_title():

@@ -51,7 +51,7 @@ def make_cfg(srv: FaultServer, work: Path, base_model: str, **llm) -> SdgConfig:
 
 
 def gen_for(cfg: SdgConfig):
-    from embedforge.sdg.base import make_generator
+    from embedforge.sdg import make_generator
 
     return make_generator(cfg)
 

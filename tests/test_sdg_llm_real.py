@@ -52,7 +52,7 @@ def tiny_llm_settings(**extra) -> dict:
 @pytest.mark.timeout(1200)
 def test_llama_cpp_server_end_to_end(tiny_doc, base_model, tmp_path):
     """Real OpenAI-compatible server + real model: a pair comes out with the full schema; usage is accounted."""
-    from embedforge.sdg.base import make_generator
+    from embedforge.sdg import make_generator
 
     with LlamaCppServer(n_ctx=4096) as srv:
         cfg = SdgConfig(generator="llm", llm={"base_url": srv.base_url, "model": srv.model_alias,
@@ -117,7 +117,7 @@ def test_local_transformers_backend_loads_gguf_and_accounts_usage(tmp_path):
 @pytest.mark.timeout(3600)
 def test_local_backend_full_run(tiny_doc, base_model, tmp_path):
     """The whole recipe on the transformers backend: pairs with the schema, or failures accounted per document."""
-    from embedforge.sdg.base import make_generator
+    from embedforge.sdg import make_generator
 
     cfg = SdgConfig(generator="llm", llm={"backend": "local", "local_model": str(smollm2_gguf()),
                                           "work_dir": str(tmp_path), "dedup_model": base_model,

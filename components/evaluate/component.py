@@ -33,24 +33,21 @@ def evaluate(
         metrics: ``finetuned_<metric>_at_<k>``, ``base_<metric>_at_<k>`` and ``delta_<metric>_at_<k>`` (KFP metric
             names allow no "@"), plus ``external_*`` ones when ``eval_beir`` is set, and the counts.
     """
-    import json
-    import os
-
     from embedforge import evaluate as stage
     from embedforge.config import EvaluateConfig
-    from embedforge.contracts import EVALUATION_FILE
+    from embedforge.names import for_kfp
 
     manifest = stage.run(
         chunks.path, pairs.path, base_model, model.path, evaluation.path, EvaluateConfig.model_validate(config),
         base_embeddings_dir=mined.path, eval_beir=eval_beir or None,
     )
-    with open(os.path.join(evaluation.path, EVALUATION_FILE), encoding="utf-8") as fh:
-        result = json.load(fh)
-    for prefix, table in (("finetuned", result["finetuned"]), ("base", result["base"]), ("delta", result["delta"])):
+    result = manifest.result
+    tables = {"finetuned": result.finetuned, "base": result.base, "delta": result.delta}
+    if result.external is not None:
+        tables.update({"external_finetuned": result.external.finetuned, "external_base": result.external.base,
+                       "external_delta": result.external.delta})
+    for prefix, table in tables.items():
         for name, value in table.items():
-            metrics.log_metric(stage.kfp_metric_name(f"{prefix}_{name}"), value)
-    for prefix in ("finetuned", "base", "delta"):
-        for name, value in result.get("external", {}).get(prefix, {}).items():
-            metrics.log_metric(stage.kfp_metric_name(f"external_{prefix}_{name}"), value)
+            metrics.log_metric(for_kfp(f"{prefix}_{name}"), value)
     for name, value in manifest.counts.items():
         metrics.log_metric(name, value)

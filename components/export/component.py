@@ -26,21 +26,16 @@ def export(
         metrics: ``parity_min_cosine``, ``parity_mean_cosine``, ``parity_max_abs_diff``, ``dim``, ``opset``,
             ``onnx_file_size``, ``parity_samples``.
     """
-    import json
-    import os
-
     from embedforge import export as stage
     from embedforge.config import ExportConfig
-    from embedforge.contracts import PARITY_FILE
 
     manifest = stage.run(model.path, chunks.path, onnx_model.path, ExportConfig.model_validate(config))
-    with open(os.path.join(onnx_model.path, PARITY_FILE), encoding="utf-8") as fh:
-        parity = json.load(fh)
-    metrics.log_metric("parity_min_cosine", parity["min_cosine"])
-    metrics.log_metric("parity_mean_cosine", parity["mean_cosine"])
-    metrics.log_metric("parity_max_abs_diff", parity["max_abs_diff"])
-    metrics.log_metric("parity_samples", parity["samples"])
-    metrics.log_metric("dim", manifest.dim)
-    metrics.log_metric("opset", manifest.opset)
-    metrics.log_metric("onnx_file_size", manifest.file_size)
-    onnx_model.metadata.update({"dim": manifest.dim, "opset": manifest.opset, "pooling": manifest.pooling})
+    result = manifest.result
+    metrics.log_metric("parity_min_cosine", result.min_cosine)
+    metrics.log_metric("parity_mean_cosine", result.mean_cosine)
+    metrics.log_metric("parity_max_abs_diff", result.max_abs_diff)
+    metrics.log_metric("parity_samples", result.parity_samples)
+    metrics.log_metric("dim", result.dim)
+    metrics.log_metric("opset", result.opset)
+    metrics.log_metric("onnx_file_size", result.file_size)
+    onnx_model.metadata.update({"dim": result.dim, "opset": result.opset, "pooling": result.pooling})

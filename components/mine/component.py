@@ -32,6 +32,5 @@ def mine(
     manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config), base_model=base_model)
     for name, value in manifest.counts.items():
         metrics.log_metric(name, value)
-    extra = manifest.model_extra or {}
-    for name in ("mean_positive_score", "mean_negative_score"):
-        metrics.log_metric(name, float(extra[name]))
+    metrics.log_metric("mean_positive_score", manifest.result.mean_positive_score)
+    metrics.log_metric("mean_negative_score", manifest.result.mean_negative_score)

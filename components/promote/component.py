@@ -32,7 +32,6 @@ def promote(
             ``<model>/<version>/model.onnx``, ``<model>/<version>/tokenizer/``) + ``promotion.json``.
         metrics: The promoted version and its gate metric value.
     """
-    import json
     import os
 
     from embedforge import promote as stage
@@ -41,9 +40,8 @@ def promote(
     os.makedirs(triton_repo.path, exist_ok=True)
     manifest = stage.run(decision.path, registry.path, onnx_model.path, triton_repo.path,
                          GateConfig.model_validate(config), TritonConfig.model_validate(triton_config), tracking_uri)
-    with open(os.path.join(triton_repo.path, stage.PROMOTION_FILE), encoding="utf-8") as fh:
-        promotion = json.load(fh)
-    metrics.log_metric("promoted_version", int(manifest.version))
-    metrics.log_metric(promotion["metric"], float(promotion["value"]))
-    triton_repo.metadata["model_name"] = promotion["triton_model_name"]
-    triton_repo.metadata["version"] = promotion["version"]
+    promotion = manifest.result
+    metrics.log_metric("promoted_version", int(promotion.version))
+    metrics.log_metric(promotion.metric, promotion.value)
+    triton_repo.metadata["model_name"] = promotion.triton_model_name
+    triton_repo.metadata["version"] = promotion.version

@@ -39,6 +39,6 @@ def register(
     manifest = stage.run(model.path, onnx_model.path, evaluation.path, validation.path, registry.path,
                          RegisterConfig.model_validate(config), tracking_uri, params=params,
                          pairs_dir=pairs.path)
-    registry.metadata["model_name"] = manifest.model_name
-    registry.metadata["version"] = manifest.version
-    registry.metadata["run_id"] = manifest.run_id
+    registry.metadata["model_name"] = manifest.result.model_name
+    registry.metadata["version"] = manifest.result.version
+    registry.metadata["run_id"] = manifest.result.run_id

@@ -40,6 +40,6 @@ def train(
     model.metadata["framework"] = "sentence-transformers"
     for name, value in manifest.counts.items():
         metrics.log_metric(name, value)
-    extra = manifest.model_extra or {}
-    for name in ("final_loss", "examples_per_second", "train_seconds"):
-        metrics.log_metric(name, float(extra[name]))
+    metrics.log_metric("final_loss", manifest.result.final_loss)
+    metrics.log_metric("examples_per_second", manifest.result.examples_per_second)
+    metrics.log_metric("train_seconds", manifest.result.train_seconds)

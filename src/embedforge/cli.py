@@ -131,12 +131,19 @@ def compile_(
     local: Annotated[bool, typer.Option("--local", help="Compile the variant without Kubernetes settings.")] = False,
     train_gpus: Annotated[int, typer.Option("--train-gpus", min=1, help="GPUs for the train step; more than 1 "
                                             "trains data-parallel under torchrun (sets train.processes=0).")] = 1,
+    image: Annotated[Optional[str], typer.Option("--image", help="Container image of every step, e.g. "
+                                                 "REGISTRY/embedforge@sha256:... (default: the components' base image).")] = None,
 ) -> None:
     """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
+    from embedforge.components._common import BASE_IMAGE, is_digest_pinned
     from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline
 
+    image = image or BASE_IMAGE
+    if not local and not is_digest_pinned(image):
+        console.print(f"[yellow]image {escape(image)} is not pinned by digest: a rebuilt image under the same tag "
+                      "reuses cached steps; pass --image REGISTRY/embedforge@sha256:...[/]")
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(output), kubernetes=not local, k8s=KubernetesSettings(train_gpus=train_gpus))
+    compile_pipeline(str(output), kubernetes=not local, k8s=KubernetesSettings(train_gpus=train_gpus, image=image))
     console.print(f"wrote {output}")
 
 
@@ -150,8 +157,7 @@ def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Op
     result = _guard(lambda: fn(cfg))
     if result is None:  # a torchrun worker other than rank 0
         return
-    payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    typer.echo(json.dumps(result.model_dump(mode="json"), indent=2, default=str))
 
 
 @app.command()

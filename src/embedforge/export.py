@@ -29,7 +29,7 @@ in their types), checked like the FP32 graph with ``cfg.fp16_min_cosine`` (``par
 ``cfg.tensorrt_plan`` also builds ``model.plan``, a TensorRT engine (FP16, one optimisation profile for
 ``input_ids``/``attention_mask`` from ``tensorrt_min/opt/max_shape``) for Triton's ``tensorrt_plan`` platform;
 TensorRT needs an NVIDIA GPU and the ``tensorrt`` package, so where it is not importable the step logs why it
-skips the plan and records ``tensorrt_plan: "skipped: ..."`` in the manifest instead of failing.
+skips the plan and records ``"skipped: ..."`` in ``variants.json`` instead of failing.
 
 Parity: up to ``cfg.parity_samples`` real chunks (evenly spread over text length, so the longest ones exercise
 truncation) are embedded by PyTorch (:func:`embedforge.encode.encode`, document prompt) and by ONNX Runtime
@@ -377,6 +377,8 @@ def check_parity(
 FP16_ONNX_FILE = "model_fp16.onnx"
 FP16_PARITY_FILE = "parity_fp16.json"
 PLAN_FILE = "model.plan"
+#: What the optional variants came to (``{"fp16": {...}, "tensorrt_plan": {"status": "built" | "skipped: ..."}}``).
+VARIANTS_FILE = "variants.json"
 
 
 def export_fp16(onnx_path: str | Path, out_path: str | Path) -> None:
@@ -427,6 +429,31 @@ def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path, cfg: Expor
     return "built"
 
 
+def _variants(onnx_path: Path, model: "SentenceTransformer", samples: Sequence[Chunk], cfg: ExportConfig,
+              out_dir: Path) -> list[str]:
+    """Build the configured FP16 graph and TensorRT plan; record what was built in ``variants.json``.
+
+    Returns:
+        The files written (for the manifest's ``files``).
+    """
+    variants: dict[str, Any] = {}
+    files: list[str] = []
+    if cfg.fp16:
+        export_fp16(onnx_path, out_dir / FP16_ONNX_FILE)
+        fp16 = check_parity(out_dir / FP16_ONNX_FILE, model, samples, cfg, out_dir / FP16_PARITY_FILE,
+                            min_cosine=cfg.fp16_min_cosine)
+        variants["fp16"] = {"file": FP16_ONNX_FILE, "min_cosine": fp16["min_cosine"]}
+        files += [FP16_ONNX_FILE, FP16_PARITY_FILE]
+    if cfg.tensorrt_plan:
+        status = build_tensorrt_plan(onnx_path, out_dir / PLAN_FILE, cfg)
+        variants["tensorrt_plan"] = {"file": PLAN_FILE if status == "built" else None, "status": status}
+        files += [PLAN_FILE] if status == "built" else []
+    if variants:
+        write_json(out_dir / VARIANTS_FILE, variants)
+        files.append(VARIANTS_FILE)
+    return files
+
+
 # ------------------------------------------------------------------------------------------------ stage
 def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg: ExportConfig) -> Manifest:
     """Export ``model_dir`` to ``out_dir/model.onnx`` with tokenizer files, and check parity on real chunks.
@@ -447,49 +474,41 @@ def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg:
     """
     from embedforge.encode import load_model
 
-    with StageTimer("export") as timer:
-        model_dir, chunks_dir, out_dir = Path(model_dir), Path(chunks_dir), Path(out_dir)
-        if not (model_dir / "modules.json").is_file():
-            raise InputError(f"{model_dir} is not a sentence-transformers folder (no modules.json)")
-        chunks = read_chunks(chunks_dir)
-        if not chunks:
-            raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks: parity needs real texts")
-        model = load_model(str(model_dir), device="cpu")
-        model.eval()
-        pooling, module_names = _check_modules(model, model_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        exporter = _pick_exporter(cfg)
-        samples = pick_parity_chunks(chunks, cfg.parity_samples)
-        by_len = sorted(samples, key=lambda c: len(c.text))
-        onnx_path = out_dir / ONNX_FILE
-        log.info("exporting %s (%s, pooling %s) to %s with the %s exporter, opset %d", model_dir,
-                 " -> ".join(module_names), pooling, onnx_path, exporter, cfg.opset)
-        export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
-        side_files = copy_tokenizer_files(model, model_dir, out_dir)
-        report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
-        variants: dict[str, Any] = {}
-        if cfg.fp16:
-            export_fp16(onnx_path, out_dir / FP16_ONNX_FILE)
-            fp16 = check_parity(out_dir / FP16_ONNX_FILE, model, samples, cfg, out_dir / FP16_PARITY_FILE,
-                                min_cosine=cfg.fp16_min_cosine)
-            side_files += [FP16_ONNX_FILE, FP16_PARITY_FILE]
-            variants["fp16_min_cosine"] = fp16["min_cosine"]
-        if cfg.tensorrt_plan:
-            variants["tensorrt_plan"] = build_tensorrt_plan(onnx_path, out_dir / PLAN_FILE, cfg)
-            if variants["tensorrt_plan"] == "built":
-                side_files.append(PLAN_FILE)
-        dim = int(embedding_dim(model))
-        return timer.write_manifest(
-            out_dir,
-            counts={"parity_samples": report["samples"], "dim": dim},
-            inputs={"model": model_dir, "chunks": chunks_dir},
-            config=cfg,
-            dim=dim,
-            opset=report["opset"],
-            file_size=onnx_path.stat().st_size,
-            pooling=pooling,
-            exporter=exporter,
-            files=sorted([ONNX_FILE, PARITY_FILE, *side_files]),
-            min_cosine=report["min_cosine"],
-            **variants,
-        )
+    timer = StageTimer("export")
+    model_dir, chunks_dir, out_dir = Path(model_dir), Path(chunks_dir), Path(out_dir)
+    if not (model_dir / "modules.json").is_file():
+        raise InputError(f"{model_dir} is not a sentence-transformers folder (no modules.json)")
+    chunks = read_chunks(chunks_dir)
+    if not chunks:
+        raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks: parity needs real texts")
+    model = load_model(str(model_dir), device="cpu")
+    model.eval()
+    pooling, module_names = _check_modules(model, model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exporter = _pick_exporter(cfg)
+    samples = pick_parity_chunks(chunks, cfg.parity_samples)
+    by_len = sorted(samples, key=lambda c: len(c.text))
+    onnx_path = out_dir / ONNX_FILE
+    log.info("exporting %s (%s, pooling %s) to %s with the %s exporter, opset %d", model_dir,
+             " -> ".join(module_names), pooling, onnx_path, exporter, cfg.opset)
+    export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
+    side_files = copy_tokenizer_files(model, model_dir, out_dir)
+    report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
+    side_files += _variants(onnx_path, model, samples, cfg, out_dir)
+    dim = int(embedding_dim(model))
+    return timer.write_manifest(
+        out_dir,
+        counts={"parity_samples": report["samples"], "dim": dim},
+        inputs={"model": model_dir, "chunks": chunks_dir},
+        config=cfg,
+        dim=dim,
+        opset=report["opset"],
+        file_size=onnx_path.stat().st_size,
+        pooling=pooling,
+        exporter=exporter,
+        files=sorted([ONNX_FILE, PARITY_FILE, *side_files]),
+        min_cosine=report["min_cosine"],
+        mean_cosine=report["mean_cosine"],
+        max_abs_diff=report["max_abs_diff"],
+        parity_samples=report["samples"],
+    )

@@ -32,10 +32,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from embedforge.config import EvaluateConfig, GateConfig
-from embedforge.contracts import DECISION_FILE, EVALUATION_FILE, StageTimer, read_chunks, read_json, read_pairs, write_json
+from embedforge.contracts import (
+    DECISION_FILE, Decision, EvaluationResult, RegistryRecord, StageTimer, read_chunks, read_pairs, read_result,
+    write_json,
+)
 from embedforge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -44,28 +45,6 @@ log = logging.getLogger(__name__)
 EPS = 1e-9
 #: evaluation.json rounds metrics to this many decimals; the champion's re-evaluation is rounded alike.
 EVAL_DECIMALS = 5
-
-
-class Decision(BaseModel):
-    """The gate's verdict and the numbers behind it (written as ``decision.json``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    promote: bool
-    reason: str = Field(description="One human sentence with the numbers.")
-    metric: str
-    greater_is_better: bool
-    challenger: float = Field(description="The fine-tuned model's value.")
-    base_value: float
-    champion_value: float | None = None
-    margin: float = Field(description="Gain over base in the metric's good direction (positive = better).")
-    champion_margin: float | None = Field(None, description="Gain over the champion (positive = better).")
-    min_improvement: float = 0.0
-    champion_version: str | None = None
-    challenger_version: str | None = None
-    model_name: str | None = None
-    alias: str | None = None
-    eval_set: str = Field("held_out", description="Which numbers were compared: held_out, or external:<path>.")
 
 
 def _value(metrics: dict[str, Any], metric: str, who: str) -> float:
@@ -197,21 +176,19 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
     return {k: round(float(v), EVAL_DECIMALS) for k, v in metrics.items()}
 
 
-def pick_eval_set(evaluation: dict[str, Any], cfg: GateConfig, where: Path) -> tuple[dict, dict, str | None]:
+def pick_eval_set(evaluation: EvaluationResult, cfg: GateConfig) -> tuple[dict, dict, str | None]:
     """(fine-tuned metrics, base metrics, external folder or None) the gate compares, per ``cfg.eval_set``.
 
     Raises:
         InputError: ``eval_set="external"`` but the evaluation has no external results.
     """
-    external = evaluation.get("external")
-    if cfg.eval_set == "external" and not isinstance(external, dict):
-        raise InputError(f"gate.eval_set is 'external' but {where} has no external results; run with "
+    external = evaluation.external
+    if cfg.eval_set == "external" and external is None:
+        raise InputError("gate.eval_set is 'external' but the evaluation has no external results; run with "
                          "--eval-beir DIR (a BEIR folder with human judgements) or set gate.eval_set=held_out")
-    if cfg.eval_set != "held_out" and isinstance(external, dict):
-        if not external.get("path"):
-            raise InputError(f"{where}: 'external' has no 'path'; the gate re-evaluates the champion on that folder")
-        return external.get("finetuned"), external.get("base"), str(external["path"])
-    return evaluation.get("finetuned"), evaluation.get("base"), None
+    if cfg.eval_set != "held_out" and external is not None:
+        return external.finetuned, external.base, external.path
+    return evaluation.finetuned, evaluation.base, None
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -246,16 +223,14 @@ def run(
     """
     from mlflow.exceptions import MlflowException
 
-    from embedforge.registry import client_for, mlflow_error, read_registry, resolve_tracking_uri
+    from embedforge.registry import client_for, mlflow_error, resolve_tracking_uri
 
     timer = StageTimer("gate")
     out_dir = Path(out_dir)
-    evaluation = read_json(Path(evaluation_dir) / EVALUATION_FILE)
-    if not isinstance(evaluation, dict):
-        raise InputError(f"{Path(evaluation_dir) / EVALUATION_FILE} must hold a JSON object")
-    reg = read_registry(registry_dir)
-    model_name, challenger_version = reg["model_name"], str(reg["version"])
-    uri = resolve_tracking_uri(tracking_uri, recorded=str(reg.get("tracking_uri", "")))
+    evaluation = read_result(evaluation_dir, EvaluationResult)
+    reg = read_result(registry_dir, RegistryRecord)
+    model_name, challenger_version = reg.model_name, reg.version
+    uri = resolve_tracking_uri(tracking_uri, recorded=reg.tracking_uri)
     client = client_for(uri)
 
     try:
@@ -266,7 +241,7 @@ def run(
         log.info("alias %r already points at the challenger v%s: comparing with base only", cfg.alias, champion_version)
         champion_version = None
 
-    finetuned, base, external = pick_eval_set(evaluation, cfg, Path(evaluation_dir) / EVALUATION_FILE)
+    finetuned, base, external = pick_eval_set(evaluation, cfg)
     champion_metrics = None
     if champion_version is not None:
         log.info("re-evaluating champion %s v%s on the same eval set (%s)", model_name, champion_version,
@@ -281,6 +256,7 @@ def run(
     decision = decide(finetuned, base, champion_metrics, cfg,
                       champion_version=champion_version, challenger_version=challenger_version)
     decision.model_name = model_name
+    decision.champion_metrics = champion_metrics
     if external is not None:
         decision.eval_set = f"external:{external}"
         decision.reason += f" (on the external collection {Path(external).name})"
@@ -292,16 +268,11 @@ def run(
         counts={"promote": int(decision.promote), "champion": int(champion_version is not None)},
         inputs={"evaluation": evaluation_dir, "registry": registry_dir, "chunks": chunks_dir, "pairs": pairs_dir},
         config={"gate": cfg.model_dump(mode="json"), "evaluate": eval_cfg.model_dump(mode="json")},
-        promote=decision.promote,
-        champion_metrics=champion_metrics,
+        result=decision,
     )
     return decision
 
 
 def read_decision(decision_dir: str | Path) -> Decision:
-    """``decision.json`` of a gate output folder."""
-    path = Path(decision_dir) / DECISION_FILE
-    try:
-        return Decision.model_validate(read_json(path))
-    except ValueError as exc:
-        raise InputError(f"{path} is not a gate decision: {exc}") from None
+    """The gate's decision in a gate output folder."""
+    return read_result(decision_dir, Decision)

@@ -38,7 +38,7 @@ import logging
 from pathlib import Path
 
 from embedforge.config import GateConfig, TritonConfig
-from embedforge.contracts import PROMOTION_FILE, Manifest, StageTimer, write_json
+from embedforge.contracts import PROMOTION_FILE, Manifest, PromotionRecord, StageTimer, write_json
 from embedforge.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def move_alias(client, model_name: str, alias: str, version: str, current: str |
 
 
 def _read_inputs(decision_dir: str | Path, registry_dir: str | Path):
-    """``decision.json`` and ``registry.json`` (model name, version, run id, tracking URI)."""
+    """The gate's ``Decision`` and the register stage's ``RegistryRecord`` (model name, version, run, tracking URI)."""
     from embedforge.gate import read_decision
     from embedforge.registry import read_registry
 
@@ -117,9 +117,9 @@ def run(
     timer = StageTimer("promote")
     out_dir = Path(out_dir)
     decision, reg = _read_inputs(decision_dir, registry_dir)
-    model_name, version = reg["model_name"], str(reg["version"])
+    model_name, version = reg.model_name, str(reg.version)
     if not decision.promote:
-        raise InputError(f"{Path(decision_dir) / 'decision.json'} says not to promote ({decision.reason}); "
+        raise InputError(f"the gate decision in {decision_dir} says not to promote ({decision.reason}); "
                          "promote refuses to move the alias")
     if decision.challenger_version is not None and str(decision.challenger_version) != version:
         raise InputError(f"decision.json is about version {decision.challenger_version} but registry.json "
@@ -128,7 +128,7 @@ def run(
         raise InputError(f"the gate compared against alias {decision.alias!r} but promote would set {cfg.alias!r}: "
                          "use the same gate config for both stages")
 
-    uri = resolve_tracking_uri(tracking_uri, recorded=str(reg.get("tracking_uri", "")))
+    uri = resolve_tracking_uri(tracking_uri, recorded=reg.tracking_uri)
     client = client_for(uri)
     expected = str(decision.champion_version) if decision.champion_version else None
     try:
@@ -136,7 +136,7 @@ def run(
     except MlflowException as exc:
         raise mlflow_error(f"read alias {cfg.alias!r} of {model_name!r}", uri, exc) from None
     params = {"registered_model": model_name, "registered_version": version,
-              "mlflow_run_id": str(reg.get("run_id", "")), "alias": cfg.alias}
+              "mlflow_run_id": reg.run_id, "alias": cfg.alias}
     version_dir = write_model_repository(onnx_dir, out_dir, triton, version, parameters=params)
     served_before = _served(triton)
     rollout = _publish(onnx_dir, triton, version, params) if triton.repository_dir else None
@@ -167,7 +167,7 @@ def run(
         raise mlflow_error(f"tag {model_name!r} version {version}", uri, exc) from None
     log.info("%s@%s -> version %s (was %s)", model_name, cfg.alias, version, previous or "unset")
 
-    record = {
+    record = PromotionRecord(**{
         "promoted": True,
         "alias": cfg.alias,
         "version": version,
@@ -182,16 +182,14 @@ def run(
         "reason": decision.reason,
         "published_to": triton.repository_dir or None,
         "rollout": rollout.as_dict() if rollout is not None else None,
-    }
-    write_json(out_dir / PROMOTION_FILE, record)
+    })
+    write_json(out_dir / PROMOTION_FILE, record.model_dump(mode="json"))
     return timer.write_manifest(
         out_dir,
         counts={"version": int(version), "version_files": len(list(version_dir.iterdir()))},
         inputs={"decision": decision_dir, "registry": registry_dir, "onnx": onnx_dir},
         config={"gate": cfg.model_dump(mode="json"), "triton": triton.model_dump(mode="json")},
-        alias=cfg.alias,
-        version=version,
-        model_name=model_name,
+        result=record,
     )
 
 

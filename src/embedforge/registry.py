@@ -30,13 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 from embedforge.config import RegisterConfig
 from embedforge.contracts import (
-    EVALUATION_FILE,
-    MANIFEST,
     REGISTRY_FILE,
-    VALIDATION_FILE,
+    EvaluationResult,
     Manifest,
+    RegistryRecord,
+    SdgResult,
     StageTimer,
-    read_json,
+    ValidationResult,
+    has_manifest,
+    read_manifest,
+    read_result,
+    report_file,
     write_json,
 )
 from embedforge.errors import ConfigError, InputError
@@ -330,11 +334,9 @@ def run(
     evaluation_dir, validation_dir, out_dir = Path(evaluation_dir), Path(validation_dir), Path(out_dir)
     _require_dir(model_dir, "model", "modules.json")
     _require_dir(onnx_dir, "onnx", "model.onnx")
-    _require_dir(evaluation_dir, "evaluation", EVALUATION_FILE)
-    _require_dir(validation_dir, "validation", VALIDATION_FILE)
-    evaluation = read_json(evaluation_dir / EVALUATION_FILE)
-    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("finetuned"), dict):
-        raise InputError(f"{evaluation_dir / EVALUATION_FILE} has no 'finetuned' metrics object")
+    _require_dir(evaluation_dir, "evaluation")
+    read_result(validation_dir, ValidationResult)  # a finished validate artifact of this version
+    evaluation = read_result(evaluation_dir, EvaluationResult).model_dump(mode="json")
 
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking_uri)
     params = dict(params or {})
@@ -342,8 +344,8 @@ def run(
     base_model = base_model or str(params.get("base_model", "") or models.get("base", "") or "")
     flat_params = flatten_params(params)
     metrics = evaluation_metrics(evaluation)
-    if pairs_dir is not None and (Path(pairs_dir) / MANIFEST).is_file():
-        sdg_counts = read_json(Path(pairs_dir) / MANIFEST).get("counts", {})
+    if pairs_dir is not None and has_manifest(pairs_dir):
+        sdg_counts = read_manifest(pairs_dir, SdgResult).counts
         metrics.update({metric_key(f"sdg_{k}"): float(v) for k, v in sdg_counts.items() if isinstance(v, (int, float))})
     primary = str(evaluation.get("primary_metric") or "")
     primary_value = _numeric(evaluation["finetuned"].get(primary)) if primary else None
@@ -371,8 +373,8 @@ def run(
         _log_metrics(client, run_id, metrics)
         client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
         client.log_artifacts(run_id, str(onnx_dir), ONNX_ARTIFACT_PATH)
-        client.log_artifact(run_id, str(evaluation_dir / EVALUATION_FILE))
-        client.log_artifact(run_id, str(validation_dir / VALIDATION_FILE))
+        client.log_artifact(run_id, str(report_file(evaluation_dir, EvaluationResult)))
+        client.log_artifact(run_id, str(report_file(validation_dir, ValidationResult)))
 
         ensure_registered_model(client, cfg.model_name)
         source = f"{artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
@@ -397,20 +399,20 @@ def run(
         _fail_run(client, run_id)
         raise
 
-    record = {
-        "tracking_uri": redact_uri(uri),
-        "experiment_id": experiment_id,
-        "experiment": cfg.experiment,
-        "run_id": run_id,
-        "model_name": cfg.model_name,
-        "version": str(mv.version),
-        "source": source,
-        "artifact_uri": artifact_uri,
-        "primary_metric": primary,
-        "primary_metric_value": primary_value,
-    }
+    record = RegistryRecord(
+        tracking_uri=redact_uri(uri),
+        experiment_id=experiment_id,
+        experiment=cfg.experiment,
+        run_id=run_id,
+        model_name=cfg.model_name,
+        version=str(mv.version),
+        source=source,
+        artifact_uri=artifact_uri,
+        primary_metric=primary,
+        primary_metric_value=primary_value,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / REGISTRY_FILE, record)
+    write_json(out_dir / REGISTRY_FILE, record.model_dump(mode="json"))
     log.info("registered %s version %s (source %s)", cfg.model_name, mv.version, source)
     config = cfg.model_dump(mode="json")
     config["tracking_uri"] = redact_uri(config.get("tracking_uri", ""))
@@ -419,9 +421,7 @@ def run(
         counts={"params": len(flat_params), "metrics": len(metrics), "version": int(mv.version)},
         inputs={"model": model_dir, "onnx": onnx_dir, "evaluation": evaluation_dir, "validation": validation_dir},
         config=config,
-        run_id=run_id,
-        model_name=cfg.model_name,
-        version=str(mv.version),
+        result=record,
     )
 
 
@@ -435,14 +435,9 @@ def _fail_run(client: "MlflowClient", run_id: str) -> None:
         log.warning("could not mark MLflow run %s as FAILED: %s", run_id, exc)
 
 
-def read_registry(registry_dir: str | Path) -> dict[str, Any]:
-    """``registry.json`` of a register output folder, checked for the keys later stages need."""
-    path = Path(registry_dir) / REGISTRY_FILE
-    rec = read_json(path)
-    missing = [k for k in ("model_name", "version", "run_id") if not isinstance(rec, dict) or not rec.get(k)]
-    if missing:
-        raise InputError(f"{path} lacks {', '.join(missing)}: re-run the register stage")
-    return rec
+def read_registry(registry_dir: str | Path) -> RegistryRecord:
+    """The registered version recorded in a register output folder."""
+    return read_result(registry_dir, RegistryRecord)
 
 
 __all__ = [

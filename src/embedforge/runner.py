@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embedforge.config import PipelineConfig
-from embedforge.contracts import PROMOTION_FILE, read_json, write_json
+from embedforge.contracts import (
+    Decision, EvaluationResult, PromotionRecord, RegistryRecord, has_manifest, read_manifest, write_json,
+)
 from embedforge.errors import EmbedforgeError, InputError
+from embedforge.kfp_local import program_only_python_rewrite
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
@@ -122,7 +125,7 @@ def run_pipeline(
     check_inputs(corpus, pairs, eval_beir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
-    if cfg.sdg.generator == "llm" and hasattr(cfg.sdg, "llm") and not cfg.sdg.llm.work_dir:
+    if cfg.sdg.generator == "llm" and not cfg.sdg.llm.work_dir:
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
     import torch
 
@@ -143,7 +146,7 @@ def run_pipeline(
         args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
         before = set(root.glob(f"{pipeline.name}-*")) if root.exists() else set()
         try:
-            with redirect_stdout(target), warnings.catch_warnings():
+            with redirect_stdout(target), warnings.catch_warnings(), program_only_python_rewrite():
                 # kfp.local warns per task that our image is "non-Python"; it is ours, built for this runner.
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
                 pipeline(**args)
@@ -198,11 +201,12 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
     from embedforge.pipelines.pipeline import STAGES
 
     art = {stage: _artifact(run_dir, stage, name) for stage, name in STAGES.items()}
+    manifests = {stage: read_manifest(d) for stage, d in art.items() if d is not None and has_manifest(d)}
     for stage, st in stages.items():
         if st.status == "pending" and error is None and stage == "promote":
             st.status = "skipped"  # the gate said no
-        if st.seconds is None and art[stage] is not None and (art[stage] / "manifest.json").is_file():
-            st.seconds = read_json(art[stage] / "manifest.json").get("seconds")
+        if st.seconds is None and stage in manifests:
+            st.seconds = manifests[stage].seconds
 
     _copy_tree(art["train"], out / "model")
     _copy_tree(art["export"], out / "onnx")
@@ -211,15 +215,15 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         shutil.rmtree(out / "triton")  # a stale repository from an earlier run must not look promoted
 
     counts: dict[str, Any] = {}
-    if art["ingest"] is not None:
-        c = read_json(art["ingest"] / "manifest.json")["counts"]
+    if "ingest" in manifests:
+        c = manifests["ingest"].counts
         counts.update({"documents": c.get("documents"), "chunks": c.get("chunks"),
                        "train_documents": c.get("train_documents"), "eval_documents": c.get("eval_documents")})
-    if art["sdg"] is not None:
-        c = read_json(art["sdg"] / "manifest.json")["counts"]
+    if "sdg" in manifests:
+        c = manifests["sdg"].counts
         counts["pairs"] = {"train": c.get("train_pairs"), "eval": c.get("eval_pairs")}
-    if art["mine"] is not None:
-        counts["train_examples"] = read_json(art["mine"] / "manifest.json")["counts"].get("examples")
+    if "mine" in manifests:
+        counts["train_examples"] = manifests["mine"].counts.get("examples")
 
     summary: dict[str, Any] = {
         "status": "failed" if error else "succeeded",
@@ -235,28 +239,24 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
                     "triton": str(out / "triton") if art["promote"] else None,
                     "kfp_run": str(run_dir) if run_dir else None},
     }
-    if art["sdg"] is not None:
-        extra = {k: v for k, v in read_json(art["sdg"] / "manifest.json").items() if k == "generator_stats"}
-        if extra:
-            summary["sdg"] = extra["generator_stats"]
-    if art["evaluate"] is not None:
-        ev = read_json(art["evaluate"] / "evaluation.json")
-        summary["evaluation"] = {"primary_metric": ev.get("primary_metric"), "base": ev["base"],
-                                 "finetuned": ev["finetuned"]}
-        if ev.get("external"):
-            summary["evaluation"]["external"] = {"base": ev["external"]["base"],
-                                                 "finetuned": ev["external"]["finetuned"],
-                                                 "path": ev["external"].get("path")}
-    if art["register"] is not None:
-        reg = read_json(art["register"] / "registry.json")
-        summary["registry"] = {"name": reg["model_name"], "version": reg["version"], "run_id": reg["run_id"],
+    if "sdg" in manifests and manifests["sdg"].result.generator_stats:
+        summary["sdg"] = manifests["sdg"].result.generator_stats
+    if "evaluate" in manifests:
+        ev: EvaluationResult = manifests["evaluate"].result
+        summary["evaluation"] = {"primary_metric": ev.primary_metric, "base": ev.base, "finetuned": ev.finetuned}
+        if ev.external is not None:
+            summary["evaluation"]["external"] = {"base": ev.external.base, "finetuned": ev.external.finetuned,
+                                                 "path": ev.external.path}
+    if "register" in manifests:
+        reg: RegistryRecord = manifests["register"].result
+        summary["registry"] = {"name": reg.model_name, "version": reg.version, "run_id": reg.run_id,
                                "tracking_uri": tracking_uri}
-    if art["gate"] is not None:
-        dec = read_json(art["gate"] / "decision.json")
-        summary["promotion"] = {"promoted": bool(dec["promote"]) and art["promote"] is not None,
-                                "reason": dec["reason"], "decision": dec}
-        if art["promote"] is not None and (art["promote"] / PROMOTION_FILE).is_file():
-            rec = read_json(art["promote"] / PROMOTION_FILE)
-            summary["promotion"].update(published_to=rec.get("published_to"), rollout=rec.get("rollout"))
+    if "gate" in manifests:
+        dec: Decision = manifests["gate"].result
+        summary["promotion"] = {"promoted": dec.promote and "promote" in manifests, "reason": dec.reason,
+                                "decision": dec.model_dump(mode="json")}
+        if "promote" in manifests:
+            rec: PromotionRecord = manifests["promote"].result
+            summary["promotion"].update(published_to=rec.published_to, rollout=rec.rollout)
     write_json(out / "summary.json", summary)
     return summary

@@ -41,7 +41,7 @@ from pathlib import Path
 from embedforge.config import TritonConfig
 from embedforge.contracts import MANIFEST, ONNX_FILE, PARITY_FILE, atomic_write_text
 from embedforge.errors import ConfigError, InputError
-from embedforge.export import FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE
+from embedforge.export import FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE, VARIANTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ TEXT_INPUT = "text"
 INPUT_TYPE = "input_type"
 _MODEL_PY = {"tokenizer": "triton_tokenizer_model.py", "python": "triton_onnx_model.py"}
 #: Files of the export folder that are not tokenizer files (they are not copied into ``tokenizer/``).
-_NOT_TOKENIZER = {ONNX_FILE, PARITY_FILE, MANIFEST, FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE}
+_NOT_TOKENIZER = {ONNX_FILE, PARITY_FILE, MANIFEST, FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE, VARIANTS_FILE}
 
 # ONNX TensorProto element type -> Triton DataType name.
 _ONNX_TO_TRITON = {

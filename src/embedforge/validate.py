@@ -57,7 +57,7 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    from embedforge.ingest import normalize_ws
+    from embedforge.text import query_key
 
     chunk_doc = {c.chunk_id: c.doc_id for c in chunks}
     doc_split: dict[str, str] = {}
@@ -85,7 +85,7 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
             "query": p.query,
             "split": p.split,
             "source": p.source,
-            "query_key": normalize_ws(p.query).casefold() if isinstance(p.query, str) else None,
+            "query_key": query_key(p.query) if isinstance(p.query, str) else None,
             "has_positive": has_positive,
             "positives_resolve": not missing and not unresolved,
             "no_eval_positive_in_train": not (p.split == "train" and eval_docs),

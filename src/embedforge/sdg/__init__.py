@@ -1,8 +1,8 @@
 """SDG stage: query/positive pairs for training and evaluation, from a generator or a user's pairs file.
 
 * ``pairs_file`` given -> bring-your-own pairs (:mod:`embedforge.sdg.byo`), resolved against the chunks;
-* otherwise the generator named by ``SdgConfig.generator`` (:func:`embedforge.sdg.base.make_generator`) runs once
-  per split: train chunks -> train pairs, eval chunks -> eval pairs, so no pair mixes splits.
+* otherwise the generator named by ``SdgConfig.generator`` (:func:`make_generator`: ``offline`` or ``llm``) runs
+  once per split: train chunks -> train pairs, eval chunks -> eval pairs, so no pair mixes splits.
 
 ``max_pairs`` is shared between the splits in proportion to their chunk counts (at least one eval pair when there
 are eval chunks); generated eval pairs whose query also appears in train are dropped. Output: ``pairs.jsonl`` +
@@ -12,24 +12,42 @@ are eval chunks); generated eval pairs whose query also appears in train are dro
 
 from __future__ import annotations
 
-import inspect
 import logging
-import re
 from collections import Counter
 from pathlib import Path
 
 from embedforge.config import DEFAULT_BASE_MODEL, SdgConfig
-from embedforge.contracts import PAIRS_FILE, Manifest, Pair, StageTimer, read_chunks, write_jsonl
+from embedforge.contracts import (
+    PAIRS_FILE,
+    Manifest,
+    Pair,
+    StageTimer,
+    read_chunks,
+    write_jsonl,
+)
 from embedforge.errors import InputError
+from embedforge.names import for_count
+from embedforge.sdg.base import PairGenerator
 from embedforge.sdg.byo import load_pairs, pairs_from_beir_qrels, write_pairs_file
+from embedforge.sdg.offline import OfflineGenerator
+from embedforge.text import query_key
 
-__all__ = ["run", "split_budgets", "pairs_from_beir_qrels", "write_pairs_file", "load_pairs"]
+__all__ = ["run", "make_generator", "split_budgets", "pairs_from_beir_qrels", "write_pairs_file", "load_pairs"]
 
 log = logging.getLogger(__name__)
 
 
-def _metric_key(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_")
+def make_generator(cfg: SdgConfig) -> PairGenerator:
+    """The generator named by ``cfg.generator``: ``offline`` (:class:`~embedforge.sdg.offline.OfflineGenerator`)
+    or ``llm`` (:class:`~embedforge.sdg.llm.LlmGenerator`, imported only when asked for). Bring-your-own pairs
+    need no generator (:func:`~embedforge.sdg.byo.load_pairs`)."""
+    if cfg.generator == "offline":
+        return OfflineGenerator(cfg)
+    if cfg.generator == "llm":
+        from embedforge.sdg.llm import LlmGenerator
+
+        return LlmGenerator(cfg)
+    raise ValueError(f"unknown sdg.generator {cfg.generator!r}; known: offline, llm")
 
 
 def split_budgets(max_pairs: int, train_chunks: int, eval_chunks: int) -> dict[str, int]:
@@ -55,38 +73,33 @@ def split_budgets(max_pairs: int, train_chunks: int, eval_chunks: int) -> dict[s
 
 
 def _generate(chunks_dir: Path, cfg: SdgConfig) -> tuple[list[Pair], dict[str, int | float]]:
-    from embedforge.ingest import normalize_ws
-    from embedforge.sdg.base import make_generator
-
     chunks = read_chunks(chunks_dir)
     if not chunks:
         raise InputError(f"{chunks_dir / 'chunks.jsonl'} holds no chunks; re-run ingest on a non-empty corpus")
     by_split = {s: [c for c in chunks if c.split == s] for s in ("train", "eval")}
     budgets = split_budgets(cfg.max_pairs, len(by_split["train"]), len(by_split["eval"]))
     gen = make_generator(cfg)
-    takes_cap = "max_pairs" in inspect.signature(gen.generate).parameters
     pairs: list[Pair] = []
     extra: dict[str, int] = {"cross_split_duplicate_queries_dropped": 0, "pairs_over_split_budget_dropped": 0}
     train_queries: set[str] = set()
     for split in ("train", "eval"):
         if not by_split[split] or budgets[split] == 0:
             continue
-        kwargs = {"max_pairs": budgets[split]} if takes_cap else {}
-        out = gen.generate(by_split[split], split, **kwargs)
+        out = gen.generate(by_split[split], split, max_pairs=budgets[split])
         bad = [p.query_id for p in out if p.split != split]
         if bad:
             raise RuntimeError(f"generator {cfg.generator!r} returned pairs of another split than {split!r}: {bad[:3]}")
         if split == "train":
-            train_queries = {normalize_ws(p.query).casefold() for p in out}
+            train_queries = {query_key(p.query) for p in out}
         else:
-            kept = [p for p in out if normalize_ws(p.query).casefold() not in train_queries]
+            kept = [p for p in out if query_key(p.query) not in train_queries]
             extra["cross_split_duplicate_queries_dropped"] += len(out) - len(kept)
             out = kept
         if len(out) > budgets[split]:
             extra["pairs_over_split_budget_dropped"] += len(out) - budgets[split]
             out = out[:budgets[split]]
         pairs.extend(out)
-    stats = {**{k: v for k, v in gen.stats().items()}, **extra}
+    stats = {**gen.stats(), **extra}
     return pairs, stats
 
 
@@ -131,10 +144,10 @@ def run(
         "eval_pairs": sum(1 for p in pairs if p.split == "eval"),
     }
     for source, n in sorted(Counter(p.source for p in pairs).items()):
-        counts[f"source_{_metric_key(source)}"] = n
+        counts[f"source_{for_count(source)}"] = n
     for k, v in stats.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer():
-            counts[f"gen_{_metric_key(k)}"] = int(v)  # non-integer statistics stay in generator_stats
+            counts[f"gen_{for_count(k)}"] = int(v)  # non-integer statistics stay in generator_stats
     log.info("sdg (%s): %s", mode, counts)
     inputs = {"chunks": str(chunks_dir)}
     if pairs_file:

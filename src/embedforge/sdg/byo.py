@@ -38,7 +38,7 @@ from typing import Any
 
 from embedforge.contracts import Chunk, Pair, iter_jsonl, write_jsonl
 from embedforge.errors import InputError
-from embedforge.ingest import normalize_ws
+from embedforge.text import normalize_ws
 
 log = logging.getLogger(__name__)
 

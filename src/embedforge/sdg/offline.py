@@ -8,15 +8,14 @@ Methods
       as it is in the corpus (``positive_text=None``) — so an eval query would trivially find the chunk it was
       copied from. Eval ICT pairs therefore **mask their source chunk** (``Pair.exclude_chunk_ids``) and are judged
       per document: the query must find its document through the document's *other* chunks (relevance
-      ``document``). Only documents of a single chunk keep the plain, lexically easy chunk-level eval pair. Eligible sentences: prose (not a heading or code line),
-      ``min_query_words`` .. ``MAX_QUERY_WORDS`` words, ending with ``. ! ?``, leaving at least
-      ``min_query_words`` words of context in the chunk.
+      ``document``). Only documents of a single chunk keep the plain, lexically easy chunk-level eval pair.
+      Eligible sentences: prose (not a heading or code line), ``min_query_words`` .. ``MAX_QUERY_WORDS`` words,
+      ending with ``. ! ?``, leaving at least ``min_query_words`` words of context in the chunk.
     * **Title queries**: a meaningful document title (>= 2 words, not file-name-like, not the whole text) is a
       query whose positive is the whole document (``relevance="document"``, ``positive_doc_ids``). Where the
       document repeats its title (a heading, or the first sentence of an abstract) a *training* title pair instead
       names that chunk with the title cut out (``positive_text``; ``title_strip``), for the same reason inverse
       cloze removes its sentence: a positive that contains the query verbatim teaches copying, not meaning.
-      Measured on Cranfield, where every abstract starts with its title: see ``bench/offline_sdg_quality.py``.
 
 Everything is seeded per chunk/document (``random.Random(f"{seed}:{chunk_id}")``), so a chunk's pairs do not
 depend on other chunks; duplicate queries (case/whitespace-insensitive) are skipped; ``max_pairs`` is spread
@@ -39,8 +38,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 from embedforge.contracts import Chunk, Pair
-from embedforge.ingest import join_segments, looks_like_code, normalize_ws, split_segments
-from embedforge.sdg.base import register
+from embedforge.text import join_segments, looks_like_code, normalize_ws, query_key, split_segments
 
 if TYPE_CHECKING:
     from embedforge.config import SdgConfig
@@ -58,11 +56,6 @@ _FILENAME_LIKE = re.compile(r"^[\w.\-/\\]+$")
 def is_offline_pair(pair: Pair) -> bool:
     """Whether this generator (inverse cloze, titles) made the pair."""
     return pair.source.startswith(SOURCE_PREFIX)
-
-
-def query_key(query: str) -> str:
-    """Key under which two queries count as duplicates (case- and whitespace-insensitive)."""
-    return normalize_ws(query).casefold()
 
 
 def meaningful_title(title: str, doc_id: str, doc_text: str) -> bool:
@@ -278,9 +271,3 @@ def spread_cap(per_doc: list[list[Pair]], cap: int) -> list[Pair]:
             break
         rnd += 1
     return [p for d, group in enumerate(per_doc) for p in group[:take[d]]]
-
-
-@register("offline")
-def make_offline(cfg: "SdgConfig") -> OfflineGenerator:
-    """Factory registered as ``sdg.generator=offline``."""
-    return OfflineGenerator(cfg)

@@ -1,4 +1,4 @@
-"""LLM synthetic-data generator (NVIDIA's SDG recipe), registered as ``sdg.generator=llm``.
+"""LLM synthetic-data generator (NVIDIA's SDG recipe): ``sdg.generator=llm``.
 
 Per document (or bundle of 2–3 documents): artifact extraction -> QA generation with a configured mix of query
 and reasoning types -> semantic dedup -> LLM-as-judge, against any OpenAI-compatible endpoint (build.nvidia.com,
@@ -11,8 +11,10 @@ Modules
 config             ``embedforge.config.LlmSdgConfig`` (``sdg.llm.*``) and ``LlmStageSettings`` (per stage)
 prompts.py         versioned prompt templates (``sdg.llm.prompt_version``)
 schemas.py         pydantic models of the structured replies, their JSON schemas, the tolerant JSON parser
-client.py          async client: concurrency, retries/backoff/Retry-After, budget, usage, structured output
+backends.py        what a backend receives, returns and raises (``Backend`` protocol, ``Completion``, errors)
+openai_backend.py  any OpenAI-compatible endpoint through the official async SDK
 local_backend.py   transformers in-process backend (GGUF through ``gguf_file=``)
+client.py          async client: concurrency, retries/backoff/Retry-After, budget, usage, structured output
 store.py           resumable JSONL results (fsynced, crash-safe, locked)
 pipeline.py        unit planning (windows/bundles), the four stages per unit, assembly into ``Pair`` records
 =================  ==========================================================================================
@@ -20,7 +22,7 @@ pipeline.py        unit planning (windows/bundles), the four stages per unit, as
 Example::
 
     from embedforge.config import SdgConfig
-    from embedforge.sdg.base import make_generator
+    from embedforge.sdg import make_generator
 
     cfg = SdgConfig(generator="llm", llm={"base_url": "http://localhost:8000/v1", "model": "my-model"})
     gen = make_generator(cfg)
@@ -41,16 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from embedforge.errors import ConfigError, EmbedforgeError
-from embedforge.sdg.base import register
-from embedforge.sdg.llm.client import (
-    Backend,
-    BudgetExhausted,
-    FatalEndpointError,
-    LlmClient,
-    RequestError,
-    StructuredOutputError,
-    make_backend,
-)
+from embedforge.sdg.llm.backends import Backend, FatalEndpointError, RequestError
+from embedforge.sdg.llm.client import BudgetExhausted, LlmClient, StructuredOutputError, make_backend
 from embedforge.sdg.llm.pipeline import (
     Embedder,
     Unit,
@@ -94,9 +88,8 @@ def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
         return ex.submit(asyncio.run, coro).result()
 
 
-@register("llm")
 class LlmGenerator:
-    """The ``llm`` pair generator. Build with ``LlmGenerator(cfg)`` (or ``make_generator``); call
+    """The ``llm`` pair generator. Build with ``LlmGenerator(cfg)`` (or ``embedforge.sdg.make_generator``); call
     :meth:`generate` once per split, then :meth:`stats`.
 
     Args:
@@ -112,7 +105,6 @@ class LlmGenerator:
         self.embedder = Embedder(cfg.llm.dedup_model)
         self._stats: dict[str, float] = {}
         self._local_backend: Backend | None = None  # a loaded local model is reused by both splits
-        self.last_work_dir: Path | None = None
 
     # --------------------------------------------------------------------------------------- public API
     def generate(self, chunks: list[Chunk], split: Split, max_pairs: int | None = None) -> list[Pair]:
@@ -138,7 +130,6 @@ class LlmGenerator:
                  "split": split}
         root = Path(self.llm.work_dir).expanduser() if self.llm.work_dir else default_work_dir(chunks, state)
         folder = root / split
-        self.last_work_dir = root
         with ResultStore(folder, state, self.llm.resume) as store:
             units = self._plan(store, chunks)
             run = _run_coro(self._run(units, store, max_pairs))
@@ -258,7 +249,7 @@ class LlmGenerator:
     def _record_failure(self, store: ResultStore, unit: Unit, exc: RequestError) -> None:
         rec: dict[str, Any] = {
             "unit_id": unit.unit_id, "doc_ids": unit.doc_ids, "chunk_ids": unit.chunk_ids,
-            "stage": getattr(exc, "stage", None), "kind": exc.kind, "error": str(exc)[:2000], "at": time.time(),
+            "stage": exc.stage, "kind": exc.kind, "error": str(exc)[:2000], "at": time.time(),
         }
         if isinstance(exc, StructuredOutputError):
             rec["raw_excerpt"] = exc.raw[:2000]

@@ -1,9 +1,10 @@
 """Async LLM client: bounded concurrency, retries with backoff, a request budget, usage accounting and
 structured output (JSON schema where the endpoint supports it, tolerant parse + one repair request otherwise).
 
-Two backends implement :class:`Backend`: :class:`OpenAIBackend` (any OpenAI-compatible endpoint through the
-official SDK: build.nvidia.com, NIM, vLLM, llama.cpp) and
-:class:`~embedforge.sdg.llm.local_backend.LocalBackend` (transformers in-process).
+Two backends implement :class:`~embedforge.sdg.llm.backends.Backend`:
+:class:`~embedforge.sdg.llm.openai_backend.OpenAIBackend` (any OpenAI-compatible endpoint through the official
+SDK: build.nvidia.com, NIM, vLLM, llama.cpp) and :class:`~embedforge.sdg.llm.local_backend.LocalBackend`
+(transformers in-process); :func:`make_backend` picks one from the config.
 
 Error policy of one request:
 
@@ -23,55 +24,43 @@ budget spent                                :class:`BudgetExhausted` (no request
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
 from embedforge.errors import ConfigError
+from embedforge.sdg.llm.backends import (
+    MODES,
+    Backend,
+    Completion,
+    RequestError,
+    RequestFailed,
+    Retryable,
+    StageSettings,
+    UnsupportedFormat,
+)
+from embedforge.sdg.llm.local_backend import LocalBackend
+from embedforge.sdg.llm.openai_backend import OpenAIBackend, resolve_api_key
 from embedforge.sdg.llm.schemas import JsonNotFound, extract_json, json_schema
 
 if TYPE_CHECKING:
-    from embedforge.config import LlmSdgConfig, LlmStageSettings
+    from embedforge.config import LlmSdgConfig
     from embedforge.sdg.llm.prompts import Message, PromptSet
 
 log = logging.getLogger(__name__)
 
 STAGES = ("artifacts", "qa", "judge")
-# json_object carries the schema too (llama.cpp, Together, Anyscale constrain decoding with it; others ignore it);
-# json_object_plain drops it for servers that refuse the extra key.
-MODES = ("json_schema", "json_object", "json_object_plain", "none")
-MAX_RETRY_AFTER_S = 600.0
 
 
 # ------------------------------------------------------------------------------------------------- errors
-class RequestError(Exception):
-    """A request (or a whole structured call) that did not produce a usable reply."""
-
-    kind = "request_failed"
-
-
 class BudgetExhausted(RequestError):
+    """``sdg.llm.request_budget`` is spent; no request was sent (the unit is left for a rerun)."""
+
     kind = "budget_exhausted"
-
-
-class RequestFailed(RequestError):
-    """Retries exhausted or a non-retryable error: recorded as a failure of the document."""
-
-    def __init__(self, message: str, kind: str = "request_failed"):
-        super().__init__(message)
-        self.kind = kind
-
-
-class FatalEndpointError(RequestError):
-    """Authentication, permission or not-found: every request would fail the same way; the run stops."""
-
-    kind = "fatal"
 
 
 class StructuredOutputError(RequestError):
@@ -83,166 +72,6 @@ class StructuredOutputError(RequestError):
         super().__init__(message)
         self.raw = raw
         self.finish_reason = finish_reason
-
-
-class Retryable(Exception):
-    """Raised by a backend for a transient error; ``retry_after`` in seconds when the server said."""
-
-    def __init__(self, kind: str, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.retry_after = retry_after
-
-
-class UnsupportedFormat(Exception):
-    """The endpoint refused the ``response_format`` sent."""
-
-
-# ------------------------------------------------------------------------------------------------ backend
-@dataclass
-class Completion:
-    text: str
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class StageSettings:
-    """A stage's settings with the model resolved."""
-
-    stage: str
-    model: str
-    temperature: float
-    top_p: float
-    max_tokens: int
-    timeout_s: float
-
-    @classmethod
-    def resolve(cls, stage: str, s: LlmStageSettings, default_model: str) -> StageSettings:
-        return cls(stage, s.model or default_model, s.temperature, s.top_p, s.max_tokens, s.timeout_s)
-
-
-class Backend(Protocol):
-    name: str
-    modes: tuple[str, ...]  # structured-output modes it can be asked for, best first
-
-    async def chat(self, messages: list[Message], settings: StageSettings, response_format: dict | None) -> Completion:
-        """One completion; raises :class:`Retryable`, :class:`UnsupportedFormat`, :class:`FatalEndpointError`
-        or :class:`RequestFailed`."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-def resolve_api_key(cfg: LlmSdgConfig) -> tuple[str | None, str | None]:
-    """``(key, env var name it came from)`` from ``api_key_env``, else ``fallback_api_key_env``."""
-    for name in (cfg.api_key_env, cfg.fallback_api_key_env):
-        if name and os.environ.get(name):
-            return os.environ[name], name
-    return None, None
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date); None when absent/invalid."""
-    if headers is None:
-        return None
-    for name, div in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, min(float(value) / div, MAX_RETRY_AFTER_S))
-        except ValueError:
-            parsed = email.utils.parsedate_tz(value)
-            if parsed is not None:
-                return max(0.0, min(email.utils.mktime_tz(parsed) - time.time(), MAX_RETRY_AFTER_S))
-    return None
-
-
-_FORMAT_WORDS = ("response_format", "json_schema", "json_object", "schema", "guided", "structured")
-
-
-class OpenAIBackend:
-    """Any OpenAI-compatible ``/chat/completions`` endpoint via the official async SDK (its own retries off)."""
-
-    name = "openai"
-    modes = MODES
-
-    def __init__(self, base_url: str, api_key: str | None):
-        from openai import AsyncOpenAI
-
-        # Local servers (llama.cpp, vLLM without --api-key) need no key, the SDK needs a non-empty string.
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key or "no-key", max_retries=0)
-        self.base_url = base_url
-
-    async def chat(self, messages: list[Message], settings: StageSettings, response_format: dict | None) -> Completion:
-        import openai
-
-        kwargs: dict[str, Any] = dict(
-            model=settings.model, messages=messages, temperature=settings.temperature, top_p=settings.top_p,
-            max_tokens=settings.max_tokens, timeout=settings.timeout_s,
-        )
-        if response_format is not None:
-            kwargs["response_format"] = response_format
-        try:
-            resp = await self._client.chat.completions.create(**kwargs)
-        except openai.APITimeoutError as exc:
-            raise Retryable("timeout", f"no reply within {settings.timeout_s}s") from exc
-        except openai.APIConnectionError as exc:
-            raise Retryable("connection", f"cannot reach {self.base_url}: {exc}") from exc
-        except openai.APIResponseValidationError as exc:
-            raise Retryable("bad_response", f"unparseable HTTP response: {exc}") from exc
-        except openai.APIStatusError as exc:
-            status = exc.status_code
-            text = _error_text(exc)
-            low = text.lower()
-            if response_format is not None and (
-                    (status in (400, 422) and any(w in low for w in _FORMAT_WORDS))
-                    or (status == 500 and "response_format" in low)):  # llama-cpp-python answers 500 to a bad request
-                raise UnsupportedFormat(f"{status}: {text}") from exc
-            if status == 429:
-                raise Retryable("rate_limited", f"429: {text}", parse_retry_after(exc.response.headers)) from exc
-            if status >= 500 or status in (408, 409):
-                raise Retryable("server_error", f"{status}: {text}", parse_retry_after(exc.response.headers)) from exc
-            if status in (401, 403):
-                raise FatalEndpointError(
-                    f"{self.base_url} refused the credentials ({status}): set the API key in the environment "
-                    f"variable named by sdg.llm.api_key_env") from exc
-            if status == 404:
-                raise FatalEndpointError(
-                    f"{self.base_url} answered 404 for model {settings.model!r}: check sdg.llm.base_url and the "
-                    f"model name ({text})") from exc
-            raise RequestFailed(f"{status}: {text}", kind="http_error") from exc
-        except (ValueError, TypeError) as exc:  # a 200 whose body the SDK could not decode
-            raise Retryable("bad_response", f"unparseable HTTP response: {exc}") from exc
-        if not getattr(resp, "choices", None):
-            raise Retryable("bad_response", "reply has no choices")
-        choice = resp.choices[0]
-        content = getattr(choice.message, "content", None) if choice.message is not None else None
-        if content is None:
-            raise Retryable("bad_response", "reply has no message content")
-        usage = getattr(resp, "usage", None)
-        return Completion(
-            text=content, finish_reason=choice.finish_reason,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        )
-
-    async def close(self) -> None:
-        await self._client.close()
-
-
-def _error_text(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    msg: Any = None
-    if isinstance(body, dict):
-        err = body.get("error")
-        msg = err.get("message") if isinstance(err, dict) else err
-        msg = msg or body.get("message") or body.get("detail")
-    elif isinstance(body, str):
-        msg = body
-    return str(msg or getattr(exc, "message", exc))[:500]
 
 
 # ----------------------------------------------------------------------------------------------- counters
@@ -290,7 +119,7 @@ class LlmClient:
         self.cfg = cfg
         self.backend = backend
         self.prompts = prompts
-        default_model = getattr(backend, "model_label", None) or cfg.model  # local backend: its model file
+        default_model = backend.model_label or cfg.model  # local backend: its model file
         self.settings = {s: StageSettings.resolve(s, getattr(cfg, s), default_model) for s in STAGES}
         self.counters = {s: StageCounters() for s in STAGES}
         self._sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -462,8 +291,6 @@ def _parse(text: str, model_cls: type[BaseModel], context: dict | None) -> tuple
 def make_backend(cfg: LlmSdgConfig) -> Backend:
     """The configured backend; the API key is read here from the environment and kept only in the SDK client."""
     if cfg.backend == "local":
-        from embedforge.sdg.llm.local_backend import LocalBackend
-
         return LocalBackend(cfg.local_model, gguf_file=cfg.local_gguf_file, device=cfg.local_device)
     key, source = resolve_api_key(cfg)
     if key is None:

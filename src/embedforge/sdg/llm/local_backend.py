@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedforge.errors import ConfigError
-from embedforge.sdg.llm.client import Completion, RequestFailed, StageSettings
+from embedforge.sdg.llm.backends import Completion, RequestFailed, StageSettings
 
 if TYPE_CHECKING:
     from embedforge.sdg.llm.prompts import Message
@@ -37,7 +37,7 @@ def split_gguf(model: str, gguf_file: str = "") -> tuple[str, str]:
 
 
 class LocalBackend:
-    """transformers ``AutoModelForCausalLM`` behind the :class:`~embedforge.sdg.llm.client.Backend` protocol.
+    """transformers ``AutoModelForCausalLM`` behind the :class:`~embedforge.sdg.llm.backends.Backend` protocol.
 
     Args:
         model: Model folder, hub id, or ``.gguf`` path.

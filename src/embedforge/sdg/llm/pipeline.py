@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedforge.contracts import Pair
-from embedforge.sdg.llm.client import LlmClient, RequestError, StructuredOutputError, Usage
+from embedforge.sdg.llm.backends import RequestError
+from embedforge.sdg.llm.client import LlmClient, StructuredOutputError, Usage
 from embedforge.sdg.llm.prompts import render_segments
 from embedforge.sdg.llm.schemas import Artifacts, Judgement, QAPair, QAResponse
 
@@ -169,7 +170,7 @@ class UnitProcessor:
         try:
             return await self._run(unit, where)
         except RequestError as exc:
-            exc.stage = where["stage"]  # type: ignore[attr-defined]
+            exc.stage = where["stage"]
             raise
 
     async def _run(self, unit: Unit, where: dict[str, str]) -> dict[str, Any]:

@@ -1,0 +1,41 @@
+"""The data contracts between stages: records, file names, manifests and typed stage results.
+
+Every artifact folder carries a ``manifest.json`` (:mod:`.manifest`: schema version, stage, counts, timings,
+upstream inputs and their sha256, effective config, and the stage's typed result from :mod:`.results`) written
+atomically and last, so a half-written artifact is never mistaken for a finished one. Stages, components and the
+runner read one another's results only through :func:`read_result` / :func:`read_manifest` and the record
+readers below; file names live only in :mod:`.files`.
+
+Artifact folders:
+
+=============  ====================================================================================
+chunks         ``chunks.jsonl`` (:class:`Chunk`)
+pairs          ``pairs.jsonl`` (:class:`Pair`)
+validation     ``validation.json`` (Great Expectations result, summarised)
+mined          ``train.jsonl`` (``anchor, positive, negative_1..n``; sentence-transformers column order),
+               ``embeddings.npy`` + ``embedding_ids.json`` (base-model chunk embeddings, reused by evaluate)
+model          a sentence-transformers folder
+evaluation     ``evaluation.json`` (:class:`EvaluationResult`) + ``beir/`` (the eval split in BEIR layout)
+onnx           ``model.onnx``, tokenizer files, ``parity.json``
+registry       ``registry.json`` (:class:`RegistryRecord`)
+decision       ``decision.json`` (:class:`Decision`)
+triton         ``<model_name>/config.pbtxt``, ``<model_name>/<version>/model.onnx``,
+               ``<model_name>/<version>/tokenizer/``, ``promotion.json`` (:class:`PromotionRecord`)
+=============  ====================================================================================
+"""
+
+from embedforge.contracts.files import (  # noqa: F401
+    BEIR_DIR, CHUNKS_FILE, DECISION_FILE, EMBEDDING_IDS_FILE, EMBEDDINGS_FILE, EVALUATION_FILE, MANIFEST,
+    ONNX_FILE, PAIRS_FILE, PARITY_FILE, PROMOTION_FILE, REGISTRY_FILE, TRAIN_FILE, VALIDATION_FILE,
+    atomic_write_text, iter_jsonl, read_json, read_records, sha256_file, write_json, write_jsonl,
+)
+from embedforge.contracts.manifest import (  # noqa: F401
+    REPORT_FILES, SCHEMA_VERSION, Manifest, StageTimer, has_manifest, read_manifest, read_result, report_file,
+)
+from embedforge.contracts.records import (  # noqa: F401
+    Chunk, Pair, Record, Split, TrainExample, read_chunks, read_pairs, read_train_examples,
+)
+from embedforge.contracts.results import (  # noqa: F401
+    RESULT_TYPES, Decision, EvaluationResult, ExportResult, ExternalEvaluation, IngestResult, LossPoint,
+    MineResult, PromotionRecord, RegistryRecord, SdgResult, StageResult, TrainResult, ValidationResult,
+)

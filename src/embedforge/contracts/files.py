@@ -1,0 +1,115 @@
+"""File names inside artifact folders and the atomic read/write helpers every stage uses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from embedforge.errors import InputError
+
+MANIFEST = "manifest.json"
+CHUNKS_FILE = "chunks.jsonl"
+PAIRS_FILE = "pairs.jsonl"
+VALIDATION_FILE = "validation.json"
+TRAIN_FILE = "train.jsonl"
+EMBEDDINGS_FILE = "embeddings.npy"
+EMBEDDING_IDS_FILE = "embedding_ids.json"
+EVALUATION_FILE = "evaluation.json"
+BEIR_DIR = "beir"
+ONNX_FILE = "model.onnx"
+PARITY_FILE = "parity.json"
+REGISTRY_FILE = "registry.json"
+DECISION_FILE = "decision.json"
+PROMOTION_FILE = "promotion.json"
+
+R = TypeVar("R", bound=BaseModel)
+
+
+# ----------------------------------------------------------------------------------------------- file helpers
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; artifacts are read by other users (Triton, KFP UI)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+
+
+def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict[str, Any]]) -> int:
+    lines = []
+    for r in records:
+        obj = r.model_dump(mode="json") if isinstance(r, BaseModel) else r
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)``; a malformed line raises InputError naming file and line."""
+    path = Path(path)
+    try:
+        fh = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except (OSError, UnicodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    with fh:
+        for n, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            yield n, obj
+
+
+def read_records(path: str | Path, model: type[R]) -> list[R]:
+    out = []
+    for n, obj in iter_jsonl(path):
+        try:
+            out.append(model.model_validate(obj))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"{path}:{n}: {problems}") from None
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+

@@ -1,0 +1,74 @@
+"""The records that cross stage boundaries as JSON lines: chunks, pairs and training rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from embedforge.contracts.files import CHUNKS_FILE, PAIRS_FILE, TRAIN_FILE, iter_jsonl, read_records
+
+Split = Literal["train", "eval"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Chunk(Record):
+    chunk_id: str = Field(description="Deterministic: '<doc_id>#<position>'.")
+    doc_id: str
+    text: str
+    title: str = ""
+    position: int = Field(ge=0)
+    split: Split
+
+
+class Pair(Record):
+    """One query with its positives. ``relevance`` says whether positives are judged per chunk or per document
+    (a document scores as its best chunk)."""
+
+    query_id: str
+    query: str
+    positive_chunk_ids: list[str] = Field(default_factory=list)
+    positive_doc_ids: list[str] = Field(default_factory=list)
+    relevance: Literal["chunk", "document"] = "chunk"
+    split: Split
+    positive_text: str | None = Field(None, description="Training-time text of the positive, if it differs from the chunk (e.g. inverse cloze).")
+    negatives: list[str] = Field(default_factory=list, description="User-supplied negative texts.")
+    exclude_chunk_ids: list[str] = Field(
+        default_factory=list,
+        description="Chunks never ranked for this query in evaluation (e.g. the chunk an inverse-cloze query was cut from).",
+    )
+    source: str = Field("", description="Generator or file that produced the pair.")
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainExample(Record):
+    anchor: str
+    positive: str
+    negatives: list[str] = Field(default_factory=list)
+
+    def to_columns(self) -> dict[str, str]:
+        row = {"anchor": self.anchor, "positive": self.positive}
+        row.update({f"negative_{i + 1}": n for i, n in enumerate(self.negatives)})
+        return row
+
+    @classmethod
+    def from_columns(cls, row: dict[str, str]) -> "TrainExample":
+        negs = [row[k] for k in sorted((k for k in row if k.startswith("negative_")), key=lambda k: int(k.split("_")[1]))]
+        return cls(anchor=row["anchor"], positive=row["positive"], negatives=negs)
+
+
+
+def read_chunks(artifact_dir: str | Path) -> list[Chunk]:
+    return read_records(Path(artifact_dir) / CHUNKS_FILE, Chunk)
+
+
+def read_pairs(artifact_dir: str | Path) -> list[Pair]:
+    return read_records(Path(artifact_dir) / PAIRS_FILE, Pair)
+
+
+def read_train_examples(artifact_dir: str | Path) -> list[TrainExample]:
+    return [TrainExample.from_columns(obj) for _, obj in iter_jsonl(Path(artifact_dir) / TRAIN_FILE)]

@@ -1,0 +1,167 @@
+"""One typed result per stage: what a stage hands to the next ones, carried in its manifest's ``result`` field.
+
+Later stages, the runner and the components read these only through
+:func:`embedforge.contracts.read_result` (never a file by name), so a field that changes is a type error
+here, not a ``KeyError`` three stages later. Each model names the stage that writes it (``stage``) and forbids
+unknown fields. The human-facing files some stages also write (``evaluation.json``, ``registry.json``,
+``decision.json``, ``promotion.json``) hold the same models, for people, MLflow and the KFP UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StageResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: ClassVar[str]
+
+
+class IngestResult(StageResult):
+    stage: ClassVar[str] = "ingest"
+    corpus_format: str = Field(description="folder or beir")
+    base_model: str = Field(description="The model whose tokenizer capped chunk lengths.")
+
+
+class SdgResult(StageResult):
+    stage: ClassVar[str] = "sdg"
+    mode: str = Field(description="Where the pairs came from: a generator's name or 'pairs_file'.")
+    generator_stats: dict[str, float] = Field(default_factory=dict, description="Requests, tokens, drops, ...")
+    base_model: str
+
+
+class ValidationResult(StageResult):
+    stage: ClassVar[str] = "validate"
+    success: bool
+    failed_checks: list[str] = Field(default_factory=list)
+
+
+class MineResult(StageResult):
+    stage: ClassVar[str] = "mine"
+    base_model: str
+    embedding_dim: int
+    mean_positive_score: float
+    mean_negative_score: float
+
+
+class LossPoint(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    step: int
+    loss: float
+
+
+class TrainResult(StageResult):
+    stage: ClassVar[str] = "train"
+    base_model: str
+    prompts: dict[str, str]
+    final_loss: float
+    loss_history: list[LossPoint]
+    train_seconds: float
+    examples_per_second: float
+    device: str
+    precision: str
+    base_weight: float = Field(description="WiSE-FT weight of the base model in the saved weights (0 = none).")
+    processes: int
+
+
+class ExternalEvaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    base: dict[str, float]
+    finetuned: dict[str, float]
+    delta: dict[str, float]
+    counts: dict[str, int]
+
+
+class EvaluationResult(StageResult):
+    """Base vs fine-tuned metrics on the held-out split (and an external BEIR folder); ``evaluation.json``."""
+
+    stage: ClassVar[str] = "evaluate"
+    primary_metric: str
+    base: dict[str, float]
+    finetuned: dict[str, float]
+    delta: dict[str, float]
+    external: ExternalEvaluation | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)
+    reused_base_embeddings: bool = False
+
+
+class ExportResult(StageResult):
+    stage: ClassVar[str] = "export"
+    dim: int
+    opset: int
+    file_size: int
+    pooling: str
+    exporter: str
+    files: list[str]
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float
+    parity_samples: int
+
+
+class RegistryRecord(StageResult):
+    """The registered model version (``registry.json``)."""
+
+    stage: ClassVar[str] = "register"
+    tracking_uri: str = Field(description="Credentials redacted.")
+    experiment_id: str
+    experiment: str
+    run_id: str
+    model_name: str
+    version: str
+    source: str
+    artifact_uri: str
+    primary_metric: str
+    primary_metric_value: float | None
+
+
+class Decision(StageResult):
+    """The gate's verdict and the numbers behind it (``decision.json``)."""
+
+    stage: ClassVar[str] = "gate"
+    promote: bool
+    reason: str = Field(description="One human sentence with the numbers.")
+    metric: str
+    greater_is_better: bool
+    challenger: float = Field(description="The fine-tuned model's value.")
+    base_value: float
+    champion_value: float | None = None
+    margin: float = Field(description="Gain over base in the metric's good direction (positive = better).")
+    champion_margin: float | None = Field(None, description="Gain over the champion (positive = better).")
+    min_improvement: float = 0.0
+    champion_version: str | None = None
+    challenger_version: str | None = None
+    model_name: str | None = None
+    alias: str | None = None
+    eval_set: str = Field("held_out", description="Which numbers were compared: held_out, or external:<path>.")
+    champion_metrics: dict[str, float] | None = Field(None, description="The champion re-evaluated on this run's set.")
+
+
+class PromotionRecord(StageResult):
+    """What promote did (``promotion.json``)."""
+
+    stage: ClassVar[str] = "promote"
+    promoted: bool
+    alias: str
+    version: str
+    previous_version: str | None
+    model_name: str
+    triton_model_name: str
+    triton_repo: str
+    triton_version_dir: str
+    metric: str
+    value: float
+    promoted_at: str
+    reason: str
+    published_to: str | None = None
+    rollout: dict[str, Any] | None = None
+
+
+RESULT_TYPES: dict[str, type[StageResult]] = {
+    t.stage: t for t in (IngestResult, SdgResult, ValidationResult, MineResult, TrainResult, EvaluationResult,
+                         ExportResult, RegistryRecord, Decision, PromotionRecord)
+}
