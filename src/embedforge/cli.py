@@ -262,7 +262,7 @@ def rollback(model: str = typer.Option(..., "--model", help="Registered model na
     """Move the champion alias back and make Triton serve that version (triton.repository_dir / server_url)."""
     from embedforge import rollback as stage
 
-    _stage(lambda c: stage.run(model, c.triton, tracking_uri, to, alias=c.gate.alias).as_dict(), config, set_)
+    _stage(lambda c: stage.run(model, c.triton, tracking_uri, to, alias=c.gate.alias), config, set_)
 
 
 @app.command()

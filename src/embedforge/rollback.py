@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel
 
 from embedforge.config import TritonConfig
 from embedforge.errors import InputError
@@ -26,16 +28,14 @@ from embedforge.errors import InputError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RollbackResult:
+class RollbackResult(BaseModel):
+    """What a rollback did: the version now served and named by ``alias``, and the per-replica rollout."""
+
     model_name: str
     alias: str
     version: str
     rolled_back_from: str | None
-    rollout: dict | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    rollout: dict[str, Any] | None
 
 
 def run(model_name: str, triton: TritonConfig, tracking_uri: str = "", to_version: str | None = None,
