@@ -17,6 +17,7 @@ from embedforge.config import ExportConfig
 from embedforge.errors import InputError, ParityError
 
 PARITY_SAMPLES = 12
+pytest_plugins = ["conftest_mlflow"]  # tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +205,29 @@ def test_pick_parity_chunks_spans_lengths(chunks_dir):
     assert len(picked) == 5
     assert {len(c.text) for c in picked} >= {lengths[0], lengths[-1]}
     assert export.pick_parity_chunks(chunks[:3], 10) == chunks[:3]
+
+
+def test_fp16_variant_and_tensorrt_plan_where_tensorrt_is_missing(tiny_model, chunks_dir, tmp_path, caplog):
+    """export.fp16 writes a checked FP16 graph beside the FP32 one; export.tensorrt_plan without the tensorrt
+    package skips the plan with a message saying why and what to do, and the step still succeeds."""
+    import importlib.util
+
+    import onnx
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is importable here: the plan is built, not skipped")
+    out = tmp_path / "onnx"
+    with caplog.at_level("WARNING"):
+        m = export.run(tiny_model, chunks_dir, out, ExportConfig(parity_samples=6, fp16=True, tensorrt_plan=True))
+    half = onnx.load(str(out / export.FP16_ONNX_FILE))
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in half.graph.initializer}
+    assert [(i.name, i.type.tensor_type.elem_type) for i in half.graph.input] == [
+        ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64)]
+    assert half.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    rep = json.loads((out / export.FP16_PARITY_FILE).read_text())
+    variants = json.loads((out / export.VARIANTS_FILE).read_text())
+    assert rep["passed"] and rep["threshold"] == 0.995 and variants["fp16"]["min_cosine"] == rep["min_cosine"] >= 0.995
+    assert not (out / export.PLAN_FILE).exists() and variants["tensorrt_plan"]["file"] is None
+    assert variants["tensorrt_plan"]["status"].startswith("skipped: the tensorrt package is not importable")
+    assert {export.FP16_ONNX_FILE, export.VARIANTS_FILE} <= set(m.result.files)
+    assert "tensorrt package is not importable" in caplog.text

@@ -223,11 +223,12 @@ def test_promotion_writes_a_valid_triton_repository(e2e_run):
     if not s["promotion"]["promoted"]:
         assert s["stages"]["promote"]["status"] == "skipped" and not (out / "triton").exists()
         pytest.skip(f"gate did not promote: {s['promotion']['reason']}")
-    configs = list((out / "triton").rglob("config.pbtxt"))
-    assert len(configs) == 1
-    cfg = text_format.Parse(configs[0].read_text(), model_config_pb2.ModelConfig())
-    assert [i.name for i in cfg.input] == ["input_ids", "attention_mask"]
-    assert (configs[0].parent / str(s["registry"]["version"]) / "model.onnx").is_file()
+    configs = {p.parent.name: text_format.Parse(p.read_text(), model_config_pb2.ModelConfig())
+               for p in (out / "triton").rglob("config.pbtxt")}
+    assert sorted(configs) == ["embedforge_embedder", "embedforge_embedder_onnx", "embedforge_embedder_tokenizer"]
+    assert [i.name for i in configs["embedforge_embedder"].input] == ["text", "input_type"]  # the text-in ensemble
+    assert [i.name for i in configs["embedforge_embedder_onnx"].input] == ["input_ids", "attention_mask"]
+    assert (out / "triton" / "embedforge_embedder_onnx" / str(s["registry"]["version"]) / "model.onnx").is_file()
 
 
 def test_second_run_registers_v2_and_compares_with_champion(e2e_run, tiny_corpus):

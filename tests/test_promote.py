@@ -1,5 +1,7 @@
-"""Promote against a real MLflow server: the alias is set (read back), the version tagged, the Triton repository
-written with a config that parses into ModelConfig; a non-promote or mismatched decision is refused."""
+"""Promote against a real MLflow server and a real tritonserver: the alias is set (read back), the version tagged,
+the Triton repository written; over the wire the version is served before the alias moves; a failed rollout keeps
+the alias; two runs gated against the same champion cannot both promote (compare-and-swap), also when the
+champion moves during the rollout (then the servers go back to what the registry names)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-pytest_plugins = ["conftest_mlflow"]
+from triton_server import all_on
+
+pytest_plugins = ["conftest_mlflow", "conftest_triton"]
 
 M = "ndcg@10"
 
@@ -40,7 +44,7 @@ def test_promote_sets_alias_tags_version_and_writes_triton_repo(tmp_path, model_
 
     from embedforge import promote
     from embedforge.config import GateConfig, TritonConfig
-    from embedforge.triton import validate_config
+    from embedforge.triton import served_version, validate_config
 
     reg, dec, d = _register_and_gate(tmp_path, "v1", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
                                      validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
@@ -58,12 +62,12 @@ def test_promote_sets_alias_tags_version_and_writes_triton_repo(tmp_path, model_
     assert tags["promoted_at"].startswith("20")
 
     conf = validate_config((repo / "embedder" / "config.pbtxt").read_text())
-    assert (conf.name, conf.platform, conf.max_batch_size) == ("embedder", "onnxruntime_onnx", 16)
+    assert (conf.name, conf.platform, conf.max_batch_size) == ("embedder", "ensemble", 16)
     assert conf.parameters["registered_model"].string_value == model_name
     assert conf.parameters["registered_version"].string_value == "1"
-    assert list(conf.output[0].dims) == [8]
-    vdir = repo / "embedder" / "1"
-    assert (vdir / "model.onnx").is_file() and (vdir / "tokenizer" / "tokenizer.json").is_file()
+    assert list(conf.output[0].dims) == [8] and list(conf.version_policy.specific.versions) == [1]
+    vdir = repo / "embedder_onnx" / "1"
+    assert (vdir / "model.onnx").is_file() and (repo / "embedder_tokenizer" / "1" / "tokenizer" / "tokenizer.json").is_file()
     sess = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
     (emb,) = sess.run(["embeddings"], {"input_ids": np.array([[101, 2054, 102]], dtype=np.int64),
                                        "attention_mask": np.ones((1, 3), dtype=np.int64)})
@@ -81,8 +85,10 @@ def test_promote_sets_alias_tags_version_and_writes_triton_repo(tmp_path, model_
     promote.run(dec2, reg2, tiny_onnx_dir, repo, GateConfig(), triton_cfg, mlflow_uri)
     assert client.get_model_version_by_alias(model_name, "champion").version == "2"
     assert client.get_model_version(model_name, "2").tags["promoted_over"] == "v1"
+    assert client.get_model_version_by_alias(model_name, "previous").version == "1"
     assert json.loads((repo / "promotion.json").read_text())["previous_version"] == "1"
     assert sorted(p.name for p in (repo / "embedder").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert served_version(repo, "embedder") == "2"
 
 
 def test_refuses_a_non_promote_decision(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
@@ -98,7 +104,7 @@ def test_refuses_a_non_promote_decision(tmp_path, model_name, tiny_model, tiny_o
     with pytest.raises(InputError, match="says not to promote"):
         promote.run(dec, reg, tiny_onnx_dir, tmp_path / "triton", GateConfig(), TritonConfig(), mlflow_uri)
     assert _client(mlflow_uri).get_registered_model(model_name).aliases == {}
-    assert not (tmp_path / "triton" / "embedforge_embedder").exists()
+    assert not (tmp_path / "triton").exists() or not any((tmp_path / "triton").iterdir())
 
 
 def test_refuses_a_decision_about_another_version(tmp_path, tiny_onnx_dir):
@@ -131,7 +137,151 @@ def test_component_python_func(tmp_path, model_name, tiny_model, tiny_onnx_dir, 
     promote.python_func(decision=dsl.Artifact(uri=str(dec)), registry=dsl.Artifact(uri=str(reg)),
                         onnx_model=dsl.Model(uri=str(tiny_onnx_dir)), config={}, triton_config={},
                         tracking_uri=mlflow_uri, triton_repo=repo, metrics=metrics)
-    assert (tmp_path / "repo" / "embedforge_embedder" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "repo" / "embedforge_embedder_onnx" / "1" / "model.onnx").is_file()
     assert metrics.metadata["promoted_version"] == 1 and metrics.metadata[M] == pytest.approx(0.90)
     assert repo.metadata == {"model_name": "embedforge_embedder", "version": "1"}
     assert _client(mlflow_uri).get_model_version_by_alias(model_name, "champion").version == "1"
+
+
+# ------------------------------------------------------------------------------------------------ over the wire
+def test_promote_serves_the_version_before_it_moves_the_alias(tmp_path, model_name, tiny_model, tiny_onnx_dir,
+                                                              validation_dir, evaluation_dir_factory, chunks_dir,
+                                                              pairs_dir, mlflow_uri, triton, triton_cfg):
+    from embedforge import promote
+    from embedforge.client import embed
+    from embedforge.config import GateConfig
+    from embedforge.serving import reference_embedding
+
+    reg, dec, _ = _register_and_gate(tmp_path, "v1", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
+                                     validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
+    live = tmp_path / "models"
+    server = triton(live)
+    promote.run(dec, reg, tiny_onnx_dir, tmp_path / "artifact", GateConfig(), triton_cfg(live, server), mlflow_uri)
+    assert server.ready() == all_on("1")
+    rec = json.loads((tmp_path / "artifact" / "promotion.json").read_text())
+    assert rec["published_to"] == str(live) and rec["rollout"]["replicas"][0]["mode"] == "explicit"
+    assert rec["rollout"]["probe_cosine"] > 0.999
+    client = _client(mlflow_uri)
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+    assert client.get_model_version(model_name, "1").tags["served_by"] == f"{server.url} (embedder v1)"
+    texts = ["how do I stop a loop"]
+    np.testing.assert_allclose(embed(server.url, texts, model="embedder"),
+                               reference_embedding(live, "embedder", "1", texts), atol=1e-5)
+
+
+def test_failed_rollout_takes_the_version_back_and_keeps_the_alias(tmp_path, model_name, tiny_model, tiny_onnx_dir,
+                                                                   validation_dir, evaluation_dir_factory, chunks_dir,
+                                                                   pairs_dir, mlflow_uri, triton, triton_cfg):
+    """The server reads another folder than the one promote publishes into (a wrong PVC, say): the load fails,
+    the live repository is left as it was (the version served before and its configs), and no alias moves."""
+    from embedforge import promote
+    from embedforge.config import GateConfig
+    from embedforge.errors import ServingError
+    from embedforge.triton import served_version, write_model_repository
+
+    reg, dec, _ = _register_and_gate(tmp_path, "v1", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
+                                     validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
+    live = tmp_path / "models"
+    write_model_repository(tiny_onnx_dir, live, triton_cfg(live), "7")  # what is served today
+    before = (live / "embedder" / "config.pbtxt").read_text()
+    server = triton(tmp_path / "server-reads-this")
+    with pytest.raises(ServingError, match="could not load 'embedder_tokenizer'"):
+        promote.run(dec, reg, tiny_onnx_dir, tmp_path / "artifact", GateConfig(), triton_cfg(live, server),
+                    mlflow_uri)
+    assert sorted(p.name for p in (live / "embedder").iterdir()) == ["7", "config.pbtxt"]
+    assert (live / "embedder" / "config.pbtxt").read_text() == before and served_version(live, "embedder") == "7"
+    assert _client(mlflow_uri).get_registered_model(model_name).aliases == {}
+
+
+def test_two_runs_gated_against_the_same_champion_cannot_both_promote(
+        tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir, evaluation_dir_factory, chunks_dir,
+        pairs_dir, mlflow_uri, triton, triton_cfg):
+    from embedforge import promote
+    from embedforge.config import GateConfig
+
+    reg1, dec1, _ = _register_and_gate(tmp_path, "a", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
+                                       validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
+    reg2, dec2, d2 = _register_and_gate(tmp_path, "b", mlflow_uri, model_name, tiny_model, tiny_onnx_dir,
+                                        validation_dir, evaluation_dir_factory, chunks_dir, pairs_dir)
+    assert d2.promote and d2.champion_version is None  # both gates saw no champion
+    live = tmp_path / "models"
+    server = triton(live)
+    cfg = triton_cfg(live, server)
+    promote.run(dec1, reg1, tiny_onnx_dir, tmp_path / "artifact-a", GateConfig(), cfg, mlflow_uri)
+    with pytest.raises(promote.PromotionConflict, match="another run promoted v1 meanwhile; re-run the gate"):
+        promote.run(dec2, reg2, tiny_onnx_dir, tmp_path / "artifact-b", GateConfig(), cfg, mlflow_uri)
+    assert _client(mlflow_uri).get_model_version_by_alias(model_name, "champion").version == "1"
+    assert server.ready() == all_on("1") and not (live / "embedder" / "2").exists()
+
+
+@pytest.fixture
+def v1_served_v2_gated(tmp_path, model_name, tiny_model, tiny_onnx_dir, export_dir, validation_dir,
+                       evaluation_dir_factory, chunks_dir, pairs_dir, mlflow_uri, triton, triton_cfg):
+    """Run A promoted v1 over the wire; run B registered v2 (another model, seed 1) and its gate compared it
+    against v1. Returns (server, cfg, gated) with ``gated(tag, onnx_dir)`` -> (registry, decision) of one more run."""
+    from embedforge import promote
+    from embedforge.config import GateConfig
+
+    live = tmp_path / "models"
+    server = triton(live)
+    cfg = triton_cfg(live, server)
+
+    def gated(tag, onnx_dir, finetuned=0.95):
+        return _register_and_gate(tmp_path, tag, mlflow_uri, model_name, tiny_model, onnx_dir, validation_dir,
+                                  evaluation_dir_factory, chunks_dir, pairs_dir, finetuned=finetuned)
+
+    reg1, dec1, _ = gated("a", tiny_onnx_dir, 0.90)
+    promote.run(dec1, reg1, tiny_onnx_dir, tmp_path / "artifact-a", GateConfig(), cfg, mlflow_uri)
+    onnx_b = export_dir(tmp_path / "export-b", seed=1)
+    reg2, dec2, d2 = gated("b", onnx_b)
+    assert d2.champion_version == "1" and d2.promote
+    return server, cfg, gated, (reg2, dec2, onnx_b)
+
+
+def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
+        tmp_path, model_name, tiny_onnx_dir, mlflow_uri, v1_served_v2_gated, monkeypatch):
+    """Runs B (v2) and C (v3) are gated against v1; C's promotion finishes while B's rollout is running. B's
+    swap must fail, and the replica must end up serving v3, the version the registry names."""
+    from embedforge import promote, serving
+    from embedforge.config import GateConfig
+
+    server, cfg, gated, (reg2, dec2, onnx_b) = v1_served_v2_gated
+    reg3, dec3, d3 = gated("c", tiny_onnx_dir)
+    assert d3.champion_version == "1" and d3.promote
+    real_roll_out = serving.roll_out
+
+    def roll_out_while_c_promotes(urls, repo, name, version, **kw):
+        result = real_roll_out(urls, repo, name, version, **kw)
+        if version == "2":  # B's rollout is done; C completes its whole promotion before B swaps
+            monkeypatch.setattr(serving, "roll_out", real_roll_out)
+            promote.run(dec3, reg3, tiny_onnx_dir, tmp_path / "artifact-c", GateConfig(), cfg, mlflow_uri)
+        return result
+
+    monkeypatch.setattr(serving, "roll_out", roll_out_while_c_promotes)
+    with pytest.raises(promote.PromotionConflict, match="another run promoted v3 meanwhile"):
+        promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", GateConfig(), cfg, mlflow_uri)
+    client = _client(mlflow_uri)
+    assert client.get_model_version_by_alias(model_name, "champion").version == "3"
+    assert server.ready() == all_on("3")
+
+
+def test_champion_removed_during_the_rollout_puts_serving_back(tmp_path, model_name, mlflow_uri,
+                                                              v1_served_v2_gated, monkeypatch):
+    """While v2 rolls out, an operator deletes the registered model: the swap's compare fails, and the server is
+    back on v1 (what was served before: the registry names no champion any more)."""
+    from embedforge import promote, serving
+    from embedforge.config import GateConfig
+
+    server, cfg, _, (reg2, dec2, onnx_b) = v1_served_v2_gated
+    real_roll_out = serving.roll_out
+
+    def roll_out_then_model_deleted(*args, **kw):
+        result = real_roll_out(*args, **kw)
+        assert server.ready() == all_on("2")  # v2 was really served at this point
+        _client(mlflow_uri).delete_registered_model(model_name)
+        return result
+
+    monkeypatch.setattr(serving, "roll_out", roll_out_then_model_deleted)
+    with pytest.raises(promote.PromotionConflict, match=f"{model_name}@champion was removed meanwhile"):
+        promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", GateConfig(), cfg, mlflow_uri)
+    assert server.ready() == all_on("1")

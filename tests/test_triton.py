@@ -1,5 +1,6 @@
-"""Triton model repository: signature read from real ONNX graphs, config.pbtxt that parses into ModelConfig,
-layout of the version folder, and the failures a user can act on."""
+"""Triton model repository: signature read from real ONNX graphs, configs (embedder, tokenizer, ensemble,
+TensorRT accelerator) that parse into ModelConfig, the repository layout, and the failures a user can act on.
+Serving them on a real server is tests/test_serving.py."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def test_config_parses_into_model_config(tmp_path, onnx_file):
     text = build_config(inspect_onnx(onnx_file(tmp_path / "model.onnx", dim=DIM)), cfg, {"query_prompt": "query: "})
     conf = validate_config(text)
     assert isinstance(conf, mc.ModelConfig)
-    assert (conf.name, conf.platform, conf.backend, conf.max_batch_size) == ("my_embedder", "onnxruntime_onnx", "onnxruntime", 32)
+    assert (conf.name, conf.platform, conf.backend, conf.max_batch_size) == (
+        "my_embedder_onnx", "onnxruntime_onnx", "onnxruntime", 32)
     assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims)) for i in conf.input] == [
         ("input_ids", "TYPE_INT64", [-1]), ("attention_mask", "TYPE_INT64", [-1])]
     assert [(o.name, mc.DataType.Name(o.data_type), list(o.dims)) for o in conf.output] == [
@@ -78,7 +80,56 @@ def test_config_parses_into_model_config(tmp_path, onnx_file):
     assert conf.dynamic_batching.max_queue_delay_microseconds == 500
     assert [mc.ModelInstanceGroup.Kind.Name(g.kind) for g in conf.instance_group] == ["KIND_CPU"]
     assert conf.parameters["query_prompt"].string_value == "query: "
-    assert conf.version_policy.latest.num_versions == 1
+    assert list(conf.version_policy.specific.versions) == [1]  # exactly one version, not the highest folder
+    assert not conf.optimization.execution_accelerators.gpu_execution_accelerator
+
+
+def test_tensorrt_accelerator_options_from_config(tmp_path, onnx_file):
+    from embedforge.config import TritonConfig
+    from embedforge.triton import build_config, inspect_onnx, validate_config
+
+    cfg = TritonConfig(tensorrt=True, tensorrt_opt_shape=(8, 64), tensorrt_max_shape=(32, 256),
+                       tensorrt_cache_dir="/trt-cache")
+    conf = validate_config(build_config(inspect_onnx(onnx_file(tmp_path / "model.onnx")), cfg, version=4))
+    (trt,) = conf.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt"
+    assert dict(trt.parameters) == {
+        "precision_mode": "FP16", "max_workspace_size_bytes": str(1 << 30),
+        "trt_profile_min_shapes": "input_ids:1x1,attention_mask:1x1",
+        "trt_profile_opt_shapes": "input_ids:8x64,attention_mask:8x64",
+        "trt_profile_max_shapes": "input_ids:32x256,attention_mask:32x256",
+        "trt_engine_cache_enable": "true", "trt_engine_cache_path": "/trt-cache",
+    }
+    assert list(conf.version_policy.specific.versions) == [4]
+
+
+def test_tensorrt_accelerator_is_an_onnxruntime_option():
+    from pydantic import ValidationError
+
+    from embedforge.config import TritonConfig
+
+    with pytest.raises(ValidationError, match="option of the onnxruntime backend"):
+        TritonConfig(tensorrt=True, embedder_backend="python")
+
+
+def test_ensemble_and_tokenizer_configs(tmp_path, onnx_file):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from embedforge.config import TritonConfig
+    from embedforge.triton import build_ensemble_config, build_tokenizer_config, inspect_onnx, validate_config
+
+    cfg = TritonConfig(model_name="emb", max_batch_size=16)
+    sig = inspect_onnx(onnx_file(tmp_path / "model.onnx", dim=DIM))
+    ens = validate_config(build_ensemble_config(sig, cfg, 5, {"registered_version": "5"}))
+    assert (ens.name, ens.platform, ens.max_batch_size) == ("emb", "ensemble", 16)
+    assert [(i.name, mc.DataType.Name(i.data_type), list(i.dims), i.optional) for i in ens.input] == [
+        ("text", "TYPE_STRING", [1], False), ("input_type", "TYPE_STRING", [1], True)]
+    assert [(o.name, list(o.dims)) for o in ens.output] == [("embeddings", [DIM])]
+    assert [(s.model_name, s.model_version) for s in ens.ensemble_scheduling.step] == [
+        ("emb_tokenizer", 5), ("emb_onnx", 5)]
+    tok = validate_config(build_tokenizer_config(cfg, 5))
+    assert (tok.name, tok.backend, list(tok.version_policy.specific.versions)) == ("emb_tokenizer", "python", [5])
+    assert [o.name for o in tok.output] == ["input_ids", "attention_mask"]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -98,38 +149,55 @@ def test_invalid_config_text_raises_config_error(text, match):
 
 
 def test_repository_layout_and_served_graph(tmp_path, export_dir):
-    from transformers import AutoTokenizer
-
     from embedforge.config import TritonConfig
-    from embedforge.triton import CONFIG_FILE, validate_config, write_model_repository
+    from embedforge.triton import CONFIG_FILE, SERVED_CONFIG, served_version, validate_config, write_model_repository
 
     onnx_dir = export_dir(tmp_path / "onnx", dim=DIM)
     repo = tmp_path / "repo"
     vdir = write_model_repository(onnx_dir, repo, TritonConfig(), "3", parameters={"registered_version": "3"})
     assert vdir == repo / "embedforge_embedder" / "3"
-    assert sorted(p.name for p in vdir.iterdir()) == ["model.onnx", "tokenizer"]
-    tok_files = sorted(p.name for p in (vdir / "tokenizer").iterdir())
+    assert sorted(p.name for p in repo.iterdir()) == [
+        "embedforge_embedder", "embedforge_embedder_onnx", "embedforge_embedder_tokenizer"]
+    emb_dir, tok_dir = repo / "embedforge_embedder_onnx" / "3", repo / "embedforge_embedder_tokenizer" / "3"
+    assert sorted(p.name for p in emb_dir.iterdir()) == ["model.onnx", SERVED_CONFIG]
+    assert sorted(p.name for p in tok_dir.iterdir()) == ["model.py", SERVED_CONFIG, "tokenizer"]
+    tok_files = sorted(p.name for p in (tok_dir / "tokenizer").iterdir())
     assert "tokenizer.json" in tok_files and "config_sentence_transformers.json" in tok_files
-    assert "parity.json" not in tok_files and "manifest.json" not in tok_files
+    assert "parity.json" not in tok_files and "manifest.json" not in tok_files and "model.onnx" not in tok_files
     conf = validate_config((repo / "embedforge_embedder" / CONFIG_FILE).read_text())
     assert conf.parameters["registered_version"].string_value == "3"
     assert conf.parameters["document_prompt"].string_value == "passage: "
+    np.testing.assert_allclose(_run_onnx(emb_dir / "model.onnx"), _run_onnx(onnx_dir / "model.onnx"))
 
-    # the copied graph is the exported one and runs on real tokenizer output from the copied tokenizer
-    np.testing.assert_allclose(_run_onnx(vdir / "model.onnx"), _run_onnx(onnx_dir / "model.onnx"))
-    tok = AutoTokenizer.from_pretrained(str(vdir / "tokenizer"))
-    enc = tok(["query: what does yield do"], return_tensors="np")
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
-    (emb,) = sess.run(["embeddings"], {"input_ids": enc["input_ids"].astype(np.int64),
-                                       "attention_mask": enc["attention_mask"].astype(np.int64)})
-    assert emb.shape == (1, DIM)
-    assert np.linalg.norm(emb, axis=1) == pytest.approx(1.0, abs=1e-5)
-
-    # a second version is added beside the first; both stay
+    # a second version is staged beside the first without being served; serving it switches all three configs
+    write_model_repository(onnx_dir, repo, TritonConfig(), 4, serve=False)
+    assert sorted(p.name for p in (repo / "embedforge_embedder_onnx").iterdir()) == ["3", "4", CONFIG_FILE]
+    assert served_version(repo, "embedforge_embedder") == "3"
     write_model_repository(onnx_dir, repo, TritonConfig(), 4)
-    assert sorted(p.name for p in (repo / "embedforge_embedder").iterdir()) == ["3", "4", CONFIG_FILE]
+    assert served_version(repo, "embedforge_embedder") == "4"
+    for name in ("embedforge_embedder_onnx", "embedforge_embedder_tokenizer"):
+        assert list(validate_config((repo / name / CONFIG_FILE).read_text()).version_policy.specific.versions) == [4]
+
+
+def test_serving_a_version_that_is_not_there(tmp_path, tiny_onnx_dir):
+    from embedforge.config import TritonConfig
+    from embedforge.errors import InputError
+    from embedforge.triton import serve_version, write_model_repository
+
+    write_model_repository(tiny_onnx_dir, tmp_path, TritonConfig(), 1)
+    with pytest.raises(InputError, match="version 2 of 'embedforge_embedder' is not in the model repository"):
+        serve_version(tmp_path, "embedforge_embedder", 2)
+
+
+def test_fp16_and_plan_variants_must_have_been_exported(tmp_path, tiny_onnx_dir):
+    from embedforge.config import TritonConfig
+    from embedforge.errors import InputError
+    from embedforge.triton import write_model_repository
+
+    with pytest.raises(InputError, match="precision=fp16 needs .*model_fp16.onnx: export with export.fp16=true"):
+        write_model_repository(tiny_onnx_dir, tmp_path, TritonConfig(precision="fp16"), 1)
+    with pytest.raises(InputError, match="model.plan does not exist: export with export.tensorrt_plan=true"):
+        write_model_repository(tiny_onnx_dir, tmp_path, TritonConfig(embedder_backend="tensorrt_plan"), 1)
 
 
 def test_external_data_is_copied_beside_the_graph(tmp_path, export_dir):
@@ -138,9 +206,10 @@ def test_external_data_is_copied_beside_the_graph(tmp_path, export_dir):
 
     onnx_dir = export_dir(tmp_path / "onnx", external_data=True)
     assert (onnx_dir / "model.onnx.data").is_file()
-    vdir = write_model_repository(onnx_dir, tmp_path / "repo", TritonConfig(), 1)
+    write_model_repository(onnx_dir, tmp_path / "repo", TritonConfig(), 1)
+    vdir = tmp_path / "repo" / "embedforge_embedder_onnx" / "1"
     assert (vdir / "model.onnx.data").is_file()
-    assert not (vdir / "tokenizer" / "model.onnx.data").exists()
+    assert not (tmp_path / "repo" / "embedforge_embedder_tokenizer" / "1" / "tokenizer" / "model.onnx.data").exists()
     np.testing.assert_allclose(_run_onnx(vdir / "model.onnx"), _run_onnx(onnx_dir / "model.onnx"))
 
 
@@ -155,12 +224,14 @@ def test_version_must_be_a_positive_integer(tmp_path, tiny_onnx_dir):
 
 
 def test_repository_from_the_real_export_stage(tmp_path, tiny_model, chunks_dir):
-    """The export stage's real output (tiny model: fast) turns into a repository whose graph matches the model."""
-    import onnxruntime as ort
+    """The export stage's real output turns into a repository whose files reproduce the model: the rollout
+    probe's local reference (version tokenizer + prompt + max_seq_length, then the graph) equals
+    SentenceTransformer.encode, also for a text longer than max_seq_length."""
     from sentence_transformers import SentenceTransformer
 
     from embedforge import export
     from embedforge.config import ExportConfig, TritonConfig
+    from embedforge.serving import reference_embedding
     from embedforge.triton import CONFIG_FILE, inspect_onnx, validate_config, write_model_repository
 
     onnx_dir = tmp_path / "onnx"
@@ -169,17 +240,12 @@ def test_repository_from_the_real_export_stage(tmp_path, tiny_model, chunks_dir)
     assert [t.name for t in sig.inputs] == ["input_ids", "attention_mask"] and sig.dim == 32
     vdir = write_model_repository(onnx_dir, tmp_path / "repo", TritonConfig(), 1)
     conf = validate_config((vdir.parent / CONFIG_FILE).read_text())
-    assert [i.name for i in conf.input] == ["input_ids", "attention_mask"] and list(conf.output[0].dims) == [32]
+    assert [i.name for i in conf.input] == ["text", "input_type"] and list(conf.output[0].dims) == [32]
     assert conf.parameters["query_prompt"].string_value == "query: "
 
-    # client side of serving: tokenizer + prompt from the version folder, graph from model.onnx
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(vdir / "tokenizer"))
-    text = conf.parameters["query_prompt"].string_value + "what does the yield statement do"
-    enc = tok([text], return_tensors="np")
-    sess = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
-    (served,) = sess.run(["embeddings"], {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+    texts = ["what does the yield statement do", " ".join(["a long passage about generators"] * 60)]
     st = SentenceTransformer(str(tiny_model), device="cpu")
-    ref = st.encode(["what does the yield statement do"], prompt_name="query", normalize_embeddings=True)
-    assert float(served[0] @ ref[0]) > 0.999
+    for input_type, prompt_name in (("query", "query"), ("passage", "document")):
+        got = reference_embedding(tmp_path / "repo", "embedforge_embedder", "1", texts, input_type)
+        ref = st.encode(texts, prompt_name=prompt_name, normalize_embeddings=True)
+        assert (got * ref).sum(axis=1).min() > 0.999

@@ -254,5 +254,30 @@ def promote(decision: Dir = ..., registry: Dir = ..., onnx: Dir = ..., out: Dir 
     _stage(lambda c: stage.run(decision, registry, onnx, out, c.gate, c.triton, tracking_uri), config, set_)
 
 
+
+@app.command()
+def rollback(model: str = typer.Option(..., "--model", help="Registered model name."),
+             to: Optional[str] = typer.Option(None, "--to", help="Version to serve (default: the 'previous' alias)."),
+             tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Move the champion alias back and make Triton serve that version (triton.repository_dir / server_url)."""
+    from embedforge import rollback as stage
+
+    _stage(lambda c: stage.run(model, c.triton, tracking_uri, to, alias=c.gate.alias), config, set_)
+
+
+@app.command()
+def embed(texts: list[str] = typer.Argument(..., help="Texts to embed."),
+          url: str = typer.Option(..., "--url", help="Triton HTTP endpoint, e.g. http://localhost:8000."),
+          input_type: str = typer.Option("query", "--input-type", help="query or passage: which saved prompt."),
+          model: str = typer.Option("embedforge_embedder", "--model", help="Triton model (ensemble) name.")) -> None:
+    """Embed texts with the served model; prints {"embeddings": [[...], ...], ...} as JSON."""
+    from embedforge.client import embed as call
+
+    if input_type not in ("query", "passage"):
+        _fail(f"--input-type {input_type!r}: use query or passage")
+    emb = _guard(lambda: call(url, texts, input_type=input_type, model=model))
+    typer.echo(json.dumps({"model": model, "input_type": input_type, "dim": int(emb.shape[1]),
+                           "embeddings": emb.tolist()}))
+
 if __name__ == "__main__":  # pragma: no cover
     app()

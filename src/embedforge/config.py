@@ -261,6 +261,16 @@ class ExportConfig(StageConfig):
     exporter: Literal["auto", "torchscript", "dynamo"] = Field(
         "auto", description="auto: TorchScript exporter (dynamo=False) while torch ships it and opset <= 20, else "
         "dynamo (needs onnxscript).")
+    fp16: bool = Field(
+        False, description="Also write model_fp16.onnx (weights and activations in FP16, inputs/outputs unchanged), "
+        "checked against PyTorch with fp16_min_cosine; serve it with triton.precision=fp16.")
+    fp16_min_cosine: float = Field(0.995, gt=0, le=1)
+    tensorrt_plan: bool = Field(
+        False, description="Also build model.plan (TensorRT engine, FP16, one optimisation profile from "
+        "tensorrt_min/opt/max_shape) where the tensorrt package is importable; elsewhere the step logs why it skips.")
+    tensorrt_min_shape: tuple[int, int] = Field((1, 1), description="(batch, sequence) of the profile's minimum.")
+    tensorrt_opt_shape: tuple[int, int] = Field((16, 128), description="(batch, sequence) TensorRT optimises for.")
+    tensorrt_max_shape: tuple[int, int] = Field((64, 256), description="(batch, sequence) of the profile's maximum.")
 
 
 class RegisterConfig(StageConfig):
@@ -294,11 +304,37 @@ class TritonConfig(StageConfig):
         "has the server load the new version, waits until it is ready and checks one served embedding against the "
         "exported model before it moves the alias; on failure the version is taken out of repository_dir again.")
     ready_timeout_s: float = Field(180.0, gt=0, description="How long promote waits for the served version.")
+    replica_urls: list[str] = Field(
+        default_factory=list, description="HTTP endpoints of every Triton replica (one per pod). Promote and "
+        "rollback load the version on each and probe each; empty: server_url alone (or, with discover_replicas, "
+        "every address server_url's host resolves to).")
+    discover_replicas: bool = Field(
+        False, description="Resolve server_url's host (a headless Service) to all its addresses and treat each as "
+        "one replica (same port).")
+    embedder_backend: Literal["onnxruntime", "python", "tensorrt_plan"] = Field(
+        "onnxruntime", description="How Triton runs the embedder: onnxruntime backend (production); python = the same "
+        "model.onnx through onnxruntime in the Python backend (Triton builds without the ORT backend, e.g. the "
+        "tests' server); tensorrt_plan = the export's model.plan (needs export.tensorrt_plan).")
+    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp16 serves model_fp16.onnx (export.fp16).")
+    tensorrt: bool = Field(
+        False, description="ONNX Runtime backend only: run the graph through ORT's TensorRT execution accelerator "
+        "(optimization.execution_accelerators.gpu_execution_accelerator 'tensorrt').")
+    tensorrt_precision: Literal["FP32", "FP16"] = "FP16"
+    tensorrt_workspace_bytes: int = Field(1 << 30, ge=1 << 20)
+    tensorrt_min_shape: tuple[int, int] = Field((1, 1), description="(batch, sequence) of the TensorRT profile minimum.")
+    tensorrt_opt_shape: tuple[int, int] = Field((16, 128), description="(batch, sequence) TensorRT optimises for.")
+    tensorrt_max_shape: tuple[int, int] = Field((64, 256), description="(batch, sequence) of the profile maximum.")
+    tensorrt_cache_dir: str = Field("", description="Engine cache folder on the server (empty: no cache).")
 
     @model_validator(mode="after")
     def _server_needs_repository(self) -> TritonConfig:
         if self.server_url and not self.repository_dir:
             raise ValueError("triton.server_url needs triton.repository_dir: the folder that server serves from")
+        if self.replica_urls and not self.server_url:
+            raise ValueError("triton.replica_urls needs triton.server_url (clients' endpoint) and repository_dir")
+        if self.tensorrt and self.embedder_backend != "onnxruntime":
+            raise ValueError("triton.tensorrt is an option of the onnxruntime backend; with embedder_backend="
+                             f"{self.embedder_backend} set tensorrt=false")
         return self
 
 

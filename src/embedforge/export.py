@@ -24,6 +24,13 @@ down-convert to opset 17 (it silently produced opset 18); the TorchScript export
 (up to 20). ``cfg.exporter="auto"`` uses it while torch ships it (and opset <= 20), else the dynamo exporter
 with ``dynamic_shapes``.
 
+Variants: ``cfg.fp16`` also writes ``model_fp16.onnx`` (onnxruntime's float16 converter, inputs/outputs kept
+in their types), checked like the FP32 graph with ``cfg.fp16_min_cosine`` (``parity_fp16.json``).
+``cfg.tensorrt_plan`` also builds ``model.plan``, a TensorRT engine (FP16, one optimisation profile for
+``input_ids``/``attention_mask`` from ``tensorrt_min/opt/max_shape``) for Triton's ``tensorrt_plan`` platform;
+TensorRT needs an NVIDIA GPU and the ``tensorrt`` package, so where it is not importable the step logs why it
+skips the plan and records ``"skipped: ..."`` in ``variants.json`` instead of failing.
+
 Parity: up to ``cfg.parity_samples`` real chunks (evenly spread over text length, so the longest ones exercise
 truncation) are embedded by PyTorch (:func:`embedforge.encode.encode`, document prompt) and by ONNX Runtime
 (batches of varying size, so padding differs); the minimum cosine must reach ``cfg.parity_min_cosine`` or
@@ -287,6 +294,7 @@ def check_parity(
     cfg: ExportConfig,
     parity_path: str | Path,
     batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+    min_cosine: float | None = None,
 ) -> dict[str, Any]:
     """Compare ONNX Runtime embeddings of ``chunks`` with PyTorch's; write ``parity_path`` either way.
 
@@ -297,6 +305,7 @@ def check_parity(
         cfg: ``parity_min_cosine`` and ``opset`` (recorded).
         parity_path: Where to write the report (``parity.json``).
         batch_sizes: ONNX Runtime batch sizes, cycled through (different padding per batch).
+        min_cosine: Threshold (default ``cfg.parity_min_cosine``; the FP16 graph uses ``cfg.fp16_min_cosine``).
 
     Returns:
         The report: ``min_cosine``, ``mean_cosine``, ``max_abs_diff``, ``samples``, ``opset``,
@@ -309,6 +318,7 @@ def check_parity(
 
     from embedforge.encode import encode, prompt_for
 
+    threshold = cfg.parity_min_cosine if min_cosine is None else min_cosine
     if not chunks:
         raise InputError("no chunks to check parity on")
     texts = [c.text for c in chunks]
@@ -336,11 +346,11 @@ def check_parity(
     cos = np.where(np.isfinite(cos), cos, -1.0)
     worst = int(np.argmin(cos))
     report = {
-        "passed": bool(cos[worst] >= cfg.parity_min_cosine),
+        "passed": bool(cos[worst] >= threshold),
         "min_cosine": float(cos[worst]),
         "mean_cosine": float(cos.mean()),
         "max_abs_diff": float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max()),
-        "threshold": cfg.parity_min_cosine,
+        "threshold": threshold,
         "samples": len(texts),
         "worst_chunk_id": chunks[worst].chunk_id,
         "batch_sizes": sorted(set(used_sizes)),
@@ -355,11 +365,93 @@ def check_parity(
     if not report["passed"]:
         raise ParityError(
             f"ONNX export of {onnx_path} does not reproduce PyTorch: chunk {chunks[worst].chunk_id!r} has cosine "
-            f"{cos[worst]:.6f} < export.parity_min_cosine={cfg.parity_min_cosine} (details in {parity_path})"
+            f"{cos[worst]:.6f} < the threshold {threshold} (export.parity_min_cosine / fp16_min_cosine; details in "
+            f"{parity_path})"
         )
     log.info("parity: min cosine %.6f, mean %.6f, max |diff| %.2e over %d chunks", report["min_cosine"],
              report["mean_cosine"], report["max_abs_diff"], len(texts))
     return report
+
+
+# ------------------------------------------------------------------------------------------------ variants
+FP16_ONNX_FILE = "model_fp16.onnx"
+FP16_PARITY_FILE = "parity_fp16.json"
+PLAN_FILE = "model.plan"
+#: What the optional variants came to (``{"fp16": {...}, "tensorrt_plan": {"status": "built" | "skipped: ..."}}``).
+VARIANTS_FILE = "variants.json"
+
+
+def export_fp16(onnx_path: str | Path, out_path: str | Path) -> None:
+    """``onnx_path`` with weights and compute in FP16 (inputs stay int64, the output FP32), via onnxruntime."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the model is already fp16"-style notices on constant folding
+        half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    onnx.checker.check_model(half)
+    onnx.save(half, str(out_path))
+
+
+def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path, cfg: ExportConfig) -> str:
+    """Build a TensorRT engine (FP16, one optimisation profile from ``cfg``) for Triton's ``tensorrt_plan``.
+
+    Returns:
+        ``"built"``, or ``"skipped: <why>"`` when the ``tensorrt`` package is not importable (no GPU stack here).
+
+    Raises:
+        ConfigError: TensorRT could not parse the graph or build the engine.
+    """
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        why = (f"skipped: the tensorrt package is not importable here ({exc}); build model.plan on a GPU node "
+               "with TensorRT installed, or serve model.onnx with triton.tensorrt=true")
+        log.warning("export.tensorrt_plan: %s", why)
+        return why
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConfigError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for name in INPUT_NAMES:
+        profile.set_shape(name, cfg.tensorrt_min_shape, cfg.tensorrt_opt_shape, cfg.tensorrt_max_shape)
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ConfigError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
+    Path(plan_path).write_bytes(bytes(engine))
+    return "built"
+
+
+def _variants(onnx_path: Path, model: "SentenceTransformer", samples: Sequence[Chunk], cfg: ExportConfig,
+              out_dir: Path) -> list[str]:
+    """Build the configured FP16 graph and TensorRT plan; record what was built in ``variants.json``.
+
+    Returns:
+        The files written (for the manifest's ``files``).
+    """
+    variants: dict[str, Any] = {}
+    files: list[str] = []
+    if cfg.fp16:
+        export_fp16(onnx_path, out_dir / FP16_ONNX_FILE)
+        fp16 = check_parity(out_dir / FP16_ONNX_FILE, model, samples, cfg, out_dir / FP16_PARITY_FILE,
+                            min_cosine=cfg.fp16_min_cosine)
+        variants["fp16"] = {"file": FP16_ONNX_FILE, "min_cosine": fp16["min_cosine"]}
+        files += [FP16_ONNX_FILE, FP16_PARITY_FILE]
+    if cfg.tensorrt_plan:
+        status = build_tensorrt_plan(onnx_path, out_dir / PLAN_FILE, cfg)
+        variants["tensorrt_plan"] = {"file": PLAN_FILE if status == "built" else None, "status": status}
+        files += [PLAN_FILE] if status == "built" else []
+    if variants:
+        write_json(out_dir / VARIANTS_FILE, variants)
+        files.append(VARIANTS_FILE)
+    return files
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -402,6 +494,7 @@ def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg:
     export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
     side_files = copy_tokenizer_files(model, model_dir, out_dir)
     report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
+    side_files += _variants(onnx_path, model, samples, cfg, out_dir)
     dim = int(embedding_dim(model))
     return timer.write_manifest(
         out_dir,

@@ -1,13 +1,28 @@
-"""Promote: point the registered model's alias at the new version and publish it as a Triton model version.
+"""Promote: publish the gated version to Triton, make every replica serve it, then move the alias — atomically.
 
 Runs only when the gate said "promote" (the pipeline branches with ``dsl.If``), and re-checks ``decision.json``
 itself: a decision with ``promote: false``, or one about another version than ``registry.json``'s, is refused.
 
-Steps: ``set_registered_model_alias(model_name, cfg.alias, version)``; tag the version (``promoted_at``,
-``promoted_alias``, the metric and its value, the previous champion); write the Triton repository
-(:mod:`embedforge.triton`) with the registry version as Triton version; write ``promotion.json``
-(promoted, alias, version, triton_repo, model_name, ...) and ``manifest.json`` at the repository root (Triton
-ignores plain files there).
+Steps:
+
+1. **compare**: the registry's ``champion`` must still be the version the gate compared against
+   (``decision.champion_version``), else "another run promoted vN meanwhile; re-run the gate" — two runs that
+   both beat the old champion cannot both move the alias;
+2. write the Triton repository (:mod:`embedforge.triton`: ensemble, tokenizer, embedder) into ``out_dir``, and,
+   with ``triton.repository_dir``, stage the version in the live repository and — with ``triton.server_url`` —
+   roll it out to every replica and probe each (:func:`embedforge.serving.serve`); a failed rollout leaves the
+   previous version served and the step fails before any alias moves;
+3. **swap**: compare again, then ``champion`` -> the new version and ``previous`` -> the old champion, and tag the
+   version (``promoted_at``, metric, ``promoted_over``, ``served_by``). If the compare fails now or MLflow
+   refuses the move, the live repository and every replica are put back on the version the registry's
+   champion names, so serving and registry never disagree.
+
+MLflow has no conditional alias update: the compare and the swap are two calls, milliseconds apart, after a
+rollout that took seconds; the compare catches the realistic race (two pipeline runs promoting in the same
+minutes), not two writers within the same milliseconds.
+
+``promotion.json`` (promoted, alias, version, rollout, ...) and ``manifest.json`` are written at the repository
+root (Triton ignores plain files there).
 
 Example:
     >>> from embedforge import promote
@@ -28,6 +43,42 @@ from embedforge.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: The alias that keeps the champion a promotion or rollback replaced (``embedforge rollback`` goes back to it).
+PREVIOUS_ALIAS = "previous"
+
+
+class PromotionConflict(InputError):
+    """The champion moved since the gate compared against it."""
+
+
+def check_champion(client, model_name: str, alias: str, expected: str | None, version: str) -> str | None:
+    """The current champion, if it is still ``expected`` (or already ``version``); else PromotionConflict."""
+    from embedforge.gate import current_champion
+
+    current = current_champion(client, model_name, alias)
+    if current is None and expected is not None:
+        raise PromotionConflict(f"{model_name}@{alias} was removed meanwhile (the gate compared v{version} against "
+                                f"v{expected}); re-run the gate")
+    if current not in (expected, version):
+        raise PromotionConflict(
+            f"another run promoted v{current} meanwhile; re-run the gate (it compared v{version} against "
+            f"{f'v{expected}' if expected else 'no champion'}, {model_name}@{alias} is now v{current})")
+    return current
+
+
+def move_alias(client, model_name: str, alias: str, version: str, current: str | None) -> None:
+    """``alias`` -> ``version`` and, when it pointed elsewhere, ``previous`` -> the version it pointed at."""
+    client.set_registered_model_alias(model_name, alias, version)
+    if current and current != version:
+        client.set_registered_model_alias(model_name, PREVIOUS_ALIAS, current)
+
+
+def _read_inputs(decision_dir: str | Path, registry_dir: str | Path):
+    """The gate's ``Decision`` and the register stage's ``RegistryRecord`` (model name, version, run, tracking URI)."""
+    from embedforge.gate import read_decision
+    from embedforge.registry import read_registry
+
+    return read_decision(decision_dir), read_registry(registry_dir)
 
 
 def run(
@@ -60,15 +111,13 @@ def run(
     """
     from mlflow.exceptions import MlflowException
 
-    from embedforge.gate import current_champion, read_decision
-    from embedforge.registry import client_for, mlflow_error, read_registry, resolve_tracking_uri
+    from embedforge.registry import client_for, mlflow_error, resolve_tracking_uri
     from embedforge.triton import write_model_repository
 
     timer = StageTimer("promote")
     out_dir = Path(out_dir)
-    decision = read_decision(decision_dir)
-    reg = read_registry(registry_dir)
-    model_name, version = reg.model_name, reg.version
+    decision, reg = _read_inputs(decision_dir, registry_dir)
+    model_name, version = reg.model_name, str(reg.version)
     if not decision.promote:
         raise InputError(f"the gate decision in {decision_dir} says not to promote ({decision.reason}); "
                          "promote refuses to move the alias")
@@ -81,15 +130,28 @@ def run(
 
     uri = resolve_tracking_uri(tracking_uri, recorded=reg.tracking_uri)
     client = client_for(uri)
+    expected = str(decision.champion_version) if decision.champion_version else None
+    try:
+        check_champion(client, model_name, cfg.alias, expected, version)
+    except MlflowException as exc:
+        raise mlflow_error(f"read alias {cfg.alias!r} of {model_name!r}", uri, exc) from None
     params = {"registered_model": model_name, "registered_version": version,
               "mlflow_run_id": reg.run_id, "alias": cfg.alias}
     version_dir = write_model_repository(onnx_dir, out_dir, triton, version, parameters=params)
+    served_before = _served(triton)
     rollout = _publish(onnx_dir, triton, version, params) if triton.repository_dir else None
 
     promoted_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     try:
-        previous = current_champion(client, model_name, cfg.alias)
-        client.set_registered_model_alias(model_name, cfg.alias, version)
+        previous = check_champion(client, model_name, cfg.alias, expected, version)
+        move_alias(client, model_name, cfg.alias, version, previous)
+    except (MlflowException, PromotionConflict) as exc:
+        if triton.repository_dir:
+            _restore_registry_state(client, model_name, cfg.alias, triton, served_before)
+        if isinstance(exc, PromotionConflict):
+            raise
+        raise mlflow_error(f"set alias {cfg.alias!r} of {model_name!r} to version {version}", uri, exc) from None
+    try:
         tags = {
             "promoted_at": promoted_at,
             "promoted_alias": cfg.alias,
@@ -98,11 +160,11 @@ def run(
             "promoted_over": f"v{previous}" if previous and previous != version else "none",
         }
         if rollout is not None:
-            tags["served_by"] = f"{triton.server_url} ({triton.model_name} v{version})"
+            tags["served_by"] = ", ".join(f"{r.url} ({triton.model_name} v{version})" for r in rollout.replicas)
         for key, value in tags.items():
             client.set_model_version_tag(model_name, version, key, value)
     except MlflowException as exc:
-        raise mlflow_error(f"set alias {cfg.alias!r} of {model_name!r} to version {version}", uri, exc) from None
+        raise mlflow_error(f"tag {model_name!r} version {version}", uri, exc) from None
     log.info("%s@%s -> version %s (was %s)", model_name, cfg.alias, version, previous or "unset")
 
     record = PromotionRecord(**{
@@ -131,37 +193,49 @@ def run(
     )
 
 
-def _publish(onnx_dir: str | Path, triton: TritonConfig, version: str, params: dict[str, str]):
-    """Write the version into the live repository; with ``triton.server_url``, roll it out and verify it there.
+def _served(triton: TritonConfig) -> str | None:
+    from embedforge.triton import served_version
 
-    On a failed rollout the version folder is removed and the previous ``config.pbtxt`` restored (the server keeps
-    or returns to the previous version), then the :class:`~embedforge.errors.ServingError` propagates, so the alias
-    is never moved to a version the server does not serve.
+    return served_version(triton.repository_dir, triton.model_name) if triton.repository_dir else None
+
+
+def _publish(onnx_dir: str | Path, triton: TritonConfig, version: str, params: dict[str, str]):
+    """Stage the version in the live repository; serve it (and, with ``server_url``, roll it out and verify it).
+
+    On a failed rollout every replica is back on the previous version (:func:`embedforge.serving.serve`) and the
+    version's folders are removed again when this run created them, then the ServingError propagates, so the
+    alias is never moved to a version the servers do not serve.
     """
     import shutil
 
     from embedforge import serving
     from embedforge.errors import ServingError
-    from embedforge.triton import CONFIG_FILE, atomic_write_text, write_model_repository
+    from embedforge.triton import ModelNames, write_model_repository
 
     live = Path(triton.repository_dir)
-    model_dir = live / triton.model_name
-    config = model_dir / CONFIG_FILE
-    previous_config = config.read_text(encoding="utf-8") if config.is_file() else None
-    existed = (model_dir / str(int(version))).exists()
-    version_dir = write_model_repository(onnx_dir, live, triton, version, parameters=params)
-    log.info("published %s version %s into %s", triton.model_name, version, live)
-    if not triton.server_url:
-        return None
+    names = ModelNames.of(triton.model_name).all()
+    created = [live / n / version for n in names if not (live / n / version).exists()]
+    write_model_repository(onnx_dir, live, triton, version, parameters=params, serve=False)
+    log.info("staged %s version %s in %s", triton.model_name, version, live)
     try:
-        return serving.roll_out(triton.server_url, live, triton.model_name, version, timeout_s=triton.ready_timeout_s)
+        return serving.serve(triton, version)
     except ServingError:
-        if not existed:
-            shutil.rmtree(version_dir, ignore_errors=True)
-        if previous_config is not None:
-            atomic_write_text(config, previous_config)
-        elif not existed:
-            config.unlink(missing_ok=True)
-        serving.reload(triton.server_url, triton.model_name)
-        log.error("rolled back: %s version %s removed from %s", triton.model_name, version, live)
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+        log.error("%s version %s taken out of %s again", triton.model_name, version, live)
         raise
+
+
+def _restore_registry_state(client, model_name: str, alias: str, triton: TritonConfig, served_before: str | None):
+    """After a failed alias move: serve what the registry's champion names (else what was served before)."""
+    from embedforge import serving
+    from embedforge.gate import current_champion
+    from embedforge.triton import ModelNames
+
+    try:
+        champion = current_champion(client, model_name, alias)
+    except Exception:  # noqa: BLE001 - the registry is what failed; fall back to the state before this run
+        champion = None
+    live = Path(triton.repository_dir)
+    in_repo = champion and all((live / n / champion).is_dir() for n in ModelNames.of(triton.model_name).all())
+    serving.restore(triton, champion if in_repo else served_before)
