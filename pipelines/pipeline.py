@@ -70,7 +70,9 @@ class KubernetesSettings:
     # promote publishes the version there, has Triton load it and checks it before it moves the alias.
     model_repo_pvc: str = "embedforge-model-repository"
     model_repo_mount: str = "/models"
-    triton_url: str = "http://triton.embedforge.svc.cluster.local:8000"
+    # The headless Service (manifests/base/triton.yaml): its name resolves to every Triton pod, so promote and
+    # rollback load and probe the version on each replica (triton.discover_replicas).
+    triton_url: str = "http://triton-replicas.embedforge.svc.cluster.local:8000"
     # Every step's container image (embedforge compile --image REGISTRY/embedforge@sha256:...).
     image: str = BASE_IMAGE
 
@@ -110,7 +112,8 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
     cfg = PipelineConfig()
     if kubernetes:  # promote publishes into the Triton PVC and rolls the version out on the cluster's server
         cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
-            update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url})})
+            update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url,
+                    "discover_replicas": True})})
         if k8s.train_gpus > 1:  # one torchrun worker per GPU of the train step
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0})})
     defaults = _stage_args(cfg)
