@@ -108,6 +108,18 @@ def build_eval_set(chunks: Sequence[Chunk], pairs: Iterable[Pair], split: str | 
 
 
 # ------------------------------------------------------------------------------------------------ metrics
+def _for_pytrec_eval(
+    qrels: dict[str, dict[str, int]], results: dict[str, dict[str, float]]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
+    """qrels and results in the types pytrec_eval takes; raises ValueError for a judged query without results."""
+    missing = [q for q in qrels if q not in results]
+    if missing:
+        raise ValueError(f"{len(missing)} judged queries have no results (e.g. {missing[:3]})")
+    # A query with no retrieved document must still count (as 0); pytrec_eval would silently skip it.
+    res = {q: {d: float(s) for d, s in results[q].items()} or {_NO_RESULT: 0.0} for q in qrels}
+    return {q: {d: int(r) for d, r in rel.items()} for q, rel in qrels.items()}, res
+
+
 def retrieval_metrics(
     qrels: dict[str, dict[str, int]], results: dict[str, dict[str, float]], k_values: Sequence[int]
 ) -> dict[str, float]:
@@ -125,12 +137,7 @@ def retrieval_metrics(
     from beir.retrieval.evaluation import EvaluateRetrieval
 
     ks = sorted(set(k_values))
-    missing = [q for q in qrels if q not in results]
-    if missing:
-        raise ValueError(f"{len(missing)} judged queries have no results (e.g. {missing[:3]})")
-    # A query with no retrieved document must still count (as 0); pytrec_eval would silently skip it.
-    res = {q: {d: float(s) for d, s in results[q].items()} or {_NO_RESULT: 0.0} for q in qrels}
-    qrels = {q: {d: int(r) for d, r in rel.items()} for q, rel in qrels.items()}
+    qrels, res = _for_pytrec_eval(qrels, results)
     ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(qrels, res, ks, ignore_identical_ids=False)
     mrr = EvaluateRetrieval.evaluate_custom(qrels, res, ks, metric="mrr")
     out: dict[str, float] = {}
@@ -162,11 +169,7 @@ def per_query_metrics(
     import pytrec_eval
 
     ks = sorted(set(k_values))
-    missing = [q for q in qrels if q not in results]
-    if missing:
-        raise ValueError(f"{len(missing)} judged queries have no results (e.g. {missing[:3]})")
-    res = {q: {d: float(s) for d, s in results[q].items()} or {_NO_RESULT: 0.0} for q in qrels}
-    qrels = {q: {d: int(r) for d, r in rel.items()} for q, rel in qrels.items()}
+    qrels, res = _for_pytrec_eval(qrels, results)
     cut = ",".join(map(str, ks))
     scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{cut}", f"map_cut.{cut}", f"recall.{cut}",
                                                     f"P.{cut}"}).evaluate(res)
