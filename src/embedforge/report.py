@@ -301,7 +301,7 @@ svg text{font:11px system-ui,sans-serif;fill:#1f2328}svg .value{fill:#656d76}
 .zero,.axis{stroke:#656d76;stroke-width:1}.ci{stroke-width:3}.ci.up,.mean.up{stroke:#1a7f37;fill:#1a7f37}
 .ci.down,.mean.down{stroke:#cf222e;fill:#cf222e}.ci.flat,.mean.flat{stroke:#656d76;fill:#656d76}
 .bin.up{fill:#1a7f37}.bin.down{fill:#cf222e}.bin.flat{fill:#8c959f}
-.loss{fill:none;stroke:#0969da;stroke-width:2}.point{fill:#0969da}
+path.loss{fill:none;stroke:#0969da;stroke-width:2}.point{fill:#0969da}
 """
 
 
@@ -366,9 +366,11 @@ def _gate(inputs: ReportInputs) -> str:
     d = inputs.decision
     if d is None:
         return "<h2>Gate decision</h2>" + _missing(inputs, "decision")
+    # Without a promotion record the promote step has not run yet (the pipeline's report step runs beside it) or
+    # failed (then the run's status and error say so).
     promoted = inputs.promotion is not None and inputs.promotion.promoted
-    verdict = ("promoted" if promoted else "approved, promotion did not finish") if d.promote else "not promoted"
-    cls = "ok" if promoted else "no" if not d.promote else "bad"
+    verdict = ("promoted" if promoted else "approved for promotion") if d.promote else "not promoted"
+    cls = "ok" if d.promote else "no"
     rows = [["<td>metric</td>", f"<td>{_e(d.metric)} on {_e(d.eval_set)}</td>"],
             ["<td>fine-tuned (challenger)</td>", _num(d.challenger)], ["<td>base</td>", _num(d.base_value)],
             ["<td>gain over base</td>", _num(d.margin, signed=True)],
