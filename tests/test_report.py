@@ -178,7 +178,7 @@ def test_component_writes_the_kfp_html_and_attaches_it_to_the_mlflow_run(tmp_pat
     local = Path(html.path).read_text(encoding="utf-8")
     assert "Gate decision" in local
     with tempfile.TemporaryDirectory() as tmp:
-        got = MlflowClient(mlflow_uri).download_artifacts(run_id, "report/" + Path(html.path).name, tmp)
+        got = MlflowClient(mlflow_uri).download_artifacts(run_id, f"report/{report.REPORT_FILE}", tmp)
         assert Path(got).read_text(encoding="utf-8") == local
 
 

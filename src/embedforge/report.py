@@ -529,7 +529,8 @@ def write_report(artifacts: Mapping[str, Path | str | None], out_path: str | Pat
 
 
 def log_to_mlflow(report_path: str | Path, registry_dir: str | Path, tracking_uri: str = "") -> str:
-    """Attach the report to the registered version's MLflow run (artifact ``report/report.html``).
+    """Attach the report to the registered version's MLflow run as ``report/report.html``, whatever the local
+    file is called (a KFP output file has no extension, and MLflow's viewer picks the renderer by extension).
 
     Returns:
         The run id.
@@ -538,6 +539,9 @@ def log_to_mlflow(report_path: str | Path, registry_dir: str | Path, tracking_ur
         InputError: No registry record in ``registry_dir``.
         ConfigError: No tracking URI, or MLflow refused the upload.
     """
+    import shutil
+    import tempfile
+
     from mlflow.exceptions import MlflowException
 
     from embedforge.registry import client_for, mlflow_error, resolve_tracking_uri
@@ -545,7 +549,10 @@ def log_to_mlflow(report_path: str | Path, registry_dir: str | Path, tracking_ur
     reg = read_result(registry_dir, RegistryRecord)
     uri = resolve_tracking_uri(tracking_uri, recorded=reg.tracking_uri)
     try:
-        client_for(uri).log_artifact(reg.run_id, str(report_path), artifact_path="report")
+        with tempfile.TemporaryDirectory(prefix="embedforge-report-") as tmp:
+            named = Path(tmp) / REPORT_FILE
+            shutil.copyfile(report_path, named)
+            client_for(uri).log_artifact(reg.run_id, str(named), artifact_path="report")
     except MlflowException as exc:
         raise mlflow_error(f"attach the report to run {reg.run_id}", uri, exc) from None
     return reg.run_id
