@@ -12,6 +12,7 @@ Steps (one KFP component each, see ``components/<stage>/``):
 8. ``register`` MLflow run (params, metrics, artifacts) + a new registered-model version
 9. ``gate``     promote? fine-tuned beats base by a margin AND beats the current champion on the same eval set
 10. ``promote`` (only under ``dsl.If(gate == True)``) set the champion alias + write the Triton model repository
+11. ``report``  (after the gate, beside promote) ``report.html`` as a KFP HTML output, attached to the MLflow run
 
 ``build_pipeline(kubernetes=False)`` is the pipeline run locally by ``embedforge run`` (kfp.local);
 ``build_pipeline(kubernetes=True)`` adds what a cluster needs: GPU for training, resource requests, the corpus
@@ -32,6 +33,7 @@ from embedforge.components.ingest.component import ingest
 from embedforge.components.mine.component import mine
 from embedforge.components.promote.component import promote
 from embedforge.components.register.component import register
+from embedforge.components.report.component import report
 from embedforge.components.sdg.component import sdg
 from embedforge.components.train.component import train
 from embedforge.components.validate.component import validate
@@ -39,7 +41,8 @@ from embedforge.config import PipelineConfig
 
 PIPELINE_NAME = "embedforge"
 
-#: task name -> (component, its main output artifact). The CLI reads results back through this table.
+#: task name -> (component, its main output artifact). The CLI reads results back through this table. (The
+#: ``report`` task is not a stage: it only renders these artifacts.)
 STAGES: dict[str, str] = {
     "ingest": "chunks",
     "sdg": "pairs",
@@ -170,20 +173,25 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
                 onnx_model=export_task.outputs["onnx_model"], config=gate_config, triton_config=triton_config,
                 tracking_uri=tracking_uri,
             )
+        report_task = report(
+            chunks=chunks, validation=validate_task.outputs["validation"], model=model,
+            evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],
+            decision=gate_task.outputs["decision"], tracking_uri=tracking_uri,
+        )
 
         if kubernetes:
             _apply_kubernetes(k8s, ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task,
-                              export_task, register_task, gate_task, promote_task)
+                              export_task, register_task, gate_task, promote_task, report_task)
 
     return embedforge_pipeline
 
 
 def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_task, mine_task, train_task,
-                      evaluate_task, export_task, register_task, gate_task, promote_task) -> None:
+                      evaluate_task, export_task, register_task, gate_task, promote_task, report_task) -> None:
     from kfp import kubernetes
 
     for task in (ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task, export_task,
-                 register_task, gate_task, promote_task):
+                 register_task, gate_task, promote_task, report_task):
         task.set_container_image(k8s.image)
         # The prod overlay's NetworkPolicies admit these pods to MLflow, and only promote to Triton's repository API.
         kubernetes.add_pod_label(task, "embedforge.io/pipeline", "true")
@@ -196,7 +204,7 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
     kubernetes.use_secret_as_env(sdg_task, secret_name=k8s.llm_secret,
                                  secret_key_to_env={k8s.llm_secret_key: k8s.llm_key_env}, optional=True)
     # MLflow credentials (if the tracking server needs them) likewise.
-    for task in (register_task, gate_task, promote_task):
+    for task in (register_task, gate_task, promote_task, report_task):
         kubernetes.use_secret_as_env(
             task, secret_name=k8s.mlflow_secret,
             secret_key_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
@@ -215,9 +223,9 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
     train_task.set_env_variable("EMBEDFORGE_IMAGE", k8s.image)
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
-    for task in (ingest_task, sdg_task, validate_task, register_task, promote_task):
+    for task in (ingest_task, sdg_task, validate_task, register_task, promote_task, report_task):
         task.set_cpu_request("1").set_memory_request("4Gi")
-    for task in (register_task, gate_task, promote_task):
+    for task in (register_task, gate_task, promote_task, report_task):
         task.set_caching_options(False)  # they read/write the live registry
 
 

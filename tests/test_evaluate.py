@@ -127,6 +127,22 @@ def test_a_query_without_results_counts_as_zero():
         evaluate.retrieval_metrics({"a": {"x": 1}}, {}, [1])
 
 
+def test_per_query_scores_match_hand_formulas_and_average_to_the_metrics():
+    qrels = {"a": {"x": 1}, "b": {"y": 1}, "c": {"u": 1, "v": 1}}
+    results = {"a": {"z": 0.9, "x": 0.8, "w": 0.1}, "b": {}, "c": {"v": 0.7, "q": 0.6, "u": 0.5}}
+    got = evaluate.per_query_metrics(qrels, results, [1, 10])
+
+    for k in (1, 10):
+        for name, value in _single_relevant(2, k).items():
+            assert got["a"][name] == pytest.approx(value, abs=1e-6), name
+        assert all(v == 0.0 for v in got["b"].values())  # no result: zero, not skipped
+    assert got["c"]["recall@1"] == 0.5 and got["c"]["map@10"] == pytest.approx((1 + 2 / 3) / 2)
+    mean = evaluate.retrieval_metrics(qrels, results, [1, 10])
+    assert set(got["c"]) == set(mean)
+    for name, value in mean.items():
+        assert np.mean([got[q][name] for q in qrels]) == pytest.approx(value, abs=6e-6), name
+
+
 # ------------------------------------------------------------------------------------------------ document level
 def test_document_scores_as_its_best_chunk(base):
     chunks = _chunks({"while": 3, "for": 1, "break": 1, "continue": 1})
@@ -367,6 +383,21 @@ def test_component_on_the_shared_artifacts(tmp_path, chunks_dir, pairs_dir, mine
     assert (out / contracts.BEIR_DIR / "corpus.jsonl").read_text().count("\n") == len(chunks)
     m = contracts.read_manifest(out)
     assert m.stage == "evaluate" and m.counts["eval_queries"] == n_eval and "base_embeddings" in m.inputs
+
+    # per_query.jsonl: one record per eval query whose scores average to evaluation.json's, with both rankings.
+    per_query = contracts.read_per_query(out)
+    assert sorted(r.query_id for r in per_query) == sorted({p.query_id for p in pairs if p.split == "eval"})
+    for who in ("base", "finetuned"):
+        for name, value in result[who].items():
+            assert np.mean([getattr(r, who)[name] for r in per_query]) == pytest.approx(value, abs=2e-5), (who, name)
+    ids = {"chunk": {c.chunk_id for c in chunks}, "document": {c.doc_id for c in chunks}}
+    assert {r.relevance for r in per_query} == {"chunk", "document"}  # offline pairs: chunk and title queries
+    for r in per_query:
+        for ranking in (r.base_ranking, r.finetuned_ranking):
+            assert len(ranking) == evaluate.RANKING_DEPTH and {h.id for h in ranking} <= ids[r.relevance]
+            assert [h.score for h in ranking] == sorted((h.score for h in ranking), reverse=True)
+        hit_at_1 = r.finetuned_ranking[0].id in r.relevant
+        assert r.finetuned["recall@1"] == pytest.approx(float(hit_at_1) / len(r.relevant))
 
     md = metrics.metadata
     assert md["finetuned_ndcg_at_10"] == result["finetuned"]["ndcg@10"]

@@ -121,6 +121,9 @@ def _print_summary(summary: dict, out: Path) -> None:
             r = p["rollout"]
             console.print(f"[green]served by {escape(r['url'])}: {escape(r['model_name'])} v{r['version']} ready after "
                           f"{r['ready_seconds']:.1f} s, probe cosine {r['probe_cosine']:.5f}[/]")
+    report = (summary.get("outputs") or {}).get("report")
+    if report:
+        console.print(f"report: [link={Path(report).as_uri()}]{escape(report)}[/link]", highlight=False)
     console.print(f"summary: {out / 'summary.json'}")
 
 

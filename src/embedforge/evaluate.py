@@ -24,7 +24,10 @@ query's text (the query's own argument) is removed from its ranking; ids are not
 collections (Cranfield) query and document ids are unrelated number ranges. Queries
 without any relevant (score > 0) judgement are dropped, since no ranking can score on them.
 
-Output folder: ``evaluation.json`` (see :func:`run`), ``beir/`` (the eval split in BEIR layout: ``corpus.jsonl``
+Output folder: ``evaluation.json`` (see :func:`run`), ``per_query.jsonl`` (one
+:class:`~embedforge.contracts.QueryEvaluation` per eval query: both models' scores, their top
+:data:`RANKING_DEPTH` hits, and LLM pairs' query/reasoning types; what the run report's confidence intervals,
+wins/losses and rankings are computed from), ``beir/`` (the eval split in BEIR layout: ``corpus.jsonl``
 of all chunks, ``queries.jsonl``, ``qrels/test.tsv``) and ``manifest.json``. In ``beir/``, a document-level
 positive is expanded to every chunk of its document: an approximation (a chunk-level tool then rewards any chunk
 of the document, and counts several chunks of it as several hits) kept so that standard BEIR tools can read it;
@@ -54,16 +57,20 @@ from embedforge.contracts import (
     EMBEDDINGS_FILE,
     EVALUATION_FILE,
     PAIRS_FILE,
+    PER_QUERY_FILE,
     Chunk,
     EvaluationResult,
     ExternalEvaluation,
     Manifest,
     Pair,
+    QueryEvaluation,
+    RankedHit,
     StageTimer,
     read_chunks,
     read_json,
     read_pairs,
     write_json,
+    write_jsonl,
 )
 from embedforge.encode import embedding_dim
 from embedforge.errors import ConfigError, InputError
@@ -73,16 +80,21 @@ from embedforge.retrieval import (
     build_eval_set,
     encode_chunks,
     evaluate_model,
+    per_query_metrics,
+    rank_queries,
     retrieval_metrics,
     retrieve,
 )
 
 log = logging.getLogger(__name__)
 
+#: How many top hits of each model ``per_query.jsonl`` keeps per query.
+RANKING_DEPTH = 10
+
 __all__ = [
     "METRIC_NAMES", "BeirCollection", "EvalSet", "beir_document_text", "build_eval_set", "encode_chunks",
     "evaluate_beir_folder", "evaluate_model", "load_base_embeddings", "load_beir_folder", "retrieval_metrics",
-    "retrieve", "run", "write_beir_split",
+    "per_query_records", "retrieve", "run", "write_beir_split",
 ]
 
 
@@ -126,6 +138,46 @@ def load_base_embeddings(base_embeddings_dir: str | Path, chunks: Sequence[Chunk
         log.warning("%s: embeddings are not L2-normalised: re-encoding", folder)
         return None
     return out
+
+
+def per_query_records(
+    eval_set: EvalSet,
+    pairs: Sequence[Pair],
+    base_results: dict[str, dict[str, float]],
+    finetuned_results: dict[str, dict[str, float]],
+    k_values: Sequence[int],
+) -> list[QueryEvaluation]:
+    """One record per eval query: both models' per-query metrics and top :data:`RANKING_DEPTH` hits.
+
+    Args:
+        eval_set: The queries and qrels both models were ranked on.
+        pairs: The pairs (their ``meta.query_type`` / ``meta.reasoning_type`` and ``source`` are copied).
+        base_results: The base model's rankings (query id -> {id: score}).
+        finetuned_results: The fine-tuned model's rankings.
+        k_values: Cut-offs of the metrics.
+
+    Returns:
+        Records in the eval set's query order.
+    """
+    by_id = {p.query_id: p for p in pairs}
+    base_scores = per_query_metrics(eval_set.qrels, base_results, k_values)
+    ft_scores = per_query_metrics(eval_set.qrels, finetuned_results, k_values)
+
+    def top(ranking: dict[str, float]) -> list[RankedHit]:
+        hits = sorted(ranking.items(), key=lambda hit: -hit[1])[:RANKING_DEPTH]
+        return [RankedHit(id=i, score=round(s, 5)) for i, s in hits]
+
+    records = []
+    for qid, text in eval_set.queries.items():
+        pair = by_id[qid]
+        records.append(QueryEvaluation(
+            query_id=qid, query=text, relevance="document" if qid in eval_set.document_level else "chunk",
+            relevant=sorted(eval_set.qrels[qid]), query_type=pair.meta.get("query_type"),
+            reasoning_type=pair.meta.get("reasoning_type"), source=pair.source,
+            base=_round(base_scores[qid]), finetuned=_round(ft_scores[qid]),
+            base_ranking=top(base_results[qid]), finetuned_ranking=top(finetuned_results[qid]),
+        ))
+    return records
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -203,10 +255,12 @@ def run(
             log.info("reusing the base model's chunk embeddings from %s", base_embeddings_dir)
     log.info("evaluating base model %s on %d eval queries over %d chunks", base_model, len(eval_set.queries),
              len(chunks))
-    base_metrics = evaluate_model(base, chunks, pairs, cfg, chunk_embeddings=base_emb)
+    _, base_results = rank_queries(base, chunks, pairs, cfg, chunk_embeddings=base_emb)
+    base_metrics = retrieval_metrics(eval_set.qrels, base_results, cfg.all_k)
     finetuned = load_model(str(finetuned_dir))
     log.info("evaluating fine-tuned model %s", finetuned_dir)
-    ft_metrics = evaluate_model(finetuned, chunks, pairs, cfg)
+    _, ft_results = rank_queries(finetuned, chunks, pairs, cfg)
+    ft_metrics = retrieval_metrics(eval_set.qrels, ft_results, cfg.all_k)
 
     external_result = None
     if external is not None:
@@ -237,6 +291,7 @@ def run(
              ft_metrics[cfg.primary_metric])
 
     write_beir_split(out_dir / BEIR_DIR, chunks, eval_set)
+    write_jsonl(out_dir / PER_QUERY_FILE, per_query_records(eval_set, pairs, base_results, ft_results, cfg.all_k))
     write_json(out_dir / EVALUATION_FILE, result.model_dump(mode="json"))
     inputs: dict[str, str | Path] = {"chunks": chunks_dir, "pairs": pairs_dir, "finetuned": Path(finetuned_dir)}
     if base_embeddings_dir:

@@ -108,6 +108,18 @@ def build_eval_set(chunks: Sequence[Chunk], pairs: Iterable[Pair], split: str | 
 
 
 # ------------------------------------------------------------------------------------------------ metrics
+def _for_pytrec_eval(
+    qrels: dict[str, dict[str, int]], results: dict[str, dict[str, float]]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, float]]]:
+    """qrels and results in the types pytrec_eval takes; raises ValueError for a judged query without results."""
+    missing = [q for q in qrels if q not in results]
+    if missing:
+        raise ValueError(f"{len(missing)} judged queries have no results (e.g. {missing[:3]})")
+    # A query with no retrieved document must still count (as 0); pytrec_eval would silently skip it.
+    res = {q: {d: float(s) for d, s in results[q].items()} or {_NO_RESULT: 0.0} for q in qrels}
+    return {q: {d: int(r) for d, r in rel.items()} for q, rel in qrels.items()}, res
+
+
 def retrieval_metrics(
     qrels: dict[str, dict[str, int]], results: dict[str, dict[str, float]], k_values: Sequence[int]
 ) -> dict[str, float]:
@@ -125,12 +137,7 @@ def retrieval_metrics(
     from beir.retrieval.evaluation import EvaluateRetrieval
 
     ks = sorted(set(k_values))
-    missing = [q for q in qrels if q not in results]
-    if missing:
-        raise ValueError(f"{len(missing)} judged queries have no results (e.g. {missing[:3]})")
-    # A query with no retrieved document must still count (as 0); pytrec_eval would silently skip it.
-    res = {q: {d: float(s) for d, s in results[q].items()} or {_NO_RESULT: 0.0} for q in qrels}
-    qrels = {q: {d: int(r) for d, r in rel.items()} for q, rel in qrels.items()}
+    qrels, res = _for_pytrec_eval(qrels, results)
     ndcg, _map, recall, precision = EvaluateRetrieval.evaluate(qrels, res, ks, ignore_identical_ids=False)
     mrr = EvaluateRetrieval.evaluate_custom(qrels, res, ks, metric="mrr")
     out: dict[str, float] = {}
@@ -139,6 +146,44 @@ def retrieval_metrics(
             name, _, k = key.partition("@")
             out[f"{_BEIR_KEYS[name]}@{k}"] = float(value)
     return {f"{m}@{k}": out[f"{m}@{k}"] for m in METRIC_NAMES for k in ks}
+
+
+def per_query_metrics(
+    qrels: dict[str, dict[str, int]], results: dict[str, dict[str, float]], k_values: Sequence[int]
+) -> dict[str, dict[str, float]]:
+    """Each query's own scores, under the names of :func:`retrieval_metrics`: their mean over the queries is
+    :func:`retrieval_metrics` (which BEIR computes from the same pytrec_eval scores, then rounds).
+
+    ``ndcg``/``map``/``recall``/``precision`` are pytrec_eval's ``ndcg_cut``/``map_cut``/``recall``/``P``; ``mrr@k``
+    is pytrec_eval's ``recip_rank`` of the top ``k`` results (BEIR's definition: 1 / rank of the first relevant
+    hit within ``k``, else 0). Used for bootstrap confidence intervals and per-query wins/losses in the report.
+
+    Args:
+        qrels: query id -> {doc id: graded relevance (int)}.
+        results: query id -> {doc id: score}; every query of ``qrels`` must have an entry.
+        k_values: Cut-offs.
+
+    Returns:
+        query id -> ``{"ndcg@10": ..., "map@10": ..., "recall@10": ..., "precision@10": ..., "mrr@10": ...}``.
+    """
+    import pytrec_eval
+
+    ks = sorted(set(k_values))
+    qrels, res = _for_pytrec_eval(qrels, results)
+    cut = ",".join(map(str, ks))
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{cut}", f"map_cut.{cut}", f"recall.{cut}",
+                                                    f"P.{cut}"}).evaluate(res)
+    out = {q: {} for q in qrels}
+    for q, table in out.items():
+        for k in ks:
+            for name, key in (("ndcg", "ndcg_cut"), ("map", "map_cut"), ("recall", "recall"), ("precision", "P")):
+                table[f"{name}@{k}"] = float(scores[q][f"{key}_{k}"])
+    reciprocal = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"})
+    for k in ks:
+        top = {q: dict(sorted(r.items(), key=lambda hit: -hit[1])[:k]) for q, r in res.items()}
+        for q, s in reciprocal.evaluate(top).items():
+            out[q][f"mrr@{k}"] = float(s["recip_rank"])
+    return {q: {f"{m}@{k}": t[f"{m}@{k}"] for m in METRIC_NAMES for k in ks} for q, t in out.items()}
 
 
 # ------------------------------------------------------------------------------------------------ retrieval
@@ -233,6 +278,25 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Retrieval metrics of ``model`` on the eval split (eval pairs as queries, all chunks as the corpus).
 
+    The metrics of :func:`rank_queries`' rankings; arguments, errors and protocol are the same.
+
+    Returns:
+        ``{"ndcg@10": ..., "recall@10": ..., "map@10": ..., "precision@10": ..., "mrr@10": ...}`` for every k.
+    """
+    eval_set, results = rank_queries(model, chunks, pairs, cfg, chunk_embeddings=chunk_embeddings, split=split)
+    return retrieval_metrics(eval_set.qrels, results, cfg.all_k)
+
+
+def rank_queries(
+    model: "SentenceTransformer",
+    chunks: Sequence[Chunk],
+    pairs: Iterable[Pair],
+    cfg: EvaluateConfig,
+    chunk_embeddings: np.ndarray | None = None,
+    split: str | None = "eval",
+) -> tuple[EvalSet, dict[str, dict[str, float]]]:
+    """The eval set of ``split`` and ``model``'s ranking for each of its queries (see :func:`retrieve`).
+
     Args:
         model: A loaded sentence-transformers model (its saved prompts are used).
         chunks: All chunks (train and eval): the corpus.
@@ -243,7 +307,7 @@ def evaluate_model(
         split: Split of the query pairs; None uses every pair.
 
     Returns:
-        ``{"ndcg@10": ..., "recall@10": ..., "map@10": ..., "precision@10": ..., "mrr@10": ...}`` for every k.
+        ``(eval_set, results)``: results maps query id -> {chunk id or doc id: score}, ``max(cfg.all_k)`` each.
 
     Raises:
         InputError: No usable query, an empty corpus, or ``chunk_embeddings`` of the wrong shape.
@@ -272,6 +336,6 @@ def evaluate_model(
                        show_progress=True)
     results = retrieve(chunk_embeddings, chunks, query_emb, qids, max(cfg.all_k), eval_set.document_level,
                        eval_set.exclude)
-    return retrieval_metrics(eval_set.qrels, results, cfg.all_k)
+    return eval_set, results
 
 

@@ -26,6 +26,7 @@ from embedforge.contracts import (
 )
 from embedforge.errors import EmbedforgeError, InputError, file_in_the_way, parse_stage_error
 from embedforge.kfp_local import program_only_python_rewrite
+from embedforge.report import REPORT_FILE, write_report
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
@@ -284,5 +285,6 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         if "promote" in manifests:
             rec: PromotionRecord = manifests["promote"].result
             summary["promotion"].update(published_to=rec.published_to, rollout=rec.rollout)
+    summary["outputs"]["report"] = str(write_report(art, out / REPORT_FILE, summary["status"], error))
     write_json(out / "summary.json", summary)
     return summary

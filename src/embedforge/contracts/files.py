@@ -22,6 +22,8 @@ TRAIN_FILE = "train.jsonl"
 EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDING_IDS_FILE = "embedding_ids.json"
 EVALUATION_FILE = "evaluation.json"
+#: One :class:`~embedforge.contracts.results.QueryEvaluation` per eval query, beside ``evaluation.json``.
+PER_QUERY_FILE = "per_query.jsonl"
 BEIR_DIR = "beir"
 ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"

@@ -9,9 +9,13 @@ unknown fields. The human-facing files some stages also write (``evaluation.json
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from embedforge.contracts.files import PER_QUERY_FILE, VALIDATION_FILE, read_json, read_records
+from embedforge.errors import InputError
 
 
 class StageResult(BaseModel):
@@ -131,6 +135,29 @@ class EvaluationResult(StageResult):
     reused_base_embeddings: bool = False
 
 
+class RankedHit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(description="Chunk id (chunk-level query) or doc id (document-level query).")
+    score: float
+
+
+class QueryEvaluation(BaseModel):
+    """One eval query's scores and top rankings under both models (a line of ``per_query.jsonl``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    query_id: str
+    query: str
+    relevance: Literal["chunk", "document"]
+    relevant: list[str] = Field(description="The judged-relevant chunk ids (or doc ids, document-level).")
+    query_type: str | None = Field(None, description="LLM pairs' meta.query_type; None for other generators.")
+    reasoning_type: str | None = Field(None, description="LLM pairs' meta.reasoning_type.")
+    source: str = ""
+    base: dict[str, float]
+    finetuned: dict[str, float]
+    base_ranking: list[RankedHit]
+    finetuned_ranking: list[RankedHit]
+
+
 class ExportResult(StageResult):
     stage: ClassVar[str] = "export"
     dim: int
@@ -207,3 +234,39 @@ RESULT_TYPES: dict[str, type[StageResult]] = {
     t.stage: t for t in (IngestResult, SdgResult, ValidationResult, MineResult, TrainResult, EvaluationResult,
                          ExportResult, RegistryRecord, Decision, PromotionRecord)
 }
+
+
+class ValidationCheck(BaseModel):
+    """One data-quality check of ``validation.json`` (extra fields, e.g. ``kwargs``, are kept)."""
+
+    model_config = ConfigDict(extra="allow")
+    check: str
+    expectation: str = ""
+    success: bool
+    unexpected_count: int = 0
+    observed_value: Any = None
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ValidationReport(BaseModel):
+    """The validate stage's ``validation.json``: overall success, GX statistics and every check."""
+
+    model_config = ConfigDict(extra="allow")
+    success: bool
+    statistics: dict[str, Any] = Field(default_factory=dict)
+    results: list[ValidationCheck] = Field(default_factory=list)
+
+
+def read_per_query(evaluation_dir: str | Path) -> list[QueryEvaluation]:
+    """The per-query records of an evaluation artifact (InputError when it has none, e.g. an older one)."""
+    return read_records(Path(evaluation_dir) / PER_QUERY_FILE, QueryEvaluation)
+
+
+def read_validation_report(validation_dir: str | Path) -> ValidationReport:
+    """The checks of a validation artifact's ``validation.json`` (InputError when missing or malformed)."""
+    path = Path(validation_dir) / VALIDATION_FILE
+    raw = read_json(path)
+    try:
+        return ValidationReport.model_validate(raw)
+    except ValueError as exc:
+        raise InputError(f"{path} is not a validation report: {str(exc).splitlines()[0]}") from None
