@@ -18,96 +18,51 @@ percentile interval of those means. Pairing removes the between-query variance b
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from embedforge.contracts import (
-    Decision, EvaluationResult, PromotionRecord, QueryEvaluation, RegistryRecord, TrainResult, ValidationReport,
-    atomic_write_text, read_chunks, read_per_query, read_result, read_validation_report,
+    Decision,
+    EvaluationResult,
+    PromotionRecord,
+    QueryEvaluation,
+    RegistryRecord,
+    TrainResult,
+    ValidationReport,
+    atomic_write_text,
+    read_chunks,
+    read_per_query,
+    read_result,
+    read_validation_report,
 )
 from embedforge.errors import InputError
 
 log = logging.getLogger(__name__)
 
+from embedforge.report_stats import (  # noqa: F401  (re-exported: the report API)
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    TIE,
+    Comparison,
+    Interval,
+    compare,
+    paired_bootstrap,
+)
+from embedforge.report_svg import (
+    _e,
+    histogram,
+    interval_plot,
+    loss_curve,
+    metric_bars,
+)
+
 REPORT_FILE = "report.html"
-BOOTSTRAP_RESAMPLES = 2000
-CONFIDENCE = 0.95
 #: How many most-improved / most-regressed queries the report shows, and how many hits of each ranking.
 TOP_QUERIES = 5
 TOP_HITS = 5
-#: Per-query differences within this distance of 0 are ties (metrics are rounded to 5 decimals).
-TIE = 1e-6
 SNIPPET = 200
-
-
-# ------------------------------------------------------------------------------------------------ statistics
-@dataclass(frozen=True)
-class Interval:
-    """Mean per-query difference (fine-tuned minus base) and its bootstrap confidence interval."""
-
-    mean: float
-    low: float
-    high: float
-
-
-def paired_bootstrap(base: Sequence[float], finetuned: Sequence[float], n_resamples: int = BOOTSTRAP_RESAMPLES,
-                     confidence: float = CONFIDENCE, seed: int = 0) -> Interval:
-    """Percentile confidence interval of the mean per-query difference ``finetuned - base``.
-
-    Args:
-        base: Per-query scores of the base model.
-        finetuned: Per-query scores of the fine-tuned model, aligned with ``base``.
-        n_resamples: Bootstrap resamples of the queries.
-        confidence: Coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
-        seed: Seed of the resampling, so a report is reproducible.
-
-    Raises:
-        ValueError: Empty or misaligned inputs.
-    """
-    diff = np.asarray(finetuned, dtype=np.float64) - np.asarray(base, dtype=np.float64)
-    if diff.ndim != 1 or diff.size == 0:
-        raise ValueError(f"need two aligned, non-empty 1-d score lists (got shape {diff.shape})")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    step = max(1, 4_000_000 // diff.size)  # bounded memory: at most ~4M indices at a time
-    for start in range(0, n_resamples, step):
-        stop = min(n_resamples, start + step)
-        means[start:stop] = diff[rng.integers(0, diff.size, size=(stop - start, diff.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Interval(float(diff.mean()), float(low), float(high))
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One metric over a set of queries: both means, the interval of the gain, and wins/ties/losses."""
-
-    metric: str
-    n: int
-    base: float
-    finetuned: float
-    interval: Interval | None
-    wins: int
-    ties: int
-    losses: int
-
-
-def compare(records: Sequence[QueryEvaluation], metric: str) -> Comparison:
-    """Base vs fine-tuned ``metric`` over ``records`` (no interval for fewer than two queries)."""
-    b = np.array([r.base[metric] for r in records], dtype=np.float64)
-    f = np.array([r.finetuned[metric] for r in records], dtype=np.float64)
-    d = f - b
-    return Comparison(
-        metric=metric, n=len(records), base=float(b.mean()) if len(b) else 0.0,
-        finetuned=float(f.mean()) if len(f) else 0.0,
-        interval=paired_bootstrap(b, f) if len(records) >= 2 else None,
-        wins=int((d > TIE).sum()), ties=int((np.abs(d) <= TIE).sum()), losses=int((d < -TIE).sum()),
-    )
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -172,118 +127,6 @@ def load_inputs(artifacts: Mapping[str, Path | str | None], status: str = "succe
         except InputError as exc:
             inputs.missing["texts"] = str(exc)
     return inputs
-
-
-# ------------------------------------------------------------------------------------------------ SVG
-def _e(x: object) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _f(x: float | None, digits: int = 4) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _svg(width: int, height: int, body: str, label: str, cls: str) -> str:
-    return (f'<svg class="chart {cls}" role="img" aria-label="{_e(label)}" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">{body}</svg>')
-
-
-def metric_bars(comparisons: Sequence[Comparison]) -> str:
-    """Grouped horizontal bars (0..1): base and fine-tuned mean per metric."""
-    left, width, row = 110, 360, 34
-    body = []
-    for i, c in enumerate(comparisons):
-        y = 10 + i * row
-        body.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end">{_e(c.metric)}</text>')
-        for j, (who, v) in enumerate((("base", c.base), ("finetuned", c.finetuned))):
-            w = max(0.0, min(1.0, v)) * width
-            body.append(f'<rect class="bar {who}" x="{left}" y="{y + j * 13}" width="{w:.1f}" height="12">'
-                        f'<title>{who} {_e(c.metric)} {v:.4f}</title></rect>'
-                        f'<text class="value" x="{left + w + 4:.1f}" y="{y + j * 13 + 10}">{v:.3f}</text>')
-    height = 20 + row * len(comparisons)
-    legend = (f'<rect class="bar base" x="{left}" y="{height - 8}" width="10" height="8"/>'
-              f'<text x="{left + 14}" y="{height}">base</text>'
-              f'<rect class="bar finetuned" x="{left + 60}" y="{height - 8}" width="10" height="8"/>'
-              f'<text x="{left + 74}" y="{height}">fine-tuned</text>')
-    return _svg(left + width + 60, height + 6, "".join(body) + legend, "base vs fine-tuned metrics", "bars")
-
-
-def interval_plot(comparisons: Sequence[Comparison]) -> str:
-    """Forest plot: each metric's mean gain with its confidence interval, around a zero line."""
-    rows = [c for c in comparisons if c.interval is not None]
-    if not rows:
-        return ""
-    left, width, row = 110, 360, 24
-    lo = min(min(c.interval.low for c in rows), 0.0)
-    hi = max(max(c.interval.high for c in rows), 0.0)
-    span = (hi - lo) or 1.0
-    lo, hi = lo - 0.05 * span, hi + 0.05 * span
-
-    def x(v: float) -> float:
-        return left + (v - lo) / (hi - lo) * width
-
-    height = 24 + row * len(rows)
-    body = [f'<line class="zero" x1="{x(0):.1f}" y1="4" x2="{x(0):.1f}" y2="{height - 16}"/>',
-            f'<text x="{left}" y="{height - 2}">{lo:+.3f}</text>',
-            f'<text x="{left + width}" y="{height - 2}" text-anchor="end">{hi:+.3f}</text>']
-    for i, c in enumerate(rows):
-        y = 14 + i * row
-        iv = c.interval
-        cls = "up" if iv.low > 0 else "down" if iv.high < 0 else "flat"
-        body.append(f'<text x="{left - 8}" y="{y + 4}" text-anchor="end">{_e(c.metric)}</text>'
-                    f'<line class="ci {cls}" x1="{x(iv.low):.1f}" y1="{y}" x2="{x(iv.high):.1f}" y2="{y}"/>'
-                    f'<circle class="mean {cls}" cx="{x(iv.mean):.1f}" cy="{y}" r="4">'
-                    f'<title>{_e(c.metric)} gain {iv.mean:+.4f} [{iv.low:+.4f}, {iv.high:+.4f}]</title></circle>')
-    return _svg(left + width + 20, height, "".join(body), "confidence intervals of the gains", "intervals")
-
-
-def histogram(deltas: Sequence[float], metric: str, bins: int = 21) -> str:
-    """Histogram of per-query gains (fine-tuned minus base) of ``metric``; losses red, wins green."""
-    d = np.asarray(deltas, dtype=np.float64)
-    if d.size == 0:
-        return ""
-    edge = max(float(np.abs(d).max()), 1e-3)
-    counts, edges = np.histogram(d, bins=bins, range=(-edge, edge))
-    left, width, height = 40, 420, 140
-    bw = width / bins
-    top = counts.max()
-    body = []
-    for i, n in enumerate(counts):
-        h = n / top * (height - 30)
-        mid = (edges[i] + edges[i + 1]) / 2
-        cls = "up" if edges[i] > 0 else "down" if edges[i + 1] < 0 else "flat"
-        body.append(f'<rect class="bin {cls}" x="{left + i * bw:.1f}" y="{height - 20 - h:.1f}" '
-                    f'width="{bw - 1:.1f}" height="{h:.1f}"><title>{n} queries around {mid:+.3f}</title></rect>')
-    body.append(f'<line class="axis" x1="{left}" y1="{height - 20}" x2="{left + width}" y2="{height - 20}"/>'
-                f'<text x="{left}" y="{height - 4}">{-edge:+.3f}</text>'
-                f'<text x="{left + width / 2}" y="{height - 4}" text-anchor="middle">0</text>'
-                f'<text x="{left + width}" y="{height - 4}" text-anchor="end">{edge:+.3f}</text>'
-                f'<text x="{left}" y="12">max {top} queries per bin</text>')
-    return _svg(left + width + 20, height, "".join(body), f"per-query gains in {metric}", "histogram")
-
-
-def loss_curve(points: Sequence[tuple[float, float]]) -> str:
-    """The training loss by step as one SVG path (plus a dot per logged point)."""
-    if not points:
-        return ""
-    left, top, width, height = 50, 10, 420, 160
-    xs = np.array([p[0] for p in points], dtype=np.float64)
-    ys = np.array([p[1] for p in points], dtype=np.float64)
-    x0, x1 = float(xs.min()), float(xs.max()) if xs.max() > xs.min() else float(xs.min()) + 1
-    y0, y1 = float(ys.min()), float(ys.max()) if ys.max() > ys.min() else float(ys.min()) + 1
-    px = left + (xs - x0) / (x1 - x0) * width
-    py = top + (1 - (ys - y0) / (y1 - y0)) * height
-    d = " ".join(f"{'M' if i == 0 else 'L'}{a:.1f},{b:.1f}" for i, (a, b) in enumerate(zip(px, py)))
-    dots = "".join(f'<circle class="point" cx="{a:.1f}" cy="{b:.1f}" r="2"><title>step {int(s)}: loss {v:.4f}'
-                   f'</title></circle>' for a, b, s, v in zip(px, py, xs, ys))
-    axes = (f'<line class="axis" x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top + height}"/>'
-            f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{top + height}"/>'
-            f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{y1:.3f}</text>'
-            f'<text x="{left - 4}" y="{top + height}" text-anchor="end">{y0:.3f}</text>'
-            f'<text x="{left}" y="{top + height + 16}">step {int(x0)}</text>'
-            f'<text x="{left + width}" y="{top + height + 16}" text-anchor="end">step {int(x1)}</text>')
-    return _svg(left + width + 20, top + height + 24, axes + f'<path class="loss" d="{d}"/>' + dots,
-                "training loss by step", "loss")
 
 
 # ------------------------------------------------------------------------------------------------ HTML
