@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+
+from embedforge.pipelines.pipeline import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
 DIGEST = "registry.example.com/ml/embedforge@sha256:" + "ab" * 32
@@ -120,7 +123,7 @@ def test_compile_pins_every_step_to_the_given_image(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     images = _executor_images(out)
-    assert len(images) == 10 and set(images.values()) == {DIGEST}, images
+    assert len(images) == len(STAGES) + 1 and set(images.values()) == {DIGEST}, images  # + the report step
     assert "not pinned by digest" not in r.stderr
 
 

@@ -47,39 +47,46 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from embedforge.encode import embedding_dim
 from embedforge.config import ExportConfig
 from embedforge.contracts import (
     CHUNKS_FILE,
     ONNX_FILE,
     PARITY_FILE,
-    Chunk,
     Manifest,
     StageTimer,
     read_chunks,
     read_json,
     write_json,
 )
-from embedforge.errors import ConfigError, InputError, ParityError
+from embedforge.encode import embedding_dim
+from embedforge.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
+from embedforge.onnx_signature import OUTPUT_NAME  # noqa: F401
+from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "embeddings"
 #: Pooling modes the graph reproduces (the padded code path of sentence-transformers' Pooling module).
 SUPPORTED_POOLING = {"mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean"}
 #: Modules the graph may run after the Transformer, by class name.
 SUPPORTED_MODULES = {"Pooling", "Normalize", "Dense"}
-#: Batch sizes cycled through in the ONNX Runtime parity run (different padding per batch).
-PARITY_BATCH_SIZES = (1, 7, 2, 16, 3, 32)
 TORCHSCRIPT_MAX_OPSET = 20
 
+
+
+from embedforge.export_variants import (  # noqa: F401  (re-exported: the export API)
+    FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE, VARIANTS_FILE, _variants, build_tensorrt_plan, export_fp16,
+)
+from embedforge.parity import (  # noqa: F401
+    check_parity,
+    onnx_opset,
+    pick_parity_chunks,
+    tokenize_for_onnx,
+)
 
 
 # ------------------------------------------------------------------------------------------------ graph module
@@ -146,14 +153,6 @@ def build_graph_module(model: "SentenceTransformer") -> "torch.nn.Module":
 
 
 # ------------------------------------------------------------------------------------------------ export
-def _tokenize(model: "SentenceTransformer", texts: Sequence[str], prompt: str) -> dict[str, np.ndarray]:
-    """Tokenise like sentence-transformers: ``prompt + text``, truncated to ``max_seq_length``, padded."""
-    enc = model.tokenizer(
-        [prompt + t for t in texts], padding=True, truncation=True, max_length=model.max_seq_length,
-        return_tensors="np",
-    )
-    return {name: np.asarray(enc[name], dtype=np.int64) for name in INPUT_NAMES}
-
 
 def _pick_exporter(cfg: ExportConfig) -> str:
     requested = cfg.exporter
@@ -188,7 +187,7 @@ def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, samp
     texts = list(sample_texts[:2]) or ["embedforge export", "a second, longer sample text for tracing padding"]
     if len(texts) == 1:
         texts.append(texts[0] + " " + texts[0])
-    feed = _tokenize(model, texts, "")
+    feed = tokenize_for_onnx(model, texts, "")
     args = tuple(torch.from_numpy(feed[n]) for n in INPUT_NAMES)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -238,13 +237,6 @@ def _export_to(graph: "torch.nn.Module", args: tuple, tmp: Path, opset: int, exp
             raise ConfigError(f"export.exporter={exporter!r}: use auto, torchscript or dynamo")
 
 
-def onnx_opset(path: str | Path) -> int:
-    """The default-domain opset of an ONNX model file."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
 
 def copy_tokenizer_files(model: "SentenceTransformer", model_dir: str | Path, out_dir: str | Path) -> list[str]:
     """Tokenizer files + prompts (``config_sentence_transformers.json``) + ``sentence_bert_config.json``.
@@ -275,183 +267,6 @@ def copy_tokenizer_files(model: "SentenceTransformer", model_dir: str | Path, ou
     sb_cfg["max_seq_length"] = int(model.max_seq_length)
     write_json(out_dir / "sentence_bert_config.json", sb_cfg)
     return sorted({p.name for p in out_dir.iterdir()} - before)
-
-
-# ------------------------------------------------------------------------------------------------ parity
-def pick_parity_chunks(chunks: Sequence[Chunk], n: int) -> list[Chunk]:
-    """Up to ``n`` chunks evenly spread over text length (shortest and longest included), in corpus order."""
-    if len(chunks) <= n:
-        return list(chunks)
-    order = sorted(range(len(chunks)), key=lambda i: (len(chunks[i].text), chunks[i].chunk_id))
-    picks = sorted({order[int(round(j))] for j in np.linspace(0, len(order) - 1, n)})
-    return [chunks[i] for i in picks]
-
-
-def check_parity(
-    onnx_path: str | Path,
-    model: "SentenceTransformer",
-    chunks: Sequence[Chunk],
-    cfg: ExportConfig,
-    parity_path: str | Path,
-    batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
-    min_cosine: float | None = None,
-) -> dict[str, Any]:
-    """Compare ONNX Runtime embeddings of ``chunks`` with PyTorch's; write ``parity_path`` either way.
-
-    Args:
-        onnx_path: The exported graph.
-        model: The PyTorch model it was exported from.
-        chunks: Real chunks to embed (all are used; pick them with :func:`pick_parity_chunks`).
-        cfg: ``parity_min_cosine`` and ``opset`` (recorded).
-        parity_path: Where to write the report (``parity.json``).
-        batch_sizes: ONNX Runtime batch sizes, cycled through (different padding per batch).
-        min_cosine: Threshold (default ``cfg.parity_min_cosine``; the FP16 graph uses ``cfg.fp16_min_cosine``).
-
-    Returns:
-        The report: ``min_cosine``, ``mean_cosine``, ``max_abs_diff``, ``samples``, ``opset``,
-        ``onnxruntime_version``, ``worst_chunk_id``, ``passed``, ...
-
-    Raises:
-        ParityError: The minimum cosine is below ``cfg.parity_min_cosine``.
-    """
-    import onnxruntime as ort
-
-    from embedforge.encode import encode, prompt_for
-
-    threshold = cfg.parity_min_cosine if min_cosine is None else min_cosine
-    if not chunks:
-        raise InputError("no chunks to check parity on")
-    texts = [c.text for c in chunks]
-    prompt = prompt_for(model, "document")
-    ref = encode(model, texts, kind="document", batch_size=32)
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    graph_inputs = {i.name for i in session.get_inputs()}
-    got = np.zeros_like(ref)
-    used_sizes: list[int] = []
-    seq_lengths: set[int] = set()
-    start, step = 0, 0
-    while start < len(texts):
-        bs = batch_sizes[step % len(batch_sizes)]
-        feed = _tokenize(model, texts[start : start + bs], prompt)
-        seq_lengths.add(int(feed["input_ids"].shape[1]))
-        (out,) = session.run([OUTPUT_NAME], {k: v for k, v in feed.items() if k in graph_inputs})
-        got[start : start + len(out)] = out
-        used_sizes.append(len(out))
-        start += bs
-        step += 1
-
-    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
-    cos = np.sum(got * ref, axis=1) / np.maximum(norms, 1e-12)
-    cos = np.where(np.isfinite(cos), cos, -1.0)
-    worst = int(np.argmin(cos))
-    report = {
-        "passed": bool(cos[worst] >= threshold),
-        "min_cosine": float(cos[worst]),
-        "mean_cosine": float(cos.mean()),
-        "max_abs_diff": float(np.nan_to_num(np.abs(got - ref), nan=np.inf).max()),
-        "threshold": threshold,
-        "samples": len(texts),
-        "worst_chunk_id": chunks[worst].chunk_id,
-        "batch_sizes": sorted(set(used_sizes)),
-        "sequence_lengths": [min(seq_lengths), max(seq_lengths)],
-        "max_seq_length": model.max_seq_length,
-        "prompt": prompt,
-        "opset": onnx_opset(onnx_path),
-        "onnxruntime_version": ort.__version__,
-        "per_chunk": [{"chunk_id": c.chunk_id, "cosine": round(float(x), 7)} for c, x in zip(chunks, cos)],
-    }
-    write_json(parity_path, report)
-    if not report["passed"]:
-        raise ParityError(
-            f"ONNX export of {onnx_path} does not reproduce PyTorch: chunk {chunks[worst].chunk_id!r} has cosine "
-            f"{cos[worst]:.6f} < the threshold {threshold} (export.parity_min_cosine / fp16_min_cosine; details in "
-            f"{parity_path})"
-        )
-    log.info("parity: min cosine %.6f, mean %.6f, max |diff| %.2e over %d chunks", report["min_cosine"],
-             report["mean_cosine"], report["max_abs_diff"], len(texts))
-    return report
-
-
-# ------------------------------------------------------------------------------------------------ variants
-FP16_ONNX_FILE = "model_fp16.onnx"
-FP16_PARITY_FILE = "parity_fp16.json"
-PLAN_FILE = "model.plan"
-#: What the optional variants came to (``{"fp16": {...}, "tensorrt_plan": {"status": "built" | "skipped: ..."}}``).
-VARIANTS_FILE = "variants.json"
-
-
-def export_fp16(onnx_path: str | Path, out_path: str | Path) -> None:
-    """``onnx_path`` with weights and compute in FP16 (inputs stay int64, the output FP32), via onnxruntime."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "the model is already fp16"-style notices on constant folding
-        half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    onnx.checker.check_model(half)
-    onnx.save(half, str(out_path))
-
-
-def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path, cfg: ExportConfig) -> str:
-    """Build a TensorRT engine (FP16, one optimisation profile from ``cfg``) for Triton's ``tensorrt_plan``.
-
-    Returns:
-        ``"built"``, or ``"skipped: <why>"`` when the ``tensorrt`` package is not importable (no GPU stack here).
-
-    Raises:
-        ConfigError: TensorRT could not parse the graph or build the engine.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        why = (f"skipped: the tensorrt package is not importable here ({exc}); build model.plan on a GPU node "
-               "with TensorRT installed, or serve model.onnx with triton.tensorrt=true")
-        log.warning("export.tensorrt_plan: %s", why)
-        return why
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ConfigError(f"TensorRT cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    for name in INPUT_NAMES:
-        profile.set_shape(name, cfg.tensorrt_min_shape, cfg.tensorrt_opt_shape, cfg.tensorrt_max_shape)
-    config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise ConfigError(f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)")
-    Path(plan_path).write_bytes(bytes(engine))
-    return "built"
-
-
-def _variants(onnx_path: Path, model: "SentenceTransformer", samples: Sequence[Chunk], cfg: ExportConfig,
-              out_dir: Path) -> list[str]:
-    """Build the configured FP16 graph and TensorRT plan; record what was built in ``variants.json``.
-
-    Returns:
-        The files written (for the manifest's ``files``).
-    """
-    variants: dict[str, Any] = {}
-    files: list[str] = []
-    if cfg.fp16:
-        export_fp16(onnx_path, out_dir / FP16_ONNX_FILE)
-        fp16 = check_parity(out_dir / FP16_ONNX_FILE, model, samples, cfg, out_dir / FP16_PARITY_FILE,
-                            min_cosine=cfg.fp16_min_cosine)
-        variants["fp16"] = {"file": FP16_ONNX_FILE, "min_cosine": fp16["min_cosine"]}
-        files += [FP16_ONNX_FILE, FP16_PARITY_FILE]
-    if cfg.tensorrt_plan:
-        status = build_tensorrt_plan(onnx_path, out_dir / PLAN_FILE, cfg)
-        variants["tensorrt_plan"] = {"file": PLAN_FILE if status == "built" else None, "status": status}
-        files += [PLAN_FILE] if status == "built" else []
-    if variants:
-        write_json(out_dir / VARIANTS_FILE, variants)
-        files.append(VARIANTS_FILE)
-    return files
 
 
 # ------------------------------------------------------------------------------------------------ stage

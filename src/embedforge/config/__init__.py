@@ -1,0 +1,35 @@
+"""Typed configuration: one pydantic model per stage, and ``PipelineConfig`` holding them.
+
+Every model forbids unknown keys, so a typo in a YAML file or a ``KEY=VALUE`` override fails at once with the
+field's dotted name. ``load_config`` merges, in order: defaults < YAML file < ``KEY=VALUE`` overrides.
+
+Secrets never live here: an LLM endpoint's API key is read from the environment variable *named* in the config.
+"""
+
+from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
+from embedforge.config.llm import LlmSdgConfig, LlmStageSettings
+from embedforge.config.loading import load_config, parse_overrides
+from embedforge.config.stages import (
+    CPU_PROFILE,
+    CPU_PROFILE_BYO,
+    EvaluateConfig,
+    ExportConfig,
+    GateConfig,
+    IngestConfig,
+    MineConfig,
+    PipelineConfig,
+    PromptsConfig,
+    RegisterConfig,
+    SdgConfig,
+    TrainConfig,
+    TrainJobConfig,
+    TritonConfig,
+    ValidateConfig,
+)
+
+__all__ = [
+    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "EvaluateConfig", "ExportConfig", "GateConfig",
+    "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "MineConfig", "PipelineConfig", "PromptsConfig",
+    "RegisterConfig", "SdgConfig", "StageConfig", "TrainConfig", "TrainJobConfig", "TritonConfig", "ValidateConfig",
+    "load_config", "parse_overrides",
+]

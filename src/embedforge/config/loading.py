@@ -1,0 +1,73 @@
+"""``load_config``: defaults < YAML file < ``KEY=VALUE`` overrides, errors naming the dotted field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from embedforge.config.stages import PipelineConfig
+from embedforge.errors import ConfigError
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "prompts.query=query: "]`` -> nested dict; values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in pairs:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=2)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (int, float, bool, list)) or value is None:
+            _set_dotted(tree, key.strip(), value)
+        else:
+            _set_dotted(tree, key.strip(), raw)  # keep strings verbatim (trailing spaces of prompts matter)
+    return tree
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> PipelineConfig:
+    """Build a validated ``PipelineConfig`` from an optional YAML file, ``KEY=VALUE`` overrides and keywords."""
+    tree: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections (ingest:, train:, ...)")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = _merge(tree, {k: v for k, v in top.items() if v is not None})
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
+
