@@ -19,7 +19,9 @@ min_eval_pairs              expect_table_row_count_to_be_between              ro
 
 ``query_key`` is the query lower-cased with whitespace collapsed; ``positives_resolve`` is True when every
 positive chunk id / document id exists in the chunks and nothing is left in ``meta.unresolved`` (BYO pairs);
-``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split.
+``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split. A repeated
+query's ``detail`` names the first pair with that query. Bring-your-own pairs never fail
+``unique_queries_per_split``: sdg merges lines that share a query text (:mod:`embedforge.sdg.byo`).
 
 ``validation.json`` (success, per-expectation results with example rows) and ``manifest.json`` are written
 ALWAYS; then, if anything failed, :class:`~embedforge.errors.ValidationFailed` says in one line, per failed
@@ -66,7 +68,10 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
     for c in chunks:
         doc_split.setdefault(c.doc_id, c.split)
     rows = []
+    first_of: dict[tuple[str, str], str] = {}  # (split, query_key) -> first query id with that query
     for p in pairs:
+        key = query_key(p.query) if isinstance(p.query, str) else None
+        first = first_of.setdefault((p.split, key), p.query_id) if key is not None else p.query_id
         missing = [cid for cid in p.positive_chunk_ids if cid not in chunk_doc]
         missing += [d for d in p.positive_doc_ids if d not in doc_split]
         unresolved = list(p.meta.get("unresolved") or [])
@@ -82,12 +87,14 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
             detail.append(f"unresolved positives: {[u[:60] for u in unresolved[:3]]}")
         if p.split == "train" and eval_docs:
             detail.append(f"eval documents as positives: {eval_docs[:3]}")
+        if first != p.query_id:
+            detail.append(f"same query as {first}")
         rows.append({
             "query_id": p.query_id,
             "query": p.query,
             "split": p.split,
             "source": p.source,
-            "query_key": query_key(p.query) if isinstance(p.query, str) else None,
+            "query_key": key,
             "has_positive": has_positive,
             "positives_resolve": not missing and not unresolved,
             "no_eval_positive_in_train": not (p.split == "train" and eval_docs),
@@ -187,7 +194,9 @@ FIXES = {
     "query_not_blank": "give these pairs a real query or drop them",
     "query_length": "fix or drop these queries, or change validate.min_query_chars / validate.max_query_chars",
     "unique_query_ids": "give every pair its own query_id",
-    "unique_queries_per_split": "drop the repeated queries, or set validate.unique_queries=false",
+    "unique_queries_per_split": ("merge pairs with the same query text into one pair listing all their positives "
+                                 "(a --pairs file is merged by sdg; this comes from a generator), drop the repeats, "
+                                 "or set validate.unique_queries=false"),
     "has_positive": "give every pair a positive (positive_ids / positive_chunk_ids)",
     "positives_resolve": "point the positives at chunk or document ids of this corpus (see chunks.jsonl)",
     "no_eval_positive_in_train": "move these pairs to the eval split or drop them (eval documents must stay unseen)",
