@@ -20,7 +20,7 @@ min_eval_pairs              expect_table_row_count_to_be_between              ro
 ``query_key`` is the query lower-cased with whitespace collapsed; ``positives_resolve`` is True when every
 positive chunk id / document id exists in the chunks and nothing is left in ``meta.unresolved`` (BYO pairs);
 ``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split. A repeated
-query's ``detail`` names the first pair with that query. Bring-your-own pairs never fail
+query's example in ``unique_queries_per_split`` names the first pair with that query. Bring-your-own pairs never fail
 ``unique_queries_per_split``: sdg merges lines that share a query text (:mod:`embedforge.sdg.byo`).
 
 ``validation.json`` (success, per-expectation results with example rows) and ``manifest.json`` are written
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = ["query_id", "query", "split", "source", "query_key", "has_positive", "positives_resolve",
-           "no_eval_positive_in_train", "detail"]
+           "no_eval_positive_in_train", "detail", "same_query_as"]
 
 
 def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
@@ -57,7 +57,8 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
         chunks: Chunk records of the corpus (both splits).
 
     Returns:
-        DataFrame with columns :data:`COLUMNS` (``detail`` explains a failed resolution or leak).
+        DataFrame with columns :data:`COLUMNS` (``detail`` explains a failed resolution or leak;
+        ``same_query_as`` is the first query id of the split with this query, for a repeat, else "").
     """
     import pandas as pd
 
@@ -87,8 +88,6 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
             detail.append(f"unresolved positives: {[u[:60] for u in unresolved[:3]]}")
         if p.split == "train" and eval_docs:
             detail.append(f"eval documents as positives: {eval_docs[:3]}")
-        if first != p.query_id:
-            detail.append(f"same query as {first}")
         rows.append({
             "query_id": p.query_id,
             "query": p.query,
@@ -99,6 +98,7 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
             "positives_resolve": not missing and not unresolved,
             "no_eval_positive_in_train": not (p.split == "train" and eval_docs),
             "detail": "; ".join(detail),
+            "same_query_as": first if first != p.query_id else "",
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -160,7 +160,7 @@ def run_suite(df: "pd.DataFrame", cfg: ValidateConfig) -> dict[str, Any]:
 
     by_id = {r.expectation_config.id: r for r in result.results}
     rows_by_qid = {}
-    for rec in df[["query_id", "query", "detail"]].to_dict("records"):
+    for rec in df[["query_id", "query", "detail", "same_query_as"]].to_dict("records"):
         rows_by_qid.setdefault(rec["query_id"], rec)
     out = []
     for check, exp in checks:
@@ -171,7 +171,10 @@ def run_suite(df: "pd.DataFrame", cfg: ValidateConfig) -> dict[str, Any]:
         for idx in (res.get("unexpected_index_list") or [])[: cfg.max_examples]:
             qid = idx.get("query_id") if isinstance(idx, dict) else None
             row = rows_by_qid.get(qid, {})
-            examples.append({"query_id": qid, "query": row.get("query"), "detail": row.get("detail") or ""})
+            detail = row.get("detail") or ""
+            if check == "unique_queries_per_split" and row.get("same_query_as"):
+                detail = f"same query as {row['same_query_as']}"
+            examples.append({"query_id": qid, "query": row.get("query"), "detail": detail})
         entry = {
             "check": check,
             "expectation": r.expectation_config.type,
