@@ -261,6 +261,55 @@ def test_byo_train_positives_policy(chunks_dir, corpus_views, tmp_path):
     assert stats["eval_positives_dropped_from_train_pairs"] == 1
 
 
+def test_byo_duplicate_queries_are_merged(chunks_dir, corpus_views, tmp_path):
+    """Lines sharing a query text (case/space-insensitive) become one pair: positives unioned, highest grade per
+    positive, negatives unioned minus new positives; a merged pair spanning both splits follows byo_split."""
+    chunks, train_doc, eval_doc, _ = corpus_views
+    other_eval = next(c.doc_id for c in chunks if c.split == "eval" and c.doc_id != eval_doc)
+    multi = next(c.doc_id for c in chunks if c.split == "train" and c.doc_id != train_doc)
+    multi_text = next(c.text for c in chunks if c.doc_id == multi)
+    pf = _pairs_file(tmp_path / "dups.jsonl", [
+        {"query": "What does assert do?", "positive_ids": [train_doc], "relevance": {train_doc: 2},
+         "negatives": ["an unrelated passage", multi_text]},
+        {"query": "what is kept apart", "positive_ids": [train_doc]},
+        {"query": "  what does ASSERT  do? ", "positive_ids": [multi, train_doc], "query_id": "dup",
+         "negatives": ["an unrelated passage", "another one"]},
+        {"query": "What does assert do?", "positives": [multi_text]},  # chunk of multi, grade 1
+        {"query": "split query", "positive_ids": [train_doc]},
+        {"query": "Split Query", "positive_ids": [eval_doc, other_eval], "relevance": {eval_doc: 2}},
+    ])
+    m, pairs = _run(chunks_dir, tmp_path, pairs_file=str(pf))
+    assert [p.query_id for p in pairs] == ["byo:1", "byo:2", "byo:5"]  # first line's id and text, file order
+    a, kept, split_q = pairs
+    assert a.query == "What does assert do?" and a.relevance == "document"  # one line at document level -> all
+    assert a.positive_doc_ids == [train_doc, multi] and a.positive_chunk_ids == []
+    assert a.positive_grades == {train_doc: 2, multi: 1}  # highest grade of train_doc kept (line 3 says 1)
+    assert a.negatives == ["an unrelated passage", "another one"]  # multi's chunk became a positive
+    assert a.meta["merged_lines"] == [1, 3, 4] and a.meta["merged_query_ids"] == ["byo:1", "dup", "byo:4"]
+    assert kept.positive_doc_ids == [train_doc] and "merged_lines" not in kept.meta
+    # 1 train + 2 eval documents: "majority" puts the merged pair in eval and drops the train document
+    assert (split_q.split, split_q.positive_doc_ids, split_q.meta["dropped_train_positives"]) == (
+        "eval", [eval_doc, other_eval], [train_doc])
+    assert split_q.positive_grades == {eval_doc: 2, other_eval: 1}
+    assert (m.counts["pairs_file_rows"], m.counts["duplicate_queries_merged"], m.counts["pairs"]) == (6, 3, 3)
+    (train_pos,), _ = load_pairs(_pairs_file(tmp_path / "tp.jsonl", [
+        {"query": "split query", "positive_ids": [train_doc]},
+        {"query": "Split Query", "positive_ids": [eval_doc, other_eval]}]), chunks, split_policy="train_positives")
+    assert (train_pos.split, train_pos.positive_doc_ids) == ("train", [train_doc])
+
+
+def test_byo_graded_text_positives_and_ungraded_files(chunks_dir, corpus_views, tmp_path):
+    """Grades of text positives land on the chunk they resolve to; all-1 grades are not stored (ungraded pair)."""
+    chunks, train_doc, _, multi = corpus_views
+    a, b = [c for c in chunks if c.doc_id == multi][:2]
+    (graded, plain), stats = load_pairs(_pairs_file(tmp_path / "g.jsonl", [
+        {"query": "graded chunks", "positives": [a.text, b.text], "relevance": {b.text: 3}},
+        {"query": "plain", "positive_ids": [train_doc], "relevance": {train_doc: 1}},
+    ]), chunks)
+    assert graded.relevance == "chunk" and graded.positive_grades == {a.chunk_id: 1, b.chunk_id: 3}
+    assert plain.positive_grades == {} and stats["graded_pairs"] == 1 and stats["duplicate_queries_merged"] == 0
+
+
 @pytest.mark.parametrize(
     "line, expected",
     [
@@ -274,6 +323,10 @@ def test_byo_train_positives_policy(chunks_dir, corpus_views, tmp_path):
         ({"query": "q", "positives": ["t"], "negatives": "n"}, '"negatives" must be a list'),
         ({"query": "q", "positive_id": ["x"]}, "unknown key(s) ['positive_id']"),
         ({"query": "q", "positive_ids": ["x"], "query_id": "byo:1"}, "duplicate query_id 'byo:1'"),
+        ({"query": "q", "positive_ids": ["x"], "relevance": [2]}, '"relevance" must be an object'),
+        ({"query": "q", "positive_ids": ["x"], "relevance": {"y": 2}}, "not among this line's positives"),
+        ({"query": "q", "positive_ids": ["x"], "relevance": {"x": 0}}, "integers >= 1 (drop positives judged 0)"),
+        ({"query": "q", "positives": ["t"], "relevance": {"t": 1.5}}, "integers >= 1"),
     ],
 )
 def test_byo_malformed_line_names_file_and_line(chunks_dir, tmp_path, line, expected):
@@ -300,8 +353,8 @@ def test_pairs_from_beir_qrels(tmp_path):
                                         '{"_id": "3", "text": "never judged"}\n')
     (beir / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t2\n1\td2\t0\n2\td3\t1\n1\td4\t1\n")
     rows = sdg.pairs_from_beir_qrels(beir, "train")
-    assert rows == [{"query_id": "1", "query": "first query", "positive_ids": ["d1", "d4"]},
-                    {"query_id": "2", "query": "second", "positive_ids": ["d3"]}]
+    assert rows == [{"query_id": "1", "query": "first query", "positive_ids": ["d1", "d4"], "relevance": {"d1": 2, "d4": 1}},
+                    {"query_id": "2", "query": "second", "positive_ids": ["d3"]}]  # grades only where not all 1
     main([str(beir), str(tmp_path / "p.jsonl")])
     assert [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()] == rows
     with pytest.raises(InputError, match=r"qrels/test.tsv does not exist"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,34 @@ def test_component_passes_and_fails(chunks_dir, pairs_dir, tmp_path):
                               config={"min_train_pairs": 100000}, validation=validation,
                               metrics=dsl.Metrics(uri=str(tmp_path / "m2")))
     assert read_json(Path(validation.path) / VALIDATION_FILE)["success"] is False
+
+
+def test_pairs_file_with_repeated_queries_passes_once_sdg_merged_them(chunks_dir, tmp_path):
+    """The run that used to stop at validate ("pairs failed 1 of N"): repeated query texts in a --pairs file are
+    merged by sdg, so validation passes; the same repeats written as separate pairs fail naming the first pair
+    with that query and saying how to fix it."""
+    from embedforge import sdg
+    from embedforge.config import SdgConfig
+
+    chunks = read_chunks(chunks_dir)
+    train_docs = list(dict.fromkeys(c.doc_id for c in chunks if c.split == "train"))[:4]
+    eval_doc = next(c.doc_id for c in chunks if c.split == "eval")
+    rows = [{"query": f"what does {d} explain", "positive_ids": [d]} for d in train_docs]
+    rows += [{"query": f"What does {train_docs[0]}  explain", "positive_ids": [train_docs[1]], "relevance": {train_docs[1]: 2}},
+             {"query": "which document is held out", "positive_ids": [eval_doc]}]
+    pf = tmp_path / "pairs.jsonl"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = ValidateConfig(min_train_pairs=4, min_eval_pairs=1)
+    sdg.run(chunks_dir, tmp_path / "pairs", SdgConfig(), pairs_file=str(pf))
+    m = validate.run(chunks_dir, tmp_path / "pairs", tmp_path / "v", cfg)
+    assert (m.counts["success"], m.counts["train_pairs"], m.counts["eval_pairs"]) == (1, 4, 1)
+
+    unmerged = [Pair(query_id=f"q{i}", query=r["query"], positive_doc_ids=r["positive_ids"], relevance="document",
+                     split="eval" if r["positive_ids"] == [eval_doc] else "train") for i, r in enumerate(rows)]
+    write_jsonl(tmp_path / "raw" / PAIRS_FILE, unmerged)
+    with pytest.raises(ValidationFailed) as e:
+        validate.run(chunks_dir, tmp_path / "raw", tmp_path / "v2", cfg)
+    assert str(e.value).startswith(
+        f"pairs failed 1 of 10 data-quality checks: unique_queries_per_split (2 row(s), e.g. q0: 'what does "
+        f"{train_docs[0]} explain'; q4: 'What does {train_docs[0]}  explain' [same query as q0]): merge pairs with the same query text into one "
+        "pair listing all their positives")

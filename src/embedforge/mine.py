@@ -7,7 +7,8 @@ Steps:
 2. Embed the train-split queries (query prompt) and search the chunks with an exact FAISS inner-product index.
 3. For each pair, resolve its positives: the listed ``positive_chunk_ids`` (one example each, at most
    ``max_positives_per_pair``), or for ``relevance="document"`` the chunk of each positive document that the
-   base model scores highest for the query. The positive's text is ``pair.positive_text`` when set (a single
+   base model scores highest for the query. With graded judgements (``Pair.positive_grades``) only the positives
+   of the pair's top grade are trained on; the lower-graded ones stay out of the negatives (step 4). The positive's text is ``pair.positive_text`` when set (a single
    example, e.g. an inverse-cloze positive), else the chunk's text.
 4. Negatives: the pair's user-supplied ``negatives`` first, then mined ones, best first, from the top
    ``candidates`` neighbours that survive three filters:
@@ -329,14 +330,23 @@ def _excluded_rows(pair: Pair, corpus: _Corpus) -> set[int]:
     return {r for d in _dedupe(docs) for r in corpus.doc_rows[d]}
 
 
+def _top_grade(pair: Pair, ids: list[str]) -> list[str]:
+    """The ids of the pair's highest relevance grade (all ids when the pair is ungraded). Lower grades are neither
+    positives nor negatives: their documents stay in :func:`_excluded_rows`."""
+    if not pair.positive_grades or not ids:
+        return ids
+    top = max(pair.positive_grades.get(i, 1) for i in ids)
+    return [i for i in ids if pair.positive_grades.get(i, 1) == top]
+
+
 def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, limit: int) -> list[_Positive]:
     """The pair's positive chunks (for document relevance the best-scoring chunk of each positive document),
     distinct texts only, at most ``limit``."""
     if pair.relevance == "chunk" or not pair.positive_doc_ids:
-        rows = [corpus.chunk_row[c] for c in _dedupe(pair.positive_chunk_ids)]
+        rows = [corpus.chunk_row[c] for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids))]
     else:  # document relevance: the best-scoring chunk of each positive document
         rows = []
-        for d in _dedupe(pair.positive_doc_ids):
+        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids)):
             cand = corpus.doc_rows[d]
             rows.append(cand[int(np.argmax(chunk_emb[cand] @ query_vec))])
     out: list[_Positive] = []

@@ -97,7 +97,7 @@ def build_eval_set(chunks: Sequence[Chunk], pairs: Iterable[Pair], split: str | 
             log.warning("query %s has no positive in the corpus (%s); skipped", p.query_id, wanted or "none given")
             continue
         queries[p.query_id] = p.query
-        qrels[p.query_id] = {x: 1 for x in known}
+        qrels[p.query_id] = {x: p.positive_grades.get(x, 1) for x in known}  # graded judgements (nDCG)
         if p.relevance == "document":
             doc_level.add(p.query_id)
         if p.exclude_chunk_ids:

@@ -248,7 +248,7 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
                        "train_documents": c.get("train_documents"), "eval_documents": c.get("eval_documents")})
     if "sdg" in manifests:
         c = manifests["sdg"].counts
-        counts["pairs"] = {"train": c.get("train_pairs"), "eval": c.get("eval_pairs")}
+        counts["pairs"] = {"train": c.get("train_pairs"), "eval": c.get("eval_pairs"), **{k: c[k] for k in ("pairs_file_rows", "duplicate_queries_merged") if k in c}}
     if "mine" in manifests:
         counts["train_examples"] = manifests["mine"].counts.get("examples")
 

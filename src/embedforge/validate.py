@@ -19,7 +19,9 @@ min_eval_pairs              expect_table_row_count_to_be_between              ro
 
 ``query_key`` is the query lower-cased with whitespace collapsed; ``positives_resolve`` is True when every
 positive chunk id / document id exists in the chunks and nothing is left in ``meta.unresolved`` (BYO pairs);
-``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split.
+``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split. A repeated
+query's example in ``unique_queries_per_split`` names the first pair with that query. Bring-your-own pairs never fail
+``unique_queries_per_split``: sdg merges lines that share a query text (:mod:`embedforge.sdg.byo`).
 
 ``validation.json`` (success, per-expectation results with example rows) and ``manifest.json`` are written
 ALWAYS; then, if anything failed, :class:`~embedforge.errors.ValidationFailed` says in one line, per failed
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = ["query_id", "query", "split", "source", "query_key", "has_positive", "positives_resolve",
-           "no_eval_positive_in_train", "detail"]
+           "no_eval_positive_in_train", "detail", "same_query_as"]
 
 
 def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
@@ -55,7 +57,8 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
         chunks: Chunk records of the corpus (both splits).
 
     Returns:
-        DataFrame with columns :data:`COLUMNS` (``detail`` explains a failed resolution or leak).
+        DataFrame with columns :data:`COLUMNS` (``detail`` explains a failed resolution or leak;
+        ``same_query_as`` is the first query id of the split with this query, for a repeat, else "").
     """
     import pandas as pd
 
@@ -66,7 +69,10 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
     for c in chunks:
         doc_split.setdefault(c.doc_id, c.split)
     rows = []
+    first_of: dict[tuple[str, str], str] = {}  # (split, query_key) -> first query id with that query
     for p in pairs:
+        key = query_key(p.query) if isinstance(p.query, str) else None
+        first = first_of.setdefault((p.split, key), p.query_id) if key is not None else p.query_id
         missing = [cid for cid in p.positive_chunk_ids if cid not in chunk_doc]
         missing += [d for d in p.positive_doc_ids if d not in doc_split]
         unresolved = list(p.meta.get("unresolved") or [])
@@ -87,11 +93,12 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
             "query": p.query,
             "split": p.split,
             "source": p.source,
-            "query_key": query_key(p.query) if isinstance(p.query, str) else None,
+            "query_key": key,
             "has_positive": has_positive,
             "positives_resolve": not missing and not unresolved,
             "no_eval_positive_in_train": not (p.split == "train" and eval_docs),
             "detail": "; ".join(detail),
+            "same_query_as": first if first != p.query_id else "",
         })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -153,7 +160,7 @@ def run_suite(df: "pd.DataFrame", cfg: ValidateConfig) -> dict[str, Any]:
 
     by_id = {r.expectation_config.id: r for r in result.results}
     rows_by_qid = {}
-    for rec in df[["query_id", "query", "detail"]].to_dict("records"):
+    for rec in df[["query_id", "query", "detail", "same_query_as"]].to_dict("records"):
         rows_by_qid.setdefault(rec["query_id"], rec)
     out = []
     for check, exp in checks:
@@ -164,7 +171,10 @@ def run_suite(df: "pd.DataFrame", cfg: ValidateConfig) -> dict[str, Any]:
         for idx in (res.get("unexpected_index_list") or [])[: cfg.max_examples]:
             qid = idx.get("query_id") if isinstance(idx, dict) else None
             row = rows_by_qid.get(qid, {})
-            examples.append({"query_id": qid, "query": row.get("query"), "detail": row.get("detail") or ""})
+            detail = row.get("detail") or ""
+            if check == "unique_queries_per_split" and row.get("same_query_as"):
+                detail = f"same query as {row['same_query_as']}"
+            examples.append({"query_id": qid, "query": row.get("query"), "detail": detail})
         entry = {
             "check": check,
             "expectation": r.expectation_config.type,
@@ -187,7 +197,9 @@ FIXES = {
     "query_not_blank": "give these pairs a real query or drop them",
     "query_length": "fix or drop these queries, or change validate.min_query_chars / validate.max_query_chars",
     "unique_query_ids": "give every pair its own query_id",
-    "unique_queries_per_split": "drop the repeated queries, or set validate.unique_queries=false",
+    "unique_queries_per_split": ("merge pairs with the same query text into one pair listing all their positives "
+                                 "(a --pairs file is merged by sdg; this comes from a generator), drop the repeats, "
+                                 "or set validate.unique_queries=false"),
     "has_positive": "give every pair a positive (positive_ids / positive_chunk_ids)",
     "positives_resolve": "point the positives at chunk or document ids of this corpus (see chunks.jsonl)",
     "no_eval_positive_in_train": "move these pairs to the eval split or drop them (eval documents must stay unseen)",

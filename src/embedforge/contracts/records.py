@@ -34,6 +34,11 @@ class Pair(Record):
     positive_chunk_ids: list[str] = Field(default_factory=list)
     positive_doc_ids: list[str] = Field(default_factory=list)
     relevance: Literal["chunk", "document"] = "chunk"
+    positive_grades: dict[str, int] = Field(
+        default_factory=dict,
+        description="Graded judgements: positive chunk id (document id for relevance 'document') -> grade; a "
+                    "positive not listed has grade 1. Training uses the top grade only; evaluation uses all grades.",
+    )
     split: Split
     positive_text: str | None = Field(None, description="Training-time text of the positive, if it differs from the chunk (e.g. inverse cloze).")
     negatives: list[str] = Field(default_factory=list, description="User-supplied negative texts.")

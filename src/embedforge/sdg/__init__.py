@@ -6,8 +6,8 @@
 
 ``max_pairs`` is shared between the splits in proportion to their chunk counts (at least one eval pair when there
 are eval chunks); generated eval pairs whose query also appears in train are dropped. Output: ``pairs.jsonl`` +
-``manifest.json`` (counts: pairs, train_pairs, eval_pairs, ``source_<name>`` per source, plus the generator's
-``stats()`` as ``gen_<name>``).
+``manifest.json`` (counts: pairs, train_pairs, eval_pairs, ``source_<name>`` per source, for a pairs file
+``pairs_file_rows`` and ``duplicate_queries_merged``, plus the generator's ``stats()`` as ``gen_<name>``).
 """
 
 from __future__ import annotations
@@ -147,6 +147,8 @@ def run(
         "train_pairs": sum(1 for p in pairs if p.split == "train"),
         "eval_pairs": sum(1 for p in pairs if p.split == "eval"),
     }
+    if pairs_file:  # what the user's file held and how many of its lines were merged into an earlier query
+        counts.update(pairs_file_rows=stats["lines"], duplicate_queries_merged=stats["duplicate_queries_merged"])
     for source, n in sorted(Counter(p.source for p in pairs).items()):
         counts[f"source_{for_count(source)}"] = n
     for k, v in stats.items():
