@@ -91,7 +91,7 @@ def test_installed_cli_runs_the_bundled_sample_corpus(installed, tmp_path):
     assert s["status"] == "succeeded"
     assert s["inputs"]["corpus"].startswith(str(installed.parent.parent)) and "python3." in s["inputs"]["corpus"]
     assert s["counts"]["documents"] > 50
-    assert (out / "onnx" / "model.onnx").is_file() and (out / "model" / "config.json").is_file()
+    assert (out / "latest" / "onnx" / "model.onnx").is_file() and (out / "latest" / "model" / "config.json").is_file()
     assert "summary: " in r.stdout + r.stderr  # the console summary was printed
 
 
@@ -127,4 +127,4 @@ def test_paths_with_python3_spaces_and_non_ascii_survive(installed, tmp_path, ti
     assert s["evaluation"]["external"]["path"] == str(beir)
     assert s["registry"]["tracking_uri"] == f"sqlite:///{out / 'mlflow.db'}" and (out / "mlflow.db").is_file()
     assert Path(s["outputs"]["kfp_run"]).is_relative_to(out)
-    assert (out / "onnx" / "model.onnx").is_file()
+    assert (out / "latest" / "onnx" / "model.onnx").is_file()

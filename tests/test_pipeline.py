@@ -156,7 +156,7 @@ def test_failed_stage_is_its_own_one_line_in_console_and_summary(tmp_path, tiny_
                             "query_not_blank (1 row(s), e.g. blank: '   '): give these pairs a real query or drop them")
     assert "\n" not in error and "\x1b" not in error and "Pipeline" not in error and "Inner task" not in error
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
-    assert line.startswith(f"error: {error} (log: {out / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
+    assert line.startswith(f"error: {error} (log: {Path(summary['attempt']) / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
     assert "Traceback" not in r.stderr and "Pipeline 'embedforge'" not in r.stderr
     assert summary["stages"]["sdg"]["status"] == "succeeded" and summary["stages"]["validate"]["status"] == "failed"
 
@@ -201,14 +201,14 @@ def test_run_writes_every_output(e2e_run):
         assert 0.0 <= s["evaluation"][side]["ndcg@10"] <= 1.0 and "recall@10" in s["evaluation"][side]
     assert s["registry"]["name"] == "embedforge-embedder" and int(s["registry"]["version"]) == 1
     assert isinstance(s["promotion"]["promoted"], bool) and s["promotion"]["reason"]
-    assert (out / "onnx" / "model.onnx").is_file() and (out / "mlflow.db").is_file()
+    assert (out / "latest" / "onnx" / "model.onnx").is_file() and (out / "mlflow.db").is_file()
 
 
 def test_model_folder_loads_with_prompts(e2e_run):
     from sentence_transformers import SentenceTransformer
 
     out, _ = e2e_run
-    model = SentenceTransformer(str(out / "model"), device="cpu")
+    model = SentenceTransformer(str(out / "latest" / "model"), device="cpu")
     assert set(model.prompts) >= {"query", "document"}
     emb = model.encode(["what does the assert statement do"], prompt_name="query", normalize_embeddings=True)
     assert emb.shape == (1, 384)
@@ -221,14 +221,14 @@ def test_promotion_writes_a_valid_triton_repository(e2e_run):
     out, _ = e2e_run
     s = json.loads((out / "summary.json").read_text())
     if not s["promotion"]["promoted"]:
-        assert s["stages"]["promote"]["status"] == "skipped" and not (out / "triton").exists()
+        assert s["stages"]["promote"]["status"] == "skipped" and not (out / "latest" / "triton").exists()
         pytest.skip(f"gate did not promote: {s['promotion']['reason']}")
     configs = {p.parent.name: text_format.Parse(p.read_text(), model_config_pb2.ModelConfig())
-               for p in (out / "triton").rglob("config.pbtxt")}
+               for p in (out / "latest" / "triton").rglob("config.pbtxt")}
     assert sorted(configs) == ["embedforge_embedder", "embedforge_embedder_onnx", "embedforge_embedder_tokenizer"]
     assert [i.name for i in configs["embedforge_embedder"].input] == ["text", "input_type"]  # the text-in ensemble
     assert [i.name for i in configs["embedforge_embedder_onnx"].input] == ["input_ids", "attention_mask"]
-    assert (out / "triton" / "embedforge_embedder_onnx" / str(s["registry"]["version"]) / "model.onnx").is_file()
+    assert (out / "latest" / "triton" / "embedforge_embedder_onnx" / str(s["registry"]["version"]) / "model.onnx").is_file()
 
 
 def test_second_run_registers_v2_and_compares_with_champion(e2e_run, tiny_corpus):

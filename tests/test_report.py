@@ -248,7 +248,7 @@ def test_a_run_that_fails_early_still_writes_its_report(tmp_path, tiny_corpus):
                         str(pairs), "--out", str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 1, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["outputs"]["report"] == str(out / report.REPORT_FILE)
-    text = (out / report.REPORT_FILE).read_text(encoding="utf-8")
+    assert summary["outputs"]["report"] == str((out / "latest" / report.REPORT_FILE).resolve())
+    text = (out / "latest" / report.REPORT_FILE).read_text(encoding="utf-8")
     assert 'id="run-status">failed<' in text and f"{pairs.name}:2" in text  # the stage's own error
     assert "the evaluate stage did not run or did not finish" in text

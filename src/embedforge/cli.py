@@ -29,9 +29,9 @@ OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="More KEY=VALU
 BaseModelOpt = Annotated[Optional[str], typer.Option("--base-model", help="Base model folder or HF id (default: bundled all-MiniLM-L6-v2).")]
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = 1) -> None:
     console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # "[..]" is no markup
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
@@ -40,7 +40,8 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except (EmbedforgeError, OSError) as exc:  # OSError: a path given as a folder is a file, no permission ...
         if os.environ.get("EMBEDFORGE_DEBUG"):
             raise
-        _fail(describe_os_error(exc) if isinstance(exc, OSError) else str(exc))
+        # an interrupted run exits like the signal would (130 Ctrl-C, 143 SIGTERM), other errors with 1
+        _fail(describe_os_error(exc) if isinstance(exc, OSError) else str(exc), getattr(exc, "exit_code", 1))
 
 
 def _config(config: Optional[Path], sets: Optional[list[str]], extra: Optional[list[str]], base_model: Optional[str]) -> PipelineConfig:
@@ -56,7 +57,8 @@ def _setup_logging() -> None:
 # --------------------------------------------------------------------------------------------------- run
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (summary.json, model/, onnx/, triton/, mlflow.db).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: each run writes runs/<time>-<n>/ (model/, onnx/, triton/, report.html, logs/), "
+                                                        "latest -> the newest, summary.json; mlflow.db and sdg_work/ are shared.")],
     corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Folder of .txt/.md/.rst/.html files or a BEIR corpus.jsonl (default: the bundled sample corpus).")] = None,
     pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Bring-your-own pairs JSONL: replaces generated pairs.")] = None,
     eval_beir: Annotated[Optional[Path], typer.Option("--eval-beir", help="Also evaluate on this BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv).")] = None,
@@ -124,6 +126,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     report = (summary.get("outputs") or {}).get("report")
     if report:
         console.print(f"report: [link={Path(report).as_uri()}]{escape(report)}[/link]", highlight=False)
+    if summary.get("attempt"):
+        console.print(f"outputs: {escape(summary['attempt'])} (also {escape(str(out / 'latest'))})", highlight=False)
     console.print(f"summary: {out / 'summary.json'}")
 
 

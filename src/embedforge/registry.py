@@ -72,6 +72,10 @@ _PARAM_BATCH = 100
 _BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
 
 
+#: The MLflow run id of a register stage, in its output folder as soon as the run exists.
+RUN_ID_FILE = "mlflow_run_id"
+
+
 # ----------------------------------------------------------------------------------------- tracking URIs
 def resolve_tracking_uri(explicit: str = "", recorded: str = "") -> str:
     """Pick the MLflow tracking URI: ``explicit``, else ``$MLFLOW_TRACKING_URI``, else ``recorded``.
@@ -346,6 +350,9 @@ def run(
     except MlflowException as exc:
         raise mlflow_error(f"create a run in experiment {cfg.experiment!r}", uri, exc) from None
     run_id = mlrun.info.run_id
+    # Written before anything is logged: a run interrupted from here on can be found and marked KILLED (runner).
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RUN_ID_FILE).write_text(run_id, encoding="utf-8")
     artifact_uri = mlrun.info.artifact_uri
     log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.experiment, redact(uri))
     try:

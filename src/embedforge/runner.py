@@ -1,9 +1,17 @@
 """Run the whole pipeline on this machine through ``kfp.local`` and collect its results into one folder.
 
-The pipeline's components run exactly as on Kubernetes, each in a subprocess of this interpreter
-(``SubprocessRunner(use_venv=False)``); their logs go to ``<out>/logs/pipeline.log``, stage progress to the
-console. Afterwards the main artifacts are copied to stable places in ``<out>`` and ``summary.json`` is written —
-also when a stage fails, so nothing already produced is lost (the KFP outputs stay under ``<out>/.kfp``).
+Each ``embedforge run`` is one *attempt* with its own folder ``<out>/runs/<UTC time>-<n>/``, so runs never mix:
+the attempt holds its complete result (``summary.json``, ``logs/pipeline.log``, ``model/``, ``onnx/``,
+``triton/``, ``report.html`` and the KFP outputs in ``.kfp/``). ``<out>/latest`` is a symlink to the newest attempt
+(``latest.json`` names it where symlinks cannot be made) and ``<out>/summary.json`` is a copy of its summary. What
+must carry over between attempts stays shared at ``<out>``: the MLflow store (``mlflow.db``, ``mlartifacts/``, so
+versions and the champion persist) and the LLM SDG work folder (``sdg_work/``, so generation resumes).
+
+The components run exactly as on Kubernetes, each in a subprocess of this interpreter
+(``SubprocessRunner(use_venv=False)``); their logs go to the attempt's ``logs/pipeline.log``, stage progress to
+the console. ``summary.json`` is written also when a stage fails or the run is interrupted (Ctrl-C, SIGTERM): the
+running stage's processes are ended, an MLflow run it left RUNNING is marked KILLED, and nothing already produced
+is lost.
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ import io
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from embedforge.config import PipelineConfig
 from embedforge.contracts import (
@@ -37,6 +47,14 @@ _TRACEBACK_LAST = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Excepti
 
 class PipelineFailed(EmbedforgeError):
     """A stage failed; the message is the stage's own one-line error."""
+
+
+class PipelineInterrupted(EmbedforgeError):
+    """Ctrl-C or SIGTERM ended the run; ``exit_code`` is the shell's 128 + signal number (130, 143)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -114,6 +132,102 @@ def check_out(out: Path) -> None:
         raise InputError(f"--out {out}: {blocker} is a file, not a folder: choose another --out (or move the file)")
 
 
+def new_attempt(out: Path) -> Path:
+    """Create ``<out>/runs/<UTC time>-<n>/`` (n counts the attempts, so names sort and never collide)."""
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    n = len(list(runs.iterdir())) + 1
+    while True:
+        attempt = runs / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{n}"
+        try:
+            attempt.mkdir()
+            return attempt
+        except FileExistsError:
+            n += 1
+
+
+def point_latest(out: Path, attempt: Path) -> None:
+    """Make ``<out>/latest`` a relative symlink to ``attempt`` (replaced atomically); ``latest.json`` if no symlinks."""
+    link, tmp = out / "latest", out / ".latest.tmp"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(attempt.relative_to(out), target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:  # a filesystem without symlinks
+        write_json(out / "latest.json", {"attempt": str(attempt)})
+
+
+def write_summary(out: Path, attempt: Path, summary: dict[str, Any]) -> None:
+    """The attempt's ``summary.json``, copied to ``<out>/summary.json`` (the newest attempt's)."""
+    write_json(attempt / "summary.json", summary)
+    shutil.copyfile(attempt / "summary.json", out / "summary.json")
+
+
+def end_child_processes(grace: float = 10.0) -> int:
+    """Terminate every descendant of this process (kfp.local's stage ``sh``, its Python, torch workers), killing
+    those still alive after ``grace`` seconds; return how many there were. Nothing is left orphaned."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for p in children:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+    return len(children)
+
+
+def kill_mlflow_runs(kfp_root: Path, tracking_uri: str) -> list[str]:
+    """Mark the MLflow runs that this attempt's register stage started and left RUNNING as KILLED; return their ids.
+
+    The register stage writes its run id (:data:`embedforge.registry.RUN_ID_FILE`) before logging anything."""
+    from embedforge.registry import RUN_ID_FILE, client_for
+
+    killed = []
+    for f in kfp_root.glob(f"*/register/*/{RUN_ID_FILE}"):
+        run_id = f.read_text(encoding="utf-8").strip()
+        client = client_for(tracking_uri)
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, "KILLED")
+                killed.append(run_id)
+        except Exception as exc:  # an unreachable store must not cost the interrupted summary
+            print(f"could not mark MLflow run {run_id} KILLED: {exc}", file=sys.stderr)
+    return killed
+
+
+@contextmanager
+def interruptible() -> Iterator[dict[str, int]]:
+    """While inside, SIGINT and SIGTERM end the child processes first and then raise ``KeyboardInterrupt`` in the
+    main thread (which also stops ``subprocess.Popen.__exit__`` from waiting); the yielded dict gets ``signum``.
+    Further signals are ignored until the block is left, so cleanup is not cut short. Main thread only."""
+    state: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if "signum" in state:
+            return
+        state["signum"] = signum
+        end_child_processes()
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 def check_inputs(corpus: Path, pairs: Path | None, eval_beir: Path | None) -> None:
     """Cheap checks before any stage starts, so bad input fails in a second with a clear message."""
     if not corpus.exists():
@@ -152,21 +266,25 @@ def run_pipeline(
 
         preflight(cfg.sdg.llm)  # a missing key or a stopped server fails in seconds, before ingest
     out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    attempt = new_attempt(out)
+    (attempt / "logs").mkdir()
+    point_latest(out, attempt)
     if cfg.sdg.generator == "llm" and not cfg.sdg.llm.work_dir:
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
     import torch
 
     cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available(), pairs_given=bool(pairs))
     tracking_uri = default_tracking_uri(out)
-    root = out / ".kfp"
+    root = attempt / ".kfp"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     stages = {name: StageState() for name in STAGES}
     started = time.time()
     error: str | None = None
-    with (out / "logs" / "pipeline.log").open("w", encoding="utf-8") as log:
+    log_file = attempt / "logs" / "pipeline.log"
+    write_summary(out, attempt, {"status": "running", "attempt": str(attempt), "log": str(log_file)})
+    with log_file.open("w", encoding="utf-8") as log, interruptible() as interrupted:
         tee = _LogTee(log=log, stages=stages, on_event=on_event)
         target = _Both(tee, sys.__stdout__) if echo_logs else tee
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
@@ -183,12 +301,24 @@ def run_pipeline(
             for n in failed:
                 stages[n].status = "failed"
             error = f"stage {failed[0] if failed else '?'} failed: {tee.stage_error()}"
-    run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
-    run_dir = run_dirs[-1] if run_dirs else None
-    summary = collect(run_dir, out, stages, cfg, corpus, pairs, eval_beir, tracking_uri, time.time() - started, error,
-                      profile_changes)
+        except KeyboardInterrupt:
+            interrupted.setdefault("signum", signal.SIGINT)  # a KeyboardInterrupt not from our handler
+            end_child_processes()
+            running = [n for n, s in stages.items() if s.status == "running"]
+            for n in running:
+                stages[n].status = "interrupted"
+            killed = kill_mlflow_runs(root, tracking_uri)
+            error = (f"interrupted by {signal.Signals(interrupted['signum']).name} during stage "
+                     f"{running[0] if running else '?'}" + (f"; MLflow run {', '.join(killed)} marked KILLED" if killed else ""))
+        run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
+        run_dir = run_dirs[-1] if run_dirs else None
+        summary = collect(run_dir, out, attempt, stages, cfg, corpus, pairs, eval_beir, tracking_uri,
+                          time.time() - started, error, profile_changes, interrupted=bool(interrupted))
+    where = f"(log: {log_file}; summary: {out / 'summary.json'})"
+    if interrupted:
+        raise PipelineInterrupted(f"{error} {where}", interrupted["signum"])
     if error:
-        raise PipelineFailed(f"{error} (log: {out / 'logs' / 'pipeline.log'}; summary: {out / 'summary.json'})")
+        raise PipelineFailed(f"{error} {where}")
     return summary
 
 
@@ -221,10 +351,11 @@ def _copy_tree(src: Path | None, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
-def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg: PipelineConfig, corpus: Path,
-            pairs: Path | None, eval_beir: Path | None, tracking_uri: str, seconds: float,
-            error: str | None, profile_changes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Copy the main artifacts to ``out`` and write ``summary.json``."""
+def collect(run_dir: Path | None, out: Path, attempt: Path, stages: dict[str, StageState], cfg: PipelineConfig,
+            corpus: Path, pairs: Path | None, eval_beir: Path | None, tracking_uri: str, seconds: float,
+            error: str | None, profile_changes: dict[str, Any] | None = None,
+            interrupted: bool = False) -> dict[str, Any]:
+    """Copy the main artifacts into the ``attempt`` folder and write its ``summary.json`` (copied to ``out``)."""
     from embedforge.pipelines.pipeline import STAGES
 
     art = {stage: _artifact(run_dir, stage, name) for stage, name in STAGES.items()}
@@ -235,11 +366,9 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         if st.seconds is None and stage in manifests:
             st.seconds = manifests[stage].seconds
 
-    _copy_tree(art["train"], out / "model")
-    _copy_tree(art["export"], out / "onnx")
-    _copy_tree(art["promote"], out / "triton")
-    if art["promote"] is None and (out / "triton").exists() and error is None:
-        shutil.rmtree(out / "triton")  # a stale repository from an earlier run must not look promoted
+    _copy_tree(art["train"], attempt / "model")
+    _copy_tree(art["export"], attempt / "onnx")
+    _copy_tree(art["promote"], attempt / "triton")
 
     counts: dict[str, Any] = {}
     if "ingest" in manifests:
@@ -253,17 +382,18 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         counts["train_examples"] = manifests["mine"].counts.get("examples")
 
     summary: dict[str, Any] = {
-        "status": "failed" if error else "succeeded",
+        "status": "interrupted" if interrupted else "failed" if error else "succeeded",
         "error": error,
+        "attempt": str(attempt),
         "seconds": round(seconds, 1),
         "inputs": {"corpus": str(corpus), "pairs": str(pairs) if pairs else None,
                    "eval_beir": str(eval_beir) if eval_beir else None, "base_model": cfg.base_model},
         "profile": {"name": cfg.profile, "changed": profile_changes or {}},
         "stages": {n: {"status": s.status, "seconds": s.seconds} for n, s in stages.items()},
         "counts": counts,
-        "outputs": {"model": str(out / "model") if art["train"] else None,
-                    "onnx": str(out / "onnx" / "model.onnx") if art["export"] else None,
-                    "triton": str(out / "triton") if art["promote"] else None,
+        "outputs": {"model": str(attempt / "model") if art["train"] else None,
+                    "onnx": str(attempt / "onnx" / "model.onnx") if art["export"] else None,
+                    "triton": str(attempt / "triton") if art["promote"] else None,
                     "kfp_run": str(run_dir) if run_dir else None},
     }
     if "sdg" in manifests and manifests["sdg"].result.generator_stats:
@@ -285,6 +415,6 @@ def collect(run_dir: Path | None, out: Path, stages: dict[str, StageState], cfg:
         if "promote" in manifests:
             rec: PromotionRecord = manifests["promote"].result
             summary["promotion"].update(published_to=rec.published_to, rollout=rec.rollout)
-    summary["outputs"]["report"] = str(write_report(art, out / REPORT_FILE, summary["status"], error))
-    write_json(out / "summary.json", summary)
+    summary["outputs"]["report"] = str(write_report(art, attempt / REPORT_FILE, summary["status"], error))
+    write_summary(out, attempt, summary)
     return summary
