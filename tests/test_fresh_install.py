@@ -68,7 +68,8 @@ def installed(tmp_path_factory) -> Path:
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                         "--no-index", "-w", str(wheels), str(REPO)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+    # --force-reinstall: this interpreter's own embedforge is visible through the .pth, and pip would call it satisfied
+    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--force-reinstall",
                         *map(str, wheels.glob("embedforge-*.whl"))], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     where = subprocess.run([str(py), "-c", "import embedforge.sample_corpus as s; print(s.SAMPLE_CORPUS)"],
