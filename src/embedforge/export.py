@@ -65,8 +65,8 @@ if TYPE_CHECKING:
     import torch
     from sentence_transformers import SentenceTransformer
 
-from embedforge.onnx_signature import OUTPUT_NAME  # noqa: F401
-from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES  # noqa: F401
+from embedforge.onnx_signature import OUTPUT_NAME
+from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES
 
 log = logging.getLogger(__name__)
 

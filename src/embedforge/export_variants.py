@@ -19,8 +19,7 @@ from embedforge.errors import ConfigError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-from embedforge.onnx_signature import OUTPUT_NAME  # noqa: F401
-from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES  # noqa: F401
+from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,10 @@ Triton configs are written from the graph itself."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedforge.errors import InputError
-
-log = logging.getLogger(__name__)
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embeddings"

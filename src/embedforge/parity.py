@@ -19,8 +19,8 @@ from embedforge.errors import InputError, ParityError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-from embedforge.onnx_signature import OUTPUT_NAME  # noqa: F401
-from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES  # noqa: F401
+from embedforge.onnx_signature import OUTPUT_NAME
+from embedforge.onnx_signature import REQUIRED_INPUTS as INPUT_NAMES
 
 log = logging.getLogger(__name__)
 

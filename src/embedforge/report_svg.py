@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import html
-import logging
 from collections.abc import Sequence
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 from embedforge.report_stats import Comparison
 
