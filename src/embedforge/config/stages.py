@@ -122,6 +122,10 @@ class TrainConfig(StageConfig):
         None, ge=0.0, lt=1.0, description="WiSE-FT: save (1 - w) x fine-tuned + w x base weights (0 = the plain "
         "fine-tuned model). Unset: the base weight of the pair policy (embedforge.sdg.policy) of the source kind "
         "that made most rows, as the mine stage recorded it: 0.5 for the offline generator, else 0.")
+    packing: Literal["auto", "on", "off"] = Field(
+        "auto", description="Sequence packing in the training forward (embedforge.train.packing): each "
+        "micro-batch's texts concatenated into one row, attention kept per text, so no FLOPs go to padding. "
+        "auto: on for models that support it (Llama/Qwen/Mistral-style decoders) on CUDA; on: wherever supported.")
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
