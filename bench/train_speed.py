@@ -107,7 +107,7 @@ def shape_folder(shape: str, root: Path, max_seq_length: int, device: str) -> st
     Normalize."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from embedforge.encode import resolve_model_path
