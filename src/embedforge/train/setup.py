@@ -128,8 +128,10 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
+    from embedforge.train import packing
     from embedforge.train.losses import InfoNCELoss
 
+    packing.enable(model, cfg.packing)  # embed() packs the micro-batches of a model that allows it
     optimizer = make_optimizer(model, cfg)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     amp_dtype = autocast_dtype(cfg, str(model.device))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from embedforge.contracts import TrainExample
 from embedforge.train.batching import Batch
 from embedforge.train.distributed import DistContext, Shard, average_gradients, gather
+from embedforge.train.packing import packer_of
 from embedforge.train.tokens import TokenCache, micro_batches
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ def embed(
     cache = cache if cache is not None else TokenCache(model, prompt)
     cache.add(texts)
     groups = micro_batches([cache.length(t) for t in texts], max_tokens)
-    parts = [model(cache.features([texts[i] for i in g], model.device))["sentence_embedding"].float() for g in groups]
+    packer = packer_of(model) if cache.exact else None  # train.packing: packed rows instead of padded ones
+    parts = [(packer.embed(model, cache, [texts[i] for i in g]) if packer is not None else
+              model(cache.features([texts[i] for i in g], model.device))["sentence_embedding"]).float() for g in groups]
     order = [i for g in groups for i in g]
     emb = torch.cat(parts)
     inverse = torch.empty(len(order), dtype=torch.long)

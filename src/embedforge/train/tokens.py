@@ -87,6 +87,21 @@ class TokenCache:
             self.add([text])
         return self._lengths[text]
 
+    @property
+    def pad_id(self) -> int:
+        """The tokenizer's padding token id (0 if it has none)."""
+        return self._pad_id
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """The non-per-token part of the ``preprocess`` output (e.g. ``modality``, ``prompt_length``)."""
+        return dict(self._extras or {})
+
+    def row(self, text: str) -> dict[str, np.ndarray]:
+        """The unpadded per-token features of ``text`` (needs :attr:`exact`); tokenises it if needed."""
+        self.add([text])
+        return self._rows[text]
+
     def features(self, texts: Sequence[str], device: torch.device | str) -> dict[str, Any]:
         """The model inputs for ``texts``: what ``model.preprocess(texts, prompt=...)`` returns, on ``device``.
 
