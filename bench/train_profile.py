@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from train_speed import SHAPES, build_rows, shape_folder  # noqa: E402
+from train_speed import add_model_args, build_rows, shape_folder  # noqa: E402
 
 from embedforge.config import PromptsConfig, TrainConfig  # noqa: E402
 from embedforge.contracts import TrainExample  # noqa: E402
@@ -70,14 +70,9 @@ def time_split(prof, steps: int, wall_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=next(
-        (p for p in (REPO / "shared" / "data" / "arguana", REPO.parent / "shared" / "data" / "arguana") if p.is_dir()),
-        REPO.parent / "shared" / "data" / "arguana"))
-    ap.add_argument("--shape", default="minilm", choices=sorted(SHAPES))
-    ap.add_argument("--base-model", default=None, help="a sentence-transformers folder instead of --shape")
+    add_model_args(ap)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--max-seq-length", type=int, default=256)
     ap.add_argument("--micro-batch-tokens", type=int, default=None)
     ap.add_argument("--packing", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--compile", action="store_true")

@@ -251,15 +251,20 @@ def side_by_side(json_path: Path) -> str:
     return "\n".join([head, *lines])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=next(
-        (p for p in (REPO / "shared" / "data" / "arguana", REPO.parent / "shared" / "data" / "arguana") if p.is_dir()),
-        REPO.parent / "shared" / "data" / "arguana"))
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """``--data`` (a BEIR folder: ``shared/data/arguana`` in or beside the checkout), ``--shape``/``--base-model``
+    and ``--max-seq-length``: what this bench and ``train_profile.py`` train on."""
+    here = [REPO / "shared" / "data" / "arguana", REPO.parent / "shared" / "data" / "arguana"]
+    ap.add_argument("--data", type=Path, default=next((p for p in here if p.is_dir()), here[-1]))
     ap.add_argument("--shape", default="minilm", choices=sorted(SHAPES))
     ap.add_argument("--base-model", default=None, help="a sentence-transformers folder instead of --shape")
-    ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--max-seq-length", type=int, default=256)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(ap)
+    ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--batch-sizes", default="32")
     ap.add_argument("--variants", default="st,ours", help=f"comma list of {sorted(VARIANTS)}")
     ap.add_argument("--mini-batch-size", type=int, default=32, help="st_cached: CachedMNRL's mini_batch_size")

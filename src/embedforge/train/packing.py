@@ -148,8 +148,9 @@ def probe(model: SentenceTransformer, row_tokens: int = ROW_TOKENS) -> Packer | 
     cache.add(_PROBE_TEXTS)
     if not cache.exact:
         return None
-    was_training = model.training
+    was_training, tf32 = model.training, torch.backends.cuda.matmul.allow_tf32
     model.eval()
+    torch.backends.cuda.matmul.allow_tf32 = False  # full fp32 on a GPU too, so the tolerance can be tight
     try:
         with torch.no_grad():
             ref = model(cache.features(_PROBE_TEXTS, model.device))["sentence_embedding"].float()
@@ -164,6 +165,7 @@ def probe(model: SentenceTransformer, row_tokens: int = ROW_TOKENS) -> Packer | 
                     return packer
     finally:
         model.train(was_training)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return None
 
 
