@@ -88,7 +88,7 @@ class Packer:
         tokens = [cache.row(t) for t in texts]
         lengths = [len(r["input_ids"]) for r in tokens]
         rows = pack_rows(lengths, max(self.row_tokens, max(lengths)))
-        width = max(sum(lengths[i] for i in row) for row in rows)
+        width = -(-max(sum(lengths[i] for i in row) for row in rows) // 16) * 16  # SDPA kernels want 16-aligned
         keys = [k for k in tokens[0] if k != "attention_mask"]
         arrays = {k: np.zeros((len(rows), width), dtype=tokens[0][k].dtype) for k in keys}
         if "input_ids" in arrays:
