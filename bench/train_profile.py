@@ -35,10 +35,10 @@ from embedforge.contracts import TrainExample  # noqa: E402
 
 #: kernel family -> name pattern (CUDA kernel names: cuBLAS/CUTLASS GEMMs, SDPA/flash/flex attention, ...).
 KERNEL_FAMILIES = [
-    ("matmul", re.compile(r"gemm|cutlass|nvjet|xmma|cublas|sm\d+_.*(tensorop|mma)|matmul", re.I)),
-    ("attention", re.compile(r"fmha|flash|attention|attn|flex", re.I)),
-    ("copy/memset", re.compile(r"memcpy|memset|copy", re.I)),
-    ("elementwise/reduction", re.compile(r"elementwise|vectorized|reduce|norm|softmax|index|scatter|gather|cat", re.I)),
+    ("matmul", re.compile(r"gemm|cutlass|nvjet|xmma|cublas|sm\d+_.*(tensorop|mma)|matmul", re.IGNORECASE)),
+    ("attention", re.compile(r"fmha|flash|attention|attn|flex", re.IGNORECASE)),
+    ("copy/memset", re.compile(r"memcpy|memset|copy", re.IGNORECASE)),
+    ("elementwise/reduction", re.compile(r"elementwise|vectorized|reduce|norm|softmax|index|scatter|gather|cat", re.IGNORECASE)),
 ]
 
 

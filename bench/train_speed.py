@@ -107,7 +107,11 @@ def shape_folder(shape: str, root: Path, max_seq_length: int, device: str) -> st
     Normalize."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Normalize,
+        Pooling,
+        Transformer,
+    )
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from embedforge.encode import resolve_model_path
@@ -268,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-sizes", default="32")
     ap.add_argument("--variants", default="st,ours", help=f"comma list of {sorted(VARIANTS)}")
     ap.add_argument("--mini-batch-size", type=int, default=32, help="st_cached: CachedMNRL's mini_batch_size")
-    ap.add_argument("--warmup-rows", type=int, default=None, help="rows of the warm-up run (default 4 batches)")
+    ap.add_argument("--runs", default=None, help="variant@batch list, e.g. st@32,ours@32,st_cached@128 (instead "
+                    "of --variants x --batch-sizes)")
+    ap.add_argument("--warmup-rows", type=int, default=None, help="rows of the warm-up run of each variant "
+                    "(default 2 batches; 0: none)")
     ap.add_argument("--peak", default=str(MEASURED_MATMUL_TFLOPS),
                     help="measured bf16 matmul peak in TFLOP/s for mfu_matmul, or 'measure' (time it here)")
     ap.add_argument("--device", default="auto")
@@ -320,34 +327,36 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
             return {"seconds": seconds, "peak_mem_gib": mem, **extra}
 
-        variants = args.variants.split(",")
-        unknown = [v for v in variants if v not in VARIANTS]
+        runs = ([(item.split("@")[0], int(item.split("@")[1])) for item in args.runs.split(",")] if args.runs else
+                [(v, int(b)) for b in args.batch_sizes.split(",") for v in args.variants.split(",")])
+        unknown = sorted({v for v, _ in runs if v not in VARIANTS})
         if unknown:
-            ap.error(f"--variants: unknown {unknown}; choose from {sorted(VARIANTS)}")
-        gpus = {v: VARIANTS[v].get("processes", 1) for v in variants}
-        for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            warm = args.warmup_rows if args.warmup_rows is not None else 4 * bs
-            for v in variants if warm else []:  # warm-up: CUDA context, cuBLAS handles, allocator
+            ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+        gpus = {v: VARIANTS[v].get("processes", 1) for v, _ in runs}
+        warmed: set[str] = set()
+        for v, bs in runs:
+            warm = args.warmup_rows if args.warmup_rows is not None else 2 * bs
+            if warm and v not in warmed:  # warm-up, once per variant: CUDA context, cuBLAS handles, allocator
                 once(v, bs, rows[:warm])
-            for v in variants:
-                r = once(v, bs, rows)
-                loop = r["loop_seconds"]
+                warmed.add(v)
+            r = once(v, bs, rows)
+            loop = r["loop_seconds"]
 
-                def mfu(peak: float | None, seconds: float, v: str = v) -> float | None:
-                    return round(flops / seconds / (peak * gpus[v]), 4) if peak else None
+            def mfu(peak: float | None, seconds: float, v: str = v) -> float | None:
+                return round(flops / seconds / (peak * gpus[v]), 4) if peak else None
 
-                row = {"shape": args.base_model or args.shape, "variant": v, "batch_size": bs, "rows": len(rows),
-                       "max_seq_length": args.max_seq_length, "tokens": tokens,
-                       "mini_batch_size": args.mini_batch_size if v == "st_cached" else None,
-                       "seconds": round(r["seconds"], 2), "tokens_per_s": round(tokens / r["seconds"]),
-                       "loop_seconds": round(loop, 2), "loop_tokens_per_s": round(tokens / loop),
-                       "rows_per_s": round(len(rows) / loop, 1), "tflops": round(flops / loop / 1e12, 2),
-                       "mfu": mfu(sheet, loop), "mfu_matmul": mfu(matmul_peak, loop),
-                       "peak_datasheet_tflops": sheet and sheet / 1e12,
-                       "peak_matmul_tflops": matmul_peak and round(matmul_peak / 1e12, 1), "gpus": gpus[v],
-                       "peak_mem_gib": round(r["peak_mem_gib"], 2) if r["peak_mem_gib"] is not None else None,
-                       "card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
-                emit_row(row, args.json)
+            row = {"shape": args.base_model or args.shape, "variant": v, "batch_size": bs, "rows": len(rows),
+                   "max_seq_length": args.max_seq_length, "tokens": tokens,
+                   "mini_batch_size": args.mini_batch_size if v == "st_cached" else None,
+                   "seconds": round(r["seconds"], 2), "tokens_per_s": round(tokens / r["seconds"]),
+                   "loop_seconds": round(loop, 2), "loop_tokens_per_s": round(tokens / loop),
+                   "rows_per_s": round(len(rows) / loop, 1), "tflops": round(flops / loop / 1e12, 2),
+                   "mfu": mfu(sheet, loop), "mfu_matmul": mfu(matmul_peak, loop),
+                   "peak_datasheet_tflops": sheet and sheet / 1e12,
+                   "peak_matmul_tflops": matmul_peak and round(matmul_peak / 1e12, 1), "gpus": gpus[v],
+                   "peak_mem_gib": round(r["peak_mem_gib"], 2) if r["peak_mem_gib"] is not None else None,
+                   "card": card, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
+            emit_row(row, args.json)
     return 0
 
 

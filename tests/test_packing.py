@@ -11,7 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+from sentence_transformers.sentence_transformer.modules import (
+    Normalize,
+    Pooling,
+    Transformer,
+)
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from embedforge.config import PromptsConfig, TrainConfig

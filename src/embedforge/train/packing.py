@@ -82,8 +82,6 @@ class Packer:
     def embed(self, model: SentenceTransformer, cache: TokenCache, texts: Sequence[str]) -> torch.Tensor:
         """``model(features)["sentence_embedding"]`` of ``texts`` (tokenised by ``cache``), computed on packed rows;
         rows of the result in the order of ``texts``, dtype as the model outputs it."""
-        import torch
-
         cache.add(texts)
         tokens = [cache.row(t) for t in texts]
         lengths = [len(r["input_ids"]) for r in tokens]
