@@ -206,6 +206,9 @@ def test_embedded_sqlite_store_keeps_artifacts_beside_the_db(tmp_path, monkeypat
     assert client.get_run(reg["run_id"]).data.metrics["finetuned_ndcg_at_10"] == pytest.approx(0.62)
     model_path = Path(reg["source"].removeprefix("file://"))
     assert (model_path / "modules.json").is_file()
+    # the store's copy of the weights is a hard link to the train output, not a second copy on disk
+    assert (model_path / "model.safetensors").stat().st_size > 1 << 20
+    assert (model_path / "model.safetensors").samefile(tiny_model / "model.safetensors")
 
 
 def _onnx_reference(onnx_dir: Path, texts: list[str]):

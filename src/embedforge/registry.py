@@ -12,9 +12,8 @@ credentials inside URLs redacted by :mod:`embedforge.redact`), the evaluation as
   Triton will;
 * the fine-tuned sentence-transformers files beside ``MLmodel`` (the gate loads champions with them).
 
-A version exists only together with its record: the run is committed (``embedforge.record=written``, FINISHED)
-after ``registry.json`` and the manifest are written, and versions of runs killed before that are deleted by the
-next register against the same store (:mod:`embedforge.registry_recovery`).
+A version exists only with its record (committed after ``registry.json``; :mod:`embedforge.registry_recovery`).
+In a local store the model's large files are hard links to the train/export outputs (:mod:`embedforge.disk`).
 
 Run and version are tagged with the KFP run id, the sha256 of the run's pairs, the base model and the code
 version (:func:`embedforge.provenance.provenance_tags`). The registered version's source is the run's ``model/`` folder.
@@ -57,6 +56,7 @@ from embedforge.contracts import (
     report_file,
     write_json,
 )
+from embedforge.disk import link_identical
 from embedforge.errors import ConfigError, InputError
 from embedforge.mlflow_model import save_mlflow_model
 from embedforge.provenance import provenance_tags
@@ -371,6 +371,9 @@ def run(
             mlmodel_dir = save_mlflow_model(model_dir, onnx_dir, Path(tmp) / MODEL_ARTIFACT_PATH,
                                             metadata={**provenance, "run_id": run_id})
             client.log_artifacts(run_id, str(mlmodel_dir), MODEL_ARTIFACT_PATH)
+        if artifact_uri.startswith("file://"):  # local store: share the bytes with the stage outputs, not copy
+            link_identical(Path(urllib.parse.unquote(urllib.parse.urlsplit(artifact_uri).path)) / MODEL_ARTIFACT_PATH,
+                           [model_dir, onnx_dir])
         client.log_artifact(run_id, str(report_file(evaluation_dir, EvaluationResult)))
         client.log_artifact(run_id, str(report_file(validation_dir, ValidationResult)))
 
@@ -420,7 +423,7 @@ def run(
         config=config,
         result=record,
     )
-    try:  # the record exists: commit (embedforge.registry_recovery)
+    try:  # the record exists: commit
         commit(client, run_id)
     except MlflowException as exc:
         raise mlflow_error(f"commit run {run_id} (its record is written)", uri, exc) from None
@@ -428,8 +431,7 @@ def run(
 
 
 def _discard(client: "MlflowClient", run_id: str) -> None:
-    """Best effort: delete the version this failed run registered and mark it FAILED, so no version exists
-    without its record and no run stays RUNNING forever; the original error is re-raised."""
+    """Best effort: delete the failed run's version (it has no record), mark the run FAILED; the error is re-raised."""
     from mlflow.exceptions import MlflowException
 
     try:

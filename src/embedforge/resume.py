@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from embedforge.contracts import has_manifest, read_json, read_manifest
+from embedforge.disk import link_tree
 from embedforge.errors import InputError
 
 #: What kfp.local writes last for a task (its output parameters and artifacts).
@@ -116,17 +115,6 @@ def find_resumable(out: Path, fp: str, stages: dict[str, str], tracking_uri: str
     if not resumable.finished:
         raise InputError(f"--resume: no stage of {attempt} finished: nothing to reuse; run without --resume")
     return resumable
-
-
-def link_tree(src: Path, dst: Path) -> None:
-    """``dst`` as a copy of ``src`` made of hard links (files are never modified after a stage wrote them)."""
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:  # another filesystem, or links not allowed
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
 
 
 @contextmanager

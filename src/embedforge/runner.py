@@ -37,7 +37,8 @@ from embedforge.errors import EmbedforgeError, InputError, file_in_the_way, pars
 from embedforge.interrupts import end_child_processes, interruptible, kill_mlflow_runs
 from embedforge.kfp_local import program_only_python_rewrite
 from embedforge.report import REPORT_FILE, write_report
-from embedforge.resume import Resumable, find_resumable, fingerprint, link_tree, reusing_finished_tasks
+from embedforge.disk import link_tree
+from embedforge.resume import Resumable, find_resumable, fingerprint, reusing_finished_tasks
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
