@@ -11,7 +11,8 @@ The components run exactly as on Kubernetes, each in a subprocess of this interp
 (``SubprocessRunner(use_venv=False)``); their logs go to the attempt's ``logs/pipeline.log``, stage progress to
 the console. ``summary.json`` is written also when a stage fails or the run is interrupted (Ctrl-C, SIGTERM): the
 running stage's processes are ended, an MLflow run it left RUNNING is marked KILLED, and nothing already produced
-is lost.
+is lost. ``--resume`` finishes the latest interrupted/failed attempt in a new one (:mod:`embedforge.resume`);
+stage temp files stay under the attempt and large outputs are hard links, not copies (:mod:`embedforge.disk`).
 """
 
 from __future__ import annotations
