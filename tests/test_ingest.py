@@ -246,3 +246,46 @@ def test_component_writes_artifact_and_metrics(tiny_corpus, tmp_path, base_model
     component.python_func(corpus_path=str(tiny_corpus), base_model=base_model, config={}, chunks=chunks, metrics=metrics)
     assert (Path(chunks.path) / CHUNKS_FILE).read_bytes() == (chunks_dir / CHUNKS_FILE).read_bytes()
     assert metrics.metadata["documents"] == 16 and metrics.metadata["chunks"] == read_manifest(chunks_dir).counts["chunks"]
+
+
+# ------------------------------------------------------------------------------------------ large documents
+@pytest.fixture(scope="module")
+def huge_line_ingest(tmp_path_factory):
+    """``embedforge ingest`` (a child process) of one 20 MB single-line file: (output folder, peak RSS bytes)."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from ingest_memory import peak_rss, write_prose
+
+    root = tmp_path_factory.mktemp("huge")
+    (root / "corpus").mkdir()
+    write_prose(root / "corpus" / "big.txt", 20_000_000, seed=1, single_line=True)
+    (root / "corpus" / "small.txt").write_text(LONG_PARA, encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    rss, _, rc = peak_rss([sys.executable, "-m", "embedforge.cli", "ingest", "--corpus", str(root / "corpus"),
+                           "--out", str(root / "out")], env)
+    assert rc == 0
+    return root / "out", rss
+
+
+def test_a_huge_single_line_document_becomes_sections_in_both_splits(huge_line_ingest):
+    from embedforge.readers import SECTION_CHARS
+
+    out, _ = huge_line_ingest
+    chunks = read_chunks(out)
+    sections = {c.doc_id for c in chunks if c.doc_id.startswith("big.txt/section-")}
+    assert len(sections) >= 20_000_000 // SECTION_CHARS
+    assert not any(c.doc_id == "big.txt" for c in chunks)
+    assert {c.split for c in chunks if c.doc_id in sections} == {"train", "eval"}
+    assert any(c.doc_id == "small.txt" for c in chunks)
+    counts = read_manifest(out).counts
+    assert counts["documents"] == len(sections) + 1 and counts["chunks"] == len(chunks)
+    assert max(len(c.text) for c in chunks) < 5_000  # chunks stay chunk-sized
+
+
+def test_a_huge_single_line_document_ingests_in_bounded_memory(huge_line_ingest):
+    """A ceiling, not a speed target (bench/ingest_memory.py measures): reading the 20 MB line whole and
+    tokenising it at once took 3.2 GB."""
+    _, rss = huge_line_ingest
+    assert rss < 1_000 * 2**20, f"peak RSS {rss / 2**20:.0f} MiB"

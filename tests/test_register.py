@@ -206,6 +206,9 @@ def test_embedded_sqlite_store_keeps_artifacts_beside_the_db(tmp_path, monkeypat
     assert client.get_run(reg["run_id"]).data.metrics["finetuned_ndcg_at_10"] == pytest.approx(0.62)
     model_path = Path(reg["source"].removeprefix("file://"))
     assert (model_path / "modules.json").is_file()
+    # the store's copy of the weights is a hard link to the train output, not a second copy on disk
+    assert (model_path / "model.safetensors").stat().st_size > 1 << 20
+    assert (model_path / "model.safetensors").samefile(tiny_model / "model.safetensors")
 
 
 def _onnx_reference(onnx_dir: Path, texts: list[str]):
@@ -288,3 +291,101 @@ def test_component_logs_effective_configs_provenance_and_a_loadable_mlflow_model
 
     st = SentenceTransformer(str(download_version(client, mlflow_uri, model_name, "1", tmp_path / "dl")), device="cpu")
     assert st.encode(texts).shape == (2, 32)
+
+
+# ------------------------------------------------------------------------------- killed in the middle (kill -9)
+_PAUSED_REGISTER = """
+import sys, time
+from mlflow import MlflowClient
+import embedforge.registry as registry
+from embedforge.config import PipelineConfig, RegisterConfig
+
+# The test pauses this real register at one point so that a real SIGKILL lands exactly there.
+if sys.argv[1] == "after-version":
+    create = MlflowClient.create_model_version
+    def create_then_pause(self, *args, **kwargs):
+        create(self, *args, **kwargs)
+        print("PAUSED", flush=True)
+        time.sleep(600)
+    MlflowClient.create_model_version = create_then_pause
+else:  # "after-record": the record is written, the commit never comes
+    def pause(client, run_id):
+        print("PAUSED", flush=True)
+        time.sleep(600)
+    registry.commit = pause
+model, onnx, evaluation, validation, out, name, uri = sys.argv[2:]
+registry.run(model, onnx, evaluation, validation, out, RegisterConfig(model_name=name, experiment="exp-" + name), uri,
+             params=PipelineConfig().to_dict())
+"""
+
+
+def _kill_register_at(point, tmp_path, uri, name, model, onnx_dir, evaluation_dir, validation_dir) -> str:
+    """A real register in a child process, SIGKILLed at ``point`` once its version is in the store; its run id."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from embedforge.registry import RUN_ID_FILE, client_for
+
+    script = tmp_path / "paused_register.py"
+    script.write_text(_PAUSED_REGISTER)
+    proc = subprocess.Popen([sys.executable, str(script), point, str(model), str(onnx_dir), str(evaluation_dir),
+                             str(validation_dir), str(tmp_path / "registry"), name, uri],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "PAUSED", proc.wait()
+    deadline = time.time() + 60
+    while not client_for(uri).search_model_versions(f"name='{name}'"):  # the version is in the store ...
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # ... and the process dies without a chance to clean up
+    proc.wait()
+    return (tmp_path / "registry" / RUN_ID_FILE).read_text().strip()
+
+
+@pytest.fixture
+def killed_register(tmp_path, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir):
+    """``killed_register(point, name)`` -> (client, run id): a sqlite store with a register SIGKILLed at ``point``."""
+    from embedforge.registry import client_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def kill(point: str, name: str):
+        run_id = _kill_register_at(point, tmp_path, uri, name, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir)
+        return client_for(uri), run_id
+
+    return kill
+
+
+def test_sigkill_after_the_version_exists_leaves_no_version_without_its_record(
+        tmp_path, killed_register, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir):
+    from embedforge.registry_recovery import RECORD_TAG
+
+    client, run_id = killed_register("after-version", "killed")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert not (tmp_path / "registry" / "registry.json").exists()  # the half registration a kill -9 leaves
+    assert [str(v.version) for v in client.search_model_versions("name='killed'")] == ["1"]
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    # the next register against the same store cleans up first, then registers its own version with its record
+    _, reg = _register(tmp_path, "killed", uri, tiny_model, tiny_onnx_dir, evaluation_dir, validation_dir, out="again")
+    assert [str(v.version) for v in client.search_model_versions("name='killed'")] == [reg["version"]] == ["2"]
+    killed = client.get_run(run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags[RECORD_TAG] == "discarded"
+    finished = client.get_run(reg["run_id"])
+    assert finished.info.status == "FINISHED" and finished.data.tags[RECORD_TAG] == "written"
+
+
+def test_sigkill_after_the_record_commits_what_the_record_names(tmp_path, killed_register):
+    from embedforge.registry_recovery import RECORD_TAG, recover
+
+    client, run_id = killed_register("after-record", "recorded")
+    assert json.loads((tmp_path / "registry" / "registry.json").read_text())["run_id"] == run_id
+    assert client.get_run(run_id).info.status == "RUNNING"
+    actions = recover(client, recorded_run_ids=[run_id])  # the runner passes the run ids of records under --out
+    assert actions == [f"MLflow run {run_id}: its record exists; committed it (FINISHED)"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[RECORD_TAG] == "written"
+    assert [str(v.version) for v in client.search_model_versions("name='recorded'")] == ["1"]
+    assert recover(client) == []  # nothing pending is left

@@ -27,8 +27,10 @@ FAST = ["train.epochs=1", "train.batch_size=16", "evaluate.k_values=[1,5,10]", "
         "validate.min_train_pairs=5", "validate.min_eval_pairs=2"]
 
 
-def _start(out: Path, corpus: Path) -> subprocess.Popen:
+def _start(out: Path, corpus: Path, tmpdir: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen([sys.executable, "-m", "embedforge.cli", "run", "--corpus", str(corpus), "--out", str(out),
                              *FAST], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -139,20 +141,25 @@ def test_sigterm_during_register_marks_the_mlflow_run_killed(interrupted_out, ti
     assert _processes_using(out) == []
 
 
-def test_rerun_into_the_same_out_completes_beside_earlier_attempts(interrupted_out, tiny_corpus):
+def test_rerun_into_the_same_out_completes_beside_earlier_attempts(interrupted_out, tiny_corpus, tmp_path):
     out, _, _ = interrupted_out
     before = sorted((out / "runs").iterdir())
-    proc = _start(out, tiny_corpus)
+    proc = _start(out, tiny_corpus, tmpdir=tmp_path)
     output, _ = proc.communicate(timeout=1500)
     assert proc.returncode == 0, output[-3000:]
+    assert list(tmp_path.iterdir()) == []  # no stage left a temp folder outside --out (kfp.local's mktemp -d)
+    assert not (out / "latest" / ".kfp" / "tmp").exists()  # and the one inside is gone too
     attempts = sorted((out / "runs").iterdir())
     assert attempts[:-1] == before and (out / "latest").resolve() == attempts[-1].resolve()
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "succeeded" and s["attempt"] == str(attempts[-1])
     assert (out / "latest" / "onnx" / "model.onnx").is_file() and (out / "latest" / "model" / "config.json").is_file()
+    exported = next((out / "latest" / ".kfp").glob("embedforge-*/export/onnx_model/model.onnx"))
+    assert (out / "latest" / "onnx" / "model.onnx").samefile(exported)  # a link to the artifact, not a copy
     assert not (before[0] / "model").exists()  # the interrupted attempt stays as it was: no model of another run
     assert json.loads((before[0] / "summary.json").read_text())["status"] == "interrupted"
     run = client_for(f"sqlite:///{out / 'mlflow.db'}").get_run(s["registry"]["run_id"])
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
-    assert list((out / "mlartifacts").rglob("model.onnx"))
+    stored = [p for p in (out / "mlartifacts").rglob("model.onnx") if run.info.run_id in str(p)]
+    assert stored and stored[0].samefile(exported)  # MLflow's store shares the bytes with the export output

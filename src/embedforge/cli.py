@@ -67,6 +67,8 @@ def run(
     set_: SetOpt = None,
     overrides: OverridesArg = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every component's log to the terminal.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish the latest interrupted/failed run under --out: its finished "
+                                                         "stages are reused, not run again (same config and inputs only).")] = False,
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local) and write the results to --out."""
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -87,11 +89,12 @@ def run(
                 progress.update(bar, description=f"[cyan]{stage}[/]")
             else:
                 done.add(stage)
-                mark = "[green]✓[/]" if status == "succeeded" else "[red]✗[/]"
-                progress.console.print(f"{mark} {stage}")
+                mark = {"succeeded": "[green]✓[/]", "reused": "[green]↺[/]"}.get(status, "[red]✗[/]")
+                progress.console.print(f"{mark} {stage}" + (" (reused)" if status == "reused" else ""))
                 progress.update(bar, completed=len(done))
 
-        summary = _guard(lambda: run_pipeline(cfg, corpus, out, pairs, eval_beir, on_event=on_event, echo_logs=verbose))
+        summary = _guard(lambda: run_pipeline(cfg, corpus, out, pairs, eval_beir, on_event=on_event, echo_logs=verbose,
+                                                 resume=resume))
         progress.update(bar, completed=len(STAGES), description="done")
     _print_summary(summary, out)
 

@@ -1,8 +1,11 @@
 """Ingest: a folder of documents (or a BEIR ``corpus.jsonl``) -> sentence chunks with a document-level split.
 
 Inputs
-    Read by :func:`embedforge.readers.load_documents`: a folder of ``.txt``, ``.md``, ``.rst``, ``.html``/``.htm``
-    files (``IngestConfig.extensions``), or a BEIR corpus.
+    Read one document at a time by :func:`embedforge.readers.iter_documents`: a folder of ``.txt``, ``.md``,
+    ``.rst``, ``.html``/``.htm`` files (``IngestConfig.extensions``), or a BEIR corpus. A document longer than
+    :data:`embedforge.readers.SECTION_CHARS` arrives as several documents (its sections), so it is split by
+    section between train and eval. Chunks are written as they are made: memory stays bounded by the largest
+    markup file (plain text is read piece by piece), not by the corpus.
 
 Chunking
     The text is cut into *segments* by :func:`embedforge.text.split_segments` (prose sentences, code blocks kept
@@ -31,9 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from embedforge.config import IngestConfig
-from embedforge.contracts import CHUNKS_FILE, Chunk, Manifest, StageTimer, write_jsonl
+from embedforge.contracts import CHUNKS_FILE, Chunk, Manifest, StageTimer
 from embedforge.errors import InputError
-from embedforge.readers import Document, load_documents
+from embedforge.readers import iter_documents
 from embedforge.text import Segment, join_segments, normalize_ws, split_segments
 
 if TYPE_CHECKING:
@@ -221,56 +224,71 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
     Raises:
         InputError: missing/empty corpus, unreadable file, malformed corpus line, all documents empty.
     """
+    import json
+
     from tqdm.auto import tqdm
 
     timer = StageTimer("ingest")
-    docs, skipped, kind = load_documents(corpus, cfg.extensions)
+    docs, skipped, kind = iter_documents(corpus, cfg.extensions)
     chunker = Chunker(cfg, load_tokenizer(base_model))
-
-    per_doc: list[tuple[Document, list[str]]] = []
-    empty = short = 0
-    for doc in tqdm(docs, desc="ingest: chunking", unit="doc", disable=None):
-        texts = chunker.chunk(doc.text)
-        if not texts:
-            empty += 1
-            continue
-        if len(texts) == 1 and len(texts[0]) < cfg.min_chunk_chars:
-            short += 1
-        per_doc.append((doc, texts))
-    if not per_doc:
-        raise InputError(f"all {len(docs)} documents in {corpus} are empty (no text after markup removal); nothing to chunk")
-
-    splits = assign_splits([d.doc_id for d, _ in per_doc], cfg.eval_fraction, cfg.seed)
-    chunks: list[Chunk] = []
-    seen: set[str] = set()
-    dropped = 0
-    for doc, texts in per_doc:
-        for pos, text in enumerate(texts):
-            key = normalize_ws(text)
-            if key in seen:
-                dropped += 1
-                continue
-            seen.add(key)
-            chunks.append(Chunk(chunk_id=f"{doc.doc_id}#{pos}", doc_id=doc.doc_id, text=text, title=doc.title,
-                                position=pos, split=splits[doc.doc_id]))
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / CHUNKS_FILE, chunks)
-    doc_splits = {c.doc_id: c.split for c in chunks}
-    fully_duplicate = len(per_doc) - len(doc_splits)
+    partial = out / f".{CHUNKS_FILE}.partial"
+
+    # One pass, one document in memory: chunks are written as they are made, with the split from the document's
+    # hash; only the ids of documents with text and the digests of chunks seen (for de-duplication) are kept.
+    chunked: dict[str, int] = {}  # doc_id -> chunks written (0: every chunk a duplicate)
+    seen: set[bytes] = set()
+    read = empty = short = dropped = 0
+    with partial.open("w", encoding="utf-8") as fh:
+        for doc in tqdm(docs, desc="ingest: chunking", unit="doc", disable=None):
+            read += 1
+            texts = chunker.chunk(doc.text)
+            if not texts:
+                empty += 1
+                continue
+            if len(texts) == 1 and len(texts[0]) < cfg.min_chunk_chars:
+                short += 1
+            split = "eval" if split_score(cfg.seed, doc.doc_id) < cfg.eval_fraction else "train"
+            chunked[doc.doc_id] = 0
+            for pos, text in enumerate(texts):
+                key = hashlib.blake2b(normalize_ws(text).encode("utf-8"), digest_size=16).digest()
+                if key in seen:
+                    dropped += 1
+                    continue
+                seen.add(key)
+                chunked[doc.doc_id] += 1
+                fh.write(Chunk(chunk_id=f"{doc.doc_id}#{pos}", doc_id=doc.doc_id, text=text, title=doc.title,
+                               position=pos, split=split).model_dump_json() + "\n")
+    if not chunked:
+        partial.unlink()
+        raise InputError(f"all {read} documents in {corpus} are empty (no text after markup removal); nothing to chunk")
+
+    splits = assign_splits(list(chunked), cfg.eval_fraction, cfg.seed)
+    moved = {d for d, s in splits.items() if s != ("eval" if split_score(cfg.seed, d) < cfg.eval_fraction else "train")}
+    if moved:  # the split's guarantees (>= 1 train and >= 1 eval document) moved a document: rewrite its chunks
+        with partial.open(encoding="utf-8") as src, (out / CHUNKS_FILE).open("w", encoding="utf-8") as dst:
+            for line in src:
+                row = json.loads(line)
+                row["split"] = splits[row["doc_id"]]
+                dst.write(json.dumps(row, ensure_ascii=False) + "\n")
+        partial.unlink()
+    else:
+        partial.replace(out / CHUNKS_FILE)
+    doc_splits = {d: splits[d] for d, n in chunked.items() if n}
+    chunk_splits = [(splits[d], n) for d, n in chunked.items()]
     counts = {
         "documents": len(doc_splits),
-        "chunks": len(chunks),
+        "chunks": sum(n for _, n in chunk_splits),
         "train_documents": sum(1 for s in doc_splits.values() if s == "train"),
         "eval_documents": sum(1 for s in doc_splits.values() if s == "eval"),
-        "train_chunks": sum(1 for c in chunks if c.split == "train"),
-        "eval_chunks": sum(1 for c in chunks if c.split == "eval"),
+        "train_chunks": sum(n for s, n in chunk_splits if s == "train"),
+        "eval_chunks": sum(n for s, n in chunk_splits if s == "eval"),
         "duplicate_chunks_dropped": dropped,
         "skipped_files": skipped,
         "empty_documents": empty,
         "short_documents": short,
-        "duplicate_documents": fully_duplicate,
+        "duplicate_documents": len(chunked) - len(doc_splits),
     }
     log.info("ingest: %s", counts)
     return timer.write_manifest(out, counts=counts, inputs={"corpus": str(corpus)}, config=cfg,

@@ -8,6 +8,12 @@
   lines, HTML ``<pre>`` becomes an indented code block.
 * BEIR: ``corpus.jsonl`` (``_id``, ``title``, ``text``) or a folder holding it; ``_id`` must be unique.
 
+Documents are read one at a time (:func:`iter_documents`), plain-text files piece by piece, so memory does not
+grow with the corpus or with one file's size. A document longer than :data:`SECTION_CHARS` characters becomes
+several documents, its *sections* (``<doc_id>/section-0001``, ... cut at paragraph breaks where possible, same
+title): a chunk's document is then a readable unit, and the document-level train/eval split can put the parts
+of one huge file in different splits instead of all of it in one.
+
 Every file must be UTF-8 (a BOM is allowed); a bad file or line raises :class:`~embedforge.errors.InputError`
 naming it.
 """
@@ -16,13 +22,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from embedforge.contracts import iter_jsonl
 from embedforge.errors import InputError
-from embedforge.text import FENCE, indent, normalize_ws
+from embedforge.text import FENCE, indent, normalize_ws, split_sections
 
 BEIR_CORPUS = "corpus.jsonl"
+#: Longest document in characters; a longer one is split into sections (about 50k tokens: cheap to tokenise).
+SECTION_CHARS = 200_000
 
 
 @dataclass
@@ -146,6 +156,43 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+def _text_blocks(path: Path, size: int = SECTION_CHARS) -> Iterator[str]:
+    """A UTF-8 text file (BOM allowed) in blocks of ``size`` characters, read incrementally."""
+    done = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            while block := fh.read(size):
+                done += len(block)
+                yield block
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}; check that the file exists and is readable") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text (invalid byte after character {done}); re-encode it "
+                         "(e.g. iconv -f latin1 -t utf-8) or remove it from the corpus") from None
+
+
+def sectioned(doc_id: str, title: str, blocks: Iterable[str]) -> Iterator[Document]:
+    """One Document for a text of at most :data:`SECTION_CHARS` characters, else one per section (ids
+    ``<doc_id>/section-0001``...); one empty Document for a blank text (ingest counts it as empty)."""
+    sections = split_sections(blocks, SECTION_CHARS)
+    first, second = next(sections, None), next(sections, None)
+    if second is None:
+        yield Document(doc_id=doc_id, title=title, text=first or "")
+        return
+    for n, text in enumerate(chain([first, second], sections), start=1):
+        yield Document(doc_id=f"{doc_id}/section-{n:04d}", title=title, text=text)
+
+
+def iter_file(path: Path, doc_id: str) -> Iterator[Document]:
+    """The documents of one file: markup files are normalised whole (:func:`read_file`), plain text is read
+    incrementally; either is split into sections when longer than :data:`SECTION_CHARS`."""
+    if path.suffix.lower() in (".html", ".htm", ".md", ".rst"):
+        doc = read_file(path, doc_id)
+        yield from sectioned(doc_id, doc.title, [doc.text])
+    else:
+        yield from sectioned(doc_id, "", _text_blocks(path))
+
+
 def read_file(path: Path, doc_id: str) -> Document:
     """Read one supported file into a :class:`Document` (title + plain text).
 
@@ -169,7 +216,7 @@ def read_file(path: Path, doc_id: str) -> Document:
     return Document(doc_id=doc_id, title=title, text=text)
 
 
-def _folder_documents(root: Path, extensions: list[str]) -> tuple[list[Document], int]:
+def _folder_documents(root: Path, extensions: list[str]) -> tuple[Iterator[Document], int]:
     from tqdm.auto import tqdm
 
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
@@ -190,14 +237,14 @@ def _folder_documents(root: Path, extensions: list[str]) -> tuple[list[Document]
             f"corpus folder {root} holds no supported files ({', '.join(sorted(exts))}); add documents, "
             f"set ingest.extensions, or point at a BEIR corpus.jsonl"
         )
-    docs = [read_file(p, p.relative_to(root).as_posix()) for p in tqdm(files, desc="ingest: files", unit="file", disable=None)]
+    docs = (d for p in tqdm(files, desc="ingest: files", unit="file", disable=None)
+            for d in iter_file(p, p.relative_to(root).as_posix()))
     return docs, skipped
 
 
-def _beir_documents(path: Path) -> list[Document]:
+def _beir_documents(path: Path) -> Iterator[Document]:
     from tqdm.auto import tqdm
 
-    docs: list[Document] = []
     seen: dict[str, int] = {}
     for n, obj in tqdm(iter_jsonl(path), desc="ingest: documents", unit="doc", disable=None):
         doc_id = obj.get("_id")
@@ -217,24 +264,30 @@ def _beir_documents(path: Path) -> list[Document]:
         if doc_id in seen:
             raise InputError(f"{path}:{n}: duplicate \"_id\" {doc_id!r} (first on line {seen[doc_id]}); ids must be unique")
         seen[doc_id] = n
-        docs.append(Document(doc_id=doc_id, title=normalize_ws(title), text=text))
-    if not docs:
+        yield from sectioned(doc_id, normalize_ws(title), [text])
+    if not seen:
         raise InputError(f"{path} holds no documents; each line must be a JSON object with \"_id\", \"title\", \"text\"")
-    return docs
 
 
 def load_documents(corpus: str | Path, extensions: list[str]) -> tuple[list[Document], int, str]:
-    """Read a corpus folder or BEIR corpus.
+    """:func:`iter_documents` as a list (for small corpora and tests)."""
+    docs, skipped, kind = iter_documents(corpus, extensions)
+    return list(docs), skipped, kind
+
+
+def iter_documents(corpus: str | Path, extensions: list[str]) -> tuple[Iterator[Document], int, str]:
+    """Read a corpus folder or BEIR corpus, one document at a time.
 
     Args:
         corpus: A folder of documents, a BEIR ``corpus.jsonl``, or a folder holding ``corpus.jsonl``.
         extensions: File suffixes read from a folder.
 
     Returns:
-        (documents in deterministic order, number of skipped files, "folder"|"beir").
+        (documents in deterministic order, read as iterated; number of skipped files; "folder"|"beir").
 
     Raises:
-        InputError: missing path, no supported files, unreadable file, malformed corpus line.
+        InputError: missing path, no supported files (at once); unreadable file, malformed corpus line (while
+        iterating).
     """
     path = Path(corpus).expanduser()
     if not path.exists():

@@ -12,6 +12,9 @@ credentials inside URLs redacted by :mod:`embedforge.redact`), the evaluation as
   Triton will;
 * the fine-tuned sentence-transformers files beside ``MLmodel`` (the gate loads champions with them).
 
+A version exists only with its record (committed after ``registry.json``; :mod:`embedforge.registry_recovery`).
+In a local store the model's large files are hard links to the train/export outputs (:mod:`embedforge.disk`).
+
 Run and version are tagged with the KFP run id, the sha256 of the run's pairs, the base model and the code
 version (:func:`embedforge.provenance.provenance_tags`). The registered version's source is the run's ``model/`` folder.
 
@@ -53,9 +56,11 @@ from embedforge.contracts import (
     report_file,
     write_json,
 )
+from embedforge.disk import link_identical
 from embedforge.errors import ConfigError, InputError
 from embedforge.mlflow_model import save_mlflow_model
 from embedforge.provenance import provenance_tags
+from embedforge.registry_recovery import commit, discard, pending_tags, recover
 from embedforge.redact import REDACTED, looks_secret, redact, secret_value
 
 if TYPE_CHECKING:
@@ -339,9 +344,13 @@ def run(
         experiment_id = get_or_create_experiment(client, cfg.experiment, uri)
     except MlflowException as exc:
         raise mlflow_error(f"get or create experiment {cfg.experiment!r}", uri, exc) from None
+    try:  # versions an earlier, killed register left without a record go first
+        recover(client)
+    except MlflowException as exc:
+        log.warning("could not check %s for versions registered without a record: %s", redact(uri), exc)
 
     provenance = provenance_tags(base_model, kfp_run_id, pairs_dir)
-    run_tags = {"embedforge.stage": "register", "embedforge.model_name": cfg.model_name,
+    run_tags = {"embedforge.stage": "register", "embedforge.model_name": cfg.model_name, **pending_tags(),
                 **{f"embedforge.{k}": v for k, v in provenance.items()}}
     if primary:
         run_tags["embedforge.primary_metric"] = primary
@@ -362,6 +371,9 @@ def run(
             mlmodel_dir = save_mlflow_model(model_dir, onnx_dir, Path(tmp) / MODEL_ARTIFACT_PATH,
                                             metadata={**provenance, "run_id": run_id})
             client.log_artifacts(run_id, str(mlmodel_dir), MODEL_ARTIFACT_PATH)
+        if artifact_uri.startswith("file://"):  # local store: share the bytes with the stage outputs, not copy
+            link_identical(Path(urllib.parse.unquote(urllib.parse.urlsplit(artifact_uri).path)) / MODEL_ARTIFACT_PATH,
+                           [model_dir, onnx_dir])
         client.log_artifact(run_id, str(report_file(evaluation_dir, EvaluationResult)))
         client.log_artifact(run_id, str(report_file(validation_dir, ValidationResult)))
 
@@ -380,12 +392,11 @@ def run(
             description=f"embedforge run {run_id}" + (f"; {primary}={primary_value:.4f}" if primary_value is not None else ""),
         )
         client.set_tag(run_id, "embedforge.registered_version", str(mv.version))
-        client.set_terminated(run_id, "FINISHED")
     except MlflowException as exc:
-        _fail_run(client, run_id)
+        _discard(client, run_id)
         raise mlflow_error(f"log run {run_id} / register {cfg.model_name!r}", uri, exc) from None
     except BaseException:
-        _fail_run(client, run_id)
+        _discard(client, run_id)
         raise
 
     record = RegistryRecord(
@@ -405,23 +416,28 @@ def run(
     log.info("registered %s version %s (source %s)", cfg.model_name, mv.version, source)
     config = cfg.model_dump(mode="json")
     config["tracking_uri"] = redact(config.get("tracking_uri", ""))
-    return timer.write_manifest(
+    manifest = timer.write_manifest(
         out_dir,
         counts={"params": len(flat_params), "metrics": len(metrics), "version": int(mv.version)},
         inputs={"model": model_dir, "onnx": onnx_dir, "evaluation": evaluation_dir, "validation": validation_dir},
         config=config,
         result=record,
     )
+    try:  # the record exists: commit
+        commit(client, run_id)
+    except MlflowException as exc:
+        raise mlflow_error(f"commit run {run_id} (its record is written)", uri, exc) from None
+    return manifest
 
 
-def _fail_run(client: "MlflowClient", run_id: str) -> None:
-    """Best effort: mark the run FAILED so it does not stay RUNNING forever; the original error is re-raised."""
+def _discard(client: "MlflowClient", run_id: str) -> None:
+    """Best effort: delete the failed run's version (it has no record), mark the run FAILED; the error is re-raised."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.set_terminated(run_id, "FAILED")
-    except MlflowException as exc:  # the server may be the very thing that failed
-        log.warning("could not mark MLflow run %s as FAILED: %s", run_id, exc)
+        discard(client, run_id, status="FAILED")
+    except MlflowException as exc:  # the server may be the very thing that failed; the next recover() retries
+        log.warning("could not clean up MLflow run %s: %s", run_id, exc)
 
 
 def read_registry(registry_dir: str | Path) -> RegistryRecord:

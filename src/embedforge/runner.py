@@ -11,7 +11,8 @@ The components run exactly as on Kubernetes, each in a subprocess of this interp
 (``SubprocessRunner(use_venv=False)``); their logs go to the attempt's ``logs/pipeline.log``, stage progress to
 the console. ``summary.json`` is written also when a stage fails or the run is interrupted (Ctrl-C, SIGTERM): the
 running stage's processes are ended, an MLflow run it left RUNNING is marked KILLED, and nothing already produced
-is lost.
+is lost. ``--resume`` finishes the latest interrupted/failed attempt in a new one (:mod:`embedforge.resume`);
+stage temp files stay under the attempt and large outputs are hard links, not copies (:mod:`embedforge.disk`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 import warnings
-from contextlib import contextmanager, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,8 +35,11 @@ from embedforge.contracts import (
     Decision, EvaluationResult, PromotionRecord, RegistryRecord, has_manifest, read_manifest, write_json,
 )
 from embedforge.errors import EmbedforgeError, InputError, file_in_the_way, parse_stage_error
+from embedforge.interrupts import end_child_processes, interruptible, kill_mlflow_runs
 from embedforge.kfp_local import program_only_python_rewrite
 from embedforge.report import REPORT_FILE, write_report
+from embedforge.disk import link_tree
+from embedforge.resume import Resumable, find_resumable, fingerprint, reusing_finished_tasks
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
@@ -163,69 +166,39 @@ def write_summary(out: Path, attempt: Path, summary: dict[str, Any]) -> None:
     shutil.copyfile(attempt / "summary.json", out / "summary.json")
 
 
-def end_child_processes(grace: float = 10.0) -> int:
-    """Terminate every descendant of this process (kfp.local's stage ``sh``, its Python, torch workers), killing
-    those still alive after ``grace`` seconds; return how many there were. Nothing is left orphaned."""
-    import psutil
-
-    children = psutil.Process().children(recursive=True)
-    for p in children:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace)
-    return len(children)
-
-
-def kill_mlflow_runs(kfp_root: Path, tracking_uri: str) -> list[str]:
-    """Mark the MLflow runs that this attempt's register stage started and left RUNNING as KILLED; return their ids.
-
-    The register stage writes its run id (:data:`embedforge.registry.RUN_ID_FILE`) before logging anything."""
-    from embedforge.registry import RUN_ID_FILE, client_for
-
-    killed = []
-    for f in kfp_root.glob(f"*/register/*/{RUN_ID_FILE}"):
-        run_id = f.read_text(encoding="utf-8").strip()
-        client = client_for(tracking_uri)
-        try:
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_terminated(run_id, "KILLED")
-                killed.append(run_id)
-        except Exception as exc:  # an unreachable store must not cost the interrupted summary
-            print(f"could not mark MLflow run {run_id} KILLED: {exc}", file=sys.stderr)
-    return killed
-
-
 @contextmanager
-def interruptible() -> Iterator[dict[str, int]]:
-    """While inside, SIGINT and SIGTERM end the child processes first and then raise ``KeyboardInterrupt`` in the
-    main thread (which also stops ``subprocess.Popen.__exit__`` from waiting); the yielded dict gets ``signum``.
-    Further signals are ignored until the block is left, so cleanup is not cut short. Main thread only."""
-    state: dict[str, int] = {}
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        if "signum" in state:
-            return
-        state["signum"] = signum
-        end_child_processes()
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+def stage_temp_dir(root: Path) -> Iterator[Path]:
+    """While inside, ``$TMPDIR`` of the stage processes is ``<root>/tmp`` (KFP's ``mktemp -d`` for each task's
+    program, the stages' own temp files), removed at the end: no temp folder is left in /tmp."""
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp)
     try:
-        yield state
+        yield tmp
     finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_registrations(out: Path, tracking_uri: str) -> list[str]:
+    """Commit or clean up versions that killed register stages left in this run's MLflow store
+    (:func:`embedforge.registry_recovery.recover`), knowing the records under ``out``. Only for a sqlite store
+    that exists already (a remote store is recovered by the register stage itself, which has a timeout budget)."""
+    from embedforge.registry import RUN_ID_FILE, client_for
+    from embedforge.registry_recovery import recover
+
+    if not tracking_uri.startswith("sqlite:///") or not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        return []
+    recorded = [f.read_text(encoding="utf-8").strip() for f in out.glob(f"runs/*/.kfp/*/register/*/{RUN_ID_FILE}")
+                if has_manifest(f.parent)]
+    try:
+        return recover(client_for(tracking_uri), recorded)
+    except Exception as exc:  # never cost the run: the register stage recovers again
+        return [f"could not check {tracking_uri} for versions registered without a record: {exc}"]
 
 
 def check_inputs(corpus: Path, pairs: Path | None, eval_beir: Path | None) -> None:
@@ -250,8 +223,11 @@ def run_pipeline(
     eval_beir: Path | None = None,
     on_event: Callable[[str, str], None] | None = None,
     echo_logs: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run every stage locally; return (and write) the summary. Raises PipelineFailed after writing it."""
+    """Run every stage locally; return (and write) the summary. Raises PipelineFailed after writing it.
+
+    ``resume``: reuse the finished stages of the latest interrupted/failed attempt (:mod:`embedforge.resume`)."""
     from kfp import local
 
     from embedforge.pipelines.pipeline import STAGES, build_pipeline, pipeline_arguments
@@ -265,16 +241,22 @@ def run_pipeline(
         from embedforge.sdg.llm.preflight import preflight
 
         preflight(cfg.sdg.llm)  # a missing key or a stopped server fails in seconds, before ingest
-    out.mkdir(parents=True, exist_ok=True)
-    attempt = new_attempt(out)
-    (attempt / "logs").mkdir()
-    point_latest(out, attempt)
     if cfg.sdg.generator == "llm" and not cfg.sdg.llm.work_dir:
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
     import torch
 
     cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available(), pairs_given=bool(pairs))
     tracking_uri = default_tracking_uri(out)
+    args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
+    meta: dict[str, Any] = {"fingerprint": fingerprint(args, [corpus, pairs, eval_beir]), "pid": os.getpid()}
+    recovered = recover_registrations(out, tracking_uri)
+    resumed = find_resumable(out, meta["fingerprint"], STAGES, tracking_uri) if resume else Resumable(out)
+    if resume:
+        meta["resumed_from"] = str(resumed.attempt)
+    out.mkdir(parents=True, exist_ok=True)
+    attempt = new_attempt(out)
+    (attempt / "logs").mkdir()
+    point_latest(out, attempt)
     root = attempt / ".kfp"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -283,16 +265,29 @@ def run_pipeline(
     started = time.time()
     error: str | None = None
     log_file = attempt / "logs" / "pipeline.log"
-    write_summary(out, attempt, {"status": "running", "attempt": str(attempt), "log": str(log_file)})
-    with log_file.open("w", encoding="utf-8") as log, interruptible() as interrupted:
+    write_summary(out, attempt, {"status": "running", "attempt": str(attempt), "log": str(log_file), **meta})
+    with log_file.open("w", encoding="utf-8") as log, interruptible() as interrupted, stage_temp_dir(root):
         tee = _LogTee(log=log, stages=stages, on_event=on_event)
         target = _Both(tee, sys.__stdout__) if echo_logs else tee
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        for line in recovered:
+            print(line, file=log)
+
+        def on_reuse(task: str, old: Path) -> None:
+            print(f"Task '{task}' reused from {old} (finished there; not run again)", file=target)
+            if task in stages:
+                stages[task].status = "reused"
+                tee._emit(task, "reused")
+
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True,
+                   workspace_root=str(root / "workspace"))  # not a /tmp folder that a killed run would leave
         pipeline = build_pipeline(kubernetes=False)
-        args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
         before = set(root.glob(f"{pipeline.name}-*")) if root.exists() else set()
         try:
-            with redirect_stdout(target), warnings.catch_warnings(), program_only_python_rewrite():
+            with ExitStack() as ctx:
+                ctx.enter_context(redirect_stdout(target))
+                ctx.enter_context(warnings.catch_warnings())
+                ctx.enter_context(program_only_python_rewrite())
+                ctx.enter_context(reusing_finished_tasks(resumed.finished, on_reuse))
                 # kfp.local warns per task that our image is "non-Python"; it is ours, built for this runner.
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image", category=RuntimeWarning)
                 pipeline(**args)
@@ -313,7 +308,7 @@ def run_pipeline(
         run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
         run_dir = run_dirs[-1] if run_dirs else None
         summary = collect(run_dir, out, attempt, stages, cfg, corpus, pairs, eval_beir, tracking_uri,
-                          time.time() - started, error, profile_changes, interrupted=bool(interrupted))
+                          time.time() - started, error, profile_changes, interrupted=bool(interrupted), meta=meta)
     where = f"(log: {log_file}; summary: {out / 'summary.json'})"
     if interrupted:
         raise PipelineInterrupted(f"{error} {where}", interrupted["signum"])
@@ -344,17 +339,18 @@ def _artifact(run_dir: Path | None, stage: str, name: str) -> Path | None:
 
 
 def _copy_tree(src: Path | None, dst: Path) -> None:
+    """``dst`` holds ``src``'s files as hard links: the attempt's model/, onnx/, triton/ take no extra space."""
     if src is None:
         return
     if dst.exists():
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    link_tree(src, dst)
 
 
 def collect(run_dir: Path | None, out: Path, attempt: Path, stages: dict[str, StageState], cfg: PipelineConfig,
             corpus: Path, pairs: Path | None, eval_beir: Path | None, tracking_uri: str, seconds: float,
             error: str | None, profile_changes: dict[str, Any] | None = None,
-            interrupted: bool = False) -> dict[str, Any]:
+            interrupted: bool = False, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy the main artifacts into the ``attempt`` folder and write its ``summary.json`` (copied to ``out``)."""
     from embedforge.pipelines.pipeline import STAGES
 
@@ -385,6 +381,7 @@ def collect(run_dir: Path | None, out: Path, attempt: Path, stages: dict[str, St
         "status": "interrupted" if interrupted else "failed" if error else "succeeded",
         "error": error,
         "attempt": str(attempt),
+        **(meta or {}),
         "seconds": round(seconds, 1),
         "inputs": {"corpus": str(corpus), "pairs": str(pairs) if pairs else None,
                    "eval_beir": str(eval_beir) if eval_beir else None, "base_model": cfg.base_model},

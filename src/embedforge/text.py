@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterable, Iterator, Literal
 
 SegmentKind = Literal["prose", "code", "heading"]
 
@@ -239,6 +239,34 @@ def split_segments(text: str) -> list[Segment]:
         i += 1
     flush_prose()
     return segs
+
+
+def _cut_point(text: str, max_chars: int) -> int:
+    """Where to end a section of ``text`` (longer than ``max_chars``): after the last paragraph break in the
+    window's second half, else the last line break, sentence end or space there, else at ``max_chars``."""
+    for sep in ("\n\n", "\n", ". ", " "):
+        k = text.rfind(sep, max_chars // 2, max_chars)
+        if k != -1:
+            return k + len(sep)
+    return max_chars
+
+
+def split_sections(blocks: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Re-cut a stream of text blocks (a file read piece by piece, or one whole text) into sections of at most
+    ``max_chars`` characters that end at paragraph breaks where possible; blank sections are skipped.
+
+    Holds at most one section plus one block in memory, so a document of any size is read in bounded memory.
+    """
+    buf = ""
+    for block in blocks:
+        buf += block
+        while len(buf) > max_chars:
+            cut = _cut_point(buf, max_chars)
+            if buf[:cut].strip():
+                yield buf[:cut]
+            buf = buf[cut:]
+    if buf.strip():
+        yield buf
 
 
 def join_segments(segs: list[Segment]) -> str:
