@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import embedforge.train.distributed as distributed
+import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
@@ -64,6 +65,8 @@ def run(
         from embedforge.encode import pick_device
 
         cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
+    choice = schedule.choose(mined_dir, examples, known, cfg, base_model, prompts, dist_ctx)  # train.schedule
+    cfg = schedule.apply(cfg, choice)
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts)
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
@@ -108,6 +111,7 @@ def run(
         precision=str(stepper.amp_dtype).replace("torch.", "") if stepper.amp_dtype is not None else "fp32",
         base_weight=base_weight,
         processes=dist_ctx.world,
+        schedule=choice,
     )
     distributed.shutdown(dist_ctx)
     return manifest
