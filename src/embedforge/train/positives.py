@@ -12,6 +12,11 @@ train on the same n positives forever. So each epoch every query contributes at 
   the step count of an epoch then grows with the number of queries, not with how densely they were judged,
   and the contrastive objective (one target among the batch) stays balanced over queries.
 
+Steps per epoch: about ``sum over queries of min(positives, cap) / batch_size`` (the no-duplicates sampler
+defers a row whose anchor is already in the batch, so a query's rows spread over batches; the last few batches of
+an epoch can be short). E.g. 2,600 queries with dozens of positives each: 20,800 rows, 650 steps of 32 per epoch,
+and three epochs train up to 24 different positives of each query instead of the same first 10 three times.
+
 False-negative masking (:func:`known_positives`): every text mining found positive for a query — its rows'
 positives, the chunks of its positive documents and the lower-graded positives that are not trained on
 (``known_positives.jsonl``, written by mine) — is never a negative of that query in a batch. Lower grades are
