@@ -119,7 +119,9 @@ VARIANTS: dict[str, dict] = {
     "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
     "defaults": {"shipped": True},
     "auto": {"shipped": True, "train": {"schedule": {"mode": "auto"}}},
-    "ours_pos_all_epochs": {"shipped": True, "train": {"positives_per_query": 0}},
+    "ours_pos_all_epochs": {"shipped": True, "train": {"positives_per_query": 0}},  # every positive, every epoch
+    "ours_cap10": {"shipped": True, "mine": {"max_positives_per_pair": 10}, "train": {"positives_per_query": 0}},
+    "auto_b3": {"shipped": True, "train": {"schedule": {"mode": "auto", "budget": 3.0}}},
     "ours_p10_best_e2_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
                                 "train": {"epochs": 2, "learning_rate": 5e-5}},
     "ours_p10_best_e3_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
