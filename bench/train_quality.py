@@ -120,6 +120,7 @@ VARIANTS: dict[str, dict] = {
     "defaults": {"shipped": True},
     "auto": {"shipped": True, "train": {"schedule": {"mode": "auto"}}},
     "ours_pos_all_epochs": {"shipped": True, "train": {"positives_per_query": 0}},  # every positive, every epoch
+    "ours_all_grades": {"shipped": True, "mine": {"train_grades": "all"}},  # every grade > 0 a positive
     "ours_cap10": {"shipped": True, "mine": {"max_positives_per_pair": 10}, "train": {"positives_per_query": 0}},
     "auto_b3": {"shipped": True, "train": {"schedule": {"mode": "auto", "budget": 3.0}}},
     "ours_p10_best_e2_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},

@@ -243,7 +243,7 @@ def _resolve_all_positives(pairs: list[Pair], corpus: _Corpus, emb: _Embedded, c
     found = _Positives(per_pair=[], excluded={}, texts={}, best={})
     for pair in pairs:
         query_vec = emb.queries[emb.query_row[pair.query]]
-        positives = _resolve_positives(pair, corpus, emb.chunks, query_vec, cfg.max_positives_per_pair)
+        positives = _resolve_positives(pair, corpus, emb.chunks, query_vec, cfg)
         if pair.positive_text:
             vec = emb.overrides[emb.override_row[pair.positive_text]]
             positives = [_Positive(row=positives[0].row, text=pair.positive_text, score=float(vec @ query_vec))]
@@ -332,23 +332,23 @@ def _excluded_rows(pair: Pair, corpus: _Corpus) -> set[int]:
     return {r for d in _dedupe(docs) for r in corpus.doc_rows[d]}
 
 
-def _top_grade(pair: Pair, ids: list[str]) -> list[str]:
-    """The ids of the pair's highest relevance grade (all ids when the pair is ungraded). Lower grades are neither
-    positives nor negatives: their documents stay in :func:`_excluded_rows`."""
-    if not pair.positive_grades or not ids:
+def _top_grade(pair: Pair, ids: list[str], grades: str = "top") -> list[str]:
+    """The ids of the pair's highest relevance grade (all ids when the pair is ungraded or ``grades="all"``). Lower
+    grades are neither positives nor negatives: their documents stay in :func:`_excluded_rows`."""
+    if not pair.positive_grades or not ids or grades == "all":
         return ids
     top = max(pair.positive_grades.get(i, 1) for i in ids)
     return [i for i in ids if pair.positive_grades.get(i, 1) == top]
 
 
-def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, limit: int) -> list[_Positive]:
-    """The pair's positive chunks (for document relevance the best-scoring chunk of each positive document),
-    distinct texts only, at most ``limit``."""
+def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, cfg: MineConfig) -> list[_Positive]:
+    """The pair's positive chunks of the grades ``cfg.train_grades`` trains (for document relevance the best-scoring
+    chunk of each positive document), distinct texts only, at most ``cfg.max_positives_per_pair``."""
     if pair.relevance == "chunk" or not pair.positive_doc_ids:
-        rows = [corpus.chunk_row[c] for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids))]
+        rows = [corpus.chunk_row[c] for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids, cfg.train_grades))]
     else:  # document relevance: the best-scoring chunk of each positive document
         rows = []
-        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids)):
+        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids, cfg.train_grades)):
             cand = corpus.doc_rows[d]
             rows.append(cand[int(np.argmax(chunk_emb[cand] @ query_vec))])
     out: list[_Positive] = []
@@ -359,7 +359,7 @@ def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query
             continue
         seen.add(text)
         out.append(_Positive(row=r, text=text, score=float(chunk_emb[r] @ query_vec)))
-        if len(out) >= limit:
+        if len(out) >= cfg.max_positives_per_pair:
             break
     return out
 
@@ -376,7 +376,7 @@ def _candidates(scores: np.ndarray, ids: np.ndarray, excluded: set[int], limit: 
         if i < 0 or i in excluded:
             continue
         out.append((i, s))
-        if len(out) >= limit:
+        if len(out) >= cfg.max_positives_per_pair:
             break
     return out
 

@@ -61,6 +61,9 @@ class MineConfig(StageConfig):
     max_positives_per_pair: int = Field(200, ge=1, le=1000, description="Training rows per pair at most (one per "
                                         "top-grade positive); train samples train.positives_per_query of a query's "
                                         "rows per epoch, a different window each epoch.")
+    train_grades: Literal["top", "all"] = Field(
+        "top", description="Graded pairs: train on the top grade only (lower grades neither positive nor negative) "
+        "or on every grade > 0 as a positive.")
     margin_reference: Literal["positive", "best_positive"] = Field(
         "best_positive", description="Score the margin multiplies: each example's own positive, or the best-scoring positive "
         "of the query (pairs with several positives).")
