@@ -376,7 +376,7 @@ def _candidates(scores: np.ndarray, ids: np.ndarray, excluded: set[int], limit: 
         if i < 0 or i in excluded:
             continue
         out.append((i, s))
-        if len(out) >= cfg.max_positives_per_pair:
+        if len(out) >= limit:
             break
     return out
 
