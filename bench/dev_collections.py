@@ -1,15 +1,26 @@
 """End-to-end runs of `embedforge run` on the BEIR dev collections in ../shared/data (not run in CI).
 
-Scenarios (issue #2 "done when"):
-  sample      the bundled sample corpus, defaults                       (< 10 min on 2 CPU cores)
-  cran-byo    cranfield, --pairs from qrels/train.tsv, --eval-beir cranfield (test queries)
-  cran-sdg    cranfield, offline generator only (no pairs), --eval-beir cranfield
-  dbpedia-5k  agentset_dbpedia (5,000 docs), ~1,000 offline pairs, --eval-beir its test queries (< 30 min)
+Scenarios (issue #2 "done when"; dbpedia-many: issue #13):
+  sample        the bundled sample corpus, defaults                       (< 10 min on 2 CPU cores)
+  cran-byo      cranfield, --pairs from qrels/train.tsv, --eval-beir cranfield (test queries)
+  cran-sdg      cranfield, offline generator only (no pairs), --eval-beir cranfield
+  dbpedia-5k    agentset_dbpedia (5,000 docs), ~1,000 offline pairs, --eval-beir its test queries (< 30 min)
+  dbpedia-many  agentset_dbpedia re-split by query (seeded hash, half train): graded, many-positive --pairs
+                (~22 judged documents per query in two grades), --eval-beir its other half
 
     python bench/dev_collections.py --scenarios sample cran-byo cran-sdg dbpedia-5k --out runs/bench
 
 Prints one JSON line per scenario (stage seconds, counts, base vs fine-tuned metrics) and appends a markdown
 table to --report when given.
+
+Comparison (issue #13 targets: never below base; >= the sentence-transformers recipe + 2 points nDCG@10): base /
+sentence-transformers recipe / embedforge on each dev collection with human pairs, several seeds, mean +- spread
+(``bench/train_quality.py`` does each run; the collections without a train split are re-split by query here):
+
+    python bench/dev_collections.py --compare cranfield dbpedia-many arguana --seeds 13,14,15 \
+        --variants base,st_lr2e-5,defaults,auto --out runs/bench_compare
+    # reduced CPU run: a 1,500-document slice of dbpedia (every judged document kept), inputs cut to 128 tokens
+    python bench/dev_collections.py --compare cranfield dbpedia-many --max-docs 1500 --max-seq-length 128 --seeds 13
 """
 
 from __future__ import annotations
@@ -36,6 +47,49 @@ def write_pairs(beir_dir: Path, split: str, out: Path) -> Path:
     return out
 
 
+def _hash_fraction(text: str, seed: int) -> float:
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:8], 16) / 16**8
+
+
+def resplit(name: str, work: Path, seed: int = 13, max_docs: int | None = None) -> Path:
+    """A BEIR folder with ``qrels/train.tsv`` and ``qrels/test.tsv`` for dev collection ``name``.
+
+    ``cranfield`` keeps its own split. ``dbpedia-many`` (agentset_dbpedia) and ``arguana`` have test judgements
+    only: their judged queries are split in half by a seeded hash of the query id. ``max_docs`` keeps every document
+    judged relevant and a seeded sample of the others (a smaller corpus for CPU runs)."""
+    import random
+
+    source = {"cranfield": "cranfield", "dbpedia-many": "agentset_dbpedia", "arguana": "arguana"}[name]
+    src = DATA / source
+    if (src / "qrels" / "train.tsv").is_file() and not max_docs:
+        return src
+    out = work / (f"{name}-split{seed}" + (f"-{max_docs}" if max_docs else ""))
+    lines = (src / "qrels" / "test.tsv").read_text().splitlines()
+    header, rows = lines[0], [ln.split("\t") for ln in lines[1:] if ln.strip()]
+    if (src / "qrels" / "train.tsv").is_file():
+        splits = {"train": (src / "qrels" / "train.tsv").read_text().splitlines()[1:],
+                  "test": ["\t".join(r) for r in rows]}
+    else:
+        splits = {"train": [], "test": []}
+        for r in rows:
+            splits["train" if _hash_fraction(r[0], seed) < 0.5 else "test"].append("\t".join(r))
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    for split, body in splits.items():
+        (out / "qrels" / f"{split}.tsv").write_text("\n".join([header, *body]) + "\n")
+    (out / "queries.jsonl").write_text((src / "queries.jsonl").read_text())
+    docs = (src / "corpus.jsonl").read_text().splitlines()
+    if max_docs and len(docs) > max_docs:
+        judged = {ln.split("\t")[1] for body in splits.values() for ln in body if float(ln.split("\t")[2]) > 0}
+        keep = [d for d in docs if json.loads(d)["_id"] in judged]
+        rest = [d for d in docs if json.loads(d)["_id"] not in judged]
+        keep += random.Random(seed).sample(rest, max(0, min(len(rest), max_docs - len(keep))))
+        docs = keep
+    (out / "corpus.jsonl").write_text("\n".join(docs) + "\n")
+    return out
+
+
 def scenario_args(name: str, work: Path) -> list[str]:
     cran = DATA / "cranfield"
     if name == "sample":
@@ -48,6 +102,10 @@ def scenario_args(name: str, work: Path) -> list[str]:
     if name == "dbpedia-5k":
         dbp = DATA / "agentset_dbpedia"
         return ["--corpus", str(dbp / "corpus.jsonl"), "--eval-beir", str(dbp), "sdg.max_pairs=1250"]
+    if name == "dbpedia-many":
+        split = resplit(name, work)
+        pairs = write_pairs(split, "train", work / "dbpedia_many_train_pairs.jsonl")
+        return ["--corpus", str(split / "corpus.jsonl"), "--pairs", str(pairs), "--eval-beir", str(split)]
     raise SystemExit(f"unknown scenario {name}")
 
 
@@ -57,7 +115,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--report", type=Path, default=None)
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE for every scenario")
+    ap.add_argument("--compare", nargs="+", default=None, help="collections (cranfield, dbpedia-many, arguana): "
+                    "base / ST recipe / embedforge over --seeds instead of the scenarios")
+    ap.add_argument("--variants", default="base,st_lr2e-5,defaults,auto")
+    ap.add_argument("--seeds", default="13,14,15")
+    ap.add_argument("--max-docs", type=int, default=None)
+    ap.add_argument("--max-seq-length", type=int, default=None)
     args = ap.parse_args()
+    if args.compare:
+        compare(args)
+        return
     rows = []
     for name in args.scenarios:
         out = args.out / name
@@ -87,6 +154,40 @@ def main() -> None:
             lines.append(f"| {r['scenario']} | {r['wall_s']} | {c.get('documents')} | {c.get('chunks')} | "
                          f"{c['pairs']['train']}/{c['pairs']['eval']} | {r['base']['ndcg@10']:.4f} → {r['finetuned']['ndcg@10']:.4f} | {en} | {er} |")
         lines.append("\nStage seconds: " + "; ".join(f"{r['scenario']}: " + ", ".join(f"{k} {v}" for k, v in r["stages"].items() if v) for r in rows))
+        with args.report.open("a") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Every variant on every collection over the seeds (``train_quality.main``), then mean +- spread per variant."""
+    import statistics
+
+    sys.path.insert(0, str(REPO / "bench"))
+    import train_quality
+
+    table = []
+    for name in args.compare:
+        folder = resplit(name, args.out, max_docs=args.max_docs)
+        rows_file = args.out / f"{name}.jsonl"
+        rows_file.unlink(missing_ok=True)
+        argv = ["--data", str(folder), "--out", str(args.out / name), "--variants", args.variants, "--seeds", args.seeds,
+                "--json", str(rows_file)] + (["--exclude-self"] if name == "arguana" else [])
+        argv += ["--max-seq-length", str(args.max_seq_length)] if args.max_seq_length else []
+        train_quality.main(argv)
+        results = [json.loads(ln) for ln in rows_file.read_text().splitlines()]
+        for variant in args.variants.split(","):
+            vals = [r["ndcg@10"] for r in results if r["variant"] == variant]
+            spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            table.append({"collection": name, "variant": variant, "seeds": len(vals),
+                          "ndcg@10": round(statistics.mean(vals), 4), "std": round(spread, 4), "values": vals})
+    print("\ncollection     variant          seeds  nDCG@10 mean +- std")
+    for r in table:
+        print(f"{r['collection']:<14} {r['variant']:<16} {r['seeds']:>5}  {r['ndcg@10']:.4f} +- {r['std']:.4f}")
+    if args.report:
+        lines = [f"\n### dev collections, base / ST recipe / embedforge — {time.strftime('%Y-%m-%d')} — "
+                 f"{platform.node()} ({os.cpu_count()} CPU cores)\n", "| collection | variant | seeds | nDCG@10 mean ± std |",
+                 "|---|---|---|---|"] + [f"| {r['collection']} | {r['variant']} | {r['seeds']} | {r['ndcg@10']:.4f} ± {r['std']:.4f} |"
+                                          for r in table]
         with args.report.open("a") as fh:
             fh.write("\n".join(lines) + "\n")
 

@@ -118,6 +118,11 @@ VARIANTS: dict[str, dict] = {
                                    "train": {"epochs": 2, "learning_rate": 5e-5}},
     "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
     "defaults": {"shipped": True},
+    "auto": {"shipped": True, "train": {"schedule": {"mode": "auto"}}},
+    "ours_pos_all_epochs": {"shipped": True, "train": {"positives_per_query": 0}},  # every positive, every epoch
+    "ours_all_grades": {"shipped": True, "mine": {"train_grades": "all"}},  # every grade > 0 a positive
+    "ours_cap10": {"shipped": True, "mine": {"max_positives_per_pair": 10}, "train": {"positives_per_query": 0}},
+    "auto_b3": {"shipped": True, "train": {"schedule": {"mode": "auto", "budget": 3.0}}},
     "ours_p10_best_e2_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
                                 "train": {"epochs": 2, "learning_rate": 5e-5}},
     "ours_p10_best_e3_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
@@ -166,8 +171,10 @@ def build_inputs(data: Path, out: Path, train_fraction: float = 0.5) -> dict:
     for q, rels in train_qrels.items():
         docs = [d for d, _ in sorted(rels.items(), key=lambda kv: (-kv[1], kv[0])) if d in corpus]
         if docs:
+            grades = {f"{d}#0": rels[d] for d in docs} if len(set(rels.values())) > 1 else {}
             pairs.append(Pair(query_id=q, query=queries[q], positive_chunk_ids=[f"{d}#0" for d in docs],
-                              positive_doc_ids=docs, relevance="chunk", split="train", source="qrels/train.tsv"))
+                              positive_doc_ids=docs, positive_grades=grades, relevance="chunk", split="train",
+                              source="qrels/train.tsv"))
     contracts.write_jsonl(out / "chunks" / contracts.CHUNKS_FILE, chunks)
     contracts.write_jsonl(out / "pairs" / contracts.PAIRS_FILE, pairs)
     test_queries = {q: queries[q] for q in test_qrels}
@@ -259,6 +266,8 @@ def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path,
 
     seed_everything(seed)
     model = SentenceTransformer(resolve_model_path(base_model), device=device)
+    if st.get("max_seq_length"):
+        model.max_seq_length = st["max_seq_length"]
     rows = _naive_rows(data, model)
     loss = MultipleNegativesRankingLoss(model, scale=20.0)
     t0 = time.perf_counter()
@@ -353,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-self", action="store_true", help="drop the query's own id/text from rankings (ArguAna)")
     ap.add_argument("--st-plain", action="store_true", help="baseline in a plain loop even if `datasets` is installed")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per result here")
+    ap.add_argument("--max-seq-length", type=int, default=None, help="truncate training inputs (ST and ours alike; "
+                    "reduced CPU runs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from embedforge.encode import load_model, pick_device
@@ -365,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.variants.split(","):
         spec = VARIANTS[name]
+        if args.max_seq_length and name != "base":
+            key = "st" if "st" in spec else "train"
+            spec = {**spec, key: {**spec.get(key, {}), "max_seq_length": args.max_seq_length}}
         for seed in ([13] if name == "base" else [int(s) for s in args.seeds.split(",")]):
             t0 = time.perf_counter()
             if name == "base":

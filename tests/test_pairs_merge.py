@@ -38,17 +38,19 @@ def test_mining_trains_on_the_top_grade_and_never_negates_the_lower_ones(tmp_pat
     chunks = contracts.read_chunks(chunks_dir)
     by_doc = {d: {c.text for c in chunks if c.doc_id == d} for d in ("break.rst", "continue.rst")}
 
-    def rows(pair: Pair) -> list:
+    def rows(pair: Pair, cfg: MineConfig = MineConfig()) -> list:
+        out = tmp_path / f"mined-{len(pair.positive_grades)}-{cfg.train_grades}"
         contracts.write_jsonl(tmp_path / pair.split / contracts.PAIRS_FILE, [pair])
-        mine.run(chunks_dir, tmp_path / pair.split, tmp_path / f"mined-{len(pair.positive_grades)}", MineConfig(),
-                 base_model=base_model)
-        return contracts.read_train_examples(tmp_path / f"mined-{len(pair.positive_grades)}")
+        mine.run(chunks_dir, tmp_path / pair.split, out, cfg, base_model=base_model)
+        return contracts.read_train_examples(out)
 
     graded = rows(_graded_pair())
     assert [r.positive in by_doc["break.rst"] for r in graded] == [True]  # continue.rst (grade 1) is not a positive
     assert graded[0].negatives and not (by_doc["break.rst"] | by_doc["continue.rst"]) & set(graded[0].negatives)
     ungraded = rows(_graded_pair(grades={}))  # the same judgement without grades trains on both documents
     assert sorted(r.positive in by_doc["continue.rst"] for r in ungraded) == [False, True]
+    every_grade = rows(_graded_pair(), MineConfig(train_grades="all"))  # mine.train_grades=all: both grades train
+    assert sorted(r.positive in by_doc["continue.rst"] for r in every_grade) == [False, True]
 
 
 def test_evaluation_scores_with_the_grades(chunks_dir):

@@ -6,10 +6,12 @@ Steps:
    ``embedding_ids.json``, chunk ids in row order) so evaluation can reuse it for the base model.
 2. Embed the train-split queries (query prompt) and search the chunks with an exact FAISS inner-product index.
 3. For each pair, resolve its positives: the listed ``positive_chunk_ids`` (one example each, at most
-   ``max_positives_per_pair``), or for ``relevance="document"`` the chunk of each positive document that the
-   base model scores highest for the query. With graded judgements (``Pair.positive_grades``) only the positives
-   of the pair's top grade are trained on; the lower-graded ones stay out of the negatives (step 4). The positive's text is ``pair.positive_text`` when set (a single
-   example, e.g. an inverse-cloze positive), else the chunk's text.
+   ``max_positives_per_pair``; train samples a few per epoch, :mod:`embedforge.train.positives`), or for
+   ``relevance="document"`` the chunk of each positive document that the base model scores highest for the query.
+   With graded judgements (``Pair.positive_grades``) only the top grade is trained on; lower grades are neither
+   positive nor negative: never mined (step 4) and listed with every other text positive for the query in
+   ``known_positives.jsonl``, which train masks in-batch. The positive's text is ``pair.positive_text`` when set (a
+   single example, e.g. an inverse-cloze positive), else the chunk's text.
 4. Negatives: the pair's user-supplied ``negatives`` first, then mined ones, best first, from the top
    ``candidates`` neighbours that survive three filters:
 
@@ -17,13 +19,12 @@ Steps:
    - never a text equal to a positive of the pair;
    - the positive-aware margin of NV-Retriever ("TopK-PercPos", Moreira et al. 2024): drop a candidate whose
      score exceeds ``margin x positive score`` — such near-duplicates of the positive are likely false negatives.
-     The reference score is the query's best positive (``margin_reference="best_positive"``, default) or each
-     example's own positive (``"positive"``); they differ only for queries with several positives, where the
-     per-example reference hands weakly-scored positives only easy negatives (measured worse, see
-     ``bench/train_quality.py``).
+     The reference score is the query's best top-grade positive (``margin_reference="best_positive"``, default)
+     or each example's own positive (``"positive"``; hands weakly-scored positives only easy negatives, measured
+     worse in ``bench/train_quality.py``).
 
    Everything positive for a query text in any of its pairs (chunks of its positive documents, its positive texts)
-   is excluded, so two pairs with the same query never make each other's positives negatives.
+   is excluded: two pairs with the same query never make each other's positives negatives.
 
 How many negatives a pair's examples get, and whether a round-trip consistency filter may drop the pair, depend
 on the kind of source that made it (:mod:`embedforge.sdg.policy`: offline-generator pairs are trained
@@ -31,7 +32,6 @@ conservatively). The policies applied, with the pairs and rows each produced, ar
 (``policy``), where train reads its WiSE-FT default.
 
 Scores are base-model cosines (embeddings are L2-normalised). The output is deterministic for fixed inputs.
-
 References:
     Moreira et al. 2024, "NV-Retriever: Improving text embedding models with effective hard-negative mining",
     https://arxiv.org/abs/2407.15831
@@ -54,6 +54,7 @@ from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
 from embedforge.errors import InputError
 from embedforge.sdg import policy
 from embedforge.contracts import AppliedPolicy, MinedPolicy, PairKind, PairPolicy
+from embedforge.train.positives import write_known_positives
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def run(
             "mine.offline_consistency_rank or set it to 0"
         )
     n_rows = contracts.write_jsonl(out / contracts.TRAIN_FILE, (e.to_columns() for e in examples))
+    write_known_positives(out, positives.texts)  # all grades: never a negative in train's batches either
     if stats.short_of_negatives:
         log.warning(
             "mine: %d of %d examples have fewer negatives than their pair policy asks for (small corpus, or the "
@@ -241,7 +243,7 @@ def _resolve_all_positives(pairs: list[Pair], corpus: _Corpus, emb: _Embedded, c
     found = _Positives(per_pair=[], excluded={}, texts={}, best={})
     for pair in pairs:
         query_vec = emb.queries[emb.query_row[pair.query]]
-        positives = _resolve_positives(pair, corpus, emb.chunks, query_vec, cfg.max_positives_per_pair)
+        positives = _resolve_positives(pair, corpus, emb.chunks, query_vec, cfg)
         if pair.positive_text:
             vec = emb.overrides[emb.override_row[pair.positive_text]]
             positives = [_Positive(row=positives[0].row, text=pair.positive_text, score=float(vec @ query_vec))]
@@ -330,23 +332,23 @@ def _excluded_rows(pair: Pair, corpus: _Corpus) -> set[int]:
     return {r for d in _dedupe(docs) for r in corpus.doc_rows[d]}
 
 
-def _top_grade(pair: Pair, ids: list[str]) -> list[str]:
-    """The ids of the pair's highest relevance grade (all ids when the pair is ungraded). Lower grades are neither
-    positives nor negatives: their documents stay in :func:`_excluded_rows`."""
-    if not pair.positive_grades or not ids:
+def _top_grade(pair: Pair, ids: list[str], grades: str = "top") -> list[str]:
+    """The ids of the pair's highest relevance grade (all ids when the pair is ungraded or ``grades="all"``). Lower
+    grades are neither positives nor negatives: their documents stay in :func:`_excluded_rows`."""
+    if not pair.positive_grades or not ids or grades == "all":
         return ids
     top = max(pair.positive_grades.get(i, 1) for i in ids)
     return [i for i in ids if pair.positive_grades.get(i, 1) == top]
 
 
-def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, limit: int) -> list[_Positive]:
-    """The pair's positive chunks (for document relevance the best-scoring chunk of each positive document),
-    distinct texts only, at most ``limit``."""
+def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, cfg: MineConfig) -> list[_Positive]:
+    """The pair's positive chunks of the grades ``cfg.train_grades`` trains (for document relevance the best-scoring
+    chunk of each positive document), distinct texts only, at most ``cfg.max_positives_per_pair``."""
     if pair.relevance == "chunk" or not pair.positive_doc_ids:
-        rows = [corpus.chunk_row[c] for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids))]
+        rows = [corpus.chunk_row[c] for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids, cfg.train_grades))]
     else:  # document relevance: the best-scoring chunk of each positive document
         rows = []
-        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids)):
+        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids, cfg.train_grades)):
             cand = corpus.doc_rows[d]
             rows.append(cand[int(np.argmax(chunk_emb[cand] @ query_vec))])
     out: list[_Positive] = []
@@ -357,7 +359,7 @@ def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query
             continue
         seen.add(text)
         out.append(_Positive(row=r, text=text, score=float(chunk_emb[r] @ query_vec)))
-        if len(out) >= limit:
+        if len(out) >= cfg.max_positives_per_pair:
             break
     return out
 

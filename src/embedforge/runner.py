@@ -395,6 +395,8 @@ def collect(run_dir: Path | None, out: Path, attempt: Path, stages: dict[str, St
     }
     if "sdg" in manifests and manifests["sdg"].result.generator_stats:
         summary["sdg"] = manifests["sdg"].result.generator_stats
+    if "train" in manifests and manifests["train"].result.schedule is not None:  # what train.schedule chose, why
+        summary["train_schedule"] = manifests["train"].result.schedule.model_dump(mode="json", exclude={"trials"})
     if "evaluate" in manifests:
         ev: EvaluationResult = manifests["evaluate"].result
         summary["evaluation"] = {"primary_metric": ev.primary_metric, "base": ev.base, "finetuned": ev.finetuned}

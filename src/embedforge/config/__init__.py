@@ -20,6 +20,7 @@ from embedforge.config.stages import (
     PipelineConfig,
     PromptsConfig,
     RegisterConfig,
+    ScheduleConfig,
     SdgConfig,
     TrainConfig,
     TrainJobConfig,
@@ -30,6 +31,6 @@ from embedforge.config.stages import (
 __all__ = [
     "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "EvaluateConfig", "ExportConfig", "GateConfig",
     "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "MineConfig", "PipelineConfig", "PromptsConfig",
-    "RegisterConfig", "SdgConfig", "StageConfig", "TrainConfig", "TrainJobConfig", "TritonConfig", "ValidateConfig",
+    "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig", "TrainJobConfig", "TritonConfig", "ValidateConfig",
     "load_config", "parse_overrides",
 ]

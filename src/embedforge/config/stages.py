@@ -58,7 +58,12 @@ class MineConfig(StageConfig):
                                "for bring-your-own and LLM pairs.")
     margin: float = Field(0.95, gt=0.0, le=1.0, description="Drop candidates scoring above margin x positive score.")
     candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
-    max_positives_per_pair: int = Field(10, ge=1, le=100, description="Training examples per pair at most (one per positive chunk).")
+    max_positives_per_pair: int = Field(200, ge=1, le=1000, description="Training rows per pair at most (one per "
+                                        "top-grade positive); train samples train.positives_per_query of a query's "
+                                        "rows per epoch, a different window each epoch.")
+    train_grades: Literal["top", "all"] = Field(
+        "top", description="Graded pairs: train on the top grade only (lower grades neither positive nor negative) "
+        "or on every grade > 0 as a positive.")
     margin_reference: Literal["positive", "best_positive"] = Field(
         "best_positive", description="Score the margin multiplies: each example's own positive, or the best-scoring positive "
         "of the query (pairs with several positives).")
@@ -94,12 +99,36 @@ class TrainJobConfig(StageConfig):
     poll_s: float = Field(10.0, gt=0, description="Seconds between status reads.")
 
 
+class ScheduleConfig(StageConfig):
+    """How train picks learning rate, temperature and length (embedforge.train.schedule)."""
+
+    mode: Literal["fixed", "auto"] = Field(
+        "fixed", description="fixed: train.learning_rate/temperature/epochs as given; auto: probe a few settings on "
+        "the run's own train rows (queries held out of them score each probe) and train with the best.")
+    budget: float = Field(1.5, gt=0, le=10, description="auto: optimizer steps of all probes together, as a multiple "
+                          "of the fixed run's steps (the final run comes on top).")
+    holdout: float = Field(0.15, gt=0, lt=0.5, description="auto: fraction of the train queries held out to score the "
+                           "probes (never the eval split the gate uses).")
+    min_holdout_queries: int = Field(8, ge=2, description="auto: fewer held-out queries than this (small pair sets): "
+                                     "the fixed schedule is used.")
+    candidates: list[tuple[float, float]] = Field(
+        default_factory=lambda: [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)],
+        description="auto: (learning-rate factor, temperature factor) pairs probed, relative to train.learning_rate "
+        "and train.temperature.")
+    max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
+                          "positives and negatives first, then other rows' texts).")
+
+
 class TrainConfig(StageConfig):
     nodes: int = Field(1, ge=1, description="Machines to train on. 1: in the train step's own pod (processes "
                        "workers there); > 1: the train step submits a Kubeflow Trainer TrainJob of this many nodes "
                        "(see train.trainjob and embedforge.trainjob).")
     trainjob: TrainJobConfig = Field(default_factory=TrainJobConfig)
     epochs: float = Field(3.0, gt=0, description="Passes over the mined rows; fractions allowed.")
+    positives_per_query: int = Field(8, ge=0, description="Rows (positives) of one query trained per epoch at most, "
+                                     "a different seeded window of its positives each epoch; 0 = all rows every "
+                                     "epoch (embedforge.train.positives).")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, cosine decay).")
     weight_decay: float = Field(0.01, ge=0)

@@ -39,6 +39,6 @@ from embedforge.contracts.records import (  # noqa: F401
 from embedforge.contracts.results import (  # noqa: F401
     PAIR_KINDS, RESULT_TYPES, AppliedPolicy, Decision, EvaluationResult, ExportResult, ExternalEvaluation,
     IngestResult, LossPoint, MinedPolicy, MineResult, PairKind, PairPolicy, PromotionRecord, QueryEvaluation,
-    RankedHit, RegistryRecord, SdgResult, StageResult, TrainResult, ValidationCheck, ValidationReport,
+    RankedHit, RegistryRecord, ScheduleChoice, ScheduleTrial, SdgResult, StageResult, TrainResult, ValidationCheck, ValidationReport,
     ValidationResult, read_per_query, read_validation_report,
 )

@@ -98,6 +98,34 @@ class LossPoint(BaseModel):
     loss: float
 
 
+class ScheduleTrial(BaseModel):
+    """One probe of ``train.schedule=auto``: a learning rate and temperature trained on the kept train queries,
+    scored on the held-out ones after each whole epoch (and at the probe's end)."""
+
+    model_config = ConfigDict(extra="forbid")
+    learning_rate: float
+    temperature: float
+    steps: int
+    scores: dict[str, float] = Field(description="Epochs trained (as text, e.g. '1', '1.6') -> held-out nDCG@10.")
+
+
+class ScheduleChoice(BaseModel):
+    """What train chose (``train.schedule``) and why: the probes, the held-out slice and the budget they used."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["fixed", "auto"]
+    learning_rate: float
+    temperature: float
+    epochs: float
+    reason: str
+    base_score: float | None = Field(None, description="Held-out nDCG@10 of the base model.")
+    heldout_queries: int = 0
+    fit_queries: int = 0
+    probe_steps: int = Field(0, description="Optimizer steps of all probes together.")
+    fixed_steps: int = Field(0, description="Steps of the fixed schedule's run (the budget's unit).")
+    trials: list[ScheduleTrial] = Field(default_factory=list)
+
+
 class TrainResult(StageResult):
     stage: ClassVar[str] = "train"
     base_model: str
@@ -110,6 +138,8 @@ class TrainResult(StageResult):
     precision: str
     base_weight: float = Field(description="WiSE-FT weight of the base model in the saved weights (0 = none).")
     processes: int
+    schedule: ScheduleChoice | None = Field(None, description="The schedule train.schedule chose (None: before it "
+                                            "was recorded).")
 
 
 class ExternalEvaluation(BaseModel):

@@ -5,6 +5,8 @@ One concept per module:
 
 =====================  ==========================================================================================
 :mod:`.batching`       batch sampler (no text twice among a batch's anchors and positives) and collation
+:mod:`.positives`      per-epoch sampling of a query's many positives; texts never its negative (all grades)
+:mod:`.schedule`       ``train.schedule=auto``: learning rate, temperature, epochs probed on held-out train queries
 :mod:`.losses`         InfoNCE over [all positives ; all hard negatives] with false-negative masking
 :mod:`.tokens`         tokenise each text once; token-budgeted micro-batches
 :mod:`.step`           the training-time forward ``embed`` and one optimisation step (``Stepper``)

@@ -1,7 +1,8 @@
 """Which rows train together, and how a step's rows become texts in loss order.
 
 * :func:`no_duplicate_batches` / :func:`plan_steps`: the batch sampler — no text twice among a batch's anchors and
-  positives (sentence-transformers' ``NoDuplicatesBatchSampler``), shuffled per epoch from the seed;
+  positives (sentence-transformers' ``NoDuplicatesBatchSampler``), shuffled per epoch from the seed, over the rows
+  of the epoch (at most ``positives_per_query`` per query, :func:`embedforge.train.positives.epoch_rows`);
 * :func:`collate`: the collator — a batch's anchors, positives and flat hard negatives (:class:`Batch`) and its
   false-negative mask (:func:`embedforge.train.losses.false_negative_mask`).
 """
@@ -17,6 +18,7 @@ import numpy as np
 from embedforge import contracts
 from embedforge.contracts import TrainExample
 from embedforge.errors import InputError
+from embedforge.train.positives import epoch_rows
 
 if TYPE_CHECKING:
     import torch
@@ -37,15 +39,8 @@ def read_examples(mined_dir: str | Path) -> list[TrainExample]:
     return examples
 
 
-def positives_by_anchor(examples: list[TrainExample]) -> dict[str, set[str]]:
-    """Anchor text -> every positive text that anchor has in the data set (what the mask keeps out of its negatives)."""
-    known: dict[str, set[str]] = {}
-    for ex in examples:
-        known.setdefault(ex.anchor, set()).add(ex.positive)
-    return known
-
-
-def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: int) -> list[list[int]]:
+def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: int,
+                         rows: list[int] | None = None) -> list[list[int]]:
     """One epoch of batches (row indices) in which no text appears twice among the anchors and positives.
 
     Rows are visited in a seeded random order; a row whose anchor or positive is already in the batch being
@@ -56,11 +51,13 @@ def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: in
         examples: Training rows.
         batch_size: Rows per batch.
         seed: Shuffle seed (use ``seed + epoch`` for a different order each epoch).
+        rows: The rows of this epoch (default: all).
 
     Returns:
         A list of batches, each a list of row indices.
     """
-    remaining = np.random.default_rng(seed).permutation(len(examples)).tolist()
+    rows = list(range(len(examples))) if rows is None else rows
+    remaining = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows)).tolist()]
     batches: list[list[int]] = []
     while remaining:
         batch: list[int] = []
@@ -81,17 +78,27 @@ def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: in
     return batches
 
 
-def plan_steps(examples: list[TrainExample], batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+def plan_steps(examples: list[TrainExample], batch_size: int, epochs: float, seed: int,
+               positives_per_query: int | None = None) -> list[list[int]]:
     """All batches of the run: whole epochs of :func:`no_duplicate_batches` (epoch ``e`` shuffled with
-    ``seed + e``), cut after ``round(epochs x batches per epoch)`` steps, so fractional epochs work."""
-    first = no_duplicate_batches(examples, batch_size, seed)
+    ``seed + e`` over :func:`~embedforge.train.positives.epoch_rows`: at most ``positives_per_query`` rows per
+    query, a different window of its positives each epoch), cut after ``round(epochs x batches per epoch)`` steps,
+    so fractional epochs work."""
+    first = epoch_batches(examples, batch_size, seed, positives_per_query, 0)
     total = max(1, round(epochs * len(first)))
     plan = list(first)
     epoch = 1
     while len(plan) < total:
-        plan.extend(no_duplicate_batches(examples, batch_size, seed + epoch))
+        plan.extend(epoch_batches(examples, batch_size, seed, positives_per_query, epoch))
         epoch += 1
     return plan[:total]
+
+
+def epoch_batches(examples: list[TrainExample], batch_size: int, seed: int, positives_per_query: int | None,
+                  epoch: int) -> list[list[int]]:
+    """The batches of epoch ``epoch`` (0-based) of :func:`plan_steps`."""
+    rows = epoch_rows(examples, positives_per_query, seed, epoch)
+    return no_duplicate_batches(examples, batch_size, seed + epoch, rows)
 
 
 @dataclass
@@ -115,8 +122,8 @@ def collate(examples: list[TrainExample], rows: list[int], known_positives: dict
     Args:
         examples: All training rows.
         rows: Indices of this batch's rows.
-        known_positives: anchor text -> every positive text that anchor has in the data set
-            (:func:`positives_by_anchor`); None: no mask (the texts are all that is needed).
+        known_positives: anchor text -> every text that is not that anchor's negative
+            (:func:`embedforge.train.positives.known_positives`); None: no mask (the texts are all that is needed).
     """
     from embedforge.train.losses import false_negative_mask
 

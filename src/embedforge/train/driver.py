@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 
 import embedforge.train.distributed as distributed
+import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
-from embedforge.train.batching import collate, no_duplicate_batches, plan_steps, positives_by_anchor, read_examples
+from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
+from embedforge.train.positives import known_positives
 from embedforge.train.setup import compile_encoder, load_for_training, make_stepper, seed_everything
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
@@ -57,17 +59,20 @@ def run(
     timer = StageTimer(STAGE)
     prompts = prompts or PromptsConfig()
     examples = read_examples(mined_dir)
+    known = known_positives(mined_dir, examples)
     dist_ctx = distributed.from_env()
     if dist_ctx.enabled:  # under torchrun: one process per device, the global batch split over them
         from embedforge.encode import pick_device
 
         cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
+    choice = schedule.choose(mined_dir, examples, known, cfg, base_model, prompts, dist_ctx)  # train.schedule
+    cfg = schedule.apply(cfg, choice)
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts)
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
     base_weight = resolve_base_weight(cfg, mined_dir)
     base_state = snapshot_weights(model) if base_weight > 0 else None
-    plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed)
+    plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
     stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
     log.info(
@@ -77,7 +82,7 @@ def run(
     )
     restore_eager = compile_encoder(model) if cfg.compile else None
     started = time.perf_counter()
-    losses = _train(stepper, examples, plan, dist_ctx)
+    losses = _train(stepper, examples, plan, dist_ctx, known)
     train_seconds = time.perf_counter() - started
     model.eval()
     if restore_eager is not None:
@@ -90,7 +95,7 @@ def run(
         return None
     out = Path(out_dir)
     model.save(str(out), create_model_card=False)
-    steps_per_epoch = len(no_duplicate_batches(examples, cfg.batch_size, cfg.seed))
+    steps_per_epoch = len(epoch_batches(examples, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
     manifest = timer.write_manifest(
         out,
         counts={"examples": len(examples), "steps": len(plan), "epochs": math.ceil(len(plan) / steps_per_epoch)},
@@ -106,6 +111,7 @@ def run(
         precision=str(stepper.amp_dtype).replace("torch.", "") if stepper.amp_dtype is not None else "fp32",
         base_weight=base_weight,
         processes=dist_ctx.world,
+        schedule=choice,
     )
     distributed.shutdown(dist_ctx)
     return manifest
@@ -118,11 +124,11 @@ def _embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> 
     return sorted({i for rows in plan for i in distributed.shard(rows, ctx).mine})
 
 
-def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext) -> LossLog:
-    """Run every planned step; returns the loss history."""
+def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext,
+           known: dict[str, set[str]]) -> LossLog:
+    """Run every planned step (``known``: anchor -> texts never its negative); returns the loss history."""
     from tqdm.auto import tqdm
 
-    known = positives_by_anchor(examples)
     losses = LossLog(window=max(1, len(plan) // 10))
     stepper.model.train()
     bar = tqdm(plan, desc="train", unit="step", disable=not ctx.is_main)

@@ -1,0 +1,85 @@
+"""Many positives per query: per-epoch sampling of a query's positives, and in-batch masking of every text mining
+found positive for it (all grades) — on real mining output (real model, FAISS)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from embedforge import contracts, mine
+from embedforge.config import MineConfig
+from embedforge.contracts import Pair, TrainExample
+from embedforge.train.batching import collate, epoch_batches, plan_steps
+from embedforge.train.positives import KNOWN_POSITIVES_FILE, epoch_rows, known_positives
+
+
+def _many_positive_rows() -> list[TrainExample]:
+    """One query with 30 positives, nine queries with one each."""
+    rows = [TrainExample(anchor="big", positive=f"big doc {i}", negatives=[f"neg {i}"]) for i in range(30)]
+    rows += [TrainExample(anchor=f"q{i}", positive=f"doc {i}", negatives=["neg x"]) for i in range(9)]
+    return rows
+
+
+def test_each_epoch_takes_a_capped_window_of_a_querys_positives_and_cycles_through_all_of_them():
+    rows = _many_positive_rows()
+    epochs = [epoch_rows(rows, cap=8, seed=13, epoch=e) for e in range(4)]
+    for chosen in epochs:
+        per_anchor = Counter(rows[i].anchor for i in chosen)
+        assert per_anchor["big"] == 8 and all(per_anchor[f"q{i}"] == 1 for i in range(9))
+    big = [{i for i in chosen if rows[i].anchor == "big"} for chosen in epochs]
+    assert not big[0] & big[1] and not big[1] & big[2]  # no positive again before the cycle is through
+    assert set().union(*big) == set(range(30))  # four epochs of 8 cover all 30 positives
+    assert epochs == [epoch_rows(rows, cap=8, seed=13, epoch=e) for e in range(4)]  # seeded
+    assert epochs[0] != epoch_rows(rows, cap=8, seed=14, epoch=0)
+    assert epoch_rows(rows, cap=0, seed=13, epoch=0) == list(range(len(rows)))  # 0: every row
+
+
+def test_the_plan_steps_through_sampled_epochs():
+    """Steps per epoch follow the sampled rows (17 of 39 here), not every row; without a cap all 39 train."""
+    rows = _many_positive_rows()
+    per_epoch = epoch_batches(rows, 4, seed=13, positives_per_query=8, epoch=0)
+    assert sum(len(b) for b in per_epoch) == 17
+    plan = plan_steps(rows, 4, 2.0, seed=13, positives_per_query=8)
+    assert len(plan) == 2 * len(per_epoch)
+    trained = [rows[i].positive for b in plan for i in b if rows[i].anchor == "big"]
+    assert len(trained) == len(set(trained)) == 16  # two epochs: 16 different positives of the big query
+    assert sum(len(b) for b in plan_steps(rows, 4, 1.0, seed=13, positives_per_query=0)) == 39
+
+
+def test_lower_grades_are_masked_in_batch_never_trained_or_mined(tmp_path, chunks_dir, base_model):
+    """A graded pair: its grade-2 document trains, its grade-1 document is no row and no mined negative, and when
+    the grade-1 text shows up in a batch (another query's positive) it is masked for this query."""
+    chunks = contracts.read_chunks(chunks_dir)
+    lower = {c.text for c in chunks if c.doc_id == "continue.rst"}
+    query = "How do I leave a loop early?"
+    pairs = [Pair(query_id="loop", query=query, positive_doc_ids=["break.rst", "continue.rst"],
+                  positive_grades={"break.rst": 2, "continue.rst": 1}, relevance="document", split="train"),
+             Pair(query_id="skip", query="How do I skip to the next iteration?", positive_doc_ids=["continue.rst"],
+                  relevance="document", split="train")]
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, pairs)
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(), base_model=base_model)
+    rows = contracts.read_train_examples(tmp_path / "mined")
+    assert (tmp_path / "mined" / KNOWN_POSITIVES_FILE).is_file()
+    ours = [r for r in rows if r.anchor == query]
+    assert ours and not {r.positive for r in ours} & lower and not {n for r in ours for n in r.negatives} & lower
+
+    known = known_positives(tmp_path / "mined", rows)
+    assert lower <= known[query]
+    i_ours, i_other = rows.index(ours[0]), next(i for i, r in enumerate(rows) if r.anchor != query)
+    batch = collate(rows, [i_ours, i_other], known)
+    assert rows[i_other].positive in lower
+    assert bool(batch.mask[0, 1])  # the other row's positive is a lower-grade positive of ours: not a negative
+    assert not bool(batch.mask[1, 0])  # the top-grade text is a negative of the other query as usual
+    without_file = collate(rows, [i_ours, i_other], {r.anchor: {r.positive} for r in rows})
+    assert not bool(without_file.mask[0, 1])  # the rows alone do not know it: today's mask pushed it away
+
+
+def test_mining_keeps_every_positive_of_a_many_positive_query(tmp_path, chunks_dir, base_model):
+    """Rows for all (top-grade) positives, not the first ten; training samples them per epoch."""
+    chunks = contracts.read_chunks(chunks_dir)
+    ids = [c.chunk_id for c in chunks[:14]]
+    texts = {c.text for c in chunks[:14]}
+    pair = Pair(query_id="many", query="What does Python do with this code?", positive_chunk_ids=ids, split="train")
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [pair])
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(), base_model=base_model)
+    rows = contracts.read_train_examples(tmp_path / "mined")
+    assert {r.positive for r in rows} == texts and len(rows) == len(texts) > 10

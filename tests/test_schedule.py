@@ -1,0 +1,90 @@
+"""train.schedule=auto: the held-out slice of the train rows, its scoring with the real base model, the choice
+rules, and a real auto run that records what it tried, what won and why, within its step budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedforge import contracts, train
+from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.contracts import ScheduleTrial, TrainExample
+from embedforge.train import schedule
+from embedforge.train.distributed import DistContext
+from embedforge.train.positives import known_positives
+from embedforge.train.setup import load_for_training
+
+SMALL = {"batch_size": 4, "max_seq_length": 32, "warmup_ratio": 0.0, "seed": 7, "device": "cpu"}
+
+
+def _rows(n: int) -> list[TrainExample]:
+    return [TrainExample(anchor=f"query {i}", positive=f"doc {i}", negatives=[f"doc {i + 1}"]) for i in range(n)]
+
+
+def test_held_out_queries_are_a_seeded_disjoint_slice_of_the_train_rows():
+    rows = _rows(40) + [TrainExample(anchor="query 0", positive="doc 0 bis")]
+    kept, held = schedule.split_queries(rows, 0.25, seed=3)
+    assert len(held) == 10 and not kept & held and kept | held == {r.anchor for r in rows}
+    assert (kept, held) == schedule.split_queries(rows, 0.25, seed=3)
+    assert held != schedule.split_queries(rows, 0.25, seed=4)[1]
+    known = {"query 0": {"doc 0", "doc 0 bis", "doc 0 grade 1"}}
+    task = schedule.held_out_set(rows + [TrainExample(anchor="x", positive="doc 0 grade 1")], {"query 0"}, known,
+                                 max_pool=5, seed=3)
+    assert task.pool[:3] == ["doc 0", "doc 1", "doc 0 bis"] and len(task.pool) == 5  # own texts first, then others
+    assert {task.pool[i] for i in task.relevant[0]} == {"doc 0", "doc 0 bis"}
+    assert {task.pool[i] for i in task.ignored[0]} <= {"doc 0 grade 1"}  # lower grade: neither relevant nor ranked
+
+
+def test_score_ranks_the_pool_with_the_model_and_leaves_out_the_ignored_texts(base_model):
+    model = load_for_training(base_model, TrainConfig(**SMALL), PromptsConfig())
+    queries = ["how do I open a file in python", "what is a list comprehension"]
+    pool = ["open a file in python with open()", "a list comprehension builds a list from an iterable",
+            "how do I open a file in python", "bananas are yellow"]
+    perfect = schedule.HeldOut(queries=queries, pool=pool, relevant=[{0}, {1}], ignored=[{2}, set()])
+    assert schedule.score(model, perfect) == pytest.approx(1.0)
+    not_ignored = schedule.HeldOut(queries=queries, pool=pool, relevant=[{0}, {1}], ignored=[set(), set()])
+    assert schedule.score(model, not_ignored) < 1.0  # the query's own text outranks its positive
+
+
+def _trial(lr: float, scores: dict[str, float]) -> ScheduleTrial:
+    return ScheduleTrial(learning_rate=lr, temperature=0.05, steps=10, scores=scores)
+
+
+def test_the_best_checkpoint_wins_and_a_probe_still_improving_keeps_the_fixed_length():
+    cfg = TrainConfig(epochs=3.0, schedule={"mode": "auto"})
+    early = schedule._pick(cfg, [_trial(5e-5, {"1": 0.50, "2": 0.55, "2.5": 0.52}), _trial(1e-4, {"1": 0.54})],
+                           base_score=0.4, probe_epochs=2.5)
+    assert (early.mode, early.learning_rate, early.epochs) == ("auto", 5e-5, 2.0)
+    improving = schedule._pick(cfg, [_trial(5e-5, {"1": 0.5, "1.5": 0.6})], base_score=0.4, probe_epochs=1.5)
+    assert improving.epochs == 3.0 and "still improving" in improving.reason
+    worse = schedule._pick(cfg, [_trial(5e-5, {"1": 0.3})], base_score=0.4, probe_epochs=1.0)
+    assert (worse.learning_rate, worse.epochs) == (cfg.learning_rate, 3.0) and "base model" in worse.reason
+
+
+def test_fixed_mode_and_too_few_queries_keep_the_configured_schedule(base_model):
+    rows = _rows(10)
+    cfg = TrainConfig(**SMALL)
+    choice = schedule.choose(".", rows, {}, cfg, base_model, PromptsConfig(), DistContext())
+    assert (choice.mode, choice.learning_rate, choice.epochs) == ("fixed", cfg.learning_rate, cfg.epochs)
+    auto = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"mode": "auto"})})
+    few = schedule.choose(".", rows, {}, auto, base_model, PromptsConfig(), DistContext())
+    assert few.learning_rate == cfg.learning_rate and "min_holdout_queries" in few.reason and not few.trials
+
+
+def test_auto_run_probes_within_its_budget_and_records_the_choice(tmp_path, mined_dir, base_model):
+    rows = contracts.read_train_examples(mined_dir)[:48]
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in rows]
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    cfg = TrainConfig(**SMALL, epochs=1.0, learning_rate=1e-4, schedule={
+        "mode": "auto", "holdout": 0.25, "min_holdout_queries": 4, "budget": 1.5,
+        "candidates": [(1.0, 1.0), (0.25, 2.0)]})
+    m = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model, prompts=PromptsConfig())
+    choice = m.result.schedule
+    assert choice.heldout_queries >= 4 and len(choice.trials) == 2
+    assert all(t.scores and all(0 <= v <= 1 for v in t.scores.values()) for t in choice.trials)
+    assert 0 < choice.probe_steps <= 1.5 * choice.fixed_steps + len(choice.trials)  # rounding: one step a probe
+    assert choice.base_score is not None and choice.reason
+    if choice.mode == "auto":  # a probe beat the base model: its settings trained the saved model
+        won = max(choice.trials, key=lambda t: max(t.scores.values()))
+        assert (choice.learning_rate, choice.temperature) == (won.learning_rate, won.temperature)
+    assert m.config["learning_rate"] == choice.learning_rate and m.config["epochs"] == choice.epochs
+    assert known_positives(tmp_path / "mined", rows)  # rows alone (no known_positives.jsonl) still mask their own
