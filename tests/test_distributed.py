@@ -48,10 +48,12 @@ def test_shard_orders_rows_rank_major():
     assert (one.order, one.mine, one.anchors) == ([1, 2], [1, 2], [2])
 
 
-def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, five_rows, base_model):
+@pytest.mark.parametrize("mode", ["plain", "cached"])
+def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, five_rows, base_model, mode):
+    """Each mode of the distributed step (dist_grad_worker.py) against the plain single-process step."""
     out = tmp_path / "dist.pt"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        str(HERE / "dist_grad_worker.py"), base_model, str(five_rows), str(out)],
+                        str(HERE / "dist_grad_worker.py"), base_model, str(five_rows), str(out), mode],
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     got = torch.load(out)
