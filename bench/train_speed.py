@@ -56,6 +56,12 @@ VARIANTS: dict[str, dict] = {
     "ours_1proc": {"processes": 1},
     "ours_2proc": {"processes": 2},
     "ours_4proc": {"processes": 4},
+    "ours_cached": {"cached": True},
+    "ours_ckpt": {"gradient_checkpointing": True},
+    "ours_bf16w": {"weights_dtype": "bf16"},
+    "ours_cached_ckpt_bf16w": {"cached": True, "gradient_checkpointing": True, "weights_dtype": "bf16"},
+    "ours_lora": {"lora": {"enabled": True}, "learning_rate": 2e-4},
+    "ours_fsdp": {"processes": 2, "sharding": "fsdp"},
 }
 
 

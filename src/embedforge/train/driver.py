@@ -18,7 +18,14 @@ from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import collate, no_duplicate_batches, plan_steps, positives_by_anchor, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
-from embedforge.train.setup import compile_encoder, load_for_training, make_stepper, seed_everything
+from embedforge.train.lora import add_adapters, merge_adapters
+from embedforge.train.setup import (
+    apply_memory_options,
+    compile_encoder,
+    load_for_training,
+    make_stepper,
+    seed_everything,
+)
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
 
@@ -67,6 +74,8 @@ def run(
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
     base_weight = resolve_base_weight(cfg, mined_dir)
     base_state = snapshot_weights(model) if base_weight > 0 else None
+    add_adapters(model, cfg.lora)
+    apply_memory_options(model, cfg)
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
     stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
@@ -82,6 +91,7 @@ def run(
     model.eval()
     if restore_eager is not None:
         restore_eager()
+    merge_adapters(model)  # LoRA: the saved folder is a plain model
     if base_state is not None:
         interpolate_weights(model, base_state, base_weight)
 
