@@ -99,3 +99,4 @@ def test_cached_config_defaults():
     assert auto == GradCache(chunk_tokens=16384, auto=True)
     assert make_grad_cache(TrainConfig(cached=True, cache_chunk_tokens=512), "cpu") == GradCache(512, auto=False)
     assert make_grad_cache(TrainConfig(cached=False), "cuda") is None
+    assert make_grad_cache(TrainConfig(cached=False), "cpu", sharded=True) == GradCache(4096, auto=False)  # FSDP

@@ -155,7 +155,7 @@ class TrainConfig(StageConfig):
     sharding: Literal["none", "fsdp"] = Field(
         "none", description="With processes > 1: none = every process holds the whole model and the gradients are "
         "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
-        "processes, for models that do not fit one device with their optimizer.")
+        "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
 
     def resolved_cache_chunk_tokens(self, device_type: str) -> int:
         """``cache_chunk_tokens``, or its default for the device type."""

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from embedforge.config import TrainConfig
 from embedforge.train.batching import Batch
 from embedforge.train.distributed import Shard
+from embedforge.train.fsdp import last_backward
 from embedforge.train.tokens import TokenCache, micro_batches
 
 if TYPE_CHECKING:
@@ -105,14 +106,20 @@ class GradCache:
         with torch.no_grad():
             q, d = (self._embed_chunks(stepper, tower, device).requires_grad_() for tower in towers)
         after = rng_state(device)
+        idle = _idle_forward(stepper) if stepper.sharded and not (towers[0].chunks or towers[1].chunks) else None
         loss = stepper.contrast(batch, q, d, split)
         stepper.scaled(loss).backward()  # stops at the embeddings: they are leaves
-        for tower, emb in zip(towers, (q, d)):
-            for rows, state in tower.chunks:
-                set_rng_state(state, device)
-                with stepper.autocast():
-                    again = _embed(stepper, tower, rows)
-                again.backward(emb.grad[torch.tensor(rows, device=emb.device)])
+        if idle is not None:  # FSDP, no rows here: a zero gradient, but the backward's collectives must run
+            last_backward(stepper.model, True)
+            idle.backward()
+        chunks = [(tower, emb, rows, state) for tower, emb in zip(towers, (q, d)) for rows, state in tower.chunks]
+        for k, (tower, emb, rows, state) in enumerate(chunks):
+            if stepper.sharded:  # FSDP: communicate in the last backward only (embedforge.train.fsdp)
+                last_backward(stepper.model, k == len(chunks) - 1)
+            set_rng_state(state, device)
+            with stepper.autocast():
+                again = _embed(stepper, tower, rows)
+            again.backward(emb.grad[torch.tensor(rows, device=emb.device)])
         set_rng_state(after, device)
         return loss.detach()
 
@@ -129,12 +136,27 @@ class GradCache:
         return out
 
 
-def make_grad_cache(cfg: TrainConfig, device_type: str) -> GradCache | None:
+def make_grad_cache(cfg: TrainConfig, device_type: str, sharded: bool = False) -> GradCache | None:
     """The :class:`GradCache` ``cfg.cached`` asks for on ``device_type`` (None: plain steps): always, never, or
-    unset: auto (large steps only) except on CPU, where memory is rarely the limit and time is."""
+    unset: auto (large steps only) except on CPU, where memory is rarely the limit and time is.
+
+    ``sharded`` (FSDP, :mod:`embedforge.train.fsdp`): every step is cached, whatever ``cfg.cached``: the ranks must
+    make the same collectives each step, which the cached step guarantees even for a rank without rows (an auto
+    choice per rank, or the plain step's empty-rank shortcut, would not)."""
+    if sharded:
+        return GradCache(cfg.resolved_cache_chunk_tokens(device_type))
     if cfg.cached is False or (cfg.cached is None and device_type == "cpu"):
         return None
     return GradCache(cfg.resolved_cache_chunk_tokens(device_type), auto=cfg.cached is None)
+
+
+def _idle_forward(stepper: Stepper) -> torch.Tensor:
+    """A zero with the autograd graph of one forward pass of the model (one empty text): what a rank without rows
+    back-propagates under FSDP, so that it all-gathers and reduce-scatters with the others."""
+    stepper.document_tokens.add([""])
+    features = stepper.document_tokens.features([""], stepper.model.device)
+    with stepper.autocast():
+        return 0.0 * stepper.model(features)["sentence_embedding"].float().sum()
 
 
 def _embed(stepper: Stepper, tower: _Tower, rows: list[int]) -> torch.Tensor:

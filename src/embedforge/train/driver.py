@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import embedforge.train.distributed as distributed
+import embedforge.train.fsdp as fsdp
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import collate, no_duplicate_batches, plan_steps, positives_by_anchor, read_examples
@@ -76,6 +77,8 @@ def run(
     base_state = snapshot_weights(model) if base_weight > 0 else None
     add_adapters(model, cfg.lora)
     apply_memory_options(model, cfg)
+    if dist_ctx.enabled and cfg.sharding == "fsdp":
+        fsdp.shard(model, dist_ctx)
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
     stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
@@ -91,13 +94,14 @@ def run(
     model.eval()
     if restore_eager is not None:
         restore_eager()
+    if stepper.sharded:  # every rank takes part in the gather; rank 0 gets the full weights in a plain model
+        model = fsdp.full_model(model, dist_ctx, lambda: _fresh_model(base_model, cfg, prompts))
+    if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
+        distributed.shutdown(dist_ctx)
+        return None
     merge_adapters(model)  # LoRA: the saved folder is a plain model
     if base_state is not None:
         interpolate_weights(model, base_state, base_weight)
-
-    if not dist_ctx.is_main:  # the replicas are identical: rank 0 saves
-        distributed.shutdown(dist_ctx)
-        return None
     out = Path(out_dir)
     model.save(str(out), create_model_card=False)
     steps_per_epoch = len(no_duplicate_batches(examples, cfg.batch_size, cfg.seed))
@@ -119,6 +123,13 @@ def run(
     )
     distributed.shutdown(dist_ctx)
     return manifest
+
+
+def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig):
+    """The model as built for training before its first step (LoRA adapters included), unsharded."""
+    model = load_for_training(base_model, cfg, prompts)
+    add_adapters(model, cfg.lora)
+    return model
 
 
 def _embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> list[int]:

@@ -147,6 +147,7 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     from embedforge.train.cached import make_grad_cache
 
     optimizer = make_optimizer(model, cfg)
+    sharded = dist.enabled and cfg.sharding == "fsdp"
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     amp_dtype = autocast_dtype(cfg, str(model.device))
     return Stepper(
@@ -162,6 +163,6 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
         device_type=model.device.type,
         micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
         dist=dist,
-        grad_cache=make_grad_cache(cfg, model.device.type),
-        sharded=dist.enabled and cfg.sharding == "fsdp",
+        grad_cache=make_grad_cache(cfg, model.device.type, sharded),
+        sharded=sharded,
     )

@@ -143,7 +143,9 @@ class Stepper:
         else:
             loss = self.loss(batch, local, split)
             self.scaled(loss).backward()
-        if not self.sharded:  # FSDP reduce-scatters (averages) the gradients itself during backward
+        if self.sharded:  # FSDP reduce-scattered (averaged) the gradients during backward; the weights are
+            self.model.reshard()  # sharded again on every rank, so each rank's next forward all-gathers once
+        else:
             average_gradients(self.model.parameters(), self.dist)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
