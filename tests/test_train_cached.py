@@ -100,3 +100,20 @@ def test_cached_config_defaults():
     assert make_grad_cache(TrainConfig(cached=True, cache_chunk_tokens=512), "cpu") == GradCache(512, auto=False)
     assert make_grad_cache(TrainConfig(cached=False), "cuda") is None
     assert make_grad_cache(TrainConfig(cached=False), "cpu", sharded=True) == GradCache(4096, auto=False)  # FSDP
+
+
+def test_bf16_weights_train(base_model, batch):
+    """weights_dtype=bf16: weights, gradients and AdamW states in bf16 (no fp32 master copy); the loss goes down."""
+    from embedforge.train.distributed import DistContext
+    from embedforge.train.setup import make_stepper
+
+    cfg = TrainConfig(max_seq_length=48, device="cpu", weights_dtype="bf16", learning_rate=1e-4)
+    prompts = PromptsConfig(query="query: ", document="passage: ")
+    model = load_for_training(base_model, cfg, prompts)
+    apply_memory_options(model, cfg)
+    stepper = make_stepper(model, cfg, prompts, steps=4, dist=DistContext())
+    model.train()
+    losses = [float(stepper.step(batch)) for _ in range(4)]
+    assert losses[-1] < losses[0]
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {s["exp_avg"].dtype for s in stepper.optimizer.state.values()} == {torch.bfloat16}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from embedforge.contracts import TrainExample
 from embedforge.train.batching import Batch
@@ -19,8 +19,6 @@ from embedforge.train.tokens import TokenCache, micro_batches
 
 if TYPE_CHECKING:
     import torch
-
-    from embedforge.train.cached import GradCache
     from sentence_transformers import SentenceTransformer
 
 
@@ -64,6 +62,14 @@ def embed(
     return F.normalize(emb[inverse.to(emb.device, non_blocking=True)], p=2, dim=1)
 
 
+class CachedStep(Protocol):
+    """A step that embeds and back-propagates a batch in chunks (:class:`embedforge.train.cached.GradCache`)."""
+
+    def applies(self, stepper: Stepper, batch: Batch, local: Batch | None) -> bool: ...
+
+    def backward(self, stepper: Stepper, batch: Batch, local: Batch | None, split: Shard | None) -> torch.Tensor: ...
+
+
 @dataclass
 class Stepper:
     """One optimisation step: forward both towers, loss, backward, clip, optimizer + scheduler step.
@@ -87,7 +93,7 @@ class Stepper:
     device_type: str = "cpu"
     micro_batch_tokens: int = 4096
     dist: DistContext = field(default_factory=DistContext)
-    grad_cache: GradCache | None = None
+    grad_cache: CachedStep | None = None
     sharded: bool = False
     query_tokens: TokenCache = field(init=False)
     document_tokens: TokenCache = field(init=False)
