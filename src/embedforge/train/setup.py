@@ -142,9 +142,8 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from embedforge.train.losses import InfoNCELoss
-
     from embedforge.train.cached import make_grad_cache
+    from embedforge.train.losses import InfoNCELoss
 
     optimizer = make_optimizer(model, cfg)
     sharded = dist.enabled and cfg.sharding == "fsdp"
