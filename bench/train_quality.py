@@ -131,6 +131,8 @@ VARIANTS: dict[str, dict] = {
                                    "train": {"epochs": 3, "learning_rate": 5e-5}},
     "ours_p10_best_e2_lr1e-4": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
                                 "train": {"epochs": 2, "learning_rate": 1e-4}},
+    "defaults_lora": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 2e-4}},
+    "defaults_lora_lr5e-4": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 5e-4}},
     # seconds-long code-path checks (tiny data, CPU)
     "smoke_st": {"st": {"lr": 5e-5, "batch_size": 8, "epochs": 0.2, "warmup_ratio": 0.1}},
     "smoke_ours": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32}},

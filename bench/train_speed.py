@@ -97,7 +97,13 @@ VARIANTS: dict[str, dict] = {
     "ours_1proc": {"processes": 1},
     "ours_2proc": {"processes": 2},
     "ours_4proc": {"processes": 4},
-    # memory variants (i12-memory): ours_cached, ours_ckpt, ours_bf16w, ours_lora, ours_fsdp
+    "ours_cached": {"cached": True},
+    "ours_ckpt": {"gradient_checkpointing": True},
+    "ours_bf16w": {"weights_dtype": "bf16"},
+    "ours_cached_ckpt_bf16w": {"cached": True, "gradient_checkpointing": True, "weights_dtype": "bf16"},
+    "ours_lora": {"lora": {"enabled": True}, "learning_rate": 2e-4},
+    "ours_cached_c32k": {"cached": True, "cache_chunk_tokens": 32768},
+    "ours_fsdp": {"processes": 2, "sharding": "fsdp"},
 }
 
 
@@ -234,8 +240,9 @@ def run_ours(rows: list[dict], base_model: str, batch_size: int, out: Path, devi
 
     mined = out / "mined"
     contracts.write_jsonl(mined / contracts.TRAIN_FILE, rows)
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, learning_rate=2e-5, max_seq_length=max_seq_length,
-                      seed=seed, device=device, base_weight=0.0, **overrides)
+    settings = {"epochs": 1, "batch_size": batch_size, "learning_rate": 2e-5, "max_seq_length": max_seq_length,
+                "seed": seed, "device": device, "base_weight": 0.0}
+    cfg = TrainConfig(**{**settings, **overrides})  # a variant may override any of these (e.g. LoRA's rate)
     m = train.launch(mined, out / "ours_model", cfg, base_model=base_model)
     return {"loop_seconds": m.result.train_seconds}
 

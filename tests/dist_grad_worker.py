@@ -1,6 +1,8 @@
 """torchrun worker for tests/test_distributed.py: one distributed step's loss and gradients, eval mode (no dropout).
 
-Usage: torchrun --standalone --nproc-per-node N tests/dist_grad_worker.py MODEL MINED_DIR OUT.pt
+Usage: torchrun --standalone --nproc-per-node N tests/dist_grad_worker.py MODEL MINED_DIR OUT.pt [MODE]
+MODE: plain (default: one forward per tower, one backward), cached (embedforge.train.cached, chunks of 100 tokens),
+fsdp / fsdp_cached (the same, the model sharded with FSDP2: embedforge.train.fsdp).
 Rank 0 saves {"loss", "grads", "checksums"}: checksums of every rank's averaged gradients (they must agree)."""
 
 import sys
@@ -10,8 +12,9 @@ import torch.distributed as dist
 
 from embedforge import contracts
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.train import distributed
+from embedforge.train import distributed, fsdp
 from embedforge.train.batching import collate
+from embedforge.train.cached import GradCache
 from embedforge.train.losses import InfoNCELoss
 from embedforge.train.setup import load_for_training
 from embedforge.train.step import Stepper
@@ -19,6 +22,7 @@ from embedforge.train.step import Stepper
 
 def main() -> None:
     model_dir, mined, out = sys.argv[1:4]
+    mode = sys.argv[4] if len(sys.argv) > 4 else "plain"
     ctx = distributed.from_env()
     distributed.init(ctx, "cpu")
     examples = contracts.read_train_examples(mined)
@@ -28,13 +32,23 @@ def main() -> None:
     cfg = TrainConfig(max_seq_length=32, device="cpu")
     model = load_for_training(model_dir, cfg, PromptsConfig(query="query: ", document="passage: "))
     model.eval()
-    stepper = Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0, dist=ctx)
+    if mode.startswith("fsdp"):
+        fsdp.shard(model, ctx)
+    stepper = Stepper(model, InfoNCELoss(0.05), None, None, "query: ", "passage: ", 1.0, dist=ctx,
+                      sharded=mode.startswith("fsdp"))
     rows = list(range(len(examples)))
     split = distributed.shard(rows, ctx, lambda i: len(examples[i].negatives))
-    loss = stepper.loss(collate(examples, split.order, known), collate(examples, split.mine, None), split)
-    loss.backward()
-    distributed.average_gradients(model.parameters(), ctx)
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    batch, local = collate(examples, split.order, known), collate(examples, split.mine, None)
+    if mode.endswith("cached"):
+        loss = GradCache(chunk_tokens=100).backward(stepper, batch, local, split)
+    else:
+        loss = stepper.loss(batch, local, split)
+        loss.backward()
+    if stepper.sharded:  # FSDP averaged the gradients into shards: gather them whole
+        grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+    else:
+        distributed.average_gradients(model.parameters(), ctx)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     checksum = torch.tensor([float(sum(g.double().sum() for g in grads.values()))], dtype=torch.float64)
     sums = [torch.zeros_like(checksum) for _ in range(ctx.world)]
     dist.all_gather(sums, checksum)

@@ -48,10 +48,12 @@ def test_shard_orders_rows_rank_major():
     assert (one.order, one.mine, one.anchors) == ([1, 2], [1, 2], [2])
 
 
-def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, five_rows, base_model):
+@pytest.mark.parametrize("mode", ["plain", "cached", "fsdp", "fsdp_cached"])
+def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, five_rows, base_model, mode):
+    """Each mode of the distributed step (dist_grad_worker.py) against the plain single-process step."""
     out = tmp_path / "dist.pt"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                        str(HERE / "dist_grad_worker.py"), base_model, str(five_rows), str(out)],
+                        str(HERE / "dist_grad_worker.py"), base_model, str(five_rows), str(out), mode],
                        capture_output=True, text=True, env=_env(), timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     got = torch.load(out)
@@ -73,11 +75,12 @@ def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, f
             torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_embedforge_train_with_two_processes_saves_one_model(tmp_path, five_rows, base_model):
+@pytest.mark.parametrize("extra", ["", ", sharding: fsdp, cached: true, cache_chunk_tokens: 100"])
+def test_embedforge_train_with_two_processes_saves_one_model(tmp_path, five_rows, base_model, extra):
     from sentence_transformers import SentenceTransformer
 
     config = tmp_path / "c.yaml"
-    config.write_text("train: {epochs: 2, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2}\n")
+    config.write_text(f"train: {{epochs: 2, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2{extra}}}\n")
     r = subprocess.run([sys.executable, "-m", "embedforge.cli", "train", "--mined", str(five_rows), "--out",
                         str(tmp_path / "model"), "--config", str(config), "--base-model", base_model],
                        capture_output=True, text=True, env=_env(), timeout=600)

@@ -117,6 +117,15 @@ class ScheduleConfig(StageConfig):
         "and train.temperature.")
     max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
                           "positives and negatives first, then other rows' texts).")
+class LoraConfig(StageConfig):
+    enabled: bool = Field(False, description="Train low-rank adapters (peft LoRA) instead of every weight; they are "
+                          "merged into the base weights when the model is saved (embedforge.train.lora).")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="Scaling numerator: the update is (alpha / r) x B A.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["auto"] = Field(
+        "auto", description="Module names to adapt; auto: every linear layer of the transformer's attention and MLP "
+        "blocks (peft's 'all-linear').")
 
 
 class TrainConfig(StageConfig):
@@ -158,6 +167,32 @@ class TrainConfig(StageConfig):
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    cached: bool | None = Field(
+        None, description="Cached contrastive batches (GradCache, embedforge.train.cached): the batch is embedded "
+        "without gradients chunk by chunk, the loss's embedding gradients cached, then each chunk re-forwarded and "
+        "back-propagated, so memory is that of one chunk whatever the batch; same gradients, one extra forward. "
+        "Unset (auto): off on CPU; elsewhere on for the steps whose texts hold more than 4 chunks of tokens.")
+    cache_chunk_tokens: int | None = Field(
+        None, ge=64, description="Padded tokens per chunk of a cached step. Unset: 16384 on CUDA, the micro-batch "
+        "budget on CPU.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each transformer layer's activations in backward instead of keeping them "
+        "(Hugging Face gradient checkpointing, non-reentrant): about a third more compute, a fraction of the memory.")
+    weights_dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="dtype of the weights being trained, and so of gradients and AdamW states. bf16 halves "
+        "their memory; no fp32 master copy is kept, so updates much smaller than a weight are rounded away (use a "
+        "learning rate >= 1e-5); the saved model is bf16.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="With processes > 1: none = every process holds the whole model and the gradients are "
+        "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
+        "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
+
+    def resolved_cache_chunk_tokens(self, device_type: str) -> int:
+        """``cache_chunk_tokens``, or its default for the device type."""
+        if self.cache_chunk_tokens is not None:
+            return self.cache_chunk_tokens
+        return 16384 if device_type == "cuda" else self.resolved_micro_batch_tokens(device_type)
 
     def resolved_micro_batch_tokens(self, device_type: str) -> int:
         """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import embedforge.train.distributed as distributed
 import embedforge.train.schedule as schedule
+import embedforge.train.fsdp as fsdp
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
@@ -21,6 +22,14 @@ from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
 from embedforge.train.positives import known_positives
 from embedforge.train.setup import compile_encoder, load_for_training, make_stepper, seed_everything
+from embedforge.train.lora import add_adapters, merge_adapters
+from embedforge.train.setup import (
+    apply_memory_options,
+    compile_encoder,
+    load_for_training,
+    make_stepper,
+    seed_everything,
+)
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
 
@@ -72,6 +81,10 @@ def run(
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
     base_weight = resolve_base_weight(cfg, mined_dir)
     base_state = snapshot_weights(model) if base_weight > 0 else None
+    add_adapters(model, cfg.lora)
+    apply_memory_options(model, cfg)
+    if dist_ctx.enabled and cfg.sharding == "fsdp":
+        fsdp.shard(model, dist_ctx)
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
     stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
@@ -87,12 +100,14 @@ def run(
     model.eval()
     if restore_eager is not None:
         restore_eager()
-    if base_state is not None:
-        interpolate_weights(model, base_state, base_weight)
-
-    if not dist_ctx.is_main:  # the replicas are identical: rank 0 saves
+    if stepper.sharded:  # every rank takes part in the gather; rank 0 gets the full weights in a plain model
+        model = fsdp.full_model(model, dist_ctx, lambda: _fresh_model(base_model, cfg, prompts))
+    if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
         distributed.shutdown(dist_ctx)
         return None
+    merge_adapters(model)  # LoRA: the saved folder is a plain model
+    if base_state is not None:
+        interpolate_weights(model, base_state, base_weight)
     out = Path(out_dir)
     model.save(str(out), create_model_card=False)
     steps_per_epoch = len(epoch_batches(examples, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
@@ -115,6 +130,13 @@ def run(
     )
     distributed.shutdown(dist_ctx)
     return manifest
+
+
+def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig):
+    """The model as built for training before its first step (LoRA adapters included), unsharded."""
+    model = load_for_training(base_model, cfg, prompts)
+    add_adapters(model, cfg.lora)
+    return model
 
 
 def _embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> list[int]:

@@ -1,7 +1,8 @@
 """What a run is made of before its first step: seeds, the model, precision, optimizer, schedule and the stepper.
 
 AdamW (no decay on biases/LayerNorm), linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA
-(fp16 with a gradient scaler), optionally ``torch.compile`` on the encoder's forward.
+(fp16 with a gradient scaler), optionally ``torch.compile`` on the encoder's forward; the memory options
+(gradient checkpointing, bf16 weights: :func:`apply_memory_options`; cached batches: :mod:`.cached`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ def _model_length_limit(model: SentenceTransformer) -> int | None:
     return int(positions) - (2 if getattr(config, "model_type", "") in _POSITION_OFFSET_MODELS else 0)
 
 
+def apply_memory_options(model: SentenceTransformer, cfg: TrainConfig) -> None:
+    """``cfg.gradient_checkpointing``: Hugging Face gradient checkpointing of the transformer, non-reentrant (works
+    with inputs that need no gradient, keeps the RNG state so dropout is replayed, same gradients);
+    ``cfg.weights_dtype`` bf16: the weights (hence gradients and the optimizer states made from them) in bf16, no
+    fp32 master copy (see the field's description)."""
+    import torch
+
+    if cfg.gradient_checkpointing:
+        model.transformers_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.weights_dtype == "bf16":
+        model.to(torch.bfloat16)
+
+
 def compile_encoder(model: SentenceTransformer) -> Callable[[], None]:
     """``torch.compile`` the transformer's ``forward`` in place (dynamic shapes: batch and sequence lengths vary).
 
@@ -129,10 +143,12 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     from transformers import get_cosine_schedule_with_warmup
 
     from embedforge.train import packing
+    from embedforge.train.cached import make_grad_cache
     from embedforge.train.losses import InfoNCELoss
 
     packing.enable(model, cfg.packing)  # embed() packs the micro-batches of a model that allows it
     optimizer = make_optimizer(model, cfg)
+    sharded = dist.enabled and cfg.sharding == "fsdp"
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     amp_dtype = autocast_dtype(cfg, str(model.device))
     return Stepper(
@@ -148,4 +164,6 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
         device_type=model.device.type,
         micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
         dist=dist,
+        grad_cache=make_grad_cache(cfg, model.device.type, sharded),
+        sharded=sharded,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from embedforge.contracts import TrainExample
 from embedforge.train.batching import Batch
@@ -65,13 +65,23 @@ def embed(
     return F.normalize(emb[inverse.to(emb.device, non_blocking=True)], p=2, dim=1)
 
 
+class CachedStep(Protocol):
+    """A step that embeds and back-propagates a batch in chunks (:class:`embedforge.train.cached.GradCache`)."""
+
+    def applies(self, stepper: Stepper, batch: Batch, local: Batch | None) -> bool: ...
+
+    def backward(self, stepper: Stepper, batch: Batch, local: Batch | None, split: Shard | None) -> torch.Tensor: ...
+
+
 @dataclass
 class Stepper:
     """One optimisation step: forward both towers, loss, backward, clip, optimizer + scheduler step.
 
     Texts are tokenised once per tower (:class:`embedforge.train.tokens.TokenCache`); :meth:`step` returns the loss
     as a device tensor so the loop does not wait for the GPU every step. Under torchrun (``dist``) each rank embeds
-    its share of the batch and the gradients are averaged over the ranks (:mod:`embedforge.train.distributed`).
+    its share of the batch and the gradients are averaged over the ranks (:mod:`embedforge.train.distributed`),
+    or, with ``sharded`` (FSDP2, :mod:`embedforge.train.fsdp`), reduce-scattered by FSDP during backward. With
+    ``grad_cache`` (:class:`embedforge.train.cached.GradCache`) a large batch is embedded and back-propagated in chunks.
     """
 
     model: SentenceTransformer
@@ -86,6 +96,8 @@ class Stepper:
     device_type: str = "cpu"
     micro_batch_tokens: int = 4096
     dist: DistContext = field(default_factory=DistContext)
+    grad_cache: CachedStep | None = None
+    sharded: bool = False
     query_tokens: TokenCache = field(init=False)
     document_tokens: TokenCache = field(init=False)
 
@@ -98,18 +110,26 @@ class Stepper:
         self.query_tokens.add(ex.anchor for ex in examples)
         self.document_tokens.add(t for ex in examples for t in (ex.positive, *ex.negatives))
 
+    def autocast(self):
+        """The step's autocast context (``amp_dtype`` on ``device_type``; none in fp32)."""
+        import torch
+
+        return torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+
     def loss(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
         """The loss of ``batch``. Distributed: this rank embeds only ``local`` (its rows of ``split``, see
         :func:`embedforge.train.distributed.shard`) and the embeddings of all ranks are gathered into ``batch``'s
         order."""
-        import torch
-
         part = local if local is not None else batch
-        ctx = torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
-        with ctx:
+        with self.autocast():
             q = embed(self.model, part.anchors, self.query_prompt, self.micro_batch_tokens, self.query_tokens)
             d = embed(self.model, part.candidates, self.document_prompt, self.micro_batch_tokens, self.document_tokens)
-        b = len(part.anchors)
+        return self.contrast(batch, q, d, split)
+
+    def contrast(self, batch: Batch, q: torch.Tensor, d: torch.Tensor, split: Shard | None = None) -> torch.Tensor:
+        """The loss of ``batch`` from this rank's query embeddings ``q`` and candidate embeddings ``d`` (its
+        positives, then its hard negatives): gathered over the ranks, false negatives masked."""
+        b = q.shape[0]
         p, n = d[:b], d[b:]
         if self.dist.enabled:
             q, p, n = (gather(q, self.dist, split.anchors), gather(p, self.dist, split.anchors),
@@ -117,23 +137,32 @@ class Stepper:
         mask = batch.mask.to(q.device, non_blocking=True) if batch.mask is not None else None
         return self.loss_fn(q, p, n, mask)
 
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` as it is back-propagated: multiplied by the fp16 gradient scaler's scale, if any."""
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
     def step(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
-        """:meth:`loss`, backward, gradient averaging over ranks, clipping, optimizer and scheduler step; returns the
-        detached loss."""
+        """:meth:`loss` and backward (or, with ``grad_cache``, the cached forward/backward of
+        :mod:`embedforge.train.cached`), gradient averaging over ranks, clipping, optimizer and scheduler step;
+        returns the detached loss."""
         import torch
 
-        loss = self.loss(batch, local, split)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+        if self.grad_cache is not None and self.grad_cache.applies(self, batch, local):
+            loss = self.grad_cache.backward(self, batch, local, split)
+        else:
+            loss = self.loss(batch, local, split)
+            self.scaled(loss).backward()
+        if self.sharded:  # FSDP reduce-scattered (averaged) the gradients during backward; the weights are
+            self.model.reshard()  # sharded again on every rank, so each rank's next forward all-gathers once
+        else:
             average_gradients(self.model.parameters(), self.dist)
+        if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            average_gradients(self.model.parameters(), self.dist)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
