@@ -94,6 +94,18 @@ class TrainJobConfig(StageConfig):
     poll_s: float = Field(10.0, gt=0, description="Seconds between status reads.")
 
 
+class ModelConfig(StageConfig):
+    """How a base model folder becomes an embedder (embedforge.models). ``auto``: what the folder says (modules.json,
+    1_Pooling/config.json, config.json), else the architecture's convention (decoders: last token, causal)."""
+
+    pooling: Literal["auto", "mean", "cls", "lasttoken"] = Field(
+        "auto", description="auto: the folder's Pooling module, else lasttoken for a causal decoder, mean otherwise.")
+    attention: Literal["auto", "causal", "bidirectional"] = Field(
+        "auto", description="Decoders only: bidirectional sets is_causal=false in the model config (saved with it).")
+    padding_side: Literal["auto", "left", "right"] = Field("auto", description="auto: the tokenizer's own side.")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped in the model folder (opt-in only).")
+
+
 class TrainConfig(StageConfig):
     nodes: int = Field(1, ge=1, description="Machines to train on. 1: in the train step's own pod (processes "
                        "workers there); > 1: the train step submits a Kubeflow Trainer TrainJob of this many nodes "
@@ -125,6 +137,7 @@ class TrainConfig(StageConfig):
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Pooling, attention, padding of the base model.")
 
     def resolved_micro_batch_tokens(self, device_type: str) -> int:
         """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""
