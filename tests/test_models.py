@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_decoder import make_decoder
 
 from embedforge import models
 from embedforge.config import ModelConfig
@@ -23,55 +24,10 @@ from embedforge.errors import ConfigError
 TEXTS = [
     "The with statement wraps a block with methods defined by a context manager.",
     "del removes a name",
-    "A generator function returns an iterator; each yield suspends it and hands a value to the caller, "
-    "which resumes it with next().",
+    ("A generator function returns an iterator; each yield suspends it and hands a value to the caller, "
+     "which resumes it with next()."),
     "Exceptions propagate up the call stack until a handler catches them.",
 ]
-BOS, EOS = "<|begin|>", "<|end|>"
-
-
-def _corpus_text() -> list[str]:
-    from embedforge.sample_corpus import SAMPLE_CORPUS
-
-    return [p.read_text() for p in sorted(Path(SAMPLE_CORPUS).glob("*.rst"))]
-
-
-def make_tokenizer(folder: Path, eos_in_template: bool = False, vocab_size: int = 600) -> None:
-    """A byte-level BPE tokenizer (Llama-3 / Qwen style: BOS prepended, no EOS, no pad token) in ``folder``."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    # <|endoftext|>: transformers' Qwen2Tokenizer makes it the pad token, as in the real Qwen vocabularies.
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, "<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus_text(), trainer)
-    single = f"{BOS} $A {EOS}" if eos_in_template else f"{BOS} $A"
-    tok.post_processor = processors.TemplateProcessing(single=single, pair=f"{single} $B",
-                                                       special_tokens=[(BOS, 0), (EOS, 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, model_max_length=256)
-    fast.save_pretrained(str(folder))
-
-
-def make_decoder(folder: Path, arch: str = "llama", hidden: int = 64, layers: int = 2, **tok_kw) -> Path:
-    """A random-init decoder (``llama`` or ``qwen2``) saved as a plain Hugging Face folder with its tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
-
-    folder.mkdir(parents=True, exist_ok=True)
-    make_tokenizer(folder, **tok_kw)
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaModel), "qwen2": (Qwen2Config, Qwen2Model)}[arch]
-    config = config_cls(vocab_size=600, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                        bos_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    model_cls(config).save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def minilm() -> Path:
     from embedforge.encode import resolve_model_path
@@ -206,7 +162,9 @@ def test_saved_folder_reproduces_in_plain_sentence_transformers_and_training(dec
     plain = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
     np.testing.assert_allclose(plain.encode(TEXTS, prompt_name="query", normalize_embeddings=True), trained,
                                atol=1e-5)
-    assert plain.tokenizer.padding_side == model.tokenizer.padding_side
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "saved")).padding_side == model.tokenizer.padding_side
     causal = [getattr(m[0].auto_model.config, "is_causal", True) for m in (plain, model)]
     assert causal[0] is causal[1] is (cfg.attention != "bidirectional")
 

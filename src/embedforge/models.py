@@ -52,7 +52,10 @@ def is_decoder(config: PretrainedConfig) -> bool:
     BERT-like encoders also have a causal-LM head class, so a model type counts as a decoder only when it has a
     causal-LM class and no masked-LM class.
     """
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     model_type = getattr(config, "model_type", "")
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False):
@@ -119,6 +122,7 @@ def load(path: str, cfg: ModelConfig | None = None, device: str = "cpu") -> Sent
     tokenizer = model.tokenizer
     if cfg.padding_side != "auto":
         tokenizer.padding_side = cfg.padding_side
+        tokenizer.init_kwargs["padding_side"] = cfg.padding_side  # what save_pretrained writes to tokenizer_config
     if tokenizer.pad_token is None:  # decoders rarely have one; padding is masked out, any id will do
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if decoder and not getattr(model[0].auto_model.config, "is_causal", True):

@@ -180,6 +180,9 @@ class ExportConfig(StageConfig):
         False, description="Also write model_fp16.onnx (weights and activations in FP16, inputs/outputs unchanged), "
         "checked against PyTorch with fp16_min_cosine; serve it with triton.precision=fp16.")
     fp16_min_cosine: float = Field(0.995, gt=0, le=1)
+    external_data_mb: int = Field(
+        1024, ge=0, description="Graphs whose weights exceed this many MB keep them in <graph>.onnx.data beside "
+        "the graph (an ONNX protobuf file stops at 2 GB: a 1B model needs it); 0: always.")
     tensorrt_plan: bool = Field(
         False, description="Also build model.plan (TensorRT engine, FP16, one optimisation profile from "
         "tensorrt_min/opt/max_shape) where the tensorrt package is importable; elsewhere the step logs why it skips.")
