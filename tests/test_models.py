@@ -191,3 +191,26 @@ def test_remote_code_runs_only_when_opted_in(minilm, tmp_path):
     model = models.load(str(folder), ModelConfig(trust_remote_code=True))
     assert type(model[0].auto_model).RAN_REMOTE_CODE
     np.testing.assert_allclose(model.encode(TEXTS), models.load(str(minilm)).encode(TEXTS), atol=2e-5)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_run_with_a_decoder_base_model_folder(tmp_path, tiny_corpus):
+    """`embedforge run --base-model DIR` on a plain Hugging Face Llama-shape folder: every stage runs, the saved
+    model is a last-token / EOS decoder embedder that plain sentence-transformers loads, and export parity passes."""
+    from sentence_transformers import SentenceTransformer
+    from test_pipeline import FAST, _cli
+
+    base = make_decoder(tmp_path / "tiny-llama", "llama")
+    out = tmp_path / "run"
+    r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out), "--base-model", str(base), *FAST)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "succeeded"
+    for stage in ("ingest", "sdg", "validate", "mine", "train", "evaluate", "export", "register", "gate"):
+        assert s["stages"][stage]["status"] == "succeeded", stage
+    parity = json.loads((out / "latest" / "onnx" / "parity.json").read_text())
+    assert parity["passed"] and parity["min_cosine"] >= 0.999
+    model = SentenceTransformer(str(out / "latest" / "model"), device="cpu")
+    assert model[1].pooling_mode == "lasttoken" and model.get_embedding_dimension() == 64
+    assert model.tokenizer("del removes a name")["input_ids"][-1] == model.tokenizer.eos_token_id
