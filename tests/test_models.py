@@ -169,6 +169,23 @@ def test_saved_folder_reproduces_in_plain_sentence_transformers_and_training(dec
     assert causal[0] is causal[1] is (cfg.attention != "bidirectional")
 
 
+def test_training_keeps_the_folder_prompts_the_config_leaves_empty(minilm, tmp_path):
+    """A bge-style folder ships a query instruction: training keeps it unless prompts.query replaces it."""
+    from embedforge.config import PromptsConfig, TrainConfig
+    from embedforge.train.setup import load_for_training
+
+    folder = tmp_path / "bge-like"
+    shutil.copytree(minilm, folder)
+    st_cfg = json.loads((folder / "config_sentence_transformers.json").read_text())
+    st_cfg["prompts"] = {"query": "Represent this sentence for searching relevant passages: ", "passage": ""}
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(st_cfg))
+    cfg = TrainConfig(device="cpu")
+    kept = load_for_training(str(folder), cfg, PromptsConfig())
+    assert kept.prompts == {"query": st_cfg["prompts"]["query"], "document": ""}
+    replaced = load_for_training(str(folder), cfg, PromptsConfig(query="query: ", document="passage: "))
+    assert replaced.prompts == {"query": "query: ", "document": "passage: "}
+
+
 # ------------------------------------------------------------------------------------------------ remote code
 def test_remote_code_runs_only_when_opted_in(minilm, tmp_path):
     """A folder that ships its own model class: refused by default, loaded (and its code run) on opt-in."""

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from embedforge.config import ModelConfig
+from embedforge.config import ModelConfig, PromptsConfig
 from embedforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -130,6 +130,14 @@ def load(path: str, cfg: ModelConfig | None = None, device: str = "cpu") -> Sent
     return model
 
 
+def merge_prompts(model: SentenceTransformer, prompts: PromptsConfig) -> PromptsConfig:
+    """``prompts`` where set, else the folder's own (``config_sentence_transformers.json``: ``query``, and
+    ``document`` or ``passage``), so e.g. a bge folder's query instruction is kept unless the config replaces it."""
+    own = getattr(model, "prompts", None) or {}
+    return PromptsConfig(query=prompts.query or own.get("query", ""),
+                         document=prompts.document or own.get("document", own.get("passage", "")))
+
+
 def _assemble(path: str, cfg: ModelConfig, config: PretrainedConfig, decoder: bool, causal: bool | None,
               device: str) -> SentenceTransformer:
     """Transformer -> Pooling -> Normalize for a folder without ``modules.json``."""
@@ -145,8 +153,8 @@ def _assemble(path: str, cfg: ModelConfig, config: PretrainedConfig, decoder: bo
         append_eos(transformer.tokenizer, path)
     modules = [transformer, pooling_cls(transformer.get_embedding_dimension(), pooling_mode=pooling),
                normalize_cls()]
-    log.info("%s has no modules.json: %s encoder, %s pooling, %s attention", path,
-             "decoder" if decoder else "bidirectional", pooling, "causal" if causal else "bidirectional")
+    log.info("%s has no modules.json: a %s, %s pooling, %s attention", path, "decoder" if decoder else "encoder",
+             pooling, "causal" if causal else "bidirectional")
     return SentenceTransformer(modules=modules, device=device)
 
 
