@@ -273,6 +273,13 @@ def test_decoder_exports_with_its_pooling_in_the_graph(tiny_llama, chunks_dir, t
     stored_outside = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert bool(stored_outside) is external
     assert m.result.file_size == sum((out / f).stat().st_size for f in m.result.files if f.startswith("model.onnx"))
+    if external:  # the Triton repository takes the served graph's weights along, and no weights as tokenizer files
+        from embedforge import triton
+        from embedforge.config import TritonConfig
+
+        triton.write_model_repository(out, tmp_path / "repo", TritonConfig(), 1, serve=False)
+        data = list((tmp_path / "repo").rglob("*.onnx.data"))
+        assert [p.name for p in data] == [contracts.ONNX_FILE + ".data"] and "tokenizer" not in data[0].parts
     # The export folder's tokenizer pads on the trained side and appends EOS where last-token pooling reads it.
     from transformers import AutoTokenizer
 

