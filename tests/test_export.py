@@ -231,3 +231,58 @@ def test_fp16_variant_and_tensorrt_plan_where_tensorrt_is_missing(tiny_model, ch
     assert variants["tensorrt_plan"]["status"].startswith("skipped: the tensorrt package is not importable")
     assert {export.FP16_ONNX_FILE, export.VARIANTS_FILE} <= set(m.result.files)
     assert "tensorrt package is not importable" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------ decoders
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    from tiny_decoder import make_decoder
+
+    return make_decoder(tmp_path_factory.mktemp("decoder") / "llama", "llama")
+
+
+@pytest.mark.parametrize(("pooling", "attention", "side", "external"), [
+    ("lasttoken", "causal", "left", True), ("lasttoken", "bidirectional", "right", False),
+    ("mean", "bidirectional", "left", False), ("mean", "causal", "right", True),
+])
+def test_decoder_exports_with_its_pooling_in_the_graph(tiny_llama, chunks_dir, tmp_path, pooling, attention, side,
+                                                       external):
+    """Each pooling x attention mode of a decoder embedder passes the FP32 and FP16 parity gates; with
+    external_data_mb=0 the weights live in model.onnx.data (as a > 2 GB model's must) and the folder still
+    serves on its own."""
+    import onnx
+
+    from embedforge import models
+    from embedforge.config import ModelConfig
+    from embedforge.onnx_signature import inspect_onnx
+
+    model = models.load(str(tiny_llama), ModelConfig(pooling=pooling, attention=attention, padding_side=side))
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    model.save(str(tmp_path / "model"))
+    out = tmp_path / "onnx"
+    cfg = ExportConfig(parity_samples=8, fp16=True, external_data_mb=0 if external else 1024)
+    m = export.run(tmp_path / "model", chunks_dir, out, cfg)
+    assert m.result.pooling == pooling
+    for name in (contracts.PARITY_FILE, export.FP16_PARITY_FILE):
+        rep = json.loads((out / name).read_text())
+        assert rep["passed"] and len(rep["batch_sizes"]) > 1, name
+    data = {contracts.ONNX_FILE + ".data", export.FP16_ONNX_FILE + ".data"}
+    assert (data <= set(m.result.files)) is external and all((out / f).is_file() for f in m.result.files)
+    assert inspect_onnx(out / contracts.ONNX_FILE).external_data == ([contracts.ONNX_FILE + ".data"] if external else [])
+    graph = onnx.load(str(out / contracts.ONNX_FILE), load_external_data=False)
+    stored_outside = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert bool(stored_outside) is external
+    assert m.result.file_size == sum((out / f).stat().st_size for f in m.result.files if f.startswith("model.onnx"))
+    if external:  # the Triton repository takes the served graph's weights along, and no weights as tokenizer files
+        from embedforge import triton
+        from embedforge.config import TritonConfig
+
+        triton.write_model_repository(out, tmp_path / "repo", TritonConfig(), 1, serve=False)
+        data = list((tmp_path / "repo").rglob("*.onnx.data"))
+        assert [p.name for p in data] == [contracts.ONNX_FILE + ".data"] and "tokenizer" not in data[0].parts
+    # The export folder's tokenizer pads on the trained side and appends EOS where last-token pooling reads it.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert tok.padding_side == side
+    assert (tok("del removes a name")["input_ids"][-1] == tok.eos_token_id) is (pooling == "lasttoken")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from embedforge.config import ModelConfig
 from embedforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -63,15 +64,18 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
-@lru_cache(maxsize=4)
-def load_model(name_or_path: str, device: str = "auto") -> "SentenceTransformer":
-    from sentence_transformers import SentenceTransformer
+def load_model(name_or_path: str, device: str = "auto", model: "ModelConfig | None" = None) -> "SentenceTransformer":
+    """The embedder of ``name_or_path`` (:func:`embedforge.models.load`: the folder's pooling, else the
+    architecture's), cached per (model, device, ``model`` settings)."""
+    return _load_cached(name_or_path, device, (model or ModelConfig()).model_dump_json())
 
-    path = resolve_model_path(name_or_path)
-    try:
-        return SentenceTransformer(path, device=pick_device(device))
-    except OSError as exc:
-        raise ConfigError(f"cannot load embedding model {name_or_path!r}: {exc}") from None
+
+@lru_cache(maxsize=4)
+def _load_cached(name_or_path: str, device: str, model_json: str) -> "SentenceTransformer":
+    from embedforge import models
+
+    return models.load(resolve_model_path(name_or_path), ModelConfig.model_validate_json(model_json),
+                       device=pick_device(device))
 
 
 def prompt_for(model: "SentenceTransformer", kind: Kind) -> str:

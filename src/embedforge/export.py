@@ -18,6 +18,12 @@ leaves pooling to Python), a server only tokenises and calls the graph. The toke
 copied next to ``model.onnx`` so a server tokenises exactly like training: ``prompt + text``, truncated to
 ``max_seq_length`` tokens.
 
+Size: weights above ``cfg.external_data_mb`` (default 1 GB, below the 2 GB protobuf limit a 1B model exceeds)
+are stored in ``model.onnx.data`` beside the graph (ONNX external data; onnxruntime, ``onnx.load`` and Triton
+read it from the same folder). Decoder embedders export the same way: their Pooling mode (``lasttoken`` reads
+the last attended position, whichever side the tokenizer pads) runs in the graph, and the tokenizer files carry
+the EOS token it appends and its padding side.
+
 Exporter: the TorchScript-based ``torch.onnx.export(..., dynamo=False)`` with ``dynamic_axes``. In torch 2.9+
 the dynamo exporter is the default, but for this graph it is ~7x slower, needs ``onnxscript`` and could not
 down-convert to opset 17 (it silently produced opset 18); the TorchScript exporter honours ``opset`` exactly
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +87,7 @@ TORCHSCRIPT_MAX_OPSET = 20
 
 from embedforge.export_variants import (  # noqa: F401  (re-exported: the export API)
     FP16_ONNX_FILE, FP16_PARITY_FILE, PLAN_FILE, VARIANTS_FILE, _variants, build_tensorrt_plan, export_fp16,
+    save_onnx,
 )
 from embedforge.parity import (  # noqa: F401
     check_parity,
@@ -166,8 +174,9 @@ def _pick_exporter(cfg: ExportConfig) -> str:
 
 
 def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, sample_texts: Sequence[str],
-                exporter: str = "torchscript") -> None:
-    """Write ``model`` as a single-file ONNX graph (see the module docstring) and check it with onnx.checker.
+                exporter: str = "torchscript", external_data_mb: int = 1024) -> list[str]:
+    """Write ``model`` as one ONNX graph (see the module docstring) and check it with onnx.checker; weights over
+    ``external_data_mb`` MB go to ``model.onnx.data`` beside it (:func:`~embedforge.export_variants.save_onnx`).
 
     Args:
         model: The sentence-transformers model (moved to CPU for tracing).
@@ -175,6 +184,10 @@ def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, samp
         opset: ONNX opset (>= 17).
         sample_texts: Real texts to trace with (two of different length, so the trace sees padding).
         exporter: "torchscript" (``dynamo=False`` + ``dynamic_axes``) or "dynamo" (``dynamic_shapes``).
+        external_data_mb: Weight size above which they are stored outside the graph file.
+
+    Returns:
+        The names of the files written.
 
     Raises:
         ConfigError: The exporter cannot produce the requested opset.
@@ -189,8 +202,9 @@ def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, samp
         texts.append(texts[0] + " " + texts[0])
     feed = tokenize_for_onnx(model, texts, "")
     args = tuple(torch.from_numpy(feed[n]) for n in INPUT_NAMES)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    # The exporter writes its own external-data files past 2 GB: into a scratch folder, read back from there.
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
+        tmp = Path(scratch) / path.name
         _export_to(graph, args, tmp, opset, exporter, max_len=int(model.max_seq_length or 512))
         proto = onnx.load(str(tmp))
         dim = embedding_dim(model)
@@ -201,14 +215,13 @@ def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, samp
             out_dims[0].dim_param = "batch"
             out_dims[1].ClearField("dim_param")
             out_dims[1].dim_value = int(dim)
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        files = save_onnx(proto, tmp, external_data_mb)
+        for name in files:
+            (Path(scratch) / name).replace(path.with_name(name))
     got = onnx_opset(path)
     if got != opset:
         log.warning("asked for opset %d, the %s exporter produced opset %d", opset, exporter, got)
+    return files
 
 
 def _export_to(graph: "torch.nn.Module", args: tuple, tmp: Path, opset: int, exporter: str, max_len: int) -> None:
@@ -230,9 +243,9 @@ def _export_to(graph: "torch.nn.Module", args: tuple, tmp: Path, opset: int, exp
             program = torch.onnx.export(
                 graph, args, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                 dynamic_shapes={n: {0: batch, 1: seq} for n in INPUT_NAMES}, opset_version=opset, dynamo=True,
-                external_data=False,
+                external_data=True,
             )
-            program.save(str(tmp), external_data=False)
+            program.save(str(tmp), external_data=True)  # into the scratch folder; save_onnx decides for the output
         else:
             raise ConfigError(f"export.exporter={exporter!r}: use auto, torchscript or dynamo")
 
@@ -306,8 +319,9 @@ def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg:
     onnx_path = out_dir / ONNX_FILE
     log.info("exporting %s (%s, pooling %s) to %s with the %s exporter, opset %d", model_dir,
              " -> ".join(module_names), pooling, onnx_path, exporter, cfg.opset)
-    export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter)
-    side_files = copy_tokenizer_files(model, model_dir, out_dir)
+    graph_files = export_onnx(model, onnx_path, cfg.opset, [by_len[0].text, by_len[-1].text], exporter=exporter,
+                              external_data_mb=cfg.external_data_mb)
+    side_files = graph_files[1:] + copy_tokenizer_files(model, model_dir, out_dir)
     report = check_parity(onnx_path, model, samples, cfg, out_dir / PARITY_FILE)
     side_files += _variants(onnx_path, model, samples, cfg, out_dir)
     dim = int(embedding_dim(model))
@@ -318,7 +332,7 @@ def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg:
         config=cfg,
         dim=dim,
         opset=report["opset"],
-        file_size=onnx_path.stat().st_size,
+        file_size=sum((out_dir / name).stat().st_size for name in graph_files),
         pooling=pooling,
         exporter=exporter,
         files=sorted([ONNX_FILE, PARITY_FILE, *side_files]),

@@ -36,16 +36,38 @@ PLAN_FILE = "model.plan"
 VARIANTS_FILE = "variants.json"
 
 
-def export_fp16(onnx_path: str | Path, out_path: str | Path) -> None:
-    """``onnx_path`` with weights and compute in FP16 (inputs stay int64, the output FP32), via onnxruntime."""
+def save_onnx(proto: Any, path: str | Path, external_data_mb: int) -> list[str]:
+    """Write ``proto`` to ``path`` and check it there; weights over ``external_data_mb`` MB go to
+    ``<path name>.data`` beside it (ONNX's external-data format: one protobuf file cannot exceed 2 GB).
+
+    Returns:
+        The names of the files written (the graph, and its data file when there is one).
+    """
+    import onnx
+
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    external = sum(t.ByteSize() for t in proto.graph.initializer) > external_data_mb * 2**20
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)  # by path: works above 2 GB, reads the data file
+    return [path.name, data.name] if external else [path.name]
+
+
+def export_fp16(onnx_path: str | Path, out_path: str | Path, external_data_mb: int = 1024) -> list[str]:
+    """``onnx_path`` with weights and compute in FP16 (inputs stay int64, the output FP32), via onnxruntime;
+    saved by :func:`save_onnx`. Returns the files written."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the model is already fp16"-style notices on constant folding
         half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    onnx.checker.check_model(half)
-    onnx.save(half, str(out_path))
+    return save_onnx(half, out_path, external_data_mb)
 
 
 def build_tensorrt_plan(onnx_path: str | Path, plan_path: str | Path, cfg: ExportConfig) -> str:
@@ -94,11 +116,11 @@ def _variants(onnx_path: Path, model: "SentenceTransformer", samples: Sequence[C
     variants: dict[str, Any] = {}
     files: list[str] = []
     if cfg.fp16:
-        export_fp16(onnx_path, out_dir / FP16_ONNX_FILE)
+        written = export_fp16(onnx_path, out_dir / FP16_ONNX_FILE, cfg.external_data_mb)
         fp16 = check_parity(out_dir / FP16_ONNX_FILE, model, samples, cfg, out_dir / FP16_PARITY_FILE,
                             min_cosine=cfg.fp16_min_cosine)
         variants["fp16"] = {"file": FP16_ONNX_FILE, "min_cosine": fp16["min_cosine"]}
-        files += [FP16_ONNX_FILE, FP16_PARITY_FILE]
+        files += [*written, FP16_PARITY_FILE]
     if cfg.tensorrt_plan:
         status = build_tensorrt_plan(onnx_path, out_dir / PLAN_FILE, cfg)
         variants["tensorrt_plan"] = {"file": PLAN_FILE if status == "built" else None, "status": status}

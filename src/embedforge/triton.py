@@ -331,7 +331,8 @@ def write_model_repository(
         names.embedder: build_config(sig, cfg, params, v),
     }
     embedder_files = _embedder_files(onnx_dir, cfg, sig)
-    skip = _NOT_TOKENIZER | set(sig.external_data)
+    # External-data weights of either graph (model.onnx.data, model_fp16.onnx.data) are not tokenizer files.
+    skip = _NOT_TOKENIZER | set(sig.external_data) | {p.name for p in onnx_dir.glob("*.onnx.data")}
     for model, text in configs.items():
         tmp = _fresh(repo_dir / model / f".{v}.tmp")
         (tmp / SERVED_CONFIG).write_text(text, encoding="utf-8")

@@ -17,6 +17,7 @@ from embedforge.config.stages import (
     GateConfig,
     IngestConfig,
     MineConfig,
+    ModelConfig,
     PipelineConfig,
     PromptsConfig,
     RegisterConfig,
@@ -30,7 +31,7 @@ from embedforge.config.stages import (
 
 __all__ = [
     "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "EvaluateConfig", "ExportConfig", "GateConfig",
-    "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "MineConfig", "PipelineConfig", "PromptsConfig",
+    "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "MineConfig", "ModelConfig", "PipelineConfig", "PromptsConfig",
     "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig", "TrainJobConfig", "TritonConfig", "ValidateConfig",
     "load_config", "parse_overrides",
 ]

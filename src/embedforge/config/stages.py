@@ -117,6 +117,8 @@ class ScheduleConfig(StageConfig):
         "and train.temperature.")
     max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
                           "positives and negatives first, then other rows' texts).")
+
+
 class LoraConfig(StageConfig):
     enabled: bool = Field(False, description="Train low-rank adapters (peft LoRA) instead of every weight; they are "
                           "merged into the base weights when the model is saved (embedforge.train.lora).")
@@ -126,6 +128,18 @@ class LoraConfig(StageConfig):
     target_modules: list[str] | Literal["auto"] = Field(
         "auto", description="Module names to adapt; auto: every linear layer of the transformer's attention and MLP "
         "blocks (peft's 'all-linear').")
+
+
+class ModelConfig(StageConfig):
+    """How a base model folder becomes an embedder (embedforge.models). ``auto``: what the folder says (modules.json,
+    1_Pooling/config.json, config.json), else the architecture's convention (decoders: last token, causal)."""
+
+    pooling: Literal["auto", "mean", "cls", "lasttoken"] = Field(
+        "auto", description="auto: the folder's Pooling module, else lasttoken for a causal decoder, mean otherwise.")
+    attention: Literal["auto", "causal", "bidirectional"] = Field(
+        "auto", description="Decoders only: bidirectional sets is_causal=false in the model config (saved with it).")
+    padding_side: Literal["auto", "left", "right"] = Field("auto", description="auto: the tokenizer's own side.")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped in the model folder (opt-in only).")
 
 
 class TrainConfig(StageConfig):
@@ -187,12 +201,14 @@ class TrainConfig(StageConfig):
         "none", description="With processes > 1: none = every process holds the whole model and the gradients are "
         "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
         "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Pooling, attention, padding of the base model.")
 
     def resolved_cache_chunk_tokens(self, device_type: str) -> int:
         """``cache_chunk_tokens``, or its default for the device type."""
         if self.cache_chunk_tokens is not None:
             return self.cache_chunk_tokens
         return 16384 if device_type == "cuda" else self.resolved_micro_batch_tokens(device_type)
+
 
     def resolved_micro_batch_tokens(self, device_type: str) -> int:
         """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""
@@ -235,6 +251,9 @@ class ExportConfig(StageConfig):
         False, description="Also write model_fp16.onnx (weights and activations in FP16, inputs/outputs unchanged), "
         "checked against PyTorch with fp16_min_cosine; serve it with triton.precision=fp16.")
     fp16_min_cosine: float = Field(0.995, gt=0, le=1)
+    external_data_mb: int = Field(
+        1024, ge=0, description="Graphs whose weights exceed this many MB keep them in <graph>.onnx.data beside "
+        "the graph (an ONNX protobuf file stops at 2 GB: a 1B model needs it); 0: always.")
     tensorrt_plan: bool = Field(
         False, description="Also build model.plan (TensorRT engine, FP16, one optimisation profile from "
         "tensorrt_min/opt/max_shape) where the tensorrt package is importable; elsewhere the step logs why it skips.")

@@ -78,6 +78,7 @@ def run(
     cfg = schedule.apply(cfg, choice)
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts)
+    prompts = PromptsConfig.model_validate(model.prompts)  # the base folder's own prompts fill empty ones
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
     base_weight = resolve_base_weight(cfg, mined_dir)
     base_state = snapshot_weights(model) if base_weight > 0 else None

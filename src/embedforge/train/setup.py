@@ -43,20 +43,17 @@ def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig)
     Args:
         base_model: Model folder or id.
         cfg: Training settings (device, max_seq_length).
-        prompts: Query/document prefixes, saved in the model as prompts ``query``/``document``.
+        prompts: Query/document prefixes, saved in the model as prompts ``query``/``document``; empty ones fall
+            back to the folder's own (:func:`embedforge.models.merge_prompts`).
 
     Raises:
         ConfigError: The model cannot be loaded.
     """
-    from sentence_transformers import SentenceTransformer
-
+    from embedforge import models
     from embedforge.encode import pick_device, resolve_model_path
 
-    try:
-        model = SentenceTransformer(resolve_model_path(base_model), device=pick_device(cfg.device))
-    except OSError as exc:
-        raise ConfigError(f"cannot load base model {base_model!r}: {exc}") from None
-    model.prompts = {"query": prompts.query, "document": prompts.document}
+    model = models.load(resolve_model_path(base_model), cfg.model, device=pick_device(cfg.device))
+    model.prompts = models.merge_prompts(model, prompts).model_dump()  # the folder's own where prompts.* are empty
     model.default_prompt_name = None
     model.max_seq_length = min(cfg.max_seq_length, _model_length_limit(model) or cfg.max_seq_length)
     return model
