@@ -47,6 +47,8 @@ class Inputs:
     pairs: Optional[Any] = None
     eval_beir_data: Optional[Any] = None
     base_model_files: Optional[Any] = None
+    #: The stand-in tasks (container steps like the others: the Kubernetes settings apply to them too).
+    stand_ins: tuple = ()
 
 
 def _import(uri, artifact_class: type, name: str):
@@ -55,21 +57,23 @@ def _import(uri, artifact_class: type, name: str):
         f"import-{name}").output
 
 
-def _import_optional(uri, artifact_class: type, name: str):
-    """The imported artifact when ``uri`` is set, else the absent stand-in: one artifact either way."""
+def _import_optional(uri, artifact_class: type, name: str) -> tuple:
+    """(the imported artifact when ``uri`` is set, else the absent stand-in's: one artifact either way; the
+    stand-in task)."""
     with dsl.If(uri != "", name=f"{name}-given"):
         imported = _import(uri, artifact_class, name)
     with dsl.Else(name=f"{name}-not-given"):
         stand_in = (no_model() if artifact_class is dsl.Model else no_dataset()).set_display_name(f"no-{name}")
-    return dsl.OneOf(imported, stand_in.outputs["absent"])
+    return dsl.OneOf(imported, stand_in.outputs["absent"]), stand_in
 
 
 def import_inputs(corpus_uri, pairs_uri, eval_beir_uri, base_model_uri, base_model) -> Inputs:
     """Import the inputs given as URIs (inside the pipeline function); ``base_model`` is the fallback model id."""
+    pairs, pairs_stand_in = _import_optional(pairs_uri, dsl.Dataset, "pairs")
+    eval_beir, eval_beir_stand_in = _import_optional(eval_beir_uri, dsl.Dataset, "eval-beir")
+    base, base_stand_in = _import_optional(base_model_uri, dsl.Model, "base-model")
     return Inputs(
         corpus_path="", pairs_file="", eval_beir="", base_model=base_model,
-        corpus=_import(corpus_uri, dsl.Dataset, "corpus"),
-        pairs=_import_optional(pairs_uri, dsl.Dataset, "pairs"),
-        eval_beir_data=_import_optional(eval_beir_uri, dsl.Dataset, "eval-beir"),
-        base_model_files=_import_optional(base_model_uri, dsl.Model, "base-model"),
+        corpus=_import(corpus_uri, dsl.Dataset, "corpus"), pairs=pairs, eval_beir_data=eval_beir,
+        base_model_files=base, stand_ins=(pairs_stand_in, eval_beir_stand_in, base_stand_in),
     )

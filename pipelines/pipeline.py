@@ -161,7 +161,7 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
             given = Inputs(p["corpus_path"], p["pairs_file"], p["eval_beir"], p["base_model"])
         tasks = _steps(given, p)
         if kubernetes:
-            _apply_kubernetes(k8s, inputs, **tasks)
+            _apply_kubernetes(k8s, inputs, given.stand_ins, **tasks)
 
     embedforge_pipeline.__signature__ = signature
     return dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])(embedforge_pipeline)
@@ -225,12 +225,13 @@ def _steps(given: Inputs, p: dict) -> dict:
             "report_task": report_task}
 
 
-def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, ingest_task, sdg_task, validate_task, mine_task, train_task,
-                      evaluate_task, export_task, register_task, gate_task, promote_task, report_task) -> None:
+def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, ingest_task, sdg_task, validate_task,
+                      mine_task, train_task, evaluate_task, export_task, register_task, gate_task, promote_task,
+                      report_task) -> None:
     from kfp import kubernetes
 
     for task in (ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task, export_task,
-                 register_task, gate_task, promote_task, report_task):
+                 register_task, gate_task, promote_task, report_task, *stand_ins):
         task.set_container_image(k8s.image)
         # The prod overlay's NetworkPolicies admit these pods to MLflow, and only promote to Triton's repository API.
         kubernetes.add_pod_label(task, "embedforge.io/pipeline", "true")
@@ -264,13 +265,17 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, ingest_task, sdg_tas
     # train.nodes > 1: the step stages its inputs for a TrainJob on the shared volume and reads the model back
     # there (embedforge.trainjob; TrainConfig.trainjob.shared_pvc/shared_mount default to these), and the nodes
     # run the step's own image
-    if inputs == ARTIFACTS:  # (the pvc route mounted it above)
-        kubernetes.mount_pvc(train_task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+    if inputs == ARTIFACTS:  # (the pvc route mounted it above) and the LLM generator's resumable
+        # work dir (sdg_config.llm.work_dir=/data/sdg_work/...) lives there too
+        for task in (train_task, sdg_task):
+            kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
     train_task.set_env_variable("EMBEDFORGE_IMAGE", k8s.image)
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
     for task in (ingest_task, sdg_task, validate_task, register_task, promote_task, report_task):
         task.set_cpu_request("1").set_memory_request("4Gi")
+    for task in stand_ins:  # they only write a marker file
+        task.set_cpu_request("100m").set_memory_request("256Mi")
     for task in (register_task, gate_task, promote_task, report_task):
         task.set_caching_options(False)  # they read/write the live registry
 

@@ -13,8 +13,6 @@ The test walks the compiled YAML (pipeline spec + Kubernetes platform spec), the
   for the optional ones).
 """
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys
@@ -178,3 +176,42 @@ def test_compile_names_the_routes_on_a_bad_inputs_value(tmp_path):
                         "--inputs", "nfs"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "--inputs must be one of artifacts, pvc" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr and not (tmp_path / "p.yaml").exists()
+
+
+# ------------------------------------------------------------------------------ the step side, run by kfp.local
+def test_a_step_reads_the_imported_artifact_and_falls_back_when_it_is_the_absent_stand_in(tmp_path):
+    """kfp.local runs a ``dsl.importer`` of a corpus folder and the absent stand-in of the base model into the
+    real ingest component: it chunks the imported copy and takes its tokenizer from the ``base_model`` id.
+
+    (kfp.local cannot run the compiled artifacts variant itself: it does not resolve ``dsl.OneOf`` over artifacts,
+    kfp 2.17.3; the backend does.)
+    """
+    import json as json_
+
+    from kfp import dsl, local
+
+    from embedforge.components._stand_ins import no_model
+    from embedforge.components.ingest.component import ingest
+    from embedforge.config import PipelineConfig
+    from embedforge.kfp_local import program_only_python_rewrite
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"doc{i}.txt").write_text(" ".join(
+            f"Document {i} sentence {j} talks about pump valve number {i * 10 + j} in some detail." for j in range(12)))
+
+    @dsl.pipeline(name="imported-inputs")
+    def imported(corpus_uri: str, base_model_id: str) -> dsl.Dataset:
+        corpus_in = dsl.importer(artifact_uri=corpus_uri, artifact_class=dsl.Dataset, reimport=False)
+        return ingest(corpus_path="", base_model=base_model_id, config=PipelineConfig().to_dict()["ingest"],
+                      corpus_artifact=corpus_in.output, base_model_artifact=no_model().outputs["absent"]
+                      ).outputs["chunks"]
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               raise_on_error=True)
+    with program_only_python_rewrite():
+        chunks = imported(corpus_uri=str(corpus), base_model_id=PipelineConfig().base_model).output
+    manifest = json_.loads((Path(chunks.path) / "manifest.json").read_text())
+    assert manifest["inputs"]["corpus"] == str(corpus)  # kfp.local hands the importer's local path through
+    assert manifest["counts"]["documents"] == 4 and manifest["counts"]["chunks"] > 4

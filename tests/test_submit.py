@@ -125,7 +125,7 @@ def _submit(*args: str, token: str | None = TOKEN, home: Path | None = None) -> 
 
 # ------------------------------------------------------------------------------------------------ the tests
 def test_submit_sends_the_compiled_pipeline_with_the_params_and_prints_the_run_url(kfp_api, package, tmp_path):
-    r = _submit("--host", kfp_api.url, "--package", str(package), "--experiment", "nightly",
+    r = _submit("--host", kfp_api.url, "--package", str(package), "--experiment", "nightly", "--namespace", "team-a",
                 "--param", "corpus_uri=s3://docs-bucket/corpus/2026-12-01/",
                 "--param", 'train_config={"epochs": 1, "batch_size": 16}', home=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -134,6 +134,7 @@ def test_submit_sends_the_compiled_pipeline_with_the_params_and_prints_the_run_u
     (run,) = kfp_api.runs.values()
     (exp,) = kfp_api.experiments.values()
     assert exp["display_name"] == "nightly" and run["experiment_id"] == exp["experiment_id"]
+    assert exp["namespace"] == "team-a" and run["service_account"] == "embedforge-pipeline"
     assert run["runtime_config"]["parameters"] == {
         "corpus_uri": "s3://docs-bucket/corpus/2026-12-01/", "train_config": {"epochs": 1, "batch_size": 16}}
     # the pipeline spec in the run is our compiled package: same pipeline, same components, same images, and the

@@ -172,6 +172,10 @@ def submit(
                                                        "corpus_uri=s3://bucket/docs or train_config='{...}'.")] = None,
     experiment: Annotated[str, typer.Option("--experiment", help="KFP experiment (created if missing).")] = "embedforge",
     run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run display name.")] = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Profile namespace (multi-user "
+                                                     "Kubeflow).")] = None,
+    service_account: Annotated[str, typer.Option("--service-account", help="ServiceAccount of the run's pods "
+                                                 "(manifests/; '' for the KFP default).")] = "embedforge-pipeline",
     wait: Annotated[bool, typer.Option("--wait", help="Follow the run; exit 0 only if it succeeds.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait follows the run.")] = 24 * 3600,
     poll: Annotated[float, typer.Option("--poll", help="Seconds between --wait's state reads.")] = 15.0,
@@ -189,6 +193,7 @@ def submit(
             compile_(output=package, local=False, train_gpus=1, image=image, inputs=inputs)
         result = _guard(lambda: kfp_submit.submit(host, package, kfp_submit.parse_params(param or []),
                                                   experiment=experiment, run_name=run_name, wait=wait,
+                                                  namespace=namespace, service_account=service_account or None,
                                                   timeout_s=timeout, poll_s=poll))
     typer.echo(result.run_url)  # stdout: the one thing a script captures
     if wait:

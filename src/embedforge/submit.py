@@ -90,7 +90,7 @@ def check_params(package: Path, params: dict[str, Any]) -> None:
         raise InputError(f"{package.name} needs --param {' --param '.join(f'{n}=...' for n in missing)}")
 
 
-def _client(host: str, token: Optional[str]):
+def _client(host: str, token: Optional[str], namespace: Optional[str]):
     """A ``kfp.Client`` for ``host``, after one health check with the same credentials.
 
     The check comes first because ``kfp.Client()`` itself asks ``/healthz`` five times, 5 s apart, before it
@@ -104,7 +104,8 @@ def _client(host: str, token: Optional[str]):
         config.api_key["authorization"], config.api_key_prefix["authorization"] = token, "Bearer"
     try:
         kfp_server_api.HealthzServiceApi(kfp_server_api.ApiClient(config)).healthz_service_get_healthz()
-        return kfp.Client(host=host, existing_token=token or None)
+        # (kfp.Client's own default namespace is the string "kubeflow", which it reads as "not given")
+        return kfp.Client(host=host, existing_token=token or None, namespace=namespace or "kubeflow")
     except Exception as exc:  # noqa: BLE001 - urllib3 / ApiException: one line either way
         raise _api_error(host, "connect to", exc) from None
 
@@ -129,9 +130,13 @@ def _api_error(host: str, action: str, exc: Exception) -> SubmitError:
 
 
 def submit(host: str, package: Path, params: dict[str, Any], experiment: str = "embedforge",
-           run_name: Optional[str] = None, wait: bool = False, timeout_s: float = 24 * 3600,
+           run_name: Optional[str] = None, namespace: Optional[str] = None,
+           service_account: Optional[str] = None, wait: bool = False, timeout_s: float = 24 * 3600,
            poll_s: float = 15.0, token_env: str = TOKEN_ENV) -> Submission:
     """Create a run of ``package`` with ``params`` on the KFP API at ``host``; with ``wait``, follow it to its end.
+
+    ``namespace``: the profile namespace of a multi-user Kubeflow (its experiments and the run's pods live
+    there); ``service_account``: the run's pods' ServiceAccount (manifests/: ``embedforge-pipeline``).
 
     Raises:
         InputError: A bad package or parameter.
@@ -142,10 +147,11 @@ def submit(host: str, package: Path, params: dict[str, Any], experiment: str = "
     check_params(package, params)
     # kfp prints "Experiment details: URL" / "Run details: URL": to stderr, so stdout holds only what we print
     with contextlib.redirect_stdout(sys.stderr):
-        client = _client(host, os.environ.get(token_env))
+        client = _client(host, os.environ.get(token_env), namespace)
         try:
             result = client.create_run_from_pipeline_package(
-                str(package), arguments=params, run_name=run_name, experiment_name=experiment)
+                str(package), arguments=params, run_name=run_name, experiment_name=experiment,
+                namespace=namespace, service_account=service_account)
         except Exception as exc:  # noqa: BLE001
             raise _api_error(host, "create the run", exc) from None
     run_url = f"{host.rstrip('/')}/#/runs/details/{result.run_id}"
