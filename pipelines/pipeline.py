@@ -202,6 +202,7 @@ def _steps(given: Inputs, p: dict) -> dict:
         validate_config=p["validate_config"], mine_config=p["mine_config"], train_config=p["train_config"],
         evaluate_config=p["evaluate_config"], export_config=p["export_config"], gate_config=p["gate_config"],
         triton_config=p["triton_config"], tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **({"base_model_uri": p["base_model_uri"]} if "base_model_uri" in p else {}),
     )
     gate_task = gate(
         evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],

@@ -157,6 +157,8 @@ def test_artifacts_variant_feeds_each_input_from_an_importer_of_its_uri():
         imported = {src[1] for sources in pipeline.steps[step]["artifacts"].values() for src in sources
                     if src[0] == "importer"}
         assert needed <= imported, f"{step} gets {sorted(imported)} from importers, needs {sorted(needed)}"
+    # MLflow records where the base model came from, not the id the steps did not use
+    assert pipeline.steps["register"]["parameters"]["base_model_uri"] == {"base_model_uri"}
     importers = [e["importer"] for e in pipeline.executors.values() if "importer" in e]
     assert {i["typeSchema"]["schemaTitle"] for i in importers} == {"system.Dataset", "system.Model"}
     assert all(not i.get("reimport", False) for i in importers)
