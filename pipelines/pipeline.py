@@ -16,7 +16,8 @@ Steps (one KFP component each, see ``components/<stage>/``):
 
 ``build_pipeline(kubernetes=False)`` is the pipeline run locally by ``embedforge run`` (kfp.local);
 ``build_pipeline(kubernetes=True)`` adds what a cluster needs: GPU for training, resource requests, the inputs as
-imported artifacts (or, ``inputs="pvc"``, the data volume on every step reading a path; ``pipelines/inputs.py``), the Triton model-repository volume on promote (which then rolls the version out to the Triton Service),
+imported artifacts (or, ``inputs="pvc"``, the data volume on every step reading a path; ``pipelines/inputs.py``),
+the Triton model-repository volume on promote (which then rolls the version out to the Triton Service),
 and the LLM API key from a Kubernetes Secret (never a parameter).
 """
 
@@ -119,8 +120,9 @@ def _signature(inputs: str, defaults: dict[str, dict]) -> inspect.Signature:
     def param(name: str, annotation: type, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
         return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
 
-    names = URI_PARAMETERS if inputs == ARTIFACTS else PATH_PARAMETERS[:-1]
-    base_model = BASE_MODEL_ID if inputs == ARTIFACTS else "base_model"  # an id, or a path on the pvc route
+    # corpus, pairs, external BEIR set (+ base_model_uri); then the base model id (a path on the pvc route)
+    names = URI_PARAMETERS if inputs == ARTIFACTS else tuple(n for n in PATH_PARAMETERS if n != "base_model")
+    base_model = BASE_MODEL_ID if inputs == ARTIFACTS else "base_model"
     return inspect.Signature([
         param(names[0], str), *(param(n, str, "") for n in names[1:]),
         param(base_model, str, PipelineConfig().base_model), param("tracking_uri", str, ""),
