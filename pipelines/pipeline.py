@@ -15,13 +15,16 @@ Steps (one KFP component each, see ``components/<stage>/``):
 11. ``report``  (after the gate, beside promote) ``report.html`` as a KFP HTML output, attached to the MLflow run
 
 ``build_pipeline(kubernetes=False)`` is the pipeline run locally by ``embedforge run`` (kfp.local);
-``build_pipeline(kubernetes=True)`` adds what a cluster needs: GPU for training, resource requests, the corpus
-volume, the Triton model-repository volume on promote (which then rolls the version out to the Triton Service),
+``build_pipeline(kubernetes=True)`` adds what a cluster needs: GPU for training, resource requests, the inputs as
+imported artifacts (or, ``inputs="pvc"``, the data volume on every step reading a path; ``pipelines/inputs.py``),
+the Triton model-repository volume on promote (which then rolls the version out to the Triton Service),
 and the LLM API key from a Kubernetes Secret (never a parameter).
 """
 
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 from kfp import dsl
 
@@ -38,6 +41,8 @@ from embedforge.components.sdg.component import sdg
 from embedforge.components.train.component import train
 from embedforge.components.validate.component import validate
 from embedforge.config import PipelineConfig
+from embedforge.pipelines.inputs import (ARTIFACTS, BASE_MODEL_ID, INPUT_ROUTES, PATH_PARAMETERS, PVC,
+                                         URI_PARAMETERS, Inputs, import_inputs)
 
 PIPELINE_NAME = "embedforge"
 
@@ -110,8 +115,31 @@ def pipeline_arguments(cfg: PipelineConfig, corpus_path: str, pairs_file: str = 
     }
 
 
-def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = KubernetesSettings()):
-    """Return the ``@dsl.pipeline`` function; ``kubernetes=True`` adds cluster resources and secrets."""
+def _signature(inputs: str, defaults: dict[str, dict]) -> inspect.Signature:
+    """The pipeline's parameters: the four inputs (URIs or paths, see ``pipelines/inputs.py``), then the rest."""
+    def param(name: str, annotation: type, default: Any = inspect.Parameter.empty) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+
+    # corpus, pairs, external BEIR set (+ base_model_uri); then the base model id (a path on the pvc route)
+    names = URI_PARAMETERS if inputs == ARTIFACTS else tuple(n for n in PATH_PARAMETERS if n != "base_model")
+    base_model = BASE_MODEL_ID if inputs == ARTIFACTS else "base_model"
+    return inspect.Signature([
+        param(names[0], str), *(param(n, str, "") for n in names[1:]),
+        param(base_model, str, PipelineConfig().base_model), param("tracking_uri", str, ""),
+        *(param(name, dict, value) for name, value in defaults.items()),
+    ])
+
+
+def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = KubernetesSettings(),
+                   inputs: str = ARTIFACTS):
+    """Return the ``@dsl.pipeline`` function; ``kubernetes=True`` adds cluster resources and secrets.
+
+    ``inputs`` (Kubernetes only; the local variant always takes paths) picks how corpus, pairs, external BEIR
+    set and base model enter: imported artifacts from URIs, or paths on the data volume (``pipelines/inputs.py``).
+    """
+    if inputs not in INPUT_ROUTES:
+        raise ValueError(f"inputs must be one of {INPUT_ROUTES}, got {inputs!r}")
+    inputs = inputs if kubernetes else PVC
     cfg = PipelineConfig()
     if kubernetes:  # promote publishes into the Triton PVC and rolls the version out on the cluster's server
         cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
@@ -121,84 +149,105 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
             cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0})})
     defaults = _stage_args(cfg)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])
-    def embedforge_pipeline(
-        corpus_path: str,
-        pairs_file: str = "",
-        eval_beir: str = "",
-        base_model: str = PipelineConfig().base_model,
-        tracking_uri: str = "",
-        prompts: dict = defaults["prompts"],
-        ingest_config: dict = defaults["ingest_config"],
-        sdg_config: dict = defaults["sdg_config"],
-        validate_config: dict = defaults["validate_config"],
-        mine_config: dict = defaults["mine_config"],
-        train_config: dict = defaults["train_config"],
-        evaluate_config: dict = defaults["evaluate_config"],
-        export_config: dict = defaults["export_config"],
-        register_config: dict = defaults["register_config"],
-        gate_config: dict = defaults["gate_config"],
-        triton_config: dict = defaults["triton_config"],
-    ):
-        ingest_task = ingest(corpus_path=corpus_path, base_model=base_model, config=ingest_config)
-        chunks = ingest_task.outputs["chunks"]
-        sdg_task = sdg(chunks=chunks, pairs_file=pairs_file, base_model=base_model, config=sdg_config)
-        pairs = sdg_task.outputs["pairs"]
-        validate_task = validate(chunks=chunks, pairs=pairs, config=validate_config)
-        mine_task = mine(chunks=chunks, pairs=pairs, base_model=base_model, config=mine_config).after(validate_task)
-        train_task = train(mined=mine_task.outputs["mined"], base_model=base_model, config=train_config, prompts=prompts)
-        model = train_task.outputs["model"]
-        evaluate_task = evaluate(
-            chunks=chunks, pairs=pairs, mined=mine_task.outputs["mined"], model=model,
-            base_model=base_model, eval_beir=eval_beir, config=evaluate_config,
-        )
-        export_task = export(model=model, chunks=chunks, config=export_config)
-        register_task = register(
-            model=model, onnx_model=export_task.outputs["onnx_model"], evaluation=evaluate_task.outputs["evaluation"],
-            validation=validate_task.outputs["validation"], pairs=pairs, config=register_config,
-            # MLflow params come from the configs the stages above actually received (no separate copy)
-            base_model=base_model, prompts=prompts, ingest_config=ingest_config, sdg_config=sdg_config,
-            validate_config=validate_config, mine_config=mine_config, train_config=train_config,
-            evaluate_config=evaluate_config, export_config=export_config, gate_config=gate_config,
-            triton_config=triton_config, tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        )
-        gate_task = gate(
-            evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],
-            chunks=chunks, pairs=pairs, config=gate_config, evaluate_config=evaluate_config,
+    signature = _signature(inputs, defaults)
+
+    def embedforge_pipeline(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)  # KFP calls it with one channel per parameter, positionally
+        bound.apply_defaults()
+        p = bound.arguments
+        if inputs == ARTIFACTS:
+            p["base_model"] = p[BASE_MODEL_ID]
+            given = import_inputs(p["corpus_uri"], p["pairs_uri"], p["eval_beir_uri"], p["base_model_uri"],
+                                  p["base_model"])
+        else:
+            given = Inputs(p["corpus_path"], p["pairs_file"], p["eval_beir"], p["base_model"])
+        tasks = _steps(given, p)
+        if kubernetes:
+            _apply_kubernetes(k8s, inputs, given.stand_ins, **tasks)
+
+    embedforge_pipeline.__signature__ = signature
+    return dsl.pipeline(name=PIPELINE_NAME, description=__doc__.splitlines()[0])(embedforge_pipeline)
+
+
+def _artifacts(**artifacts) -> dict:
+    """The optional artifact inputs that are connected (``None``: left unconnected, the path route)."""
+    return {name: a for name, a in artifacts.items() if a is not None}
+
+
+def _steps(given: Inputs, p: dict) -> dict:
+    """Wire the eleven steps; return their tasks by name (``promote`` runs under the gate's ``dsl.If``)."""
+    base_model, tracking_uri, prompts = p["base_model"], p["tracking_uri"], p["prompts"]
+    base = _artifacts(base_model_artifact=given.base_model_files)
+    external = _artifacts(eval_beir_artifact=given.eval_beir_data)
+    ingest_task = ingest(corpus_path=given.corpus_path, base_model=base_model, config=p["ingest_config"],
+                         **_artifacts(corpus_artifact=given.corpus), **base)
+    chunks = ingest_task.outputs["chunks"]
+    sdg_task = sdg(chunks=chunks, pairs_file=given.pairs_file, base_model=base_model, config=p["sdg_config"],
+                   **_artifacts(pairs_artifact=given.pairs), **base)
+    pairs = sdg_task.outputs["pairs"]
+    validate_task = validate(chunks=chunks, pairs=pairs, config=p["validate_config"])
+    mine_task = mine(chunks=chunks, pairs=pairs, base_model=base_model, config=p["mine_config"],
+                     **base).after(validate_task)
+    train_task = train(mined=mine_task.outputs["mined"], base_model=base_model, config=p["train_config"],
+                       prompts=prompts, **base)
+    model = train_task.outputs["model"]
+    evaluate_task = evaluate(
+        chunks=chunks, pairs=pairs, mined=mine_task.outputs["mined"], model=model,
+        base_model=base_model, eval_beir=given.eval_beir, config=p["evaluate_config"], **external, **base,
+    )
+    export_task = export(model=model, chunks=chunks, config=p["export_config"])
+    register_task = register(
+        model=model, onnx_model=export_task.outputs["onnx_model"], evaluation=evaluate_task.outputs["evaluation"],
+        validation=validate_task.outputs["validation"], pairs=pairs, config=p["register_config"],
+        # MLflow params come from the configs the stages above actually received (no separate copy)
+        base_model=base_model, prompts=prompts, ingest_config=p["ingest_config"], sdg_config=p["sdg_config"],
+        validate_config=p["validate_config"], mine_config=p["mine_config"], train_config=p["train_config"],
+        evaluate_config=p["evaluate_config"], export_config=p["export_config"], gate_config=p["gate_config"],
+        triton_config=p["triton_config"], tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **({"base_model_uri": p["base_model_uri"]} if "base_model_uri" in p else {}),
+    )
+    gate_task = gate(
+        evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],
+        chunks=chunks, pairs=pairs, config=p["gate_config"], evaluate_config=p["evaluate_config"],
+        tracking_uri=tracking_uri, **external,  # the champion is re-evaluated on the same external set
+    )
+    with dsl.If(gate_task.outputs["Output"] == True, name="promote-if-better"):  # noqa: E712 (KFP condition syntax)
+        promote_task = promote(
+            decision=gate_task.outputs["decision"], registry=register_task.outputs["registry"],
+            onnx_model=export_task.outputs["onnx_model"], config=p["gate_config"], triton_config=p["triton_config"],
             tracking_uri=tracking_uri,
         )
-        with dsl.If(gate_task.outputs["Output"] == True, name="promote-if-better"):  # noqa: E712 (KFP condition syntax)
-            promote_task = promote(
-                decision=gate_task.outputs["decision"], registry=register_task.outputs["registry"],
-                onnx_model=export_task.outputs["onnx_model"], config=gate_config, triton_config=triton_config,
-                tracking_uri=tracking_uri,
-            )
-        report_task = report(
-            chunks=chunks, validation=validate_task.outputs["validation"], model=model,
-            evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],
-            decision=gate_task.outputs["decision"], tracking_uri=tracking_uri,
-        )
-
-        if kubernetes:
-            _apply_kubernetes(k8s, ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task,
-                              export_task, register_task, gate_task, promote_task, report_task)
-
-    return embedforge_pipeline
+    report_task = report(
+        chunks=chunks, validation=validate_task.outputs["validation"], model=model,
+        evaluation=evaluate_task.outputs["evaluation"], registry=register_task.outputs["registry"],
+        decision=gate_task.outputs["decision"], tracking_uri=tracking_uri,
+    )
+    return {"ingest_task": ingest_task, "sdg_task": sdg_task, "validate_task": validate_task, "mine_task": mine_task,
+            "train_task": train_task, "evaluate_task": evaluate_task, "export_task": export_task,
+            "register_task": register_task, "gate_task": gate_task, "promote_task": promote_task,
+            "report_task": report_task}
 
 
-def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_task, mine_task, train_task,
-                      evaluate_task, export_task, register_task, gate_task, promote_task, report_task) -> None:
+def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, ingest_task, sdg_task, validate_task,
+                      mine_task, train_task, evaluate_task, export_task, register_task, gate_task, promote_task,
+                      report_task) -> None:
     from kfp import kubernetes
 
     for task in (ingest_task, sdg_task, validate_task, mine_task, train_task, evaluate_task, export_task,
-                 register_task, gate_task, promote_task, report_task):
+                 register_task, gate_task, promote_task, report_task, *stand_ins):
         task.set_container_image(k8s.image)
         # The prod overlay's NetworkPolicies admit these pods to MLflow, and only promote to Triton's repository API.
         kubernetes.add_pod_label(task, "embedforge.io/pipeline", "true")
     kubernetes.add_pod_label(promote_task, "embedforge.io/promote", "true")
-    # The corpus, pairs files and external BEIR folders live on a shared volume (see manifests/).
-    for task in (ingest_task, sdg_task, evaluate_task):
-        kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+    if inputs == PVC:
+        # Inputs as paths on the shared data volume (see manifests/): every step that reads one mounts it — the
+        # base model folder (ingest's tokenizer, sdg's de-duplication, mine, train, evaluate) and the external BEIR
+        # folder (evaluate, and gate, which re-evaluates the champion on the folder evaluate recorded). A path
+        # says nothing about the bytes behind it, so the steps that read data from it do not use the cache.
+        for task in (ingest_task, sdg_task, mine_task, train_task, evaluate_task, gate_task):
+            kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+        for task in (ingest_task, sdg_task, evaluate_task):
+            task.set_caching_options(False)
     kubernetes.mount_pvc(promote_task, pvc_name=k8s.model_repo_pvc, mount_path=k8s.model_repo_mount)
     # The LLM key (sdg.generator=llm) comes from a Secret, as an env var: never a pipeline parameter.
     kubernetes.use_secret_as_env(sdg_task, secret_name=k8s.llm_secret,
@@ -219,19 +268,25 @@ def _apply_kubernetes(k8s: KubernetesSettings, ingest_task, sdg_task, validate_t
     # train.nodes > 1: the step stages its inputs for a TrainJob on the shared volume and reads the model back
     # there (embedforge.trainjob; TrainConfig.trainjob.shared_pvc/shared_mount default to these), and the nodes
     # run the step's own image
-    kubernetes.mount_pvc(train_task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
+    if inputs == ARTIFACTS:  # (the pvc route mounted it above) and the LLM generator's resumable
+        # work dir (sdg_config.llm.work_dir=/data/sdg_work/...) lives there too
+        for task in (train_task, sdg_task):
+            kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
     train_task.set_env_variable("EMBEDFORGE_IMAGE", k8s.image)
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
     for task in (ingest_task, sdg_task, validate_task, register_task, promote_task, report_task):
         task.set_cpu_request("1").set_memory_request("4Gi")
+    for task in stand_ins:  # they only write a marker file
+        task.set_cpu_request("100m").set_memory_request("256Mi")
     for task in (register_task, gate_task, promote_task, report_task):
         task.set_caching_options(False)  # they read/write the live registry
 
 
-def compile_pipeline(path: str, kubernetes: bool = True, k8s: KubernetesSettings = KubernetesSettings()) -> str:
-    """Write the pipeline YAML (the Kubernetes variant by default) and return its path."""
+def compile_pipeline(path: str, kubernetes: bool = True, k8s: KubernetesSettings = KubernetesSettings(),
+                     inputs: str = ARTIFACTS) -> str:
+    """Write the pipeline YAML (the Kubernetes variant, inputs as artifacts, by default) and return its path."""
     from kfp import compiler
 
-    compiler.Compiler().compile(build_pipeline(kubernetes=kubernetes, k8s=k8s), package_path=path)
+    compiler.Compiler().compile(build_pipeline(kubernetes=kubernetes, k8s=k8s, inputs=inputs), package_path=path)
     return path

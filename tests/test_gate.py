@@ -232,3 +232,38 @@ def test_external_collection_decides_when_the_run_has_one(tmp_path, model_name, 
     ev_plain = evaluation_dir_factory(tmp_path / "ev-plain", {M: 0.9}, {M: 0.5})
     with pytest.raises(InputError, match="--eval-beir"):
         _gate(tmp_path, ev_plain, reg, chunks_dir, pairs_dir, mlflow_uri, eval_set="external")
+
+
+def test_component_reevaluates_the_champion_on_its_own_copy_of_the_imported_external_set(
+        tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir, evaluation_dir_factory, chunks_dir,
+        pairs_dir, mlflow_uri):
+    """On Kubernetes (``--inputs artifacts``) evaluate records the external set's path in *its* pod; the gate pod
+    gets the same imported artifact at another path and must use that copy, not the recorded path."""
+    import shutil
+
+    from kfp import dsl
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.components.gate.component import gate
+    from embedforge.config import EvaluateConfig
+    from embedforge.contracts import read_chunks, read_pairs
+    from embedforge.evaluate import build_eval_set, evaluate_beir_folder, write_beir_split
+
+    chunks = read_chunks(chunks_dir)
+    beir = write_beir_split(tmp_path / "evaluate-pod" / "beir", chunks, build_eval_set(chunks, read_pairs(pairs_dir)))
+    real = round(evaluate_beir_folder(SentenceTransformer(str(tiny_model), device="cpu"), beir, EvaluateConfig())[M], 5)
+    gate_copy = shutil.copytree(beir, tmp_path / "gate-pod" / "beir")
+    shutil.rmtree(tmp_path / "evaluate-pod")  # the recorded path does not exist where the gate runs
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              evaluation_dir_factory, {M: 0.99}, {M: 0.10})
+    _set_alias(mlflow_uri, model_name, "1")
+    external = {"path": str(beir), "base": {M: real - 0.02}, "finetuned": {M: real + 0.01}}
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        lambda out, ft, b: evaluation_dir_factory(out, ft, b, external), {M: 0.90}, {M: 0.50})
+    out = dsl.Artifact(uri=str(tmp_path / "decision"))
+    promoted = gate.python_func(
+        evaluation=dsl.Artifact(uri=str(ev)), registry=dsl.Artifact(uri=str(reg)),
+        chunks=dsl.Dataset(uri=str(chunks_dir)), pairs=dsl.Dataset(uri=str(pairs_dir)), config={},
+        evaluate_config={}, tracking_uri=mlflow_uri, decision=out, eval_beir_artifact=dsl.Dataset(uri=str(gate_copy)))
+    decision = read_result(tmp_path / "decision", Decision)
+    assert decision.champion_value == pytest.approx(real, abs=1e-9) and promoted is True

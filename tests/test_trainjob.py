@@ -251,6 +251,28 @@ def test_succeeded_job_delivers_the_model_and_cleans_up(tmp_path, kube, mined, c
     assert set(api.calls) == {("create", "trainjobs"), ("get", "trainjobs"), ("delete", "trainjobs")}
 
 
+def test_a_base_model_folder_local_to_the_step_is_staged_for_the_nodes(tmp_path, kube, mined):
+    """A base model imported as a KFP artifact sits in the step's pod only: it goes onto the shared volume too."""
+    from embedforge import trainjob
+
+    local_model = tmp_path / "pod-local" / "base"
+    local_model.mkdir(parents=True)
+    (local_model / "config.json").write_text("{}")
+    seen: dict = {}
+
+    def nodes(body: dict) -> None:
+        args = body["spec"]["trainer"]["args"]
+        seen["base_model"] = yaml.safe_load(Path(args[args.index("--config") + 1]).read_text())["base_model"]
+        seen["files"] = sorted(p.name for p in Path(seen["base_model"]).iterdir())
+        _nodes_write_model(body)
+
+    cfg = _cfg(tmp_path)
+    trainjob.run(mined, tmp_path / "model", cfg, base_model=str(local_model),
+                 api=kube([COMPLETE], on_create=nodes).api(), namespace=NS, image="img", job_name="embedforge-train-bm")
+    assert Path(cfg.trainjob.shared_mount) in Path(seen["base_model"]).parents and seen["files"] == ["config.json"]
+    assert list((Path(cfg.trainjob.shared_mount) / "trainjobs").iterdir()) == []  # cleaned up with the run
+
+
 def test_failed_job_raises_with_the_reason_and_cleans_up(tmp_path, kube, mined):
     from embedforge import trainjob
 

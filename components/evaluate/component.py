@@ -16,6 +16,8 @@ def evaluate(
     config: dict,
     evaluation: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
+    eval_beir_artifact: dsl.Input[dsl.Dataset] = None,
+    base_model_artifact: dsl.Input[dsl.Model] = None,
 ):
     """Score both models (eval-split pairs as queries, all chunks as the corpus) with NDCG/MAP/recall/P/MRR@k.
 
@@ -32,18 +34,23 @@ def evaluate(
         evaluation: Output folder: ``evaluation.json``, ``beir/`` (the eval split in BEIR layout), ``manifest.json``.
         metrics: ``finetuned_<metric>_at_<k>``, ``base_<metric>_at_<k>`` and ``delta_<metric>_at_<k>`` (KFP metric
             names allow no "@"), plus ``external_*`` ones when ``eval_beir`` is set, and the counts.
+        eval_beir_artifact: The external BEIR folder as an imported artifact; overrides ``eval_beir`` unless it
+            is the "absent" stand-in.
+        base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
+            ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
     """
 
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import evaluate as stage
+        from embedforge.components._inputs import local_path
         from embedforge.config import EvaluateConfig
         from embedforge.names import for_kfp
 
         manifest = stage.run(
-            chunks.path, pairs.path, base_model, model.path, evaluation.path, EvaluateConfig.model_validate(config),
-            base_embeddings_dir=mined.path, eval_beir=eval_beir or None,
+            chunks.path, pairs.path, local_path(base_model_artifact, base_model), model.path, evaluation.path, EvaluateConfig.model_validate(config),
+            base_embeddings_dir=mined.path, eval_beir=local_path(eval_beir_artifact, eval_beir) or None,
         )
         result = manifest.result
         tables = {"finetuned": result.finetuned, "base": result.base, "delta": result.delta}

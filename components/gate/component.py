@@ -15,6 +15,7 @@ def gate(
     evaluate_config: dict,
     tracking_uri: str,
     decision: dsl.Output[dsl.Artifact],
+    eval_beir_artifact: dsl.Input[dsl.Dataset] = None,
 ) -> bool:
     """Compare the new version with base and with the current champion (re-evaluated on the same eval set).
 
@@ -30,6 +31,9 @@ def gate(
         evaluate_config: ``EvaluateConfig`` fields, the same the evaluate step used.
         tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
         decision: Output folder: ``decision.json`` (promote, reason, numbers) + ``manifest.json``.
+        eval_beir_artifact: The external BEIR folder as an imported artifact, the one evaluate received: the
+            champion is re-evaluated on this pod's copy (without it, on the folder path evaluate recorded,
+            which this pod must then mount).
 
     Returns:
         True when the new version should be promoted.
@@ -41,12 +45,13 @@ def gate(
         import os
 
         from embedforge import gate as stage
+        from embedforge.components._inputs import local_path
         from embedforge.config import EvaluateConfig, GateConfig
 
         os.makedirs(decision.path, exist_ok=True)
         result = stage.run(evaluation.path, registry.path, chunks.path, pairs.path, decision.path,
                            GateConfig.model_validate(config), EvaluateConfig.model_validate(evaluate_config),
-                           tracking_uri)
+                           tracking_uri, external_dir=local_path(eval_beir_artifact, "") or None)
         decision.metadata["promote"] = result.promote
         decision.metadata["reason"] = result.reason
         print(result.reason)

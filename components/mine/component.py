@@ -13,6 +13,7 @@ def mine(
     config: dict,
     mined: dsl.Output[dsl.Dataset],
     metrics: dsl.Output[dsl.Metrics],
+    base_model_artifact: dsl.Input[dsl.Model] = None,
 ):
     """Embed every chunk once with the base model and mine positive-aware hard negatives for each train pair.
 
@@ -25,15 +26,19 @@ def mine(
         mined: Output folder: ``train.jsonl`` (anchor, positive, negative_1..n), ``embeddings.npy`` +
             ``embedding_ids.json`` (base-model chunk embeddings, reused by evaluate) and ``manifest.json``.
         metrics: Example/negative counts and mean positive/negative base-model scores.
+        base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
+            ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
     """
 
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import mine as stage
+        from embedforge.components._inputs import local_path
         from embedforge.config import MineConfig
 
-        manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config), base_model=base_model)
+        manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config),
+                             base_model=local_path(base_model_artifact, base_model))
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)
         metrics.log_metric("mean_positive_score", manifest.result.mean_positive_score)

@@ -27,6 +27,7 @@ def register(
     tracking_uri: str,
     kfp_run_id: str,
     registry: dsl.Output[dsl.Artifact],
+    base_model_uri: str = "",
 ):
     """Create one MLflow run (params, metrics, artifacts) and a new version of the registered model (an MLflow
     Model: pyfunc over the ONNX file and tokenizer, with signature and input example).
@@ -46,6 +47,8 @@ def register(
         kfp_run_id: The KFP run id (the pipeline passes ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``), tagged on run and
             version; empty -> ``$KFP_RUN_ID``.
         registry: Output folder: ``registry.json`` (run id, model name, version, source) + ``manifest.json``.
+        base_model_uri: The URI the base model was imported from (``--inputs artifacts``); when set, it is the
+            base model MLflow records instead of ``base_model`` (the id the steps then did not use).
     """
 
     from embedforge.errors import reported_stage_errors
@@ -57,6 +60,7 @@ def register(
         from embedforge.config import RegisterConfig
         from embedforge.provenance import effective_params
 
+        base_model = base_model_uri or base_model
         params = effective_params(base_model, prompts, {
             "ingest": ingest_config, "sdg": sdg_config, "validate": validate_config, "mine": mine_config,
             "train": train_config, "evaluate": evaluate_config, "export": export_config, "register": config,

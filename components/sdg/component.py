@@ -13,6 +13,8 @@ def sdg(
     config: dict,
     pairs: dsl.Output[dsl.Dataset],
     metrics: dsl.Output[dsl.Metrics],
+    pairs_artifact: dsl.Input[dsl.Dataset] = None,
+    base_model_artifact: dsl.Input[dsl.Model] = None,
 ):
     """Generate train/eval pairs per split, or resolve a user's pairs file against the chunks.
 
@@ -23,15 +25,21 @@ def sdg(
         config: ``SdgConfig`` fields (generator, queries_per_chunk, title_queries, ict_remove_prob, max_pairs, llm ...).
         pairs: Output folder: ``pairs.jsonl`` + ``manifest.json``.
         metrics: Pair counts per split and source, and generator statistics.
+        pairs_artifact: The bring-your-own pairs JSONL file as an imported artifact; overrides ``pairs_file``
+            unless it is the "absent" stand-in.
+        base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
+            ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
     """
 
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import sdg as stage
+        from embedforge.components._inputs import local_path
         from embedforge.config import SdgConfig
 
         manifest = stage.run(chunks.path, pairs.path, SdgConfig.model_validate(config),
-                             pairs_file=pairs_file or None, base_model=base_model)
+                             pairs_file=local_path(pairs_artifact, pairs_file) or None,
+                             base_model=local_path(base_model_artifact, base_model))
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)

@@ -13,6 +13,7 @@ def train(
     prompts: dict,
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    base_model_artifact: dsl.Input[dsl.Model] = None,
 ):
     """Fine-tune the base model with InfoNCE over in-batch and hard negatives; save a sentence-transformers folder.
 
@@ -28,15 +29,19 @@ def train(
         model: Output folder: the fine-tuned model (``SentenceTransformer(model.path)`` loads it) +
             ``manifest.json``.
         metrics: Examples, steps, final loss, throughput.
+        base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
+            ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
     """
 
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import train as stage
+        from embedforge.components._inputs import local_path
         from embedforge.config import PromptsConfig, TrainConfig
 
         cfg = TrainConfig.model_validate(config)
+        base_model = local_path(base_model_artifact, base_model)
         if cfg.nodes > 1:  # beyond one machine: a TrainJob does the training, this step stages, waits, collects
             from embedforge import trainjob
 

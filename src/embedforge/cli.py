@@ -143,18 +143,66 @@ def compile_(
                                             "trains data-parallel under torchrun (sets train.processes=0).")] = 1,
     image: Annotated[Optional[str], typer.Option("--image", help="Container image of every step, e.g. "
                                                  "REGISTRY/embedforge@sha256:... (default: the components' base image).")] = None,
+    inputs: Annotated[str, typer.Option("--inputs", help="How corpus, pairs, external BEIR set and base model "
+                                        "enter (Kubernetes variant): 'artifacts' (URIs imported as KFP artifacts) "
+                                        "or 'pvc' (paths on the data volume).")] = "artifacts",
 ) -> None:
     """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
     from embedforge.components._common import BASE_IMAGE, is_digest_pinned
+    from embedforge.pipelines.inputs import INPUT_ROUTES
     from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline
 
+    if inputs not in INPUT_ROUTES:
+        _fail(f"--inputs must be one of {', '.join(INPUT_ROUTES)}, got {inputs!r}")
     image = image or BASE_IMAGE
     if not local and not is_digest_pinned(image):
         console.print(f"[yellow]image {escape(image)} is not pinned by digest: a rebuilt image under the same tag "
                       "reuses cached steps; pass --image REGISTRY/embedforge@sha256:...[/]")
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(output), kubernetes=not local, k8s=KubernetesSettings(train_gpus=train_gpus, image=image))
+    compile_pipeline(str(output), kubernetes=not local, k8s=KubernetesSettings(train_gpus=train_gpus, image=image),
+                     inputs=inputs)
     console.print(f"wrote {output}")
+
+
+# ------------------------------------------------------------------------------------------------ submit
+@app.command()
+def submit(
+    host: Annotated[str, typer.Option("--host", help="KFP API URL, e.g. http://localhost:8888 (kubectl "
+                                      "port-forward svc/ml-pipeline 8888:8888) or https://kubeflow.example.com/pipeline.")],
+    package: Annotated[Optional[Path], typer.Option("--package", help="A compiled pipeline YAML (default: compile "
+                                                    "the Kubernetes variant now, with --inputs/--image).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Run parameter KEY=VALUE (repeatable), e.g. "
+                                                       "corpus_uri=s3://bucket/docs or train_config='{...}'.")] = None,
+    experiment: Annotated[str, typer.Option("--experiment", help="KFP experiment (created if missing).")] = "embedforge",
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run display name.")] = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", help="Profile namespace (multi-user "
+                                                     "Kubeflow).")] = None,
+    service_account: Annotated[str, typer.Option("--service-account", help="ServiceAccount of the run's pods "
+                                                 "(manifests/; '' for the KFP default).")] = "embedforge-pipeline",
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the run; exit 0 only if it succeeds.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds --wait follows the run.")] = 24 * 3600,
+    poll: Annotated[float, typer.Option("--poll", help="Seconds between --wait's state reads.")] = 15.0,
+    inputs: Annotated[str, typer.Option("--inputs", help="Without --package: 'artifacts' or 'pvc'.")] = "artifacts",
+    image: Annotated[Optional[str], typer.Option("--image", help="Without --package: every step's image.")] = None,
+) -> None:
+    """Submit a run to Kubeflow Pipelines (token from $KF_PIPELINES_TOKEN, never printed); print its URL."""
+    import tempfile
+
+    from embedforge import submit as kfp_submit
+
+    with tempfile.TemporaryDirectory(prefix="embedforge-submit-") as tmp:
+        if package is None:
+            package = Path(tmp) / "embedforge.yaml"
+            compile_(output=package, local=False, train_gpus=1, image=image, inputs=inputs)
+        result = _guard(lambda: kfp_submit.submit(host, package, kfp_submit.parse_params(param or []),
+                                                  experiment=experiment, run_name=run_name, wait=wait,
+                                                  namespace=namespace, service_account=service_account or None,
+                                                  timeout_s=timeout, poll_s=poll))
+    typer.echo(result.run_url)  # stdout: the one thing a script captures
+    if wait:
+        console.print(f"run {result.run_id}: {result.state}", highlight=False)
+        if not result.succeeded:
+            raise typer.Exit(1)
 
 
 # -------------------------------------------------------------------------------- one subcommand per stage

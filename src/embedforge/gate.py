@@ -201,6 +201,7 @@ def run(
     cfg: GateConfig,
     eval_cfg: EvaluateConfig,
     tracking_uri: str,
+    external_dir: str | Path | None = None,
 ) -> Decision:
     """Compare the registered challenger with base and the current champion; write ``decision.json``.
 
@@ -213,6 +214,8 @@ def run(
         cfg: Gate settings (metric, min_improvement, greater_is_better, alias).
         eval_cfg: Evaluation settings, identical to the evaluate stage's (so the numbers are comparable).
         tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
+        external_dir: Where this process reads the external BEIR folder the evaluation recorded (the gate pod's
+            copy of the imported artifact on Kubernetes); default: the path recorded by evaluate.
 
     Returns:
         The :class:`Decision`.
@@ -251,7 +254,8 @@ def run(
                 model_dir = download_version(client, uri, model_name, champion_version, tmp)
             except MlflowException as exc:
                 raise mlflow_error(f"download {model_name} v{champion_version}", uri, exc) from None
-            champion_metrics = evaluate_champion(model_dir, chunks_dir, pairs_dir, eval_cfg, external=external)
+            champion_metrics = evaluate_champion(model_dir, chunks_dir, pairs_dir, eval_cfg,
+                                                 external=external_dir or external if external else None)
 
     decision = decide(finetuned, base, champion_metrics, cfg,
                       champion_version=champion_version, challenger_version=challenger_version)

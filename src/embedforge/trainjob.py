@@ -245,7 +245,7 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
         mined_dir: The mine output folder (local to this pod).
         out_dir: Where the trained sentence-transformers folder goes (local to this pod).
         cfg: The train config (``nodes`` > 1, ``trainjob``).
-        base_model: Base model name or path, as the nodes see it.
+        base_model: Base model name or folder; a folder outside the shared volume is staged onto it.
         prompts: Query/document prompts saved with the model.
         api: A ``CustomObjectsApi``; default :func:`custom_objects_api`.
         namespace, image, job_name: Overrides of :func:`default_namespace`, :func:`default_image` and a
@@ -272,6 +272,10 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
     work = shared / "trainjobs" / name
     try:
         shutil.copytree(mined_dir, work / "mined")
+        if Path(base_model).is_dir() and shared.resolve() not in Path(base_model).resolve().parents:
+            # a folder only this pod sees (the base model imported as a KFP artifact): the nodes see the volume
+            shutil.copytree(base_model, work / "base_model")
+            base_model = str(work / "base_model")
         node_cfg = cfg.model_copy(update={"nodes": 1})  # the nodes train; they never submit a job themselves
         (work / "train.yaml").write_text(yaml.safe_dump({
             "base_model": base_model, "prompts": (prompts or PromptsConfig()).model_dump(),
