@@ -209,7 +209,6 @@ class TrainConfig(StageConfig):
             return self.cache_chunk_tokens
         return 16384 if device_type == "cuda" else self.resolved_micro_batch_tokens(device_type)
 
-
     def resolved_micro_batch_tokens(self, device_type: str) -> int:
         """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""
         if self.micro_batch_tokens is not None:

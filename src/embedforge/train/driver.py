@@ -25,10 +25,6 @@ from embedforge.train.setup import compile_encoder, load_for_training, make_step
 from embedforge.train.lora import add_adapters, merge_adapters
 from embedforge.train.setup import (
     apply_memory_options,
-    compile_encoder,
-    load_for_training,
-    make_stepper,
-    seed_everything,
 )
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
