@@ -13,18 +13,21 @@ import time
 from pathlib import Path
 
 import embedforge.train.distributed as distributed
-import embedforge.train.schedule as schedule
 import embedforge.train.fsdp as fsdp
+import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
 from embedforge.train.positives import known_positives
-from embedforge.train.setup import compile_encoder, load_for_training, make_stepper, seed_everything
 from embedforge.train.lora import add_adapters, merge_adapters
 from embedforge.train.setup import (
     apply_memory_options,
+    compile_encoder,
+    load_for_training,
+    make_stepper,
+    seed_everything,
 )
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
