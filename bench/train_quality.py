@@ -339,8 +339,8 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
     model_dir = out / "model"
     m = train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())
     mm = contracts.read_manifest(mined)
-    info = {"rows": m.counts["examples"], "steps": m.counts["steps"], "train_seconds": m.model_extra["train_seconds"],
-            "final_loss": m.model_extra["final_loss"], "dropped_by_margin": mm.counts["dropped_by_margin"]}
+    info = {"rows": m.counts["examples"], "steps": m.counts["steps"], "train_seconds": m.result.train_seconds,
+            "final_loss": m.result.final_loss, "dropped_by_margin": mm.counts["dropped_by_margin"]}
     return SentenceTransformer(str(model_dir), device=device), info
 
 

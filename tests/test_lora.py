@@ -9,9 +9,10 @@ from safetensors.torch import load_file
 
 from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.train.batching import collate, positives_by_anchor
+from embedforge.train.batching import collate
 from embedforge.train.distributed import DistContext
 from embedforge.train.lora import add_adapters, has_adapters, merge_adapters
+from embedforge.train.positives import positives_by_anchor
 from embedforge.train.setup import load_for_training, make_stepper
 from embedforge.train.step import embed
 

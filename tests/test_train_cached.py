@@ -9,9 +9,10 @@ import torch
 
 from embedforge import contracts
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.train.batching import Batch, collate, positives_by_anchor
+from embedforge.train.batching import Batch, collate
 from embedforge.train.cached import GradCache, make_grad_cache
 from embedforge.train.losses import InfoNCELoss
+from embedforge.train.positives import positives_by_anchor
 from embedforge.train.setup import apply_memory_options, load_for_training
 from embedforge.train.step import Stepper
 

@@ -69,12 +69,19 @@ def write_known_positives(out_dir: str | Path, texts: Mapping[str, set[str]]) ->
     return contracts.write_jsonl(Path(out_dir) / KNOWN_POSITIVES_FILE, rows)
 
 
-def known_positives(mined_dir: str | Path, examples: list[TrainExample]) -> dict[str, set[str]]:
-    """Anchor text -> every text never treated as its negative in a batch: the positives of all its rows plus, when
-    the mine folder has ``known_positives.jsonl``, every text mining found positive for it (all grades)."""
+def positives_by_anchor(examples: list[TrainExample]) -> dict[str, set[str]]:
+    """Anchor text -> the positive texts of all its rows (what the in-batch mask keeps out of its negatives)."""
     known: dict[str, set[str]] = {}
     for ex in examples:
         known.setdefault(ex.anchor, set()).add(ex.positive)
+    return known
+
+
+def known_positives(mined_dir: str | Path, examples: list[TrainExample]) -> dict[str, set[str]]:
+    """Anchor text -> every text never treated as its negative in a batch: the positives of all its rows
+    (:func:`positives_by_anchor`) plus, when the mine folder has ``known_positives.jsonl``, every text mining found
+    positive for it (all grades)."""
+    known = positives_by_anchor(examples)
     path = Path(mined_dir) / KNOWN_POSITIVES_FILE
     if path.is_file():
         for _, row in contracts.iter_jsonl(path):
