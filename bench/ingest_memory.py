@@ -44,13 +44,21 @@ def write_prose(path: Path, n_bytes: int, seed: int, single_line: bool = False) 
             written += len(para)
 
 
+# Runs the command and prints its ``ru_maxrss`` (KiB). Why a separate small process: on exec, Linux folds the
+# parent's RSS high-water mark into the child's ``ru_maxrss``, so measured straight from a big process (a pytest
+# session that trained models holds GBs) the child would report the parent's peak, not its own.
+_MEASURE = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "_, st, ru = os.wait4(p.pid, 0); print(ru.ru_maxrss, os.waitstatus_to_exitcode(st))")
+
+
 def peak_rss(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, int]:
-    """Run ``cmd``; return (its peak RSS in bytes, including waited-for descendants; seconds; exit code)."""
+    """Run ``cmd``; return (its own peak RSS in bytes, including waited-for descendants; seconds; exit code)."""
     started = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss * 1024, time.time() - started, proc.returncode  # ru_maxrss is in KiB on Linux
+    r = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"measuring {cmd[:3]} failed: {r.stderr[-2000:]}")
+    maxrss_kib, rc = (int(v) for v in r.stdout.split()[-2:])
+    return maxrss_kib * 1024, time.time() - started, rc  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:
