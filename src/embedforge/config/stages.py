@@ -185,7 +185,9 @@ class TrainConfig(StageConfig):
         None, description="Cached contrastive batches (GradCache, embedforge.train.cached): the batch is embedded "
         "without gradients chunk by chunk, the loss's embedding gradients cached, then each chunk re-forwarded and "
         "back-propagated, so memory is that of one chunk whatever the batch; same gradients, one extra forward. "
-        "Unset (auto): off on CPU; elsewhere on for the steps whose texts hold more than 4 chunks of tokens.")
+        "Unset (auto): off on CPU; on CUDA for the steps whose tokens would not fit the device in a plain step "
+        "(embedforge.train.memory estimates activation bytes per token from the model); elsewhere for steps of "
+        "more than 4 chunks of tokens.")
     cache_chunk_tokens: int | None = Field(
         None, ge=64, description="Padded tokens per chunk of a cached step. Unset: 16384 on CUDA, the micro-batch "
         "budget on CPU.")

@@ -72,14 +72,16 @@ class GradCache:
     Attributes:
         chunk_tokens: Padded tokens per chunk (texts x longest text of the chunk); each chunk is forwarded by
             :func:`embedforge.train.step.embed`, which may split it further into micro-batches.
-        auto: Use the cached step only for batches of more than ``min_chunks`` chunks (the memory of fewer is
-            assumed to fit; the plain step is faster); False: every step is cached.
-        min_chunks: See ``auto``.
+        auto: Use the cached step only for batches of more than ``max_plain_tokens`` tokens (the plain step is
+            faster where it fits); False: every step is cached.
+        max_plain_tokens: See ``auto``: the plain step's capacity on the device
+            (:func:`embedforge.train.memory.plain_step_tokens`); None where the device's memory is unknown: four
+            chunks.
     """
 
     chunk_tokens: int
     auto: bool = False
-    min_chunks: int = 4
+    max_plain_tokens: int | None = None
 
     def applies(self, stepper: Stepper, batch: Batch, local: Batch | None = None) -> bool:
         """Whether ``batch`` (this rank's ``local`` part under torchrun) takes the cached step."""
@@ -90,7 +92,8 @@ class GradCache:
         for texts, cache in ((part.anchors, stepper.query_tokens), (part.candidates, stepper.document_tokens)):
             cache.add(texts)
             tokens += sum(cache.length(t) for t in texts)
-        return tokens > self.min_chunks * self.chunk_tokens
+        limit = self.max_plain_tokens if self.max_plain_tokens is not None else 4 * self.chunk_tokens
+        return tokens > limit
 
     def backward(self, stepper: Stepper, batch: Batch, local: Batch | None = None, split: Shard | None = None
                  ) -> torch.Tensor:
@@ -136,9 +139,11 @@ class GradCache:
         return out
 
 
-def make_grad_cache(cfg: TrainConfig, device_type: str, sharded: bool = False) -> GradCache | None:
+def make_grad_cache(cfg: TrainConfig, device_type: str, sharded: bool = False,
+                    max_plain_tokens: int | None = None) -> GradCache | None:
     """The :class:`GradCache` ``cfg.cached`` asks for on ``device_type`` (None: plain steps): always, never, or
-    unset: auto (large steps only) except on CPU, where memory is rarely the limit and time is.
+    unset: auto (steps of more than ``max_plain_tokens`` tokens, the plain step's capacity on the device) except on
+    CPU, where memory is rarely the limit and time is.
 
     ``sharded`` (FSDP, :mod:`embedforge.train.fsdp`): every step is cached, whatever ``cfg.cached``: the ranks must
     make the same collectives each step, which the cached step guarantees even for a rank without rows (an auto
@@ -147,7 +152,9 @@ def make_grad_cache(cfg: TrainConfig, device_type: str, sharded: bool = False) -
         return GradCache(cfg.resolved_cache_chunk_tokens(device_type))
     if cfg.cached is False or (cfg.cached is None and device_type == "cpu"):
         return None
-    return GradCache(cfg.resolved_cache_chunk_tokens(device_type), auto=cfg.cached is None)
+    auto = cfg.cached is None
+    return GradCache(cfg.resolved_cache_chunk_tokens(device_type), auto=auto,
+                     max_plain_tokens=max_plain_tokens if auto else None)
 
 
 def _idle_forward(stepper: Stepper) -> torch.Tensor:

@@ -140,6 +140,7 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     from transformers import get_cosine_schedule_with_warmup
 
     from embedforge.train import packing
+    from embedforge.train import memory
     from embedforge.train.cached import make_grad_cache
     from embedforge.train.losses import InfoNCELoss
 
@@ -148,6 +149,8 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     sharded = dist.enabled and cfg.sharding == "fsdp"
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     amp_dtype = autocast_dtype(cfg, str(model.device))
+    total = memory.device_bytes(model.device)
+    capacity = None if total is None else memory.plain_step_tokens(model, cfg.gradient_checkpointing, total)
     return Stepper(
         model=model,
         loss_fn=InfoNCELoss(cfg.temperature),
@@ -161,6 +164,6 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
         device_type=model.device.type,
         micro_batch_tokens=cfg.resolved_micro_batch_tokens(model.device.type),
         dist=dist,
-        grad_cache=make_grad_cache(cfg, model.device.type, sharded),
+        grad_cache=make_grad_cache(cfg, model.device.type, sharded, max_plain_tokens=capacity),
         sharded=sharded,
     )
