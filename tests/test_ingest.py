@@ -289,3 +289,29 @@ def test_a_huge_single_line_document_ingests_in_bounded_memory(huge_line_ingest)
     tokenising it at once took 3.2 GB."""
     _, rss = huge_line_ingest
     assert rss < 1_000 * 2**20, f"peak RSS {rss / 2**20:.0f} MiB"
+
+
+def test_section_size_is_a_setting(tmp_path, base_model):
+    """``ingest.section_chars``: the same 150k-character file is one document at the default and three sections
+    at 60k, for plain text (read in blocks) and for a BEIR corpus line alike."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from ingest_memory import write_prose
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_prose(corpus / "long.txt", 150_000, seed=3, single_line=True)
+    text = (corpus / "long.txt").read_text()
+    beir = tmp_path / "beir" / "corpus.jsonl"
+    beir.parent.mkdir()
+    beir.write_text(json.dumps({"_id": "long", "title": "", "text": text}) + "\n")
+    for source, doc_id in ((corpus, "long.txt"), (beir, "long")):
+        default = ingest.run(source, tmp_path / "default", IngestConfig(), base_model=base_model)
+        small = ingest.run(source, tmp_path / "small", IngestConfig(section_chars=60_000), base_model=base_model)
+        assert default.counts["documents"] == 1
+        assert small.counts["documents"] == 3
+        sections = {c.doc_id for c in read_chunks(tmp_path / "small")}
+        assert sections == {f"{doc_id}/section-{n:04d}" for n in (1, 2, 3)}
+    with pytest.raises(ValueError, match="section_chars"):
+        IngestConfig(section_chars=100)

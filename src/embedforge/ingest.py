@@ -3,7 +3,7 @@
 Inputs
     Read one document at a time by :func:`embedforge.readers.iter_documents`: a folder of ``.txt``, ``.md``,
     ``.rst``, ``.html``/``.htm`` files (``IngestConfig.extensions``), or a BEIR corpus. A document longer than
-    :data:`embedforge.readers.SECTION_CHARS` arrives as several documents (its sections), so it is split by
+    ``IngestConfig.section_chars`` arrives as several documents (its sections), so it is split by
     section between train and eval. Chunks are written as they are made: memory stays bounded by the largest
     markup file (plain text is read piece by piece), not by the corpus.
 
@@ -229,7 +229,7 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
     from tqdm.auto import tqdm
 
     timer = StageTimer("ingest")
-    docs, skipped, kind = iter_documents(corpus, cfg.extensions)
+    docs, skipped, kind = iter_documents(corpus, cfg.extensions, cfg.section_chars)
     chunker = Chunker(cfg, load_tokenizer(base_model))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

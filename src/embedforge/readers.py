@@ -31,7 +31,8 @@ from embedforge.errors import InputError
 from embedforge.text import FENCE, indent, normalize_ws, split_sections
 
 BEIR_CORPUS = "corpus.jsonl"
-#: Longest document in characters; a longer one is split into sections (about 50k tokens: cheap to tokenise).
+#: Longest document in characters by default (``ingest.section_chars``); a longer one is split into sections (about
+#: 50k tokens: cheap to tokenise).
 SECTION_CHARS = 200_000
 
 
@@ -171,10 +172,11 @@ def _text_blocks(path: Path, size: int = SECTION_CHARS) -> Iterator[str]:
                          "(e.g. iconv -f latin1 -t utf-8) or remove it from the corpus") from None
 
 
-def sectioned(doc_id: str, title: str, blocks: Iterable[str]) -> Iterator[Document]:
-    """One Document for a text of at most :data:`SECTION_CHARS` characters, else one per section (ids
+def sectioned(doc_id: str, title: str, blocks: Iterable[str], section_chars: int = SECTION_CHARS
+              ) -> Iterator[Document]:
+    """One Document for a text of at most ``section_chars`` characters, else one per section (ids
     ``<doc_id>/section-0001``...); one empty Document for a blank text (ingest counts it as empty)."""
-    sections = split_sections(blocks, SECTION_CHARS)
+    sections = split_sections(blocks, section_chars)
     first, second = next(sections, None), next(sections, None)
     if second is None:
         yield Document(doc_id=doc_id, title=title, text=first or "")
@@ -183,14 +185,14 @@ def sectioned(doc_id: str, title: str, blocks: Iterable[str]) -> Iterator[Docume
         yield Document(doc_id=f"{doc_id}/section-{n:04d}", title=title, text=text)
 
 
-def iter_file(path: Path, doc_id: str) -> Iterator[Document]:
+def iter_file(path: Path, doc_id: str, section_chars: int = SECTION_CHARS) -> Iterator[Document]:
     """The documents of one file: markup files are normalised whole (:func:`read_file`), plain text is read
-    incrementally; either is split into sections when longer than :data:`SECTION_CHARS`."""
+    incrementally; either is split into sections when longer than ``section_chars``."""
     if path.suffix.lower() in (".html", ".htm", ".md", ".rst"):
         doc = read_file(path, doc_id)
-        yield from sectioned(doc_id, doc.title, [doc.text])
+        yield from sectioned(doc_id, doc.title, [doc.text], section_chars)
     else:
-        yield from sectioned(doc_id, "", _text_blocks(path))
+        yield from sectioned(doc_id, "", _text_blocks(path, min(section_chars, SECTION_CHARS)), section_chars)
 
 
 def read_file(path: Path, doc_id: str) -> Document:
@@ -216,7 +218,8 @@ def read_file(path: Path, doc_id: str) -> Document:
     return Document(doc_id=doc_id, title=title, text=text)
 
 
-def _folder_documents(root: Path, extensions: list[str]) -> tuple[Iterator[Document], int]:
+def _folder_documents(root: Path, extensions: list[str], section_chars: int = SECTION_CHARS
+                      ) -> tuple[Iterator[Document], int]:
     from tqdm.auto import tqdm
 
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
@@ -238,11 +241,11 @@ def _folder_documents(root: Path, extensions: list[str]) -> tuple[Iterator[Docum
             f"set ingest.extensions, or point at a BEIR corpus.jsonl"
         )
     docs = (d for p in tqdm(files, desc="ingest: files", unit="file", disable=None)
-            for d in iter_file(p, p.relative_to(root).as_posix()))
+            for d in iter_file(p, p.relative_to(root).as_posix(), section_chars))
     return docs, skipped
 
 
-def _beir_documents(path: Path) -> Iterator[Document]:
+def _beir_documents(path: Path, section_chars: int = SECTION_CHARS) -> Iterator[Document]:
     from tqdm.auto import tqdm
 
     seen: dict[str, int] = {}
@@ -264,7 +267,7 @@ def _beir_documents(path: Path) -> Iterator[Document]:
         if doc_id in seen:
             raise InputError(f"{path}:{n}: duplicate \"_id\" {doc_id!r} (first on line {seen[doc_id]}); ids must be unique")
         seen[doc_id] = n
-        yield from sectioned(doc_id, normalize_ws(title), [text])
+        yield from sectioned(doc_id, normalize_ws(title), [text], section_chars)
     if not seen:
         raise InputError(f"{path} holds no documents; each line must be a JSON object with \"_id\", \"title\", \"text\"")
 
@@ -275,12 +278,14 @@ def load_documents(corpus: str | Path, extensions: list[str]) -> tuple[list[Docu
     return list(docs), skipped, kind
 
 
-def iter_documents(corpus: str | Path, extensions: list[str]) -> tuple[Iterator[Document], int, str]:
+def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int = SECTION_CHARS
+                   ) -> tuple[Iterator[Document], int, str]:
     """Read a corpus folder or BEIR corpus, one document at a time.
 
     Args:
         corpus: A folder of documents, a BEIR ``corpus.jsonl``, or a folder holding ``corpus.jsonl``.
         extensions: File suffixes read from a folder.
+        section_chars: Longest document in characters; a longer one becomes sections.
 
     Returns:
         (documents in deterministic order, read as iterated; number of skipped files; "folder"|"beir").
@@ -297,8 +302,8 @@ def iter_documents(corpus: str | Path, extensions: list[str]) -> tuple[Iterator[
     if path.is_file():
         if path.suffix.lower() != ".jsonl":
             raise InputError(f"corpus {path} is a single file; pass its folder, or a BEIR corpus.jsonl")
-        return _beir_documents(path), 0, "beir"
+        return _beir_documents(path, section_chars), 0, "beir"
     if (path / BEIR_CORPUS).is_file():
-        return _beir_documents(path / BEIR_CORPUS), 0, "beir"
-    docs, skipped = _folder_documents(path, extensions)
+        return _beir_documents(path / BEIR_CORPUS, section_chars), 0, "beir"
+    docs, skipped = _folder_documents(path, extensions, section_chars)
     return docs, skipped, "folder"

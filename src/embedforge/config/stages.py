@@ -18,6 +18,10 @@ class IngestConfig(StageConfig):
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation.")
     seed: int = Field(13, description="Seed of the document-level train/eval split.")
     extensions: list[str] = Field(default_factory=lambda: [".txt", ".md", ".rst", ".html", ".htm"])
+    section_chars: int = Field(
+        200_000, ge=10_000, le=10_000_000, description="Longest document in characters: a longer one becomes "
+        "several documents (sections, cut at paragraph breaks where possible) that the train/eval split treats "
+        "apart. Plain-text files are read in blocks of at most 200k characters whatever this is.")
 
 
 class SdgConfig(StageConfig):
