@@ -99,6 +99,7 @@ def _stage_args(cfg: PipelineConfig) -> dict[str, dict]:
         "gate_config": d["gate"],
         "triton_config": d["triton"],
         "prompts": d["prompts"],
+        "model_config": d["model"],
     }
 
 
@@ -177,23 +178,25 @@ def _artifacts(**artifacts) -> dict:
 def _steps(given: Inputs, p: dict) -> dict:
     """Wire the eleven steps; return their tasks by name (``promote`` runs under the gate's ``dsl.If``)."""
     base_model, tracking_uri, prompts = p["base_model"], p["tracking_uri"], p["prompts"]
+    loaded_as = {"model_config": p["model_config"]}  # how every step that loads the base model loads it
     base = _artifacts(base_model_artifact=given.base_model_files)
     external = _artifacts(eval_beir_artifact=given.eval_beir_data)
     ingest_task = ingest(corpus_path=given.corpus_path, base_model=base_model, config=p["ingest_config"],
                          **_artifacts(corpus_artifact=given.corpus), **base)
     chunks = ingest_task.outputs["chunks"]
     sdg_task = sdg(chunks=chunks, pairs_file=given.pairs_file, base_model=base_model, config=p["sdg_config"],
-                   **_artifacts(pairs_artifact=given.pairs), **base)
+                   **_artifacts(pairs_artifact=given.pairs), **base, **loaded_as)
     pairs = sdg_task.outputs["pairs"]
     validate_task = validate(chunks=chunks, pairs=pairs, config=p["validate_config"])
     mine_task = mine(chunks=chunks, pairs=pairs, base_model=base_model, config=p["mine_config"],
-                     **base).after(validate_task)
+                     **base, **loaded_as).after(validate_task)
     train_task = train(mined=mine_task.outputs["mined"], base_model=base_model, config=p["train_config"],
-                       prompts=prompts, **base)
+                       prompts=prompts, **base, **loaded_as)
     model = train_task.outputs["model"]
     evaluate_task = evaluate(
         chunks=chunks, pairs=pairs, mined=mine_task.outputs["mined"], model=model,
         base_model=base_model, eval_beir=given.eval_beir, config=p["evaluate_config"], **external, **base,
+        **loaded_as,
     )
     export_task = export(model=model, chunks=chunks, config=p["export_config"])
     register_task = register(
@@ -204,6 +207,7 @@ def _steps(given: Inputs, p: dict) -> dict:
         validate_config=p["validate_config"], mine_config=p["mine_config"], train_config=p["train_config"],
         evaluate_config=p["evaluate_config"], export_config=p["export_config"], gate_config=p["gate_config"],
         triton_config=p["triton_config"], tracking_uri=tracking_uri, kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **loaded_as,
         **({"base_model_uri": p["base_model_uri"]} if "base_model_uri" in p else {}),
     )
     gate_task = gate(

@@ -62,3 +62,14 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
     byo, changed = PipelineConfig().resolved(cuda_available=False, pairs_given=True)  # the user's pairs: 1 epoch
     assert changed == {"train.epochs": 1.0, "train.batch_size": 16} and byo.sdg.max_pairs == PipelineConfig().sdg.max_pairs
+
+
+def test_model_settings_are_top_level_and_the_old_place_says_so():
+    """``model`` is one section beside ``base_model`` (every stage that loads the base model reads it); a config
+    still using ``train.model`` fails with the rename, not with a bare "extra field"."""
+    from embedforge.config import PipelineConfig
+
+    cfg = PipelineConfig.model_validate({"model": {"pooling": "cls", "trust_remote_code": True}})
+    assert cfg.model.pooling == "cls" and cfg.to_dict()["model"]["trust_remote_code"] is True
+    with pytest.raises(ValueError, match=r"train\.model\.\* is now model\.\*"):
+        PipelineConfig.model_validate({"train": {"model": {"pooling": "cls"}}})

@@ -427,3 +427,23 @@ def test_cranfield_matches_beirs_own_exact_search(shared_data, base, base_model)
         assert ours[f"ndcg@{k}"] == pytest.approx(ndcg[f"NDCG@{k}"], abs=2e-3)
         assert ours[f"recall@{k}"] == pytest.approx(recall[f"Recall@{k}"], abs=2e-3)
         assert ours[f"map@{k}"] == pytest.approx(_map[f"MAP@{k}"], abs=2e-3)
+
+
+def test_the_model_section_decides_how_the_base_model_is_scored(chunks_dir, pairs_dir, base_model, base_reencoded,
+                                                                 fixture_data, tmp_path):
+    """``model`` reaches evaluate's base model as it reached mine's: with CLS pooling, the base metrics are the
+    CLS embedder's (and mine's CLS embeddings are reused for them), not the folder default's."""
+    from embedforge import mine
+    from embedforge.config import MineConfig, ModelConfig
+
+    from conftest import MINE_AS_HUMAN
+
+    cls = ModelConfig(pooling="cls")
+    mined = tmp_path / "mined_cls"
+    mine.run(chunks_dir, pairs_dir, mined, MineConfig(**MINE_AS_HUMAN), base_model=base_model, model_cfg=cls)
+    result = evaluate.run(chunks_dir, pairs_dir, base_model, base_model, tmp_path / "eval", CFG,
+                          base_embeddings_dir=mined, model_cfg=cls).result
+    chunks, pairs = fixture_data
+    want = evaluate.evaluate_model(load_model(base_model, model=cls), chunks, pairs, CFG)
+    assert result.base == pytest.approx(want, abs=1e-5)
+    assert result.base != pytest.approx(base_reencoded, abs=1e-3)

@@ -272,3 +272,20 @@ def test_offline_pairs_get_no_hard_negatives_by_default(tmp_path, chunks_dir, tr
         "default": AppliedPolicy(num_negatives=4, consistency_rank=0, base_weight=0.0, pairs=n, examples=n),
     }
     assert policy.base_weight() == 0.0
+
+
+def test_the_model_section_decides_how_mine_embeds(chunks_dir, pairs_dir, mined_dir, base_model, tmp_path):
+    """``model`` (here CLS pooling instead of MiniLM's mean) is how mine loads the base model: its saved chunk
+    embeddings are that embedder's, not the folder default's."""
+    from embedforge.config import ModelConfig
+    from embedforge.encode import encode, load_model
+
+    cls = ModelConfig(pooling="cls")
+    out = tmp_path / "mined_cls"
+    mine.run(chunks_dir, pairs_dir, out, MineConfig(**MINE_AS_HUMAN), base_model=base_model, model_cfg=cls)
+    got, ids = mine.load_embeddings(out)
+    texts = {c.chunk_id: c.text for c in contracts.read_chunks(chunks_dir)}
+    want = encode(load_model(base_model, model=cls), [texts[i] for i in ids], kind="document")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    default, _ = mine.load_embeddings(mined_dir)
+    assert not np.allclose(got, default, atol=1e-3)

@@ -272,3 +272,16 @@ def test_run_with_the_llm_generator_against_a_local_openai_endpoint(tmp_path, ti
     for f in [*out.rglob("*.json"), *out.rglob("*.jsonl"), *out.rglob("*.log"), out / "mlflow.db"]:
         assert key.encode() not in f.read_bytes(), f
     assert key not in r.stdout + r.stderr
+
+
+def test_every_step_that_loads_the_base_model_gets_the_model_section():
+    """sdg (de-duplication), mine, train and evaluate load the base model; register logs how: all five take the
+    pipeline's one ``model_config`` parameter, so a KFP run overriding it changes them together."""
+    import yaml
+
+    spec = next(yaml.safe_load_all((Path(__file__).resolve().parents[1] / "pipelines" / "embedforge.yaml").read_text()))
+    assert "model_config" in spec["root"]["inputDefinitions"]["parameters"]
+    tasks = spec["root"]["dag"]["tasks"]
+    for name in ("sdg", "mine", "train", "evaluate", "register"):
+        given = tasks[name]["inputs"]["parameters"]["model_config"]
+        assert given == {"componentInputParameter": "model_config"}, name

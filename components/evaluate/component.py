@@ -18,6 +18,7 @@ def evaluate(
     metrics: dsl.Output[dsl.Metrics],
     eval_beir_artifact: dsl.Input[dsl.Dataset] = None,
     base_model_artifact: dsl.Input[dsl.Model] = None,
+    model_config: dict = None,
 ):
     """Score both models (eval-split pairs as queries, all chunks as the corpus) with NDCG/MAP/recall/P/MRR@k.
 
@@ -38,6 +39,8 @@ def evaluate(
             is the "absent" stand-in.
         base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
+        model_config: ``ModelConfig`` fields (the pipeline's ``model`` section: pooling, attention, padding_side,
+            trust_remote_code): how the base model becomes an embedder, the same in every step that loads it.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -45,12 +48,13 @@ def evaluate(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import evaluate as stage
         from embedforge.components._inputs import local_path
-        from embedforge.config import EvaluateConfig
+        from embedforge.config import EvaluateConfig, ModelConfig
         from embedforge.names import for_kfp
 
         manifest = stage.run(
             chunks.path, pairs.path, local_path(base_model_artifact, base_model), model.path, evaluation.path, EvaluateConfig.model_validate(config),
             base_embeddings_dir=mined.path, eval_beir=local_path(eval_beir_artifact, eval_beir) or None,
+            model_cfg=ModelConfig.model_validate(model_config or {}),
         )
         result = manifest.result
         tables = {"finetuned": result.finetuned, "base": result.base, "delta": result.delta}

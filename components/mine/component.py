@@ -14,6 +14,7 @@ def mine(
     mined: dsl.Output[dsl.Dataset],
     metrics: dsl.Output[dsl.Metrics],
     base_model_artifact: dsl.Input[dsl.Model] = None,
+    model_config: dict = None,
 ):
     """Embed every chunk once with the base model and mine positive-aware hard negatives for each train pair.
 
@@ -28,6 +29,8 @@ def mine(
         metrics: Example/negative counts and mean positive/negative base-model scores.
         base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
+        model_config: ``ModelConfig`` fields (the pipeline's ``model`` section: pooling, attention, padding_side,
+            trust_remote_code): how the base model becomes an embedder, the same in every step that loads it.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -35,10 +38,11 @@ def mine(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import mine as stage
         from embedforge.components._inputs import local_path
-        from embedforge.config import MineConfig
+        from embedforge.config import MineConfig, ModelConfig
 
         manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config),
-                             base_model=local_path(base_model_artifact, base_model))
+                             base_model=local_path(base_model_artifact, base_model),
+                             model_cfg=ModelConfig.model_validate(model_config or {}))
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)
         metrics.log_metric("mean_positive_score", manifest.result.mean_positive_score)

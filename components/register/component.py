@@ -28,6 +28,7 @@ def register(
     kfp_run_id: str,
     registry: dsl.Output[dsl.Artifact],
     base_model_uri: str = "",
+    model_config: dict = None,
 ):
     """Create one MLflow run (params, metrics, artifacts) and a new version of the registered model (an MLflow
     Model: pyfunc over the ONNX file and tokenizer, with signature and input example).
@@ -49,6 +50,7 @@ def register(
         registry: Output folder: ``registry.json`` (run id, model name, version, source) + ``manifest.json``.
         base_model_uri: The URI the base model was imported from (``--inputs artifacts``); when set, it is the
             base model MLflow records instead of ``base_model`` (the id the steps then did not use).
+        model_config: The pipeline's ``model`` section (how the base model was loaded), logged with the rest.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -64,7 +66,7 @@ def register(
         params = effective_params(base_model, prompts, {
             "ingest": ingest_config, "sdg": sdg_config, "validate": validate_config, "mine": mine_config,
             "train": train_config, "evaluate": evaluate_config, "export": export_config, "register": config,
-            "gate": gate_config, "triton": triton_config,
+            "gate": gate_config, "triton": triton_config, "model": model_config,
         })
         os.makedirs(registry.path, exist_ok=True)
         manifest = stage.run(model.path, onnx_model.path, evaluation.path, validation.path, registry.path,

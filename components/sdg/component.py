@@ -15,6 +15,7 @@ def sdg(
     metrics: dsl.Output[dsl.Metrics],
     pairs_artifact: dsl.Input[dsl.Dataset] = None,
     base_model_artifact: dsl.Input[dsl.Model] = None,
+    model_config: dict = None,
 ):
     """Generate train/eval pairs per split, or resolve a user's pairs file against the chunks.
 
@@ -29,6 +30,8 @@ def sdg(
             unless it is the "absent" stand-in.
         base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
+        model_config: ``ModelConfig`` fields (the pipeline's ``model`` section: pooling, attention, padding_side,
+            trust_remote_code): how the base model becomes an embedder, the same in every step that loads it.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -36,10 +39,11 @@ def sdg(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import sdg as stage
         from embedforge.components._inputs import local_path
-        from embedforge.config import SdgConfig
+        from embedforge.config import ModelConfig, SdgConfig
 
         manifest = stage.run(chunks.path, pairs.path, SdgConfig.model_validate(config),
                              pairs_file=local_path(pairs_artifact, pairs_file) or None,
-                             base_model=local_path(base_model_artifact, base_model))
+                             base_model=local_path(base_model_artifact, base_model),
+                             model_cfg=ModelConfig.model_validate(model_config or {}))
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)

@@ -14,6 +14,7 @@ def train(
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     base_model_artifact: dsl.Input[dsl.Model] = None,
+    model_config: dict = None,
 ):
     """Fine-tune the base model with InfoNCE over in-batch and hard negatives; save a sentence-transformers folder.
 
@@ -31,6 +32,8 @@ def train(
         metrics: Examples, steps, final loss, throughput.
         base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
+        model_config: ``ModelConfig`` fields (the pipeline's ``model`` section: pooling, attention, padding_side,
+            trust_remote_code): how the base model becomes an embedder, the same in every step that loads it.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -38,18 +41,19 @@ def train(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge import train as stage
         from embedforge.components._inputs import local_path
-        from embedforge.config import PromptsConfig, TrainConfig
+        from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 
         cfg = TrainConfig.model_validate(config)
+        model_cfg = ModelConfig.model_validate(model_config or {})
         base_model = local_path(base_model_artifact, base_model)
         if cfg.nodes > 1:  # beyond one machine: a TrainJob does the training, this step stages, waits, collects
             from embedforge import trainjob
 
             manifest = trainjob.run(mined.path, model.path, cfg, base_model=base_model,
-                                    prompts=PromptsConfig.model_validate(prompts))
+                                    prompts=PromptsConfig.model_validate(prompts), model_cfg=model_cfg)
         else:
             manifest = stage.launch(mined.path, model.path, cfg, base_model=base_model,
-                                    prompts=PromptsConfig.model_validate(prompts))
+                                    prompts=PromptsConfig.model_validate(prompts), model_cfg=model_cfg)
         model.metadata["framework"] = "sentence-transformers"
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)

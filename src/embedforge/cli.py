@@ -233,7 +233,7 @@ def sdg(chunks: Dir = ..., out: Dir = ..., pairs: Optional[Path] = typer.Option(
     """Generate (or import) query/positive pairs."""
     from embedforge import sdg as stage
 
-    _stage(lambda c: stage.run(chunks, out, c.sdg, pairs_file=str(pairs) if pairs else None, base_model=c.base_model), config, set_, base_model)
+    _stage(lambda c: stage.run(chunks, out, c.sdg, pairs_file=str(pairs) if pairs else None, base_model=c.base_model, model_cfg=c.model), config, set_, base_model)
 
 
 @app.command()
@@ -249,7 +249,7 @@ def mine(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., base_model: BaseMo
     """Mine hard negatives with FAISS."""
     from embedforge import mine as stage
 
-    _stage(lambda c: stage.run(chunks, pairs, out, c.mine, base_model=c.base_model), config, set_, base_model)
+    _stage(lambda c: stage.run(chunks, pairs, out, c.mine, base_model=c.base_model, model_cfg=c.model), config, set_, base_model)
 
 
 @app.command()
@@ -257,7 +257,7 @@ def train(mined: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, con
     """Fine-tune the bi-encoder contrastively."""
     from embedforge import train as stage
 
-    _stage(lambda c: stage.launch(mined, out, c.train, base_model=c.base_model, prompts=c.prompts), config, set_, base_model)
+    _stage(lambda c: stage.launch(mined, out, c.train, base_model=c.base_model, prompts=c.prompts, model_cfg=c.model), config, set_, base_model)
 
 
 @app.command()
@@ -269,7 +269,8 @@ def evaluate(chunks: Dir = ..., pairs: Dir = ..., model: Dir = ..., out: Dir = .
 
     _stage(lambda c: stage.run(chunks, pairs, c.base_model, model, out, c.evaluate,
                                base_embeddings_dir=str(mined) if mined else None,
-                               eval_beir=str(eval_beir) if eval_beir else None), config, set_, base_model)
+                               eval_beir=str(eval_beir) if eval_beir else None, model_cfg=c.model),
+           config, set_, base_model)
 
 
 @app.command()

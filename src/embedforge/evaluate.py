@@ -49,7 +49,7 @@ from embedforge.beir import (
     load_beir_folder,
     write_beir_split,
 )
-from embedforge.config import EvaluateConfig
+from embedforge.config import EvaluateConfig, ModelConfig
 from embedforge.contracts import (
     BEIR_DIR,
     CHUNKS_FILE,
@@ -207,6 +207,7 @@ def run(
     cfg: EvaluateConfig,
     base_embeddings_dir: str | Path | None = None,
     eval_beir: str | Path | None = None,
+    model_cfg: ModelConfig | None = None,
 ) -> Manifest:
     """Evaluate the base and the fine-tuned model on the eval split (and optionally an external BEIR folder).
 
@@ -247,7 +248,7 @@ def run(
     external = load_beir_folder(eval_beir) if eval_beir else None  # fail fast, before any encoding
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    base = load_model(base_model)
+    base = load_model(base_model, model=model_cfg)  # as mine and train loaded it
     base_emb = None
     if base_embeddings_dir:
         base_emb = load_base_embeddings(base_embeddings_dir, chunks, embedding_dim(base))

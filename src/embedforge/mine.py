@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from embedforge import contracts
-from embedforge.config import DEFAULT_BASE_MODEL, MineConfig
+from embedforge.config import DEFAULT_BASE_MODEL, MineConfig, ModelConfig
 from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
 from embedforge.errors import InputError
 from embedforge.sdg import policy
@@ -117,13 +117,8 @@ class MineStats:
     mined_negatives: int = 0
 
 
-def run(
-    chunks_dir: str | Path,
-    pairs_dir: str | Path,
-    out_dir: str | Path,
-    cfg: MineConfig,
-    base_model: str = DEFAULT_BASE_MODEL,
-) -> Manifest:
+def run(chunks_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, cfg: MineConfig,
+        base_model: str = DEFAULT_BASE_MODEL, model_cfg: ModelConfig | None = None) -> Manifest:
     """Mine hard negatives for the train-split pairs and write ``train.jsonl`` + base-model chunk embeddings.
 
     Args:
@@ -132,6 +127,7 @@ def run(
         out_dir: Output folder: ``train.jsonl``, ``embeddings.npy``, ``embedding_ids.json``, ``manifest.json``.
         cfg: Mining settings (``num_negatives``, ``margin``, ``candidates``, ``max_positives_per_pair``, ...).
         base_model: Model folder or id used to embed chunks and queries.
+        model_cfg: How the base model becomes an embedder (the pipeline's ``model`` section, as train loads it).
 
     Returns:
         The written manifest (counts: train_pairs, examples, examples_short_of_negatives, negatives_total,
@@ -149,7 +145,7 @@ def run(
     all_pairs = contracts.read_pairs(pairs_dir)
     pairs = _train_pairs(all_pairs, corpus, Path(pairs_dir) / contracts.PAIRS_FILE)
 
-    model = load_model(base_model)
+    model = load_model(base_model, model=model_cfg)
     log.info("mine: embedding %d chunks and %d train queries with %s", len(corpus.chunks), len(pairs), base_model)
     emb = _embed(model, corpus, pairs, cfg, out)
     positives = _resolve_all_positives(pairs, corpus, emb, cfg)

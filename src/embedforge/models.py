@@ -72,7 +72,7 @@ def _hf_config(path: str, trust_remote_code: bool) -> PretrainedConfig:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise ConfigError(f"{path} ships its own model code; set train.model.trust_remote_code=true if you trust "
+            raise ConfigError(f"{path} ships its own model code; set model.trust_remote_code=true if you trust "
                               "it (it runs as Python on this machine)") from None
         raise ConfigError(f"{path}: cannot read config.json: {exc}") from None
     except OSError as exc:
@@ -85,7 +85,7 @@ def _causal(cfg: ModelConfig, config: PretrainedConfig, decoder: bool, path: str
         return None
     if not decoder:
         if cfg.attention == "causal":
-            raise ConfigError(f"train.model.attention=causal: {path} is an encoder ({config.model_type}), which "
+            raise ConfigError(f"model.attention=causal: {path} is an encoder ({config.model_type}), which "
                               "attends bidirectionally; use attention=auto")
         return None
     return cfg.attention == "causal"
@@ -165,9 +165,9 @@ def _assemble(path: str, cfg: ModelConfig, config: PretrainedConfig, decoder: bo
 def _set_pooling(model: SentenceTransformer, mode: str, path: str) -> None:
     pools = [m for m in model if type(m).__name__ == "Pooling"]
     if len(pools) != 1:
-        raise ConfigError(f"train.model.pooling={mode}: {path} has {len(pools)} Pooling modules; set pooling=auto")
+        raise ConfigError(f"model.pooling={mode}: {path} has {len(pools)} Pooling modules; set pooling=auto")
     if pools[0].pooling_mode != mode:
-        log.warning("%s: pooling %s from train.model.pooling replaces the folder's %s", path, mode,
+        log.warning("%s: pooling %s from model.pooling replaces the folder's %s", path, mode,
                     pools[0].pooling_mode)
         pools[0].pooling_mode = mode
 
@@ -189,13 +189,13 @@ def append_eos(tokenizer: PreTrainedTokenizerBase, path: str) -> None:
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError(f"{path}: the tokenizer has no eos_token, which last-token pooling needs; set "
-                          "train.model.pooling=mean or add an eos_token to the tokenizer")
+                          "model.pooling=mean or add an eos_token to the tokenizer")
     before = _ids(tokenizer)
     if before[-1] == eos:
         return
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ConfigError(f"{path}: cannot make this (slow) tokenizer append EOS; set train.model.pooling=mean")
+        raise ConfigError(f"{path}: cannot make this (slow) tokenizer append EOS; set model.pooling=mean")
     old = backend.post_processor
     if hasattr(type(tokenizer), "add_eos_token") and hasattr(tokenizer, "update_post_processor"):
         bos = tokenizer.bos_token_id
@@ -212,7 +212,7 @@ def append_eos(tokenizer: PreTrainedTokenizerBase, path: str) -> None:
                                              special_tokens=[(token, eos)])
     backend.post_processor = processors.Sequence([old, template]) if old is not None else template
     if _ids(tokenizer) != before + [eos]:
-        raise ConfigError(f"{path}: the tokenizer does not append EOS after patching; set train.model.pooling=mean")
+        raise ConfigError(f"{path}: the tokenizer does not append EOS after patching; set model.pooling=mean")
 
 
 def check_bidirectional(model: SentenceTransformer, path: str) -> None:
@@ -232,5 +232,5 @@ def check_bidirectional(model: SentenceTransformer, path: str) -> None:
     if torch.allclose(out[0, 0], out[1, 0]):
         import transformers
 
-        raise ConfigError(f"train.model.attention=bidirectional: {path} ({hf.config.model_type}) ignores "
+        raise ConfigError(f"model.attention=bidirectional: {path} ({hf.config.model_type}) ignores "
                           f"is_causal=false in transformers {transformers.__version__}; use attention=causal")

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, TrainResult, has_manifest, read_manifest
 from embedforge.errors import ConfigError
 
@@ -238,7 +238,7 @@ def default_image(cfg: TrainConfig) -> str:
 
 def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model: str,
         prompts: PromptsConfig | None = None, api: "CustomObjectsApi | None" = None,
-        namespace: str = "", image: str = "", job_name: str = "") -> Manifest:
+        namespace: str = "", image: str = "", job_name: str = "", model_cfg: ModelConfig | None = None) -> Manifest:
     """Train on ``cfg.nodes`` nodes as a TrainJob and put the model into ``out_dir`` (see the module docstring).
 
     Args:
@@ -247,6 +247,7 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
         cfg: The train config (``nodes`` > 1, ``trainjob``).
         base_model: Base model name or folder; a folder outside the shared volume is staged onto it.
         prompts: Query/document prompts saved with the model.
+        model_cfg: How the base model becomes an embedder (the pipeline's ``model`` section), passed to the nodes.
         api: A ``CustomObjectsApi``; default :func:`custom_objects_api`.
         namespace, image, job_name: Overrides of :func:`default_namespace`, :func:`default_image` and a
             generated ``embedforge-train-<8 hex>``.
@@ -279,6 +280,7 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
         node_cfg = cfg.model_copy(update={"nodes": 1})  # the nodes train; they never submit a job themselves
         (work / "train.yaml").write_text(yaml.safe_dump({
             "base_model": base_model, "prompts": (prompts or PromptsConfig()).model_dump(),
+            "model": (model_cfg or ModelConfig()).model_dump(),
             "train": node_cfg.model_dump(mode="json", exclude_none=True, exclude={"trainjob"})}))
         job = build_trainjob(name, cfg, image or default_image(cfg), str(work / "mined"), str(work / "model"),
                              str(work / "train.yaml"))

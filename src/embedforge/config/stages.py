@@ -207,7 +207,6 @@ class TrainConfig(StageConfig):
         "none", description="With processes > 1: none = every process holds the whole model and the gradients are "
         "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
         "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Pooling, attention, padding of the base model.")
 
     def resolved_cache_chunk_tokens(self, device_type: str) -> int:
         """``cache_chunk_tokens``, or its default for the device type."""
@@ -346,6 +345,9 @@ CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_si
 
 class PipelineConfig(StageConfig):
     base_model: str = Field(DEFAULT_BASE_MODEL, description="Local folder or Hugging Face id.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="How the base model becomes an embedder "
+                               "(pooling, attention, padding, remote code), in every stage that loads it: sdg's "
+                               "de-duplication, mine, train and the base model's evaluation alike.")
     profile: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Compute profile: auto = cpu when no CUDA device is visible to `embedforge run`, else gpu; "
         "cpu applies CPU_PROFILE to fields left at their defaults.")
@@ -362,6 +364,14 @@ class PipelineConfig(StageConfig):
     triton: TritonConfig = Field(default_factory=TritonConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("train"), dict) and "model" in data["train"]:
+            raise ValueError("train.model.* is now model.* (top level): the base model's pooling, attention, padding "
+                             "and trust_remote_code apply to mine and evaluate too; rename train.model.X to model.X")
+        return data
 
     @model_validator(mode="after")
     def _gate_metric_is_evaluated(self) -> "PipelineConfig":

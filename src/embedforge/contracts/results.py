@@ -129,6 +129,8 @@ class ScheduleChoice(BaseModel):
 class TrainResult(StageResult):
     stage: ClassVar[str] = "train"
     base_model: str
+    model: dict[str, Any] = Field(default_factory=dict, description="The ``model`` settings (pooling, attention, "
+                                  "padding, remote code) the base model was loaded with.")
     prompts: dict[str, str]
     final_loss: float
     loss_history: list[LossPoint]

@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from embedforge.config import DEFAULT_BASE_MODEL, SdgConfig
+from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, SdgConfig
 from embedforge.contracts import (
     PAIRS_FILE,
     Manifest,
@@ -37,16 +37,17 @@ __all__ = ["run", "make_generator", "split_budgets", "pairs_from_beir_qrels", "w
 log = logging.getLogger(__name__)
 
 
-def make_generator(cfg: SdgConfig) -> PairGenerator:
+def make_generator(cfg: SdgConfig, model_cfg: ModelConfig | None = None) -> PairGenerator:
     """The generator named by ``cfg.generator``: ``offline`` (:class:`~embedforge.sdg.offline.OfflineGenerator`)
     or ``llm`` (:class:`~embedforge.sdg.llm.LlmGenerator`, imported only when asked for). Bring-your-own pairs
-    need no generator (:func:`~embedforge.sdg.byo.load_pairs`)."""
+    need no generator (:func:`~embedforge.sdg.byo.load_pairs`). ``model_cfg``: how the LLM generator's
+    de-duplication model is loaded (the pipeline's ``model`` section when that model is the base model)."""
     if cfg.generator == "offline":
         return OfflineGenerator(cfg)
     if cfg.generator == "llm":
         from embedforge.sdg.llm import LlmGenerator
 
-        return LlmGenerator(cfg)
+        return LlmGenerator(cfg, model_cfg)
     raise ValueError(f"unknown sdg.generator {cfg.generator!r}; known: offline, llm")
 
 
@@ -72,13 +73,14 @@ def split_budgets(max_pairs: int, train_chunks: int, eval_chunks: int) -> dict[s
     return {"train": max_pairs - ev, "eval": ev}
 
 
-def _generate(chunks_dir: Path, cfg: SdgConfig) -> tuple[list[Pair], dict[str, int | float]]:
+def _generate(chunks_dir: Path, cfg: SdgConfig, model_cfg: ModelConfig | None = None
+              ) -> tuple[list[Pair], dict[str, int | float]]:
     chunks = read_chunks(chunks_dir)
     if not chunks:
         raise InputError(f"{chunks_dir / 'chunks.jsonl'} holds no chunks; re-run ingest on a non-empty corpus")
     by_split = {s: [c for c in chunks if c.split == s] for s in ("train", "eval")}
     budgets = split_budgets(cfg.max_pairs, len(by_split["train"]), len(by_split["eval"]))
-    gen = make_generator(cfg)
+    gen = make_generator(cfg, model_cfg)
     pairs: list[Pair] = []
     extra: dict[str, int] = {"cross_split_duplicate_queries_dropped": 0, "pairs_over_split_budget_dropped": 0}
     train_queries: set[str] = set()
@@ -109,6 +111,7 @@ def run(
     cfg: SdgConfig,
     pairs_file: str | None = None,
     base_model: str = DEFAULT_BASE_MODEL,
+    model_cfg: ModelConfig | None = None,
 ) -> Manifest:
     """Produce ``pairs.jsonl`` (+ ``manifest.json``) from chunks.
 
@@ -138,7 +141,8 @@ def run(
             preflight(cfg.llm)  # key, endpoint and model checked in seconds, before any document
         if cfg.generator == "llm" and "dedup_model" not in cfg.llm.model_fields_set:
             cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"dedup_model": base_model})})
-        pairs, stats = _generate(chunks_dir, cfg)
+        dedup_is_base = cfg.generator == "llm" and cfg.llm.dedup_model == base_model
+        pairs, stats = _generate(chunks_dir, cfg, model_cfg if dedup_is_base else None)
         mode = cfg.generator
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / PAIRS_FILE, pairs)

@@ -1,7 +1,7 @@
 """One training process: ``python -m embedforge.train --mined DIR --out DIR --config FILE``.
 
 :func:`embedforge.train.launch` starts this once per rank under torchrun. ``FILE`` is a YAML config
-(:func:`embedforge.config.load_config`) whose ``base_model``, ``prompts`` and ``train`` sections are used. A
+(:func:`embedforge.config.load_config`) whose ``base_model``, ``model``, ``prompts`` and ``train`` sections are used. A
 user-fixable problem prints one line (``error: ...``) and exits with status 1.
 """
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = load_config(args.config)
-        run(args.mined, args.out, cfg.train, base_model=cfg.base_model, prompts=cfg.prompts)
+        run(args.mined, args.out, cfg.train, base_model=cfg.base_model, prompts=cfg.prompts, model_cfg=cfg.model)
     except EmbedforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

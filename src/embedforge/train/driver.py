@@ -15,7 +15,7 @@ from pathlib import Path
 import embedforge.train.distributed as distributed
 import embedforge.train.fsdp as fsdp
 import embedforge.train.schedule as schedule
-from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
+from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
 from embedforge.train.distributed import DistContext
@@ -43,6 +43,7 @@ def run(
     cfg: TrainConfig,
     base_model: str = DEFAULT_BASE_MODEL,
     prompts: PromptsConfig | None = None,
+    model_cfg: ModelConfig | None = None,
 ) -> Manifest | None:
     """Fine-tune ``base_model`` on the mined rows and save a sentence-transformers folder.
 
@@ -73,10 +74,10 @@ def run(
         from embedforge.encode import pick_device
 
         cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
-    choice = schedule.choose(mined_dir, examples, known, cfg, base_model, prompts, dist_ctx)  # train.schedule
+    choice = schedule.choose(mined_dir, examples, known, cfg, base_model, prompts, dist_ctx, model_cfg)
     cfg = schedule.apply(cfg, choice)
     seed_everything(cfg.seed)
-    model = load_for_training(base_model, cfg, prompts)
+    model = load_for_training(base_model, cfg, prompts, model_cfg)
     prompts = PromptsConfig.model_validate(model.prompts)  # the base folder's own prompts fill empty ones
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
     base_weight = resolve_base_weight(cfg, mined_dir)
@@ -101,7 +102,7 @@ def run(
     if restore_eager is not None:
         restore_eager()
     if stepper.sharded:  # every rank takes part in the gather; rank 0 gets the full weights in a plain model
-        model = fsdp.full_model(model, dist_ctx, lambda: _fresh_model(base_model, cfg, prompts))
+        model = fsdp.full_model(model, dist_ctx, lambda: _fresh_model(base_model, cfg, prompts, model_cfg))
     if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
         distributed.shutdown(dist_ctx)
         return None
@@ -117,6 +118,7 @@ def run(
         inputs={"mined": mined_dir},
         config=cfg,
         base_model=base_model,
+        model=(model_cfg or ModelConfig()).model_dump(),
         prompts=prompts.model_dump(),
         final_loss=losses.history[-1]["loss"],
         loss_history=losses.history,
@@ -132,9 +134,9 @@ def run(
     return manifest
 
 
-def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig):
+def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, model_cfg: ModelConfig | None):
     """The model as built for training before its first step (LoRA adapters included), unsharded."""
-    model = load_for_training(base_model, cfg, prompts)
+    model = load_for_training(base_model, cfg, prompts, model_cfg)
     add_adapters(model, cfg.lora)
     return model
 

@@ -16,7 +16,7 @@ import yaml
 
 import embedforge.train.distributed as distributed
 from embedforge import contracts
-from embedforge.config import DEFAULT_BASE_MODEL, PromptsConfig, TrainConfig
+from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest
 from embedforge.errors import ConfigError
 from embedforge.train.driver import run
@@ -42,7 +42,7 @@ def worker_command(n: int, mined_dir: str | Path, out_dir: str | Path, config_fi
 
 
 def launch(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model: str = DEFAULT_BASE_MODEL,
-           prompts: PromptsConfig | None = None) -> Manifest:
+           prompts: PromptsConfig | None = None, model_cfg: ModelConfig | None = None) -> Manifest:
     """:func:`~embedforge.train.driver.run` in this process, or — when :func:`resolved_processes` > 1 and this is
     not already a torchrun worker — under ``torchrun --standalone --nproc-per-node N`` (:func:`worker_command`),
     then the manifest rank 0 wrote.
@@ -54,10 +54,11 @@ def launch(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_mo
     prompts = prompts or PromptsConfig()
     n = resolved_processes(cfg)
     if n <= 1 or distributed.from_env().enabled:
-        return run(mined_dir, out_dir, cfg, base_model=base_model, prompts=prompts)
+        return run(mined_dir, out_dir, cfg, base_model=base_model, prompts=prompts, model_cfg=model_cfg)
     with tempfile.TemporaryDirectory() as tmp:
         config_file = Path(tmp) / "train.yaml"
         config_file.write_text(yaml.safe_dump({"base_model": base_model, "prompts": prompts.model_dump(),
+                                               "model": (model_cfg or ModelConfig()).model_dump(),
                                                "train": cfg.model_dump(mode="json", exclude_none=True)}))
         cmd = worker_command(n, mined_dir, out_dir, config_file)
         log.info("train: %d processes: %s", n, " ".join(cmd))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import ScheduleChoice, ScheduleTrial, TrainExample
 from embedforge.train.batching import collate, epoch_batches, plan_steps
 from embedforge.train.distributed import DistContext
@@ -105,7 +105,8 @@ def score(model, held: HeldOut, batch_size: int = 64) -> float:
 
 
 def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig,
-           base_model: str, prompts: PromptsConfig, dist: DistContext) -> ScheduleChoice:
+           base_model: str, prompts: PromptsConfig, dist: DistContext, model_cfg: ModelConfig | None = None
+           ) -> ScheduleChoice:
     """The schedule of this run: ``cfg``'s own (``train.schedule.mode=fixed``, torchrun, too few queries) or the
     winner of the probes (see the module docstring)."""
     sc = cfg.schedule
@@ -122,20 +123,22 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epoch = len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / per_epoch, 2 * cfg.epochs)
     held_set = held_out_set(examples, held, known, sc.max_pool, cfg.seed)
-    trials, base_score = _probe(mined_dir, fit, known, held_set, cfg, base_model, prompts, probe_epochs, per_epoch)
+    trials, base_score = _probe(mined_dir, fit, known, held_set, cfg, base_model, prompts, probe_epochs, per_epoch,
+                                model_cfg)
     choice = _pick(cfg, trials, base_score, probe_epochs)
     return choice.model_copy(update={"heldout_queries": len(held), "fit_queries": len(kept), "fixed_steps": fixed_steps,
                                      "probe_steps": sum(t.steps for t in trials)})
 
 
 def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,
-           base_model: str, prompts: PromptsConfig, epochs: float, per_epoch: int) -> tuple[list[ScheduleTrial], float]:
+           base_model: str, prompts: PromptsConfig, epochs: float, per_epoch: int,
+           model_cfg: ModelConfig | None = None) -> tuple[list[ScheduleTrial], float]:
     """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint."""
     from embedforge.train.setup import load_for_training, make_stepper, seed_everything
     from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
 
     seed_everything(cfg.seed)
-    model = load_for_training(base_model, cfg, prompts)
+    model = load_for_training(base_model, cfg, prompts, model_cfg)
     base = snapshot_weights(model)
     base_weight = resolve_base_weight(cfg, mined_dir)
     base_score = score(model, held)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embedforge.config import PromptsConfig, TrainConfig
+from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.errors import ConfigError
 from embedforge.train.distributed import DistContext
 from embedforge.train.step import Stepper
@@ -37,7 +37,8 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig) -> SentenceTransformer:
+def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig,
+                      model_cfg: ModelConfig | None = None) -> SentenceTransformer:
     """A fresh SentenceTransformer on ``cfg.device`` with our prompts and ``max_seq_length``.
 
     Args:
@@ -45,6 +46,7 @@ def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig)
         cfg: Training settings (device, max_seq_length).
         prompts: Query/document prefixes, saved in the model as prompts ``query``/``document``; empty ones fall
             back to the folder's own (:func:`embedforge.models.merge_prompts`).
+        model_cfg: How the folder becomes an embedder (the pipeline's ``model`` section); None: auto.
 
     Raises:
         ConfigError: The model cannot be loaded.
@@ -52,7 +54,7 @@ def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig)
     from embedforge import models
     from embedforge.encode import pick_device, resolve_model_path
 
-    model = models.load(resolve_model_path(base_model), cfg.model, device=pick_device(cfg.device))
+    model = models.load(resolve_model_path(base_model), model_cfg, device=pick_device(cfg.device))
     model.prompts = models.merge_prompts(model, prompts).model_dump()  # the folder's own where prompts.* are empty
     model.default_prompt_name = None
     model.max_seq_length = min(cfg.max_seq_length, _model_length_limit(model) or cfg.max_seq_length)

@@ -60,7 +60,7 @@ from embedforge.sdg.llm.prompts import get_prompts
 from embedforge.sdg.llm.store import ResultStore
 
 if TYPE_CHECKING:
-    from embedforge.config import SdgConfig
+    from embedforge.config import ModelConfig, SdgConfig
     from embedforge.contracts import Chunk, Pair, Split
 
 __all__ = ["LlmGenerator", "LlmSdgError", "default_work_dir"]
@@ -94,15 +94,16 @@ class LlmGenerator:
 
     Args:
         cfg: ``SdgConfig``; its ``llm`` section configures everything here, ``seed`` seeds bundling/backoff.
+        model_cfg: How ``llm.dedup_model`` is loaded (the pipeline's ``model`` section when it is the base model).
     """
 
     name = "llm"
 
-    def __init__(self, cfg: SdgConfig):
+    def __init__(self, cfg: SdgConfig, model_cfg: ModelConfig | None = None):
         self.cfg = cfg
         self.llm = cfg.llm
         self.prompts = get_prompts(cfg.llm.prompt_version)
-        self.embedder = Embedder(cfg.llm.dedup_model)
+        self.embedder = Embedder(cfg.llm.dedup_model, model_cfg)
         self._stats: dict[str, float] = {}
         self._local_backend: Backend | None = None  # a loaded local model is reused by both splits
 

@@ -32,7 +32,7 @@ from embedforge.sdg.llm.prompts import render_segments
 from embedforge.sdg.llm.schemas import Artifacts, Judgement, QAPair, QAResponse
 
 if TYPE_CHECKING:
-    from embedforge.config import LlmSdgConfig
+    from embedforge.config import LlmSdgConfig, ModelConfig
     from embedforge.contracts import Chunk, Split
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,16 @@ log = logging.getLogger(__name__)
 class Embedder:
     """The dedup/bundling embedding model (``embedforge.encode``), loaded lazily, one encode at a time."""
 
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, model_cfg: ModelConfig | None = None):
         self.model_name = model_name
+        self.model_cfg = model_cfg
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
         from embedforge.encode import encode, load_model
 
         with self._lock:
-            return encode(load_model(self.model_name), texts, kind=kind)  # type: ignore[arg-type]
+            return encode(load_model(self.model_name, model=self.model_cfg), texts, kind=kind)  # type: ignore[arg-type]
 
 
 def greedy_dedup(emb: np.ndarray, threshold: float, keep_against: np.ndarray | None = None) -> list[bool]:
