@@ -131,6 +131,8 @@ VARIANTS: dict[str, dict] = {
                                    "train": {"epochs": 3, "learning_rate": 5e-5}},
     "ours_p10_best_e2_lr1e-4": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
                                 "train": {"epochs": 2, "learning_rate": 1e-4}},
+    "defaults_wise03": {"shipped": True, "train": {"base_weight": 0.3}},  # WiSE-FT: 0.3 x base + 0.7 x fine-tuned
+    "defaults_wise05": {"shipped": True, "train": {"base_weight": 0.5}},
     "defaults_lora": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 2e-4}},
     "defaults_lora_lr5e-4": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 5e-4}},
     # seconds-long code-path checks (tiny data, CPU)
