@@ -8,7 +8,7 @@ rule) took the cached step for BERT-base at batch 128 on an H200, where the plai
 is faster; this module estimates memory from the model instead.
 
 Activation bytes per token and layer, 16-bit autocast, attention through SDPA/flash (no sequence-squared term),
-after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", Sec. 4.1) with the
+after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", Section 4) with the
 MLP width taken from the model rather than assumed 4h:
 
 * the 16-bit inputs of the projections: autocast casts the fp32 residual stream once per projection that reads it
@@ -22,8 +22,8 @@ MLP width taken from the model rather than assumed 4h:
 ``tests/test_train_memory.py`` checks all but the attention kernel's part against the tensors autograd keeps for a
 real forward (CPU runs attention through another kernel).
 
-With gradient checkpointing a layer keeps only its input (2h) until the backward recomputes it. A safety factor
-covers what the count leaves out (fp32 copies under autocast, the allocator's fragmentation, the pooled outputs).
+With gradient checkpointing a layer keeps only its input (the fp32 residual stream: 4h) until the backward recomputes
+it. A safety factor covers what the count leaves out (the allocator's fragmentation, embeddings, pooled outputs).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def activation_bytes_per_token(model: SentenceTransformer, checkpointing: bool) 
     text = getattr(config, "get_text_config", lambda: config)()
     layers = int(text.num_hidden_layers)
     if checkpointing:
-        return 2 * int(text.hidden_size) * layers
+        return 4 * int(text.hidden_size) * layers
     return sum(layer_bytes_per_token(model).values()) * layers
 
 
