@@ -95,7 +95,20 @@ def test_auto_cached_step_is_taken_only_beyond_the_plain_steps_capacity(minilm, 
     batch = collate(rows, list(range(len(rows))), positives_by_anchor(rows))
     stepper = Stepper(minilm, InfoNCELoss(0.05), None, None, None, None, 1.0, micro_batch_tokens=256)
     cache = make_grad_cache(TrainConfig(), "cuda", max_plain_tokens=10**9)
-    assert cache == GradCache(16384, auto=True, max_plain_tokens=10**9) and not cache.applies(stepper, batch)
+    assert cache.auto and not cache.applies(stepper, batch)
     assert GradCache(16384, auto=True, max_plain_tokens=50).applies(stepper, batch)
     assert GradCache(16384, auto=False, max_plain_tokens=10**9).applies(stepper, batch)  # cached=true: always
     assert make_grad_cache(TrainConfig(cached=True), "cuda", max_plain_tokens=50).max_plain_tokens is None
+
+
+def test_a_cached_steps_chunk_is_as_large_as_a_plain_step_can_be():
+    """One chunk's activations are alive at a time, so on CUDA the chunk defaults to the plain step's capacity
+    (larger chunks were faster on the H200: docs/benchmarks.md); a set size, CPU, FSDP and a capacity too small to
+    trust keep their own."""
+    assert make_grad_cache(TrainConfig(), "cuda", max_plain_tokens=50_000) == GradCache(50_000, True, 50_000)
+    assert make_grad_cache(TrainConfig(cached=True), "cuda", max_plain_tokens=50_000).chunk_tokens == 50_000
+    assert make_grad_cache(TrainConfig(cache_chunk_tokens=2048), "cuda", max_plain_tokens=50_000).chunk_tokens == 2048
+    assert make_grad_cache(TrainConfig(), "cuda", max_plain_tokens=500).chunk_tokens == 16384
+    assert make_grad_cache(TrainConfig(), "cuda").chunk_tokens == 16384  # capacity unknown
+    assert make_grad_cache(TrainConfig(cached=True), "cpu", max_plain_tokens=50_000).chunk_tokens == 4096
+    assert make_grad_cache(TrainConfig(), "cuda", sharded=True, max_plain_tokens=50_000).chunk_tokens == 16384

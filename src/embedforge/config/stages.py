@@ -193,8 +193,9 @@ class TrainConfig(StageConfig):
         "(embedforge.train.memory estimates activation bytes per token from the model); elsewhere for steps of "
         "more than 4 chunks of tokens.")
     cache_chunk_tokens: int | None = Field(
-        None, ge=64, description="Padded tokens per chunk of a cached step. Unset: 16384 on CUDA, the micro-batch "
-        "budget on CPU.")
+        None, ge=64, description="Padded tokens per chunk of a cached step. Unset: on CUDA the plain step's capacity "
+        "on the card (embedforge.train.memory; one chunk's activations are alive at a time, and larger chunks are "
+        "faster), 16384 where that is unknown or under 1024; the micro-batch budget on CPU.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute each transformer layer's activations in backward instead of keeping them "
         "(Hugging Face gradient checkpointing, non-reentrant): about a third more compute, a fraction of the memory.")
@@ -208,11 +209,14 @@ class TrainConfig(StageConfig):
         "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
         "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
 
-    def resolved_cache_chunk_tokens(self, device_type: str) -> int:
-        """``cache_chunk_tokens``, or its default for the device type."""
+    def resolved_cache_chunk_tokens(self, device_type: str, capacity: int | None = None) -> int:
+        """``cache_chunk_tokens``, or its default for the device type; ``capacity``: the plain step's capacity in
+        tokens on this device (:func:`embedforge.train.memory.plain_step_tokens`), None when unknown."""
         if self.cache_chunk_tokens is not None:
             return self.cache_chunk_tokens
-        return 16384 if device_type == "cuda" else self.resolved_micro_batch_tokens(device_type)
+        if device_type != "cuda":
+            return self.resolved_micro_batch_tokens(device_type)
+        return capacity if capacity is not None and capacity >= 1024 else 16384
 
     def resolved_micro_batch_tokens(self, device_type: str) -> int:
         """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""

@@ -148,12 +148,12 @@ def make_grad_cache(cfg: TrainConfig, device_type: str, sharded: bool = False,
     ``sharded`` (FSDP, :mod:`embedforge.train.fsdp`): every step is cached, whatever ``cfg.cached``: the ranks must
     make the same collectives each step, which the cached step guarantees even for a rank without rows (an auto
     choice per rank, or the plain step's empty-rank shortcut, would not)."""
-    if sharded:
+    if sharded:  # the capacity counts unsharded weights: the fixed default chunk here
         return GradCache(cfg.resolved_cache_chunk_tokens(device_type))
     if cfg.cached is False or (cfg.cached is None and device_type == "cpu"):
         return None
     auto = cfg.cached is None
-    return GradCache(cfg.resolved_cache_chunk_tokens(device_type), auto=auto,
+    return GradCache(cfg.resolved_cache_chunk_tokens(device_type, max_plain_tokens), auto=auto,
                      max_plain_tokens=max_plain_tokens if auto else None)
 
 
