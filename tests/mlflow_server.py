@@ -37,9 +37,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _healthy(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether ``url`` answers a GET with 200 now (a server's health endpoint while it starts)."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
@@ -118,7 +119,7 @@ class MlflowServer:
         if self.proc is None:
             raise RuntimeError("MlflowServer.wait_ready() called before start()")
         deadline = self._started_at + self.startup_timeout_s
-        while not self._ready and not _healthy(self.uri):
+        while not self._ready and not answers(f"{self.uri}/health"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 state = f"exited with {self.proc.returncode}" if self.proc.poll() is not None else "did not answer /health"

@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow_server import _stop, free_port
+from mlflow_server import _stop, answers, free_port
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 #: What the Python-backend models (tokenizer, onnxruntime embedder) import inside the server.
@@ -101,14 +101,6 @@ def ensure_runtime() -> Runtime:
     return rt
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
-
-
 class TritonServer:
     """``tritonserver --model-control-mode=explicit`` on free localhost ports, serving ``repository``.
 
@@ -148,7 +140,7 @@ class TritonServer:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        while not _ready(self.url):
+        while not answers(f"{self.url}/v2/health/live"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 self.stop()
