@@ -66,8 +66,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        problems = "; ".join(  # a whole-config check has no field path; pydantic prefixes its own "Value error, "
+            ": ".join(filter(None, (".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, "))))
+            for e in exc.errors()
         )
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
 
