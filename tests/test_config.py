@@ -73,3 +73,14 @@ def test_model_settings_are_top_level_and_the_old_place_says_so():
     assert cfg.model.pooling == "cls" and cfg.to_dict()["model"]["trust_remote_code"] is True
     with pytest.raises(ValueError, match=r"train\.model\.\* is now model\.\*"):
         PipelineConfig.model_validate({"train": {"model": {"pooling": "cls"}}})
+
+
+def test_a_whole_config_check_reads_as_one_plain_line():
+    """A check of the whole config (no field path) prints its message alone, without pydantic's prefix."""
+    from embedforge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, ["train.model.pooling=cls"])
+    assert str(exc.value).startswith("invalid configuration: train.model.* is now model.* (top level)")
+    with pytest.raises(ConfigError, match=r"^invalid configuration: gate\.metric uses k=7"):
+        load_config(None, ["gate.metric=ndcg@7"])
