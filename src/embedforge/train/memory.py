@@ -47,11 +47,16 @@ def _rms_norm(model: torch.nn.Module) -> bool:
     return any("RMSNorm" in type(m).__name__ for m in model.modules())
 
 
+def _text_config(model: SentenceTransformer):
+    """The transformer's config (the text part of a multimodal one)."""
+    config = model.transformers_model.config
+    return getattr(config, "get_text_config", lambda: config)()
+
+
 def layer_bytes_per_token(model: SentenceTransformer) -> dict[str, int]:
     """Saved activation bytes per token of one transformer layer, by part (module docstring). ``qkv`` and
     ``attention_out`` are what the attention kernel itself keeps (head-split Q/K/V and its output)."""
-    config = model.transformers_model.config
-    text = getattr(config, "get_text_config", lambda: config)()
+    text = _text_config(model)
     h = int(text.hidden_size)
     i = int(getattr(text, "intermediate_size", None) or 4 * h)
     gated = _gated_mlp(model)
@@ -70,8 +75,7 @@ def layer_bytes_per_token(model: SentenceTransformer) -> dict[str, int]:
 
 def activation_bytes_per_token(model: SentenceTransformer, checkpointing: bool) -> int:
     """Bytes of saved activations per token of a plain training step (16-bit autocast; module docstring)."""
-    config = model.transformers_model.config
-    text = getattr(config, "get_text_config", lambda: config)()
+    text = _text_config(model)
     layers = int(text.num_hidden_layers)
     if checkpointing:
         return 4 * int(text.hidden_size) * layers
