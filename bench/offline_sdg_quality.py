@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from train_quality import _patch_search_without_faiss, emit_row  # noqa: E402
+from train_quality import emit_row  # noqa: E402
 
 from embedforge.config import (  # noqa: E402
     CPU_PROFILE,
@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("sentence_transformers", "httpx", "embedforge.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    _patch_search_without_faiss()
 
     from embedforge import ingest, mine, sdg, train
     from embedforge.encode import load_model, pick_device
