@@ -133,6 +133,12 @@ VARIANTS: dict[str, dict] = {
                                 "train": {"epochs": 2, "learning_rate": 1e-4}},
     "defaults_wise03": {"shipped": True, "train": {"base_weight": 0.3}},  # WiSE-FT: 0.3 x base + 0.7 x fine-tuned
     "defaults_wise05": {"shipped": True, "train": {"base_weight": 0.5}},
+    "top_grade": {"shipped": True, "mine": {"train_grades": "top"}},  # the default before 2026-12-01
+    "defaults_lr2e-5": {"shipped": True, "train": {"learning_rate": 2e-5}},
+    "pos_all_lr2e-5": {"shipped": True, "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
+    "defaults_t002": {"shipped": True, "train": {"temperature": 0.02}},
+    "all_grades_wise05": {"shipped": True, "mine": {"train_grades": "all"}, "train": {"base_weight": 0.5}},
+    "all_grades_auto": {"shipped": True, "mine": {"train_grades": "all"}, "train": {"schedule": {"mode": "auto"}}},
     "defaults_lora": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 2e-4}},
     "defaults_lora_lr5e-4": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 5e-4}},
     # seconds-long code-path checks (tiny data, CPU)
@@ -186,29 +192,6 @@ def build_inputs(data: Path, out: Path, train_fraction: float = 0.5) -> dict:
              len(chunks), len(pairs), sum(len(p.positive_chunk_ids) for p in pairs), len(test_queries))
     return {"corpus": corpus, "queries": queries, "train_qrels": train_qrels, "test_queries": test_queries,
             "test_qrels": test_qrels, "chunks": out / "chunks", "pairs": out / "pairs"}
-
-
-def _patch_search_without_faiss() -> None:
-    """Where faiss is not installed (a bare GPU box), exact inner-product search in NumPy: same results."""
-    try:
-        import faiss  # noqa: F401
-        return
-    except ImportError:
-        pass
-    from embedforge import search
-
-    class _Flat:
-        def __init__(self, emb):
-            self.emb = np.ascontiguousarray(emb, dtype=np.float32)
-            self.ntotal = len(self.emb)
-
-        def search(self, q, k):
-            s = q @ self.emb.T
-            idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            return np.take_along_axis(s, idx, axis=1), idx
-
-    search.build_index = lambda emb, use_gpu=True: _Flat(emb)
-    log.warning("faiss not installed: mining uses exact NumPy search (identical results)")
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -373,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     from embedforge.encode import load_model, pick_device
 
     device = pick_device(args.device)
-    _patch_search_without_faiss()
     args.out.mkdir(parents=True, exist_ok=True)
     data = build_inputs(args.data, args.out, args.train_fraction)
     data["exclude_self"] = args.exclude_self

@@ -34,11 +34,11 @@ def _graded_pair(split: str = "train", grades: dict[str, int] | None = None) -> 
                 positive_grades={"break.rst": 2} if grades is None else grades, relevance="document", split=split)
 
 
-def test_mining_trains_on_the_top_grade_and_never_negates_the_lower_ones(tmp_path, chunks_dir, base_model):
+def test_mining_trains_on_every_grade_or_the_top_one_and_never_negates_the_lower_ones(tmp_path, chunks_dir, base_model):
     chunks = contracts.read_chunks(chunks_dir)
     by_doc = {d: {c.text for c in chunks if c.doc_id == d} for d in ("break.rst", "continue.rst")}
 
-    def rows(pair: Pair, cfg: MineConfig = MineConfig()) -> list:
+    def rows(pair: Pair, cfg: MineConfig = MineConfig(train_grades="top")) -> list:
         out = tmp_path / f"mined-{len(pair.positive_grades)}-{cfg.train_grades}"
         contracts.write_jsonl(tmp_path / pair.split / contracts.PAIRS_FILE, [pair])
         mine.run(chunks_dir, tmp_path / pair.split, out, cfg, base_model=base_model)
@@ -49,7 +49,7 @@ def test_mining_trains_on_the_top_grade_and_never_negates_the_lower_ones(tmp_pat
     assert graded[0].negatives and not (by_doc["break.rst"] | by_doc["continue.rst"]) & set(graded[0].negatives)
     ungraded = rows(_graded_pair(grades={}))  # the same judgement without grades trains on both documents
     assert sorted(r.positive in by_doc["continue.rst"] for r in ungraded) == [False, True]
-    every_grade = rows(_graded_pair(), MineConfig(train_grades="all"))  # mine.train_grades=all: both grades train
+    every_grade = rows(_graded_pair(), MineConfig())  # the default, mine.train_grades=all: both grades train
     assert sorted(r.positive in by_doc["continue.rst"] for r in every_grade) == [False, True]
 
 

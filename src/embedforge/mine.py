@@ -8,9 +8,10 @@ Steps:
 3. For each pair, resolve its positives: the listed ``positive_chunk_ids`` (one example each, at most
    ``max_positives_per_pair``; train samples a few per epoch, :mod:`embedforge.train.positives`), or for
    ``relevance="document"`` the chunk of each positive document that the base model scores highest for the query.
-   With graded judgements (``Pair.positive_grades``) only the top grade is trained on; lower grades are neither
-   positive nor negative: never mined (step 4) and listed with every other text positive for the query in
-   ``known_positives.jsonl``, which train masks in-batch. The positive's text is ``pair.positive_text`` when set (a
+   With graded judgements (``Pair.positive_grades``) every grade > 0 is trained on (``train_grades="all"``, the
+   default: measured better than the top grade alone on graded human judgements, docs/benchmarks.md); with
+   ``train_grades="top"`` lower grades are neither positive nor negative: never mined (step 4) and listed with
+   every other text positive for the query in ``known_positives.jsonl``, which train masks in-batch. The positive's text is ``pair.positive_text`` when set (a
    single example, e.g. an inverse-cloze positive), else the chunk's text.
 4. Negatives: the pair's user-supplied ``negatives`` first, then mined ones, best first, from the top
    ``candidates`` neighbours that survive three filters:
@@ -19,7 +20,7 @@ Steps:
    - never a text equal to a positive of the pair;
    - the positive-aware margin of NV-Retriever ("TopK-PercPos", Moreira et al. 2024): drop a candidate whose
      score exceeds ``margin x positive score`` — such near-duplicates of the positive are likely false negatives.
-     The reference score is the query's best top-grade positive (``margin_reference="best_positive"``, default)
+     The reference score is the query's best trained positive (``margin_reference="best_positive"``, default)
      or each example's own positive (``"positive"``; hands weakly-scored positives only easy negatives, measured
      worse in ``bench/train_quality.py``).
 

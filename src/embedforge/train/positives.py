@@ -1,6 +1,6 @@
 """Many positives per query: which of a query's positives train in each epoch, and what it never treats as negative.
 
-Mining writes one row per (top-grade) positive of a query, however many there are. Training every row every
+Mining writes one row per trained positive of a query (every grade by default), however many there are. Training every row every
 epoch would let a query with 90 judged documents weigh 90x a query with one, and a fixed "first n" cap would
 train on the same n positives forever. So each epoch every query contributes at most ``cap`` of its rows
 (:func:`epoch_rows`):
@@ -18,9 +18,10 @@ an epoch can be short). E.g. 2,600 queries with dozens of positives each: 20,800
 and three epochs train up to 24 different positives of each query instead of the same first 10 three times.
 
 False-negative masking (:func:`known_positives`): every text mining found positive for a query — its rows'
-positives, the chunks of its positive documents and the lower-graded positives that are not trained on
-(``known_positives.jsonl``, written by mine) — is never a negative of that query in a batch. Lower grades are
-thus neither positive (no row) nor negative (masked in-batch, and mine never picks them as hard negatives).
+positives, the chunks of its positive documents and, under ``mine.train_grades=top``, the lower-graded positives
+that are not trained on (``known_positives.jsonl``, written by mine) — is never a negative of that query in a
+batch. Such lower grades are thus neither positive (no row) nor negative (masked in-batch, and mine never picks
+them as hard negatives).
 """
 
 from __future__ import annotations
