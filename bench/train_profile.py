@@ -47,11 +47,21 @@ def _device_us(evt) -> float:
     return float(getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0) or 0)
 
 
+def _on_device(evt) -> bool:
+    """True for an event that ran on the device (a kernel or copy), not a host operator that launched one."""
+    kind = getattr(evt, "device_type", None)
+    if kind is not None:
+        return "CPU" not in str(kind)
+    return not re.match(r"(aten|autograd|Optimizer|cuda|cu[A-Z])", evt.key)
+
+
 def time_split(prof, steps: int, wall_s: float) -> None:
     """Print host vs device time per step and the device time per kernel family."""
     rows = prof.key_averages()
     host_us = sum(e.self_cpu_time_total for e in rows)
-    kernels = [e for e in rows if _device_us(e) > 0]
+    # Only the device's own events (kernels, memcpy/memset): operator rows (aten::mm, ...) carry the self device
+    # time of the kernels they launched too, and counting both doubled the device time.
+    kernels = [e for e in rows if _device_us(e) > 0 and _on_device(e)]
     device_us = sum(_device_us(e) for e in kernels)
     print(f"per step: wall {1000 * wall_s / steps:.1f} ms, host (CPU, self) {host_us / 1000 / steps:.1f} ms, "
           f"device (GPU kernels) {device_us / 1000 / steps:.1f} ms; device busy {device_us / 1e4 / wall_s:.0f} % "

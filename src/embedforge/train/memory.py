@@ -99,9 +99,12 @@ def plain_step_tokens(model: SentenceTransformer, checkpointing: bool, device_by
 
 
 def device_bytes(device: torch.device) -> int | None:
-    """Total memory of a CUDA device; None elsewhere (no reliable figure: the fixed token rule applies)."""
+    """Memory of a CUDA device this process can have: what is free now plus what it already holds (its weights),
+    so other processes on a shared card are left their share; None off CUDA (no reliable figure: the fixed token
+    rule applies)."""
     import torch
 
     if device.type != "cuda":
         return None
-    return int(torch.cuda.get_device_properties(device).total_memory)
+    free, total = torch.cuda.mem_get_info(device)
+    return int(min(total, free + torch.cuda.memory_reserved(device)))
