@@ -8,7 +8,7 @@ from collections import Counter
 from embedforge import contracts, mine
 from embedforge.config import MineConfig
 from embedforge.contracts import Pair, TrainExample
-from embedforge.train.batching import collate, epoch_batches, plan_steps
+from embedforge.train.batching import collate, epoch_batches, no_duplicate_batches, plan_steps
 from embedforge.train.positives import KNOWN_POSITIVES_FILE, epoch_rows, known_positives
 
 
@@ -34,15 +34,23 @@ def test_each_epoch_takes_a_capped_window_of_a_querys_positives_and_cycles_throu
 
 
 def test_the_plan_steps_through_sampled_epochs():
-    """Steps per epoch follow the sampled rows (17 of 39 here), not every row; without a cap all 39 train."""
+    """Steps per epoch follow the sampled rows (17 of 39 here: 8 of the big query's), not every row, and the big
+    query's rows left over once the other queries are used up end the epoch rather than train one per step."""
     rows = _many_positive_rows()
     per_epoch = epoch_batches(rows, 4, seed=13, positives_per_query=8, epoch=0)
-    assert sum(len(b) for b in per_epoch) == 17
+    big_per_batch = [sum(rows[i].anchor == "big" for i in b) for b in per_epoch]
+    assert big_per_batch == [1] * len(per_epoch) and sum(len(b) for b in per_epoch) == 9 + len(per_epoch)
     plan = plan_steps(rows, 4, 2.0, seed=13, positives_per_query=8)
     assert len(plan) == 2 * len(per_epoch)
     trained = [rows[i].positive for b in plan for i in b if rows[i].anchor == "big"]
-    assert len(trained) == len(set(trained)) == 16  # two epochs: 16 different positives of the big query
-    assert sum(len(b) for b in plan_steps(rows, 4, 1.0, seed=13, positives_per_query=0)) == 39
+    assert len(trained) == len(set(trained)) == len(plan)  # each epoch a different window of the big query's
+    uncapped = plan_steps(rows, 4, 1.0, seed=13, positives_per_query=0)  # no cap: every row is eligible
+    trained = [i for b in uncapped for i in b]
+    assert len(trained) == len(set(trained)) and {f"q{i}" for i in range(9)} <= {rows[i].anchor for i in trained}
+    # once only the big query's rows are left, the epoch ends instead of stepping them one at a time
+    assert all(len(b) >= 2 for b in uncapped) and len(uncapped) < 12
+    every_row = no_duplicate_batches(rows, 4, seed=13, min_fill=0)
+    assert sorted(i for b in every_row for i in b) == list(range(39)) and len(every_row) >= 30
 
 
 def test_lower_grades_are_masked_in_batch_never_trained_or_mined(tmp_path, chunks_dir, base_model):
@@ -56,7 +64,7 @@ def test_lower_grades_are_masked_in_batch_never_trained_or_mined(tmp_path, chunk
              Pair(query_id="skip", query="How do I skip to the next iteration?", positive_doc_ids=["continue.rst"],
                   relevance="document", split="train")]
     contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, pairs)
-    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(), base_model=base_model)
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(train_grades="top"), base_model=base_model)
     rows = contracts.read_train_examples(tmp_path / "mined")
     assert (tmp_path / "mined" / KNOWN_POSITIVES_FILE).is_file()
     ours = [r for r in rows if r.anchor == query]
