@@ -136,6 +136,7 @@ VARIANTS: dict[str, dict] = {
     "top_grade": {"shipped": True, "mine": {"train_grades": "top"}},  # the default before 2026-12-01
     "defaults_lr2e-5": {"shipped": True, "train": {"learning_rate": 2e-5}},
     "pos_all_lr2e-5": {"shipped": True, "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
+    "defaults_nomargin": {"shipped": True, "mine": {"margin": 1.0}},  # only candidates above the best positive dropped
     "pos16": {"shipped": True, "train": {"positives_per_query": 16}},
     "defaults_t002": {"shipped": True, "train": {"temperature": 0.02}},
     "all_grades_wise05": {"shipped": True, "mine": {"train_grades": "all"}, "train": {"base_weight": 0.5}},
