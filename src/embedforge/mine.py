@@ -11,8 +11,9 @@ Steps:
    With graded judgements (``Pair.positive_grades``) every grade > 0 is trained on (``train_grades="all"``, the
    default: measured better than the top grade alone on graded human judgements, docs/benchmarks.md); with
    ``train_grades="top"`` lower grades are neither positive nor negative: never mined (step 4) and listed with
-   every other text positive for the query in ``known_positives.jsonl``, which train masks in-batch. The positive's text is ``pair.positive_text`` when set (a
-   single example, e.g. an inverse-cloze positive), else the chunk's text.
+   every other text positive for the query in ``known_positives.jsonl``, which train masks in-batch. The
+   positive's text is ``pair.positive_text`` when set (a single example, e.g. an inverse-cloze positive), else the
+   chunk's text.
 4. Negatives: the pair's user-supplied ``negatives`` first, then mined ones, best first, from the top
    ``candidates`` neighbours that survive three filters:
 

@@ -67,8 +67,8 @@ class MineConfig(StageConfig):
                                         "rows per epoch, a different window each epoch.")
     train_grades: Literal["top", "all"] = Field(
         "all", description="Graded pairs: train on every grade > 0 as a positive, or on the top grade only (lower "
-        "grades then neither positive nor negative). all: +2 to +3 nDCG@10 over top on the graded dev collections, "
-        "no change on single-grade ones (docs/benchmarks.md, issue #13).")
+        "grades then neither positive nor negative); all measured better on graded dev collections "
+        "(docs/benchmarks.md).")
     margin_reference: Literal["positive", "best_positive"] = Field(
         "best_positive", description="Score the margin multiplies: each example's own positive, or the best-scoring positive "
         "of the query (pairs with several positives).")

@@ -2,7 +2,8 @@
 
 * :func:`no_duplicate_batches` / :func:`plan_steps`: the batch sampler — no text twice among a batch's anchors and
   positives (sentence-transformers' ``NoDuplicatesBatchSampler``), shuffled per epoch from the seed, no near-empty
-  tail batches, over the rows of the epoch (at most ``positives_per_query`` per query, :func:`embedforge.train.positives.epoch_rows`);
+  tail batches, over the rows of the epoch (at most ``positives_per_query`` per query,
+  :func:`embedforge.train.positives.epoch_rows`);
 * :func:`collate`: the collator — a batch's anchors, positives and flat hard negatives (:class:`Batch`) and its
   false-negative mask (:func:`embedforge.train.losses.false_negative_mask`).
 """
@@ -48,7 +49,7 @@ def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: in
 
     The tail of an epoch whose rows belong to a few anchors (one query with 60 judged documents among queries with
     a handful) would otherwise come as many batches of one or two rows: steps with almost no in-batch negatives
-    that still take a full learning-rate step each (on a many-positive dev collection they cost 9 nDCG@10 points,
+    that still take a full learning-rate step each (measured on a many-positive dev collection in
     docs/benchmarks.md). So once a batch is held below ``min_fill`` x the fullest batch the epoch's anchors allow
     (``min(batch_size, distinct anchors)``) *by duplicates* — rows were waiting, not missing — the epoch ends
     there and those rows are not trained this epoch (sentence-transformers' trainer likewise stops an epoch after
@@ -83,7 +84,7 @@ def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: in
                 continue
             batch.append(i)
             seen.update((ex.anchor, ex.positive))
-        if batches and skipped and len(batch) < batch_size and len(batch) < min_fill * fullest:
+        if batches and skipped and len(batch) < min_fill * fullest:
             break  # the rest of the epoch is a few anchors' rows: no more near-empty steps
         batches.append(batch)
         remaining = skipped + remaining[pos:]

@@ -1,9 +1,9 @@
 """Many positives per query: which of a query's positives train in each epoch, and what it never treats as negative.
 
-Mining writes one row per trained positive of a query (every grade by default), however many there are. Training every row every
-epoch would let a query with 90 judged documents weigh 90x a query with one, and a fixed "first n" cap would
-train on the same n positives forever. So each epoch every query contributes at most ``cap`` of its rows
-(:func:`epoch_rows`):
+Mining writes one row per trained positive of a query (every grade by default), however many there are.
+Training every row every epoch would let a query with 90 judged documents weigh 90x a query with one, and a fixed
+"first n" cap would train on the same n positives forever. So each epoch every query contributes at most ``cap`` of
+its rows (:func:`epoch_rows`):
 
 * the rows of a query are shuffled once (seeded) into a cycle, and epoch ``e`` takes the next ``cap`` rows of that
   cycle: over ``ceil(n / cap)`` epochs every positive is trained on, none twice before all were seen;
