@@ -82,13 +82,17 @@ sys.path.insert(0, str(REPO / "src"))
 
 from embedforge import contracts
 from embedforge.config import MineConfig, PromptsConfig, TrainConfig
-from embedforge.contracts import Chunk, Pair
+from embedforge.contracts import Chunk, Pair, TrainExample
 
 log = logging.getLogger("train_quality")
 
 # The settings the grid started from (the first defaults); every "ours_*" variant overrides these, so the table
 # stays comparable when the shipped defaults change. "defaults" = MineConfig()/TrainConfig() as shipped.
 V0 = {"mine": {"max_positives_per_pair": 3, "margin_reference": "positive"}, "train": {"epochs": 1, "learning_rate": 2e-5}}
+
+# Variants measured against the defaults of a given day pin them ("shipped": that day), so their rows in docs/data stay
+# reproducible after the defaults move; "shipped": True = MineConfig()/TrainConfig() as shipped now.
+SHIPPED_ON = {"2026-12-01": {"mine": {"margin": 0.95}, "train": {"learning_rate": 5e-5}}}
 
 # name -> settings. "mine"/"train": MineConfig/TrainConfig overrides; "st": baseline trainer settings.
 VARIANTS: dict[str, dict] = {
@@ -131,20 +135,45 @@ VARIANTS: dict[str, dict] = {
                                    "train": {"epochs": 3, "learning_rate": 5e-5}},
     "ours_p10_best_e2_lr1e-4": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
                                 "train": {"epochs": 2, "learning_rate": 1e-4}},
-    "defaults_wise03": {"shipped": True, "train": {"base_weight": 0.3}},  # WiSE-FT: 0.3 x base + 0.7 x fine-tuned
-    "defaults_wise05": {"shipped": True, "train": {"base_weight": 0.5}},
-    "top_grade": {"shipped": True, "mine": {"train_grades": "top"}},  # the default before 2026-12-01
-    "defaults_lr2e-5": {"shipped": True, "train": {"learning_rate": 2e-5}},
-    "pos_all_lr2e-5": {"shipped": True, "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
-    "defaults_nomargin": {"shipped": True, "mine": {"margin": 1.0}},  # only candidates above the best positive dropped
-    "pos16": {"shipped": True, "train": {"positives_per_query": 16}},
-    "defaults_t002": {"shipped": True, "train": {"temperature": 0.02}},
-    "all_grades_wise05": {"shipped": True, "mine": {"train_grades": "all"}, "train": {"base_weight": 0.5}},
-    "all_grades_auto": {"shipped": True, "mine": {"train_grades": "all"}, "train": {"schedule": {"mode": "auto"}}},
-    "defaults_lora": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 2e-4}},
-    "defaults_lora_lr5e-4": {"shipped": True, "train": {"lora": {"enabled": True}, "learning_rate": 5e-4}},
+    "defaults_wise03": {"shipped": "2026-12-01", "train": {"base_weight": 0.3}},  # WiSE-FT: 0.3 x base + 0.7 x fine-tuned
+    "defaults_wise05": {"shipped": "2026-12-01", "train": {"base_weight": 0.5}},
+    "top_grade": {"shipped": "2026-12-01", "mine": {"train_grades": "top"}},  # the default before 2026-12-01
+    "defaults_lr2e-5": {"shipped": "2026-12-01", "train": {"learning_rate": 2e-5}},
+    "pos_all_lr2e-5": {"shipped": "2026-12-01", "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
+    "defaults_nomargin": {"shipped": "2026-12-01", "mine": {"margin": 1.0}},  # only candidates above the best positive dropped
+    "pos16": {"shipped": "2026-12-01", "train": {"positives_per_query": 16}},
+    "defaults_t002": {"shipped": "2026-12-01", "train": {"temperature": 0.02}},
+    "all_grades_wise05": {"shipped": "2026-12-01", "mine": {"train_grades": "all"}, "train": {"base_weight": 0.5}},
+    "all_grades_auto": {"shipped": "2026-12-01", "mine": {"train_grades": "all"}, "train": {"schedule": {"mode": "auto"}}},
+    "defaults_lora": {"shipped": "2026-12-01", "train": {"lora": {"enabled": True}, "learning_rate": 2e-4}},
+    "defaults_lora_lr5e-4": {"shipped": "2026-12-01", "train": {"lora": {"enabled": True}, "learning_rate": 5e-4}},
+    "sym": {"shipped": "2026-12-01", "train": {"symmetric_loss": True}},  # + document-to-query direction
+    "soup3": {"shipped": "2026-12-01", "train": {"soup": 3}},  # average of 3 runs' weights
+    "sym_soup3": {"shipped": "2026-12-01", "train": {"symmetric_loss": True, "soup": 3}},
+    "lr3e-5": {"shipped": "2026-12-01", "train": {"learning_rate": 3e-5}},
+    "st_like": {"shipped": "2026-12-01", "mine": {"margin": 1.0}, "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
+    "hard5": {"shipped": "2026-12-01", "train": {"hardness": 5.0}},  # hardness-weighted negatives, alpha 5
+    "hard2": {"shipped": "2026-12-01", "train": {"hardness": 2.0}},
+    "soup3_nomargin": {"shipped": "2026-12-01", "mine": {"margin": 1.0}, "train": {"soup": 3}},
+    "margin0": {"shipped": "2026-12-01", "mine": {"margin": 0.0}},  # no positive-aware filter: top unjudged candidates
+    "margin0_soup3": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"soup": 3}},
+    "margin0_posall_lr2e-5": {"shipped": "2026-12-01", "mine": {"margin": 0.0},
+                              "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
+    "margin0_posall_lr2e-5_soup3": {"shipped": "2026-12-01", "mine": {"margin": 0.0},
+                                    "train": {"positives_per_query": 0, "learning_rate": 2e-5, "soup": 3}},
+    "margin0_lr3e-5": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"learning_rate": 3e-5}},
+    "margin0_pos16": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"positives_per_query": 16}},
+    "margin0_auto": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"schedule": {"mode": "auto"}}},
+    "margin0_lr3e-5_soup3": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"learning_rate": 3e-5, "soup": 3}},
+    "margin0_posall": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"positives_per_query": 0}},
+    "margin0_lr2e-5": {"shipped": "2026-12-01", "mine": {"margin": 0.0}, "train": {"learning_rate": 2e-5}},
+    # diagnostics: the ST trainer on embedforge's mined rows, embedforge's trainer on the ST recipe's rows
+    "st_ours_rows": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "rows": "ours"}},
+    "ours_st_rows": {"shipped": "2026-12-01", "rows": "st", "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
     # seconds-long code-path checks (tiny data, CPU)
     "smoke_st": {"st": {"lr": 5e-5, "batch_size": 8, "epochs": 0.2, "warmup_ratio": 0.1}},
+    "smoke_sym_soup": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
+                                                  "symmetric_loss": True, "soup": 2}},
     "smoke_ours": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32}},
 }
 
@@ -243,6 +272,30 @@ def _naive_rows(data: dict, model, num_negatives: int = 4) -> list[dict]:
     return rows
 
 
+def _our_rows(data: dict, base_model: str, out: Path, num_negatives: int = 4) -> list[dict]:
+    """embedforge's mined rows (shipped MineConfig) as trainer rows: diagnostic, the ST trainer on our negatives.
+    Rows short of ``num_negatives`` negatives are dropped (the trainer's dataset needs equal columns)."""
+    from embedforge import mine
+
+    mined = out / "mined_for_st"
+    if not (mined / contracts.MANIFEST).is_file():
+        mine.run(data["chunks"], data["pairs"], mined, MineConfig(), base_model=base_model)
+    rows = [ex for ex in contracts.read_train_examples(mined) if len(ex.negatives) >= num_negatives]
+    return [TrainExample(anchor=ex.anchor, positive=ex.positive, negatives=ex.negatives[:num_negatives]).to_columns()
+            for ex in rows]
+
+
+def _st_mined_dir(data: dict, base_model: str, out: Path) -> Path:
+    """The ST recipe's naive rows written as a mine folder (train.jsonl only): diagnostic, our trainer on them."""
+    from embedforge.encode import load_model, pick_device
+
+    mined = out / "mined_st_rows"
+    if not (mined / contracts.TRAIN_FILE).is_file():
+        rows = _naive_rows(data, load_model(base_model, pick_device("auto")))
+        contracts.write_jsonl(mined / contracts.TRAIN_FILE, rows)
+    return mined
+
+
 def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path, device: str,
                     plain: bool = False) -> tuple[object, dict]:
     from sentence_transformers import SentenceTransformer
@@ -257,7 +310,7 @@ def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path,
     model = SentenceTransformer(resolve_model_path(base_model), device=device)
     if st.get("max_seq_length"):
         model.max_seq_length = st["max_seq_length"]
-    rows = _naive_rows(data, model)
+    rows = _naive_rows(data, model) if st.get("rows") != "ours" else _our_rows(data, base_model, out)
     loss = MultipleNegativesRankingLoss(model, scale=20.0)
     t0 = time.perf_counter()
     try:
@@ -317,17 +370,19 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
 
     from embedforge import mine, train
 
-    base = {"mine": {}, "train": {}} if spec.get("shipped") else V0
+    base = SHIPPED_ON.get(spec.get("shipped"), {"mine": {}, "train": {}}) if spec.get("shipped") else V0
     mine_cfg = MineConfig(**{**base["mine"], **spec.get("mine", {})})
     mined = out / f"mined_{hashlib.sha256(mine_cfg.model_dump_json().encode()).hexdigest()[:10]}"
-    if not (mined / contracts.MANIFEST).is_file():
+    if spec.get("rows") == "st":
+        mined = _st_mined_dir(data, base_model, out)
+    elif not (mined / contracts.MANIFEST).is_file():
         mine.run(data["chunks"], data["pairs"], mined, mine_cfg, base_model=base_model)
     train_cfg = TrainConfig(**{**base["train"], **spec.get("train", {}), "seed": seed, "device": device})
     model_dir = out / "model"
     m = train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())
-    mm = contracts.read_manifest(mined)
+    dropped = contracts.read_manifest(mined).counts["dropped_by_margin"] if contracts.has_manifest(mined) else 0
     info = {"rows": m.counts["examples"], "steps": m.counts["steps"], "train_seconds": m.result.train_seconds,
-            "final_loss": m.result.final_loss, "dropped_by_margin": mm.counts["dropped_by_margin"]}
+            "final_loss": m.result.final_loss, "dropped_by_margin": dropped}
     return SentenceTransformer(str(model_dir), device=device), info
 
 

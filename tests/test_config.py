@@ -10,7 +10,7 @@ def test_defaults_match_the_issue():
     cfg = PipelineConfig()
     assert cfg.ingest.sentences_per_chunk == 5 and cfg.ingest.min_chunk_chars == 50
     assert cfg.ingest.eval_fraction == 0.2
-    assert cfg.mine.num_negatives == 4 and cfg.mine.margin == 0.95
+    assert cfg.mine.num_negatives == 4 and cfg.mine.margin == 0.0
     assert cfg.export.opset >= 17 and cfg.export.parity_min_cosine == 0.999
     assert cfg.gate.alias == "champion" and cfg.gate.metric == "ndcg@10"
     assert {1, 5, 10, 100} <= set(cfg.evaluate.all_k)

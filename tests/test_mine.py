@@ -113,18 +113,43 @@ def test_document_relevance_positive_is_the_best_chunk_of_the_document(tmp_path,
         assert [r.positive for r in rows if r.anchor == p.query] == [best]
 
 
-def test_mined_negatives_respect_the_positive_aware_margin(mined_dir, rows, st_model):
+@pytest.fixture(scope="module")
+def margin_mined(tmp_path_factory, chunks_dir, pairs_dir, base_model) -> Path:
+    """The shared pairs mined with the positive-aware margin on (0.95, NV-Retriever's setting)."""
+    out = tmp_path_factory.mktemp("margin") / "mined"
+    mine.run(chunks_dir, pairs_dir, out, MineConfig(**MINE_AS_HUMAN, margin=0.95), base_model=base_model)
+    return out
+
+
+def test_mined_negatives_respect_the_positive_aware_margin(margin_mined, st_model):
     """Scores recomputed with the model loaded directly: every mined negative scores <= margin x the query's best
     positive (the default margin_reference)."""
-    cfg = MineConfig()
-    assert cfg.margin_reference == "best_positive"
-    assert contracts.read_manifest(mined_dir).counts["dropped_by_margin"] > 0  # the margin actually bites here
+    assert MineConfig().margin_reference == "best_positive"
+    assert contracts.read_manifest(margin_mined).counts["dropped_by_margin"] > 0  # the margin actually bites here
+    rows = contracts.read_train_examples(margin_mined)
     sample = [r for r in rows if r.negatives][:12]
     for r in sample:
         positives = [x.positive for x in rows if x.anchor == r.anchor]
         s = _cos(st_model, [r.anchor], [*positives, *r.negatives])[0]
         best, negs = s[: len(positives)].max(), s[len(positives):]
-        assert np.all(negs <= cfg.margin * best + 1e-4), (r.anchor, s)
+        assert np.all(negs <= 0.95 * best + 1e-4), (r.anchor, s)
+
+
+def test_margin_off_by_default_takes_the_top_candidates(mined_dir, rows, margin_mined, st_model):
+    """Default margin 0: nothing is dropped for its score, so a query's negatives are at least as hard, rank by
+    rank, as under the 0.95 margin, and where the margin dropped candidates some negative scores above it."""
+    assert MineConfig().margin == 0.0
+    assert contracts.read_manifest(mined_dir).counts["dropped_by_margin"] == 0
+    with_margin = {r.anchor: r for r in contracts.read_train_examples(margin_mined)}
+    harder = 0
+    for r in [r for r in rows if len(r.negatives) == 4][:12]:
+        other = with_margin[r.anchor]
+        positives = [x.positive for x in rows if x.anchor == r.anchor]
+        s = _cos(st_model, [r.anchor], [*positives, *r.negatives, *other.negatives])[0]
+        best, off, on = s[: len(positives)].max(), s[len(positives): len(positives) + 4], s[len(positives) + 4:]
+        assert np.all(np.sort(off)[::-1][: len(on)] >= np.sort(on)[::-1] - 1e-4), (r.anchor, off, on)
+        harder += int(off.max() > 0.95 * best + 1e-4)
+    assert harder > 0  # the filter really is off: some negatives are ones the margin would have dropped
 
 
 def test_pair_with_several_positives(tmp_path, chunks_dir, base_model, st_model):

@@ -83,8 +83,11 @@ def test_auto_run_probes_within_its_budget_and_records_the_choice(tmp_path, mine
     assert all(t.scores and all(0 <= v <= 1 for v in t.scores.values()) for t in choice.trials)
     assert 0 < choice.probe_steps <= 1.5 * choice.fixed_steps + len(choice.trials)  # rounding: one step a probe
     assert choice.base_score is not None and choice.reason
-    if choice.mode == "auto":  # a probe beat the base model: its settings trained the saved model
-        won = max(choice.trials, key=lambda t: max(t.scores.values()))
+    won = max(choice.trials, key=lambda t: max(t.scores.values()))
+    if max(won.scores.values()) > choice.base_score:  # a probe beat the base model: its settings trained the model
         assert (choice.learning_rate, choice.temperature) == (won.learning_rate, won.temperature)
+    else:  # none did: the fixed schedule, and the reason says so
+        assert (choice.learning_rate, choice.temperature) == (cfg.learning_rate, cfg.temperature)
+        assert "base model" in choice.reason
     assert m.config["learning_rate"] == choice.learning_rate and m.config["epochs"] == choice.epochs
     assert known_positives(tmp_path / "mined", rows)  # rows alone (no known_positives.jsonl) still mask their own

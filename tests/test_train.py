@@ -88,6 +88,43 @@ def test_known_positives_of_the_anchor_are_masked_too():
     assert mask.tolist() == [[False, False, True, False], [False, False, False, False]]
 
 
+def test_symmetric_loss_averages_both_directions_with_the_mask_transposed():
+    """symmetric=True: the mean of query->document (positives + hard negatives) and document->query (each positive
+    against the anchors); a duplicate positive masked for anchor i is masked for positive i's row the other way."""
+    g = torch.Generator().manual_seed(3)
+    a, p, n = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g)
+    loss = InfoNCELoss(temperature=0.1, symmetric=True)
+    torch.testing.assert_close(loss(a, p, n), (_hand_loss(a, torch.cat([p, n]), 0.1) + _hand_loss(p, a, 0.1)) / 2)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    mask[0, 2] = True  # positive 2 is a known positive of anchor 0
+    expected = (_hand_loss(a, torch.cat([p, n]), 0.1, drop={(0, 2)}) + _hand_loss(p, a, 0.1, drop={(2, 0)})) / 2
+    torch.testing.assert_close(loss(a, p, n, mask), expected)
+
+
+def test_hardness_adds_alpha_times_the_cosine_to_every_negative_logit():
+    """hardness=alpha: logit(i, j) = cos/t + alpha x cos for every candidate j but the own positive (Lan et al.)."""
+    g = torch.Generator().manual_seed(4)
+    a, p, n = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g)
+    c = torch.cat([p, n])
+    an, cn = F.normalize(a, dim=-1), F.normalize(c, dim=-1)
+    cos = an @ cn.T
+    logits = cos / 0.05 + 2.0 * cos * (1 - torch.eye(3, 7))
+    expected = F.cross_entropy(logits, torch.arange(3))
+    got = InfoNCELoss(temperature=0.05, hardness=2.0)(a, p, n)
+    torch.testing.assert_close(got, expected)
+    assert not torch.isclose(got, InfoNCELoss(temperature=0.05)(a, p, n))
+    # the penalty carries no gradient: d loss / d negatives equals that of the plain loss with the weighted softmax
+    n1 = n.clone().requires_grad_(True)
+    InfoNCELoss(temperature=0.05, hardness=2.0)(a, p, n1).backward()
+    n2 = n.clone().requires_grad_(True)
+    cand = torch.cat([p, n2])
+    shifted = (an @ F.normalize(cand, dim=-1).T) / 0.05 + (2.0 * cos * (1 - torch.eye(3, 7))).detach()
+    F.cross_entropy(shifted, torch.arange(3)).backward()
+    torch.testing.assert_close(n1.grad, n2.grad)
+    with pytest.raises(ValueError):
+        InfoNCELoss(hardness=-1.0)
+
+
 def test_loss_rejects_bad_shapes_and_temperature():
     with pytest.raises(ValueError, match="temperature"):
         InfoNCELoss(temperature=0.0)
@@ -176,7 +213,7 @@ def test_training_lowers_the_loss_and_writes_a_manifest(trained, small_mined, ba
 
     m = contracts.read_manifest(trained)
     assert m.stage == "train"
-    assert m.counts == {"examples": 8, "steps": 2, "epochs": 1}
+    assert m.counts == {"examples": 8, "steps": 2, "epochs": 1, "runs": 1}
     r = m.result
     assert r.device == "cpu" and r.precision == "fp32"
     assert r.examples_per_second > 0 and r.final_loss == r.loss_history[-1].loss
@@ -239,6 +276,21 @@ def test_wise_ft_saves_the_interpolation_of_finetuned_and_base_weights(tmp_path,
     wise = load_file(str(tmp_path / "wise" / "model.safetensors"))
     for k in wise:
         torch.testing.assert_close(wise[k], 0.75 * ft[k] + 0.25 * base[k], rtol=1e-5, atol=1e-6)
+
+
+def test_soup_saves_the_average_of_runs_with_seeds_1000_apart(tmp_path, trained, small_mined, base_model):
+    """soup=2: the saved weights are the mean of the seed-7 run (``trained``) and a plain run with seed 1007."""
+    from safetensors.torch import load_file
+
+    other = tmp_path / "seed1007"
+    train.run(small_mined, other, TrainConfig(**{**SMALL, "seed": 1007}), base_model=base_model, prompts=PROMPTS)
+    m = train.run(small_mined, tmp_path / "soup", TrainConfig(**SMALL, soup=2), base_model=base_model, prompts=PROMPTS)
+    assert m.counts["runs"] == 2 and m.counts["steps"] == 2
+    a, b = load_file(str(trained / "model.safetensors")), load_file(str(other / "model.safetensors"))
+    soup = load_file(str(tmp_path / "soup" / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the two runs differ (batch order, dropout)
+    for k in soup:
+        torch.testing.assert_close(soup[k], (a[k] + b[k]) / 2, rtol=1e-5, atol=1e-6)
 
 
 def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_path):

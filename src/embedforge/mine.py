@@ -15,13 +15,15 @@ Steps:
    positive's text is ``pair.positive_text`` when set (a single example, e.g. an inverse-cloze positive), else the
    chunk's text.
 4. Negatives: the pair's user-supplied ``negatives`` first, then mined ones, best first, from the top
-   ``candidates`` neighbours that survive three filters:
+   ``candidates`` neighbours that survive the filters:
 
    - never a chunk of any positive document of the pair (a positive's own document is never a negative);
    - never a text equal to a positive of the pair;
-   - the positive-aware margin of NV-Retriever ("TopK-PercPos", Moreira et al. 2024): drop a candidate whose
-     score exceeds ``margin x positive score`` — such near-duplicates of the positive are likely false negatives.
-     The reference score is the query's best trained positive (``margin_reference="best_positive"``, default)
+   - with ``margin`` > 0, the positive-aware margin of NV-Retriever ("TopK-PercPos", Moreira et al. 2024): drop a
+     candidate whose score exceeds ``margin x positive score`` (e.g. 0.95), as a likely false negative. Off by
+     default (``margin=0``): on human-judged pairs of three dev collections the plain top candidates — the
+     judged documents excluded, as in sentence-transformers' ``mine_hard_negatives`` — trained better models
+     with both trainers (docs/benchmarks.md, issue #13). The reference score is the query's best trained positive (``margin_reference="best_positive"``, default)
      or each example's own positive (``"positive"``; hands weakly-scored positives only easy negatives, measured
      worse in ``bench/train_quality.py``).
 
@@ -396,7 +398,7 @@ def _pick_negatives(
     """
     negatives = list(user_negatives)
     taken = set(negatives)
-    threshold = margin * positive_score
+    threshold = margin * positive_score if margin > 0 else float("inf")
     dropped = 0
     mined_scores: list[float] = []
     for row, score in candidates:

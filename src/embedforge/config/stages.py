@@ -60,7 +60,10 @@ class MineConfig(StageConfig):
 
     num_negatives: int = Field(4, ge=0, le=64, description="Negatives per example (the pair's own, then mined ones) "
                                "for bring-your-own and LLM pairs.")
-    margin: float = Field(0.95, gt=0.0, le=1.0, description="Drop candidates scoring above margin x positive score.")
+    margin: float = Field(0.0, ge=0.0, le=1.0, description="Positive-aware margin (NV-Retriever): drop candidates "
+                          "scoring above margin x positive score, e.g. 0.95. 0 = off (default): the top candidates "
+                          "that are not judged positives, whatever their score (sentence-transformers' "
+                          "mine_hard_negatives default).")
     candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
     max_positives_per_pair: int = Field(200, ge=1, le=1000, description="Training rows per pair at most (one per "
                                         "top-grade positive); train samples train.positives_per_query of a query's "
@@ -158,10 +161,19 @@ class TrainConfig(StageConfig):
                                      "epoch (embedforge.train.positives).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
-    learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, cosine decay).")
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, cosine decay).")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.05, gt=0, le=1, description="InfoNCE temperature (1/scale).")
+    symmetric_loss: bool = Field(False, description="Also rank each positive against the batch's anchors (document "
+                                 "to query) and average both directions (embedforge.train.losses).")
+    hardness: float = Field(0.0, ge=0, le=20, description="Hardness weighting: alpha x stop-grad(cosine) added to "
+                            "every negative's logit, so harder negatives weigh more (embedforge.train.losses); 0 = "
+                            "off.")
+    soup: int = Field(1, ge=1, le=16, description="Model soup: train this many runs from the base weights, seeds "
+                      "seed, seed+1000, ... (own batch orders and dropout; far apart, so that neighbouring seeds' "
+                      "soups share no run), and save the average of their weights (embedforge.train.soup). n x the "
+                      "training time.")
     max_seq_length: int = Field(256, ge=8)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_tokens: int | None = Field(

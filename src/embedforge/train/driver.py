@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import embedforge.train.distributed as distributed
@@ -29,6 +30,7 @@ from embedforge.train.setup import (
     make_stepper,
     seed_everything,
 )
+from embedforge.train.soup import WeightAverage
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
 
@@ -58,7 +60,7 @@ def run(
         prompts: Query/document prefixes used in training and saved in the model.
 
     Returns:
-        The written manifest (counts: examples, steps, epochs; final_loss, loss_history, seconds,
+        The written manifest (counts: examples, steps and epochs of one run, runs; final_loss (of the last run), loss_history, seconds,
         examples_per_second, device, precision, base_weight, processes).
 
     Raises:
@@ -76,12 +78,74 @@ def run(
         cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
     choice = schedule.choose(mined_dir, examples, known, cfg, base_model, prompts, dist_ctx, model_cfg)
     cfg = schedule.apply(cfg, choice)
+    base_weight = resolve_base_weight(cfg, mined_dir)
+    soup, runs = WeightAverage(), []
+    for k in range(cfg.soup):  # train.soup: runs with seeds seed, seed + 1000, ... averaged (train.soup)
+        done = _train_once(examples, known, cfg.model_copy(update={"seed": cfg.seed + 1000 * k}), base_model, prompts,
+                           model_cfg, dist_ctx, keep_base=k == 0 and base_weight > 0)
+        runs.append(done)
+        if done.model is not None and cfg.soup > 1:
+            soup.add(done.model)
+            if k < cfg.soup - 1:
+                done.model = None  # only the last run's model stays alive: it receives the average
+    if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
+        distributed.shutdown(dist_ctx)
+        return None
+    model, first, last = runs[-1].model, runs[0], runs[-1]
+    prompts = PromptsConfig.model_validate(model.prompts)  # the base folder's own prompts fill empty ones
+    if cfg.soup > 1:
+        soup.load_into(model)
+    if first.base_state is not None:
+        interpolate_weights(model, first.base_state, base_weight)
+    out = Path(out_dir)
+    model.save(str(out), create_model_card=False)
+    steps_per_epoch = len(epoch_batches(examples, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
+    train_seconds = sum(r.seconds for r in runs)
+    manifest = timer.write_manifest(
+        out,
+        counts={"examples": len(examples), "steps": len(first.plan),
+                "epochs": math.ceil(len(first.plan) / steps_per_epoch), "runs": len(runs)},
+        inputs={"mined": mined_dir},
+        config=cfg,
+        base_model=base_model,
+        model=(model_cfg or ModelConfig()).model_dump(),
+        prompts=prompts.model_dump(),
+        final_loss=last.losses.history[-1]["loss"],
+        loss_history=last.losses.history,
+        train_seconds=round(train_seconds, 3),
+        examples_per_second=round(sum(len(rows) for r in runs for rows in r.plan) / max(train_seconds, 1e-9), 3),
+        device=str(model.device),
+        precision=str(last.amp_dtype).replace("torch.", "") if last.amp_dtype is not None else "fp32",
+        base_weight=base_weight,
+        processes=dist_ctx.world,
+        schedule=choice,
+    )
+    distributed.shutdown(dist_ctx)
+    return manifest
+
+
+@dataclass
+class _Run:
+    """One training run of :func:`_train_once`: the trained model (None on ranks other than 0), its batches, loss
+    history, seconds and autocast dtype, and the base weights when WiSE-FT needs them."""
+
+    model: object
+    plan: list[list[int]]
+    losses: LossLog
+    seconds: float
+    amp_dtype: object
+    base_state: dict | None
+
+
+def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig, base_model: str,
+                prompts: PromptsConfig, model_cfg: ModelConfig | None, dist_ctx: DistContext, keep_base: bool) -> _Run:
+    """Load the base model, train it on ``cfg``'s plan of batches (seeded by ``cfg.seed``) and return it with LoRA
+    merged and, under FSDP, gathered on rank 0. ``keep_base``: also snapshot the untrained weights (WiSE-FT)."""
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts, model_cfg)
     prompts = PromptsConfig.model_validate(model.prompts)  # the base folder's own prompts fill empty ones
     seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
-    base_weight = resolve_base_weight(cfg, mined_dir)
-    base_state = snapshot_weights(model) if base_weight > 0 else None
+    base_state = snapshot_weights(model) if keep_base else None
     add_adapters(model, cfg.lora)
     apply_memory_options(model, cfg)
     if dist_ctx.enabled and cfg.sharding == "fsdp":
@@ -90,48 +154,22 @@ def run(
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
     stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
     log.info(
-        "train: %d rows, %d steps (%.2f epochs, batch %d) on %s%s, precision %s",
-        len(examples), len(plan), cfg.epochs, cfg.batch_size, model.device,
+        "train: %d rows, %d steps (%.2f epochs, batch %d, seed %d) on %s%s, precision %s",
+        len(examples), len(plan), cfg.epochs, cfg.batch_size, cfg.seed, model.device,
         f" (rank {dist_ctx.rank} of {dist_ctx.world})" if dist_ctx.enabled else "", stepper.amp_dtype or "fp32",
     )
     restore_eager = compile_encoder(model) if cfg.compile else None
     started = time.perf_counter()
     losses = _train(stepper, examples, plan, dist_ctx, known)
-    train_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     model.eval()
     if restore_eager is not None:
         restore_eager()
     if stepper.sharded:  # every rank takes part in the gather; rank 0 gets the full weights in a plain model
         model = fsdp.full_model(model, dist_ctx, lambda: _fresh_model(base_model, cfg, prompts, model_cfg))
-    if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
-        distributed.shutdown(dist_ctx)
-        return None
-    merge_adapters(model)  # LoRA: the saved folder is a plain model
-    if base_state is not None:
-        interpolate_weights(model, base_state, base_weight)
-    out = Path(out_dir)
-    model.save(str(out), create_model_card=False)
-    steps_per_epoch = len(epoch_batches(examples, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
-    manifest = timer.write_manifest(
-        out,
-        counts={"examples": len(examples), "steps": len(plan), "epochs": math.ceil(len(plan) / steps_per_epoch)},
-        inputs={"mined": mined_dir},
-        config=cfg,
-        base_model=base_model,
-        model=(model_cfg or ModelConfig()).model_dump(),
-        prompts=prompts.model_dump(),
-        final_loss=losses.history[-1]["loss"],
-        loss_history=losses.history,
-        train_seconds=round(train_seconds, 3),
-        examples_per_second=round(sum(len(rows) for rows in plan) / max(train_seconds, 1e-9), 3),
-        device=str(model.device),
-        precision=str(stepper.amp_dtype).replace("torch.", "") if stepper.amp_dtype is not None else "fp32",
-        base_weight=base_weight,
-        processes=dist_ctx.world,
-        schedule=choice,
-    )
-    distributed.shutdown(dist_ctx)
-    return manifest
+    if dist_ctx.is_main:
+        merge_adapters(model)  # LoRA: the saved folder is a plain model
+    return _Run(model if dist_ctx.is_main else None, plan, losses, seconds, stepper.amp_dtype, base_state)
 
 
 def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, model_cfg: ModelConfig | None):

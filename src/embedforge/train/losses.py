@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 
 class InfoNCELoss(nn.Module):
-    def __init__(self, temperature: float = 0.05) -> None:
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, hardness: float = 0.0) -> None:
         """InfoNCE / in-batch-negatives cross-entropy, equivalent to sentence-transformers'
         ``MultipleNegativesRankingLoss(scale=1/temperature)`` (default ``directions=("query_to_doc",)``), plus
         false-negative masking.
@@ -24,9 +24,22 @@ class InfoNCELoss(nn.Module):
         known positive of the anchor (duplicate positives across the batch, or another row's hard negative that
         is this anchor's positive): without the mask such a candidate is pushed away although it is correct.
 
+        With ``symmetric`` the loss also ranks the other way — each positive against the batch's anchors, its own
+        anchor the target — and the two cross-entropies are averaged (sentence-transformers'
+        ``MultipleNegativesSymmetricRankingLoss``; GTE's bidirectional in-batch loss). The second direction reuses
+        the same similarity block (no extra forward), with the mask transposed: a positive is not pushed away from
+        an anchor whose known positive it is.
+
+        With ``hardness`` = alpha > 0, every candidate but the anchor's own positive gets ``alpha x cos`` (gradient
+        stopped, not divided by the temperature) added to its logit: harder negatives weigh more in the softmax
+        (Lan et al. 2025, eq. 5; sentence-transformers' ``hardness_mode="all_negatives"``).
+
         Args:
             temperature: Softmax temperature (``scale = 1 / temperature``); 0.05 equals sentence-transformers'
                 default ``scale=20``. Must be in (0, 1].
+            symmetric: Add the document-to-query direction (hard negatives take part in the query-to-document
+                direction only).
+            hardness: alpha of the hardness weighting; 0 = off.
 
         Inputs:
             +------------------------------------------------------+--------------------------------------------+
@@ -55,6 +68,10 @@ class InfoNCELoss(nn.Module):
               https://arxiv.org/abs/1807.03748
             - Henderson et al. 2017, "Efficient Natural Language Response Suggestion for Smart Reply",
               https://arxiv.org/abs/1705.00652 (MultipleNegativesRankingLoss)
+            - Li et al. 2023, "Towards General Text Embeddings with Multi-stage Contrastive Learning" (GTE),
+              https://arxiv.org/abs/2308.03281 (bidirectional in-batch loss)
+            - Lan et al. 2025, "LLaVE: Large Language and Vision Embedding Models with Hardness-Weighted Contrastive
+              Learning", https://arxiv.org/abs/2503.04812
             - Moreira et al. 2024, "NV-Retriever: Improving text embedding models with effective hard-negative
               mining", https://arxiv.org/abs/2407.15831 (false negatives among hard negatives)
         """
@@ -62,6 +79,10 @@ class InfoNCELoss(nn.Module):
         if not 0.0 < temperature <= 1.0:
             raise ValueError(f"temperature must be in (0, 1], got {temperature}")
         self.temperature = temperature
+        self.symmetric = symmetric
+        if hardness < 0:
+            raise ValueError(f"hardness must be >= 0, got {hardness}")
+        self.hardness = hardness
 
     @property
     def scale(self) -> float:
@@ -75,7 +96,12 @@ class InfoNCELoss(nn.Module):
         candidates = positives if negatives is None or negatives.numel() == 0 else torch.cat([positives, negatives])
         a = F.normalize(anchors.float(), dim=-1)
         c = F.normalize(candidates.float(), dim=-1)
-        logits = (a @ c.T) * self.scale
+        cos = a @ c.T
+        logits = cos * self.scale
+        if self.hardness > 0:  # alpha x stop-grad(cos) on every candidate but the own positive
+            penalty = self.hardness * cos.detach()
+            penalty[:, :b].fill_diagonal_(0.0)
+            logits = logits + penalty
         if mask is not None:
             if mask.shape != logits.shape:
                 raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(logits.shape)}")
@@ -86,11 +112,16 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         logits = self.logits(anchors, positives, negatives, mask)
-        labels = torch.arange(anchors.size(0), device=logits.device)
-        return F.cross_entropy(logits, labels)
+        b = anchors.size(0)
+        labels = torch.arange(b, device=logits.device)
+        loss = F.cross_entropy(logits, labels)
+        if self.symmetric:  # row j: positive j against every anchor; masked where it is that anchor's positive
+            loss = (loss + F.cross_entropy(logits[:, :b].T, labels)) / 2
+        return loss
 
-    def get_config_dict(self) -> dict[str, float]:
-        return {"temperature": self.temperature, "scale": self.scale}
+    def get_config_dict(self) -> dict[str, float | bool]:
+        return {"temperature": self.temperature, "scale": self.scale, "symmetric": self.symmetric,
+                "hardness": self.hardness}
 
 
 def false_negative_mask(

@@ -155,7 +155,7 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     capacity = None if total is None else memory.plain_step_tokens(model, cfg.gradient_checkpointing, total)
     return Stepper(
         model=model,
-        loss_fn=InfoNCELoss(cfg.temperature),
+        loss_fn=InfoNCELoss(cfg.temperature, cfg.symmetric_loss, cfg.hardness),
         optimizer=optimizer,
         scheduler=scheduler,
         query_prompt=prompts.query or None,
