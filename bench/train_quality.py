@@ -275,14 +275,20 @@ def _naive_rows(data: dict, model, num_negatives: int = 4) -> list[dict]:
 def _our_rows(data: dict, base_model: str, out: Path, num_negatives: int = 4) -> list[dict]:
     """embedforge's mined rows (shipped MineConfig) as trainer rows: diagnostic, the ST trainer on our negatives.
     Rows short of ``num_negatives`` negatives are dropped (the trainer's dataset needs equal columns)."""
-    from embedforge import mine
-
-    mined = out / "mined_for_st"
-    if not (mined / contracts.MANIFEST).is_file():
-        mine.run(data["chunks"], data["pairs"], mined, MineConfig(), base_model=base_model)
+    mined = _mined_dir(data, base_model, MineConfig(), out)
     rows = [ex for ex in contracts.read_train_examples(mined) if len(ex.negatives) >= num_negatives]
     return [TrainExample(anchor=ex.anchor, positive=ex.positive, negatives=ex.negatives[:num_negatives]).to_columns()
             for ex in rows]
+
+
+def _mined_dir(data: dict, base_model: str, mine_cfg: MineConfig, out: Path) -> Path:
+    """The mine folder of ``mine_cfg`` under ``out`` (named by the config's hash), mined once and then reused."""
+    from embedforge import mine
+
+    mined = out / f"mined_{hashlib.sha256(mine_cfg.model_dump_json().encode()).hexdigest()[:10]}"
+    if not (mined / contracts.MANIFEST).is_file():
+        mine.run(data["chunks"], data["pairs"], mined, mine_cfg, base_model=base_model)
+    return mined
 
 
 def _st_mined_dir(data: dict, base_model: str, out: Path) -> Path:
@@ -368,15 +374,12 @@ def _plain_mnrl_loop(model, loss, rows: list[dict], st: dict, seed: int, device:
 def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, device: str) -> tuple[object, dict]:
     from sentence_transformers import SentenceTransformer
 
-    from embedforge import mine, train
+    from embedforge import train
 
     base = SHIPPED_ON.get(spec.get("shipped"), {"mine": {}, "train": {}}) if spec.get("shipped") else V0
     mine_cfg = MineConfig(**{**base["mine"], **spec.get("mine", {})})
-    mined = out / f"mined_{hashlib.sha256(mine_cfg.model_dump_json().encode()).hexdigest()[:10]}"
-    if spec.get("rows") == "st":
-        mined = _st_mined_dir(data, base_model, out)
-    elif not (mined / contracts.MANIFEST).is_file():
-        mine.run(data["chunks"], data["pairs"], mined, mine_cfg, base_model=base_model)
+    st_rows = spec.get("rows") == "st"
+    mined = _st_mined_dir(data, base_model, out) if st_rows else _mined_dir(data, base_model, mine_cfg, out)
     train_cfg = TrainConfig(**{**base["train"], **spec.get("train", {}), "seed": seed, "device": device})
     model_dir = out / "model"
     m = train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())

@@ -23,7 +23,8 @@ Steps:
      candidate whose score exceeds ``margin x positive score`` (e.g. 0.95), as a likely false negative. Off by
      default (``margin=0``): on human-judged pairs of three dev collections the plain top candidates — the
      judged documents excluded, as in sentence-transformers' ``mine_hard_negatives`` — trained better models
-     with both trainers (docs/benchmarks.md, issue #13). The reference score is the query's best trained positive (``margin_reference="best_positive"``, default)
+     with both trainers (docs/benchmarks.md, issue #13). The reference score is the query's best trained
+     positive (``margin_reference="best_positive"``, default)
      or each example's own positive (``"positive"``; hands weakly-scored positives only easy negatives, measured
      worse in ``bench/train_quality.py``).
 

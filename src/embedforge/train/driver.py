@@ -60,7 +60,8 @@ def run(
         prompts: Query/document prefixes used in training and saved in the model.
 
     Returns:
-        The written manifest (counts: examples, steps and epochs of one run, runs; final_loss (of the last run), loss_history, seconds,
+        The written manifest (counts: examples, steps and epochs of one run, runs; final_loss and loss_history
+        of the last run, seconds,
         examples_per_second, device, precision, base_weight, processes).
 
     Raises:
@@ -91,7 +92,8 @@ def run(
     if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
         distributed.shutdown(dist_ctx)
         return None
-    model, first, last = runs[-1].model, runs[0], runs[-1]
+    first, last = runs[0], runs[-1]
+    model = last.model
     prompts = PromptsConfig.model_validate(model.prompts)  # the base folder's own prompts fill empty ones
     if cfg.soup > 1:
         soup.load_into(model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from embedforge.train.wise_ft import snapshot_weights
+from embedforge.train.wise_ft import interpolate_weights, snapshot_weights
 
 if TYPE_CHECKING:
     import torch
@@ -37,11 +37,6 @@ class WeightAverage:
 
     def load_into(self, model: SentenceTransformer) -> None:
         """Overwrite ``model``'s floating-point weights with the average (each in the model's own dtype)."""
-        import torch
-
         if not self.count:
             raise ValueError("no weights were added to the average")
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if k in self.total:
-                    v.copy_((self.total[k] / self.count).to(v.device, v.dtype))
+        interpolate_weights(model, {k: v / self.count for k, v in self.total.items()}, 1.0)
