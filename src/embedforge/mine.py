@@ -24,9 +24,8 @@ Steps:
      default (``margin=0``): on human-judged pairs of three dev collections the plain top candidates — the
      judged documents excluded, as in sentence-transformers' ``mine_hard_negatives`` — trained better models
      with both trainers (docs/benchmarks.md, issue #13). The reference score is the query's best trained
-     positive (``margin_reference="best_positive"``, default)
-     or each example's own positive (``"positive"``; hands weakly-scored positives only easy negatives, measured
-     worse in ``bench/train_quality.py``).
+     positive (``margin_reference="best_positive"``, default) or each example's own positive (``"positive"``;
+     hands weakly-scored positives only easy negatives, measured worse in ``bench/train_quality.py``).
 
    Everything positive for a query text in any of its pairs (chunks of its positive documents, its positive texts)
    is excluded: two pairs with the same query never make each other's positives negatives.
