@@ -86,13 +86,18 @@ from embedforge.contracts import Chunk, Pair, TrainExample
 
 log = logging.getLogger("train_quality")
 
+COSINE = {"lr_schedule": "cosine", "weight_decay": 0.01}  # the train schedule shipped before 2026-12-02's change
+
 # The settings the grid started from (the first defaults); every "ours_*" variant overrides these, so the table
-# stays comparable when the shipped defaults change. "defaults" = MineConfig()/TrainConfig() as shipped.
-V0 = {"mine": {"max_positives_per_pair": 3, "margin_reference": "positive"}, "train": {"epochs": 1, "learning_rate": 2e-5}}
+# stays comparable when the shipped defaults change (their margin and schedule pinned since those defaults moved).
+# "defaults" = MineConfig()/TrainConfig() as shipped.
+V0 = {"mine": {"max_positives_per_pair": 3, "margin_reference": "positive", "margin": 0.95},
+      "train": {"epochs": 1, "learning_rate": 2e-5, **COSINE}}
 
 # Variants measured against the defaults of a given day pin them ("shipped": that day), so their rows in docs/data stay
 # reproducible after the defaults move; "shipped": True = MineConfig()/TrainConfig() as shipped now.
-SHIPPED_ON = {"2026-12-01": {"mine": {"margin": 0.95}, "train": {"learning_rate": 5e-5}}}
+SHIPPED_ON = {"2026-12-01": {"mine": {"margin": 0.95}, "train": {"learning_rate": 5e-5, **COSINE}},
+              "2026-12-02": {"mine": {}, "train": COSINE}}
 
 # name -> settings. "mine"/"train": MineConfig/TrainConfig overrides; "st": baseline trainer settings.
 VARIANTS: dict[str, dict] = {
@@ -170,6 +175,25 @@ VARIANTS: dict[str, dict] = {
     # diagnostics: the ST trainer on embedforge's mined rows, embedforge's trainer on the ST recipe's rows
     "st_ours_rows": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "rows": "ours"}},
     "ours_st_rows": {"shipped": "2026-12-01", "rows": "st", "train": {"positives_per_query": 0, "learning_rate": 2e-5}},
+    # issue #13, third round: schedule shape, more negatives, and the rest of the trainer-side gap
+    "linear": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0}},  # ST's decay, no wd
+    "neg8": {"shipped": "2026-12-02", "mine": {"num_negatives": 8}},
+    "neg16": {"shipped": "2026-12-02", "mine": {"num_negatives": 16}},
+    "posall_lr2e-5_linear": {"shipped": True, "train": {"positives_per_query": 0, "learning_rate": 2e-5,
+                                                        "lr_schedule": "linear", "weight_decay": 0.0}},
+    "ours_st_rows_linear": {"shipped": True, "rows": "st", "train": {"positives_per_query": 0, "learning_rate": 2e-5,
+                                                                    "lr_schedule": "linear", "weight_decay": 0.0}},
+    "linear_soup3": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0, "soup": 3}},
+    "linear_lr5e-5": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0, "learning_rate": 5e-5}},
+    "linear_lr5e-5_soup3": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0,
+                                                       "learning_rate": 5e-5, "soup": 3}},
+    "linear_ld0.8": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0, "layer_decay": 0.8}},
+    "linear_ld0.8_lr5e-5": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0,
+                                                       "layer_decay": 0.8, "learning_rate": 5e-5}},
+    "linear_ld0.8_lr1e-4": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0,
+                                                       "layer_decay": 0.8, "learning_rate": 1e-4}},
+    # ST's loss and schedule on its own rows, batched by embedforge's sampler (plan_steps) instead of its trainer's
+    "st_plain": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "plain": True}},
     # seconds-long code-path checks (tiny data, CPU)
     "smoke_st": {"st": {"lr": 5e-5, "batch_size": 8, "epochs": 0.2, "warmup_ratio": 0.1}},
     "smoke_sym_soup": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
@@ -320,7 +344,7 @@ def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path,
     loss = MultipleNegativesRankingLoss(model, scale=20.0)
     t0 = time.perf_counter()
     try:
-        if plain:
+        if plain or st.get("plain"):
             raise ImportError("plain loop requested")
         from datasets import Dataset
         from sentence_transformers import (

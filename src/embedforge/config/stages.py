@@ -161,8 +161,17 @@ class TrainConfig(StageConfig):
                                      "epoch (embedforge.train.positives).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
-    learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, cosine decay).")
-    weight_decay: float = Field(0.01, ge=0)
+    learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, then "
+                                 "lr_schedule's decay).")
+    lr_schedule: Literal["cosine", "linear"] = Field(
+        "linear", description="Decay after the warm-up: linear to 0 (default, as sentence-transformers' trainer), or "
+        "cosine.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on weight matrices (0: none, "
+                                "as sentence-transformers' trainer; 0.01 with a cosine decay measured 0.1-0.4 points "
+                                "lower, docs/benchmarks.md).")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: layer k of L trains at "
+                               "learning_rate x layer_decay^(L - k), embeddings (k = 0) lowest (embedforge.train."
+                               "layer_decay); 1 = one learning rate for all.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.05, gt=0, le=1, description="InfoNCE temperature (1/scale).")
     symmetric_loss: bool = Field(False, description="Also rank each positive against the batch's anchors (document "

@@ -11,7 +11,8 @@ One concept per module:
 :mod:`.tokens`         tokenise each text once; token-budgeted micro-batches
 :mod:`.step`           the training-time forward ``embed`` and one optimisation step (``Stepper``)
 :mod:`.loss_log`       loss history, one device sync per window of steps
-:mod:`.setup`          seeds, model, precision, AdamW, warm-up + cosine schedule, ``torch.compile``
+:mod:`.setup`          seeds, model, precision, AdamW, warm-up + linear (or cosine) decay, ``torch.compile``
+:mod:`.layer_decay`    layer-wise learning-rate decay: AdamW groups whose rate shrinks toward the embeddings
 :mod:`.wise_ft`        WiSE-FT: saved weights interpolated back towards the base model's
 :mod:`.distributed`    one global contrastive batch split over torchrun ranks
 :mod:`.driver`         :func:`run`: the stage, glue over the above

@@ -203,7 +203,7 @@ def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]]
         else:
             loss = stepper.step(collate(examples, rows, known))
         if losses.add(step, loss):
-            bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{stepper.scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{max(stepper.scheduler.get_last_lr()):.2e}")
     losses.flush(len(plan))
     return losses
 

@@ -1,7 +1,7 @@
 """What a run is made of before its first step: seeds, the model, precision, optimizer, schedule and the stepper.
 
-AdamW (no decay on biases/LayerNorm), linear warm-up + cosine decay, gradient clipping, bf16 autocast on CUDA
-(fp16 with a gradient scaler), optionally ``torch.compile`` on the encoder's forward; the memory options
+AdamW (no decay on biases/LayerNorm), linear warm-up + cosine (or linear) decay, gradient clipping, bf16 autocast on
+CUDA (fp16 with a gradient scaler), optionally ``torch.compile`` on the encoder's forward; the memory options
 (gradient checkpointing, bf16 weights: :func:`apply_memory_options`; cached batches: :mod:`.cached`).
 """
 
@@ -121,14 +121,15 @@ def autocast_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
 
 
 def make_optimizer(model: SentenceTransformer, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with ``cfg.weight_decay`` on weight matrices only (biases and LayerNorm weights are not decayed)."""
+    """AdamW with ``cfg.weight_decay`` on weight matrices only (biases and LayerNorm weights are not decayed), each
+    layer's learning rate scaled by ``cfg.layer_decay`` (:mod:`.layer_decay`; 1 = one learning rate)."""
     import torch
 
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    from embedforge.train.layer_decay import param_groups
+
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for group in groups:
+        group["lr"] = cfg.learning_rate * group.pop("lr_scale")
     fused = model.device.type == "cuda"  # one kernel per parameter group instead of a loop over tensors
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
 
@@ -136,10 +137,10 @@ def make_optimizer(model: SentenceTransformer, cfg: TrainConfig) -> torch.optim.
 def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsConfig, steps: int,
                  dist: DistContext) -> Stepper:
     """The :class:`~embedforge.train.step.Stepper` of a run of ``steps`` steps: InfoNCE at ``cfg.temperature``,
-    :func:`make_optimizer`, warm-up over ``cfg.warmup_ratio`` of the steps then cosine decay, the precision of
-    :func:`autocast_dtype` and the micro-batch token budget of the model's device."""
+    :func:`make_optimizer`, warm-up over ``cfg.warmup_ratio`` of the steps then ``cfg.lr_schedule``'s decay, the
+    precision of :func:`autocast_dtype` and the micro-batch token budget of the model's device."""
     import torch
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_scheduler
 
     from embedforge.train import packing
     from embedforge.train import memory
@@ -149,7 +150,8 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     packing.enable(model, cfg.packing)  # embed() packs the micro-batches of a model that allows it
     optimizer = make_optimizer(model, cfg)
     sharded = dist.enabled and cfg.sharding == "fsdp"
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
+    scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=round(cfg.warmup_ratio * steps),
+                              num_training_steps=steps)
     amp_dtype = autocast_dtype(cfg, str(model.device))
     total = memory.device_bytes(model.device)
     capacity = None if total is None else memory.plain_step_tokens(model, cfg.gradient_checkpointing, total)
