@@ -32,6 +32,29 @@ def test_depths_follow_the_layer_stack(model):
     assert len(depths) == sum(1 for p in model.parameters() if p.requires_grad)
 
 
+def test_the_stack_is_the_list_with_the_most_weights_not_the_longest():
+    """A mixture-of-experts block holds a longer list (8 experts) than the stack of blocks (2): the experts take
+    their block's depth."""
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(8))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.layers = torch.nn.ModuleList(Block() for _ in range(2))
+            self.norm = torch.nn.LayerNorm(4)
+
+    depths = layer_depths(Tiny())
+    assert depths["embed.weight"] == 0 and depths["norm.weight"] == 2
+    assert {d for n, d in depths.items() if n.startswith("layers.0.")} == {1}
+    assert {d for n, d in depths.items() if n.startswith("layers.1.")} == {2}
+
+
 def test_optimizer_scales_each_layers_rate_and_decays_matrices_only(model):
     cfg = TrainConfig(device="cpu", learning_rate=1e-3, layer_decay=0.5, weight_decay=0.01)
     opt = make_optimizer(model, cfg)

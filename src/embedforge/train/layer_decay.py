@@ -4,9 +4,10 @@ With ``train.layer_decay`` = d < 1, a parameter at depth k of an encoder with L 
 ``learning_rate x d^(L - k)``: the embeddings are depth 0 (d^L), layer i (0-based) is depth i + 1, so the last layer
 and everything above the layer stack (final norm, pooler, projection heads; depth L) take the full learning rate. The lower layers
 hold the general-purpose features a small train set should not overwrite, the top layers adapt most (Howard &
-Ruder 2018; Clark et al. 2020, ELECTRA). The layer stack is found by shape, not by name: the longest
-``torch.nn.ModuleList`` of the model (``encoder.layer`` in BERT, ``layers`` in Llama), so it works for any
-architecture whose blocks sit in one list; a model without one trains at one learning rate.
+Ruder 2018; Clark et al. 2020, ELECTRA). The layer stack is found by shape, not by name: the
+``torch.nn.ModuleList`` holding the most parameters (``encoder.layer`` in BERT, ``layers`` in Llama; not a
+mixture-of-experts layer's longer list of experts, which sits inside it), so it works for any architecture whose
+blocks sit in one list; a model without one trains at one learning rate.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def layer_depths(model: torch.nn.Module) -> dict[str, int]:
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     if not stacks:
         return dict.fromkeys(names, 0)
-    stack, blocks = max(stacks, key=lambda item: len(item[1]))
+    stack, blocks = max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
     prefix = f"{stack}." if stack else ""
     top = len(blocks)
     depths: dict[str, int] = {}
