@@ -184,6 +184,9 @@ VARIANTS: dict[str, dict] = {
     "ours_st_rows_linear": {"shipped": True, "rows": "st", "train": {"positives_per_query": 0, "learning_rate": 2e-5,
                                                                     "lr_schedule": "linear", "weight_decay": 0.0}},
     "lr4e-5": {"shipped": True, "train": {"learning_rate": 4e-5}},
+    "neg0": {"shipped": True, "mine": {"num_negatives": 0}},  # in-batch negatives only
+    "neg1": {"shipped": True, "mine": {"num_negatives": 1}},
+    "neg2": {"shipped": True, "mine": {"num_negatives": 2}},
     "linear_soup3": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0, "soup": 3}},
     "linear_lr5e-5": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0, "learning_rate": 5e-5}},
     "linear_lr5e-5_soup3": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0,
