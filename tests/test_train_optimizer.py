@@ -64,8 +64,8 @@ def test_optimizer_scales_each_layers_rate_and_decays_matrices_only(model):
         lr, wd = rate[id(named[name])]
         assert lr == pytest.approx(1e-3 * 0.5 ** (6 - depth)), name
         assert wd == (0.01 if named[name].ndim >= 2 else 0.0), name
-    one = make_optimizer(model, TrainConfig(device="cpu", learning_rate=1e-3))
-    assert {g["lr"] for g in one.param_groups} == {1e-3}
+    one = make_optimizer(model, TrainConfig(device="cpu", learning_rate=1e-3, weight_decay=0.01))
+    assert [(g["lr"], g["weight_decay"]) for g in one.param_groups] == [(1e-3, 0.01), (1e-3, 0.0)]
 
 
 def _rows(tmp_path):

@@ -1,10 +1,10 @@
 """Layer-wise learning-rate decay (LLRD): lower transformer layers take smaller steps than the top ones.
 
 With ``train.layer_decay`` = d < 1, a parameter at depth k of an encoder with L layers trains at
-``learning_rate x d^(L - k)``: the embeddings are depth 0 (d^L), layer i (0-based) is depth i + 1, so the last layer
-and everything above the layer stack (final norm, pooler, projection heads; depth L) take the full learning rate. The lower layers
-hold the general-purpose features a small train set should not overwrite, the top layers adapt most (Howard &
-Ruder 2018; Clark et al. 2020, ELECTRA). The layer stack is found by shape, not by name: the
+``learning_rate x d^(L - k)``: the embeddings are depth 0 (d^L), layer i (0-based) is depth i + 1, so the last
+layer and everything above the layer stack (final norm, pooler, projection heads; depth L) take the full learning
+rate. The lower layers hold the general-purpose features a small train set should not overwrite, the top layers
+adapt most (Howard & Ruder 2018; Clark et al. 2020, ELECTRA). The layer stack is found by shape, not by name: the
 ``torch.nn.ModuleList`` holding the most parameters (``encoder.layer`` in BERT, ``layers`` in Llama; not a
 mixture-of-experts layer's longer list of experts, which sits inside it), so it works for any architecture whose
 blocks sit in one list; a model without one trains at one learning rate.
@@ -41,17 +41,18 @@ def layer_depths(model: torch.nn.Module) -> dict[str, int]:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay: float) -> list[dict]:
-    """AdamW parameter groups: one per (depth, decayed or not); ``lr_scale`` = ``decay^(L - depth)``.
+    """AdamW parameter groups: one per (depth, decayed or not); ``lr_scale`` = ``decay^(L - depth)``. With
+    ``decay`` 1 only the two weight-decay groups (fused AdamW launches its kernels per group).
 
     Weight decay applies to weight matrices only (biases and norm weights are not decayed)."""
-    depths = layer_depths(model)
-    top = max(depths.values(), default=0)
+    depths = layer_depths(model) if decay < 1 else None
+    top = max(depths.values(), default=0) if depths else 0
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        depth, decayed = depths[name], p.ndim >= 2
+        depth, decayed = depths[name] if depths else top, p.ndim >= 2
         group = groups.setdefault((depth, decayed), {"params": [], "weight_decay": weight_decay if decayed else 0.0,
-                                                     "lr_scale": decay ** (top - depth) if decay < 1 else 1.0})
+                                                     "lr_scale": decay ** (top - depth)})
         group["params"].append(p)
     return list(groups.values())
