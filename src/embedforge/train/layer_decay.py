@@ -40,19 +40,19 @@ def layer_depths(model: torch.nn.Module) -> dict[str, int]:
     return depths
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, decay: float) -> list[dict]:
-    """AdamW parameter groups: one per (depth, decayed or not); ``lr_scale`` = ``decay^(L - depth)``. With
+def param_groups(model: torch.nn.Module, learning_rate: float, weight_decay: float, decay: float) -> list[dict]:
+    """AdamW parameter groups: one per (depth, decayed or not), each at ``learning_rate x decay^(L - depth)``. With
     ``decay`` 1 only the two weight-decay groups (fused AdamW launches its kernels per group).
 
     Weight decay applies to weight matrices only (biases and norm weights are not decayed)."""
-    depths = layer_depths(model) if decay < 1 else None
-    top = max(depths.values(), default=0) if depths else 0
+    depths = layer_depths(model) if decay < 1 else {}
+    top = max(depths.values(), default=0)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        depth, decayed = depths[name] if depths else top, p.ndim >= 2
+        depth, decayed = depths.get(name, top), p.ndim >= 2
         group = groups.setdefault((depth, decayed), {"params": [], "weight_decay": weight_decay if decayed else 0.0,
-                                                     "lr_scale": decay ** (top - depth)})
+                                                     "lr": learning_rate * decay ** (top - depth)})
         group["params"].append(p)
     return list(groups.values())

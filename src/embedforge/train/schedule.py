@@ -9,17 +9,17 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    other rows' texts up to ``max_pool`` — where its rows' positives are relevant and its other known positives
    (lower grades, other chunks of its documents) are left out of the ranking. Score: nDCG@10 (pytrec_eval).
 2. **Probes.** Each ``(learning-rate factor, temperature factor)`` of ``schedule.candidates`` trains a fresh copy
-   of the base model on the kept queries' rows with the run's own warm-up + cosine schedule, and is scored after
-   every whole epoch and at its end (early stopping: the best checkpoint, not the last, counts). All probes
-   together take at most ``schedule.budget`` x the fixed run's optimizer steps (1.5: the probes cost at most 1.5
-   fixed runs, the final run comes on top), split evenly; a probe is at most twice the fixed length.
+   of the base model on the kept queries' rows with the run's own warm-up and decay (``train.lr_schedule``), and
+   is scored after every whole epoch and at its end (early stopping: the best checkpoint, not the last, counts).
+   All probes together take at most ``schedule.budget`` x the fixed run's optimizer steps (1.5: the probes cost at
+   most 1.5 fixed runs, the final run comes on top), split evenly; a probe is at most twice the fixed length.
 3. **Choice.** The best (probe, checkpoint) by held-out nDCG@10 gives learning rate, temperature and epochs; a
    probe best at its end that the budget stopped before the fixed length keeps the fixed epochs (it was still
    improving). If no probe beats the base model on the held-out queries the fixed schedule stays (no evidence
    for anything else; the gate refuses a worse model anyway). The final run trains on all rows.
 
 The probes, scores, budget and reason are recorded in the train result (:class:`~embedforge.contracts.
-ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its cosine decay, so an
+ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its decay, so an
 early checkpoint slightly understates what a run of that length would reach: the choice leans to longer runs.
 Under torchrun the search is skipped (one process cannot probe for all ranks): the fixed schedule is used.
 """

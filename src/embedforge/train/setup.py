@@ -127,9 +127,7 @@ def make_optimizer(model: SentenceTransformer, cfg: TrainConfig) -> torch.optim.
 
     from embedforge.train.layer_decay import param_groups
 
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
-    for group in groups:
-        group["lr"] = cfg.learning_rate * group.pop("lr_scale")
+    groups = param_groups(model, cfg.learning_rate, cfg.weight_decay, cfg.layer_decay)
     fused = model.device.type == "cuda"  # one kernel per parameter group instead of a loop over tensors
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
 
