@@ -196,6 +196,19 @@ VARIANTS: dict[str, dict] = {
                                                        "layer_decay": 0.8, "learning_rate": 5e-5}},
     "linear_ld0.8_lr1e-4": {"shipped": True, "train": {"lr_schedule": "linear", "weight_decay": 0.0,
                                                        "layer_decay": 0.8, "learning_rate": 1e-4}},
+    # issue #13, fourth round: tail averaging within a run; a second mining round with the fine-tuned model
+    # ("remine": mine again with round 1's model, then train from the base model ("from": "base") or go on from
+    # round 1's model ("from": "round1"), with the "mine"/"train" overrides of round 2)
+    "avg50": {"shipped": True, "train": {"average_last": 0.5}},
+    "avg50_lr4e-5": {"shipped": True, "train": {"average_last": 0.5, "learning_rate": 4e-5}},
+    "remine": {"shipped": True, "remine": {"from": "base"}},
+    "remine_m95": {"shipped": True, "remine": {"from": "base", "mine": {"margin": 0.95}}},
+    "remine_cont": {"shipped": True, "remine": {"from": "round1", "train": {"epochs": 1}}},
+    "skip1": {"shipped": True, "mine": {"skip_top": 1}},  # negatives from mined ranks 2..5 instead of 1..4
+    "skip2": {"shipped": True, "mine": {"skip_top": 2}},
+    "skip4": {"shipped": True, "mine": {"skip_top": 4}},
+    "skip2_lr5e-5": {"shipped": True, "mine": {"skip_top": 2}, "train": {"learning_rate": 5e-5}},
+    "skip2_lr5e-5_soup3": {"shipped": True, "mine": {"skip_top": 2}, "train": {"learning_rate": 5e-5, "soup": 3}},
     # ST's loss and schedule on its own rows, batched by embedforge's sampler (plan_steps) instead of its trainer's
     "st_plain": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "plain": True}},
     # seconds-long code-path checks (tiny data, CPU)
@@ -203,6 +216,8 @@ VARIANTS: dict[str, dict] = {
     "smoke_sym_soup": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
                                                   "symmetric_loss": True, "soup": 2}},
     "smoke_ours": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32}},
+    "smoke_remine_avg": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
+                                                    "average_last": 0.5}, "remine": {"from": "round1"}},
 }
 
 
@@ -254,8 +269,9 @@ def build_inputs(data: Path, out: Path, train_fraction: float = 0.5) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def evaluate_model(model, data: dict, batch_size: int = 128) -> dict[str, float]:
-    """NDCG/Recall/MAP on the test queries over the whole corpus (exact cosine, model's own prompts)."""
+def evaluate_model(model, data: dict, batch_size: int = 128) -> dict:
+    """NDCG/Recall/MAP on the test queries over the whole corpus (exact cosine, model's own prompts), and under
+    ``per_query`` each test query's nDCG@10."""
     import torch
     from beir.retrieval.evaluation import EvaluateRetrieval
 
@@ -275,7 +291,15 @@ def evaluate_model(model, data: dict, batch_size: int = 128) -> dict[str, float]
                           if d != q and data["corpus"][d][1] != data["test_queries"][q]}
     ndcg, _map, recall, _ = EvaluateRetrieval.evaluate(data["test_qrels"], results, [1, 10, 100], ignore_identical_ids=False)
     return {"ndcg@10": ndcg["NDCG@10"], "recall@10": recall["Recall@10"], "recall@100": recall["Recall@100"],
-            "map@10": _map["MAP@10"]}
+            "map@10": _map["MAP@10"], "per_query": per_query_ndcg(results, data["test_qrels"])}
+
+
+def per_query_ndcg(model_results: dict, qrels: dict) -> dict[str, float]:
+    """nDCG@10 of each test query (pytrec_eval), for paired comparisons over queries (``bench/paired.py``)."""
+    import pytrec_eval
+
+    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(model_results)
+    return {q: round(v["ndcg_cut_10"], 4) for q, v in scores.items()}
 
 
 # ------------------------------------------------------------------------------------------------ baseline
@@ -412,6 +436,25 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
     model_dir = out / "model"
     m = train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())
     dropped = contracts.read_manifest(mined).counts["dropped_by_margin"] if contracts.has_manifest(mined) else 0
+    if "remine" in spec:  # round 2: negatives mined by round 1's model
+        import shutil
+
+        from embedforge import mine
+
+        r2 = spec["remine"]
+        round1, mined = out / "model_round1", out / "mined_round2"
+        shutil.rmtree(round1, ignore_errors=True)
+        shutil.rmtree(mined, ignore_errors=True)
+        model_dir.rename(round1)
+        mine.run(data["chunks"], data["pairs"], mined, MineConfig(**{**mine_cfg.model_dump(), **r2.get("mine", {})}),
+                 base_model=str(round1))
+        cfg2 = TrainConfig(**{**train_cfg.model_dump(), **r2.get("train", {})})
+        start = str(round1) if r2.get("from") == "round1" else base_model
+        m2 = train.run(mined, model_dir, cfg2, base_model=start, prompts=PromptsConfig())
+        info = {"rows": m2.counts["examples"], "steps": m.counts["steps"] + m2.counts["steps"],
+                "train_seconds": m.result.train_seconds + m2.result.train_seconds, "final_loss": m2.result.final_loss,
+                "dropped_by_margin": contracts.read_manifest(mined).counts["dropped_by_margin"]}
+        return SentenceTransformer(str(model_dir), device=device), info
     info = {"rows": m.counts["examples"], "steps": m.counts["steps"], "train_seconds": m.result.train_seconds,
             "final_loss": m.result.final_loss, "dropped_by_margin": dropped}
     return SentenceTransformer(str(model_dir), device=device), info
@@ -462,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 model, info = run_ours(data, args.base_model, spec, seed, args.out, device)
             metrics = evaluate_model(model, data)
+            per_query = metrics.pop("per_query")
             row = {"variant": name, "seed": seed, **{k: round(v, 4) for k, v in metrics.items()}, **info,
-                   "seconds": round(time.perf_counter() - t0, 1), "device": device}
+                   "seconds": round(time.perf_counter() - t0, 1), "device": device,
+                   "per_query": per_query}
             results.append(row)
             emit_row(row, args.json)
     print("\nvariant              seed  ndcg@10  recall@100")

@@ -135,6 +135,21 @@ def test_mined_negatives_respect_the_positive_aware_margin(margin_mined, st_mode
         assert np.all(negs <= 0.95 * best + 1e-4), (r.anchor, s)
 
 
+def test_skip_top_starts_the_negatives_after_the_best_candidates(tmp_path, chunks_dir, pairs_dir, base_model, rows):
+    """skip_top=2: every row's negatives are the ones ranked 3..6 when six are mined without skipping (the same
+    candidates, the two best left out); off by default."""
+    assert MineConfig().skip_top == 0
+    wide, skipped = tmp_path / "wide", tmp_path / "skipped"
+    mine.run(chunks_dir, pairs_dir, wide, MineConfig(**{**MINE_AS_HUMAN, "offline_num_negatives": 6}), base_model=base_model)
+    mine.run(chunks_dir, pairs_dir, skipped, MineConfig(**MINE_AS_HUMAN, skip_top=2), base_model=base_model)
+    wide_rows, skipped_rows = contracts.read_train_examples(wide), contracts.read_train_examples(skipped)
+    assert [(r.anchor, r.positive) for r in skipped_rows] == [(r.anchor, r.positive) for r in wide_rows]
+    assert all(len(w.negatives) == 6 for w in wide_rows)
+    for w, s, plain in zip(wide_rows, skipped_rows, rows):
+        assert s.negatives == w.negatives[2:6]
+        assert plain.negatives == w.negatives[:4]  # the default takes the best four
+
+
 def test_margin_off_by_default_takes_the_top_candidates(mined_dir, rows, margin_mined, st_model):
     """Default margin 0: nothing is dropped for its score, so a query's negatives are at least as hard, rank by
     rank, as under the 0.95 margin, and where the margin dropped candidates some negative scores above it."""

@@ -293,6 +293,36 @@ def test_soup_saves_the_average_of_runs_with_seeds_1000_apart(tmp_path, trained,
         torch.testing.assert_close(soup[k], (a[k] + b[k]) / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_average_last_saves_the_mean_of_the_tail_steps_weights(tmp_path, trained, small_mined, base_model,
+                                                                monkeypatch):
+    """average_last=0.99 over a 2-step run: the weights after step 1 and after step 2 are snapshotted (the latter
+    equal to the plain run's saved model) and the saved model is their mean."""
+    from safetensors.torch import load_file
+
+    from embedforge.train import driver
+    from embedforge.train.soup import WeightAverage, tail_steps
+
+    assert tail_steps(2, 0.99) == {1, 2} and tail_steps(2, 0.4) == {2} and tail_steps(45, 0.5) >= {45, 23}
+    assert len(tail_steps(1000, 0.5)) == 10 and not tail_steps(10, 0.0)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    class Recording(WeightAverage):  # the real average, plus a copy of each snapshot it receives
+        def add(self, model) -> None:
+            seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().add(model)
+
+    monkeypatch.setattr(driver, "WeightAverage", Recording)
+    train.run(small_mined, tmp_path / "tail", TrainConfig(**SMALL, average_last=0.99), base_model=base_model,
+              prompts=PROMPTS)
+    saved, last = load_file(str(tmp_path / "tail" / "model.safetensors")), load_file(str(trained / "model.safetensors"))
+    assert len(seen) == 2
+    assert any(not torch.equal(seen[0][k], seen[1][k]) for k in seen[0])  # step 2 moved the weights
+    for k in saved:
+        key = next(n for n in seen[1] if n.endswith(k))
+        torch.testing.assert_close(seen[1][key], last[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(saved[k], (seen[0][key] + seen[1][key]) / 2, rtol=1e-5, atol=1e-6)
+
+
 def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_path):
     """Unset base_weight: the base weight of the pair kind that made more than half of the rows, as the mine manifest
     records it (offline 0.5, default 0), else 0; set: as set; rows no mine stage wrote: 0."""

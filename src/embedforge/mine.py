@@ -1,7 +1,6 @@
 """Hard-negative mining: (query, positive) pairs -> ``anchor, positive, negative_1..n`` training rows.
 
 Steps:
-
 1. Embed every chunk once as a document with the base model and save the matrix (``embeddings.npy`` +
    ``embedding_ids.json``, chunk ids in row order) so evaluation can reuse it for the base model.
 2. Embed the train-split queries (query prompt) and search the chunks with an exact FAISS inner-product index.
@@ -18,7 +17,7 @@ Steps:
    ``candidates`` neighbours that survive the filters:
 
    - never a chunk of any positive document of the pair (a positive's own document is never a negative);
-   - never a text equal to a positive of the pair;
+   - never a text equal to a positive of the pair, nor one of the ``skip_top`` best candidates (0 by default);
    - with ``margin`` > 0, the positive-aware margin of NV-Retriever ("TopK-PercPos", Moreira et al. 2024): drop a
      candidate whose score exceeds ``margin x positive score`` (e.g. 0.95), as a likely false negative. Off by
      default (``margin=0``): on human-judged pairs of three dev collections the plain top candidates — the
@@ -290,6 +289,7 @@ def _make_examples(
             done["dropped_by_consistency"] += 1
             continue
         user_negs = _dedupe([n for n in pair.negatives if n not in not_negative and n != pair.query])
+        candidates = candidates[cfg.skip_top:]  # after the consistency check, which ranks them all
         for pos in pair_positives:
             reference = pos.score if cfg.margin_reference == "positive" else positives.best[pair.query]
             negatives, dropped, mined_scores = _pick_negatives(

@@ -64,6 +64,9 @@ class MineConfig(StageConfig):
                           "scoring above margin x positive score, e.g. 0.95. 0 = off (default): the top candidates "
                           "that are not judged positives, whatever their score (sentence-transformers' "
                           "mine_hard_negatives default).")
+    skip_top: int = Field(0, ge=0, le=64, description="Mined candidates skipped before the negatives are taken "
+                          "(sentence-transformers' range_min): the few best unjudged documents are the likeliest "
+                          "to be relevant ones nobody judged (false negatives). 0 = none.")
     candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
     max_positives_per_pair: int = Field(200, ge=1, le=1000, description="Training rows per pair at most (one per "
                                         "top-grade positive); train samples train.positives_per_query of a query's "
@@ -183,6 +186,10 @@ class TrainConfig(StageConfig):
                       "seed, seed+1000, ... (own batch orders and dropout; far apart, so that neighbouring seeds' "
                       "soups share no run), and save the average of their weights (embedforge.train.soup). n x the "
                       "training time.")
+    average_last: float = Field(0.0, ge=0, lt=1, description="Tail averaging: save the uniform average of the "
+                                "weights at up to 10 evenly spaced steps of this last fraction of the run (the last "
+                                "step included; embedforge.train.soup.tail_steps) instead of the last step's; 0 = off. "
+                                "Free in time, one CPU copy of the weights.")
     max_seq_length: int = Field(256, ge=8)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_tokens: int | None = Field(

@@ -18,6 +18,7 @@ import embedforge.train.fsdp as fsdp
 import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
+from embedforge.errors import ConfigError
 from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
@@ -30,7 +31,7 @@ from embedforge.train.setup import (
     make_stepper,
     seed_everything,
 )
-from embedforge.train.soup import WeightAverage
+from embedforge.train.soup import WeightAverage, tail_steps
 from embedforge.train.step import Stepper
 from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
 
@@ -73,6 +74,9 @@ def run(
     examples = read_examples(mined_dir)
     known = known_positives(mined_dir, examples)
     dist_ctx = distributed.from_env()
+    if cfg.average_last and dist_ctx.enabled and cfg.sharding == "fsdp":
+        raise ConfigError("train.average_last needs whole weights on every step it averages; with "
+                          "train.sharding=fsdp each process holds a shard: set train.average_last=0 or sharding=none")
     if dist_ctx.enabled:  # under torchrun: one process per device, the global batch split over them
         from embedforge.encode import pick_device
 
@@ -162,9 +166,12 @@ def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: T
     )
     restore_eager = compile_encoder(model) if cfg.compile else None
     started = time.perf_counter()
-    losses = _train(stepper, examples, plan, dist_ctx, known)
+    tail = WeightAverage()
+    losses = _train(stepper, examples, plan, dist_ctx, known, tail, tail_steps(len(plan), cfg.average_last))
     seconds = time.perf_counter() - started
     model.eval()
+    if tail.count:
+        tail.load_into(model)
     if restore_eager is not None:
         restore_eager()
     if stepper.sharded:  # every rank takes part in the gather; rank 0 gets the full weights in a plain model
@@ -189,8 +196,9 @@ def _embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> 
 
 
 def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext,
-           known: dict[str, set[str]]) -> LossLog:
-    """Run every planned step (``known``: anchor -> texts never its negative); returns the loss history."""
+           known: dict[str, set[str]], tail: WeightAverage, tail_at: set[int]) -> LossLog:
+    """Run every planned step (``known``: anchor -> texts never its negative), adding the weights after each step
+    of ``tail_at`` to ``tail`` (train.average_last); returns the loss history."""
     from tqdm.auto import tqdm
 
     losses = LossLog(window=max(1, len(plan) // 10))
@@ -204,6 +212,8 @@ def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]]
             loss = stepper.step(collate(examples, rows, known))
         if losses.add(step, loss):
             bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{max(stepper.scheduler.get_last_lr()):.2e}")
+        if step in tail_at:
+            tail.add(stepper.model)
     losses.flush(len(plan))
     return losses
 

@@ -6,6 +6,10 @@ Runs that start from one pre-trained model and differ only in batch order and dr
 so their average is itself a good model — usually better than the average run, and far less dependent on the seed
 (small pair sets make single runs seed-sensitive). ``train.soup`` sets the number of runs; the served model costs
 the same as one run's.
+
+The same average serves tail averaging within one run (``train.average_last``, Polyak averaging / SWA: Izmailov et
+al. 2018, https://arxiv.org/abs/1803.05407): the weights at a few evenly spaced steps of the run's last stretch are
+averaged, which smooths the last steps' batch-to-batch noise at no extra training time.
 """
 
 from __future__ import annotations
@@ -40,3 +44,15 @@ class WeightAverage:
         if not self.count:
             raise ValueError("no weights were added to the average")
         interpolate_weights(model, {k: v / self.count for k, v in self.total.items()}, 1.0)
+
+
+def tail_steps(n_steps: int, fraction: float, most: int = 10) -> set[int]:
+    """The 1-based steps whose weights ``train.average_last = fraction`` averages: up to ``most`` evenly spaced
+    steps of the last ``ceil(fraction x n_steps)``, the last step always included; empty when ``fraction`` is 0."""
+    import math
+
+    tail = min(n_steps, math.ceil(fraction * n_steps))
+    if tail <= 0:
+        return set()
+    count = min(most, tail)
+    return {n_steps - round(i * (tail - 1) / max(count - 1, 1)) for i in range(count)}

@@ -1,0 +1,64 @@
+"""Paired comparison of two variants over a collection's test queries: is a difference in nDCG@10 resolvable?
+
+The seed spread in ``docs/benchmarks.md`` measures only training noise. A test set of a few dozen queries adds its
+own: a variant can lead by two points on 19 queries by the luck of which queries were drawn. This takes the rows
+``bench/train_quality.py`` writes (one JSON line per variant and seed, each with ``per_query`` nDCG@10), averages
+each test query over the seeds of each variant, and reports for B − A over the queries: the mean difference, a 95 %
+bootstrap confidence interval (BCa, scipy.stats.bootstrap, queries resampled) and a two-sided paired permutation
+p-value (scipy.stats.permutation_test, signs of the per-query differences flipped).
+
+    python bench/paired.py docs/data/dev_collections_h200_2026-12-02_s13_dbpedia-many.jsonl --a st_lr2e-5 --b defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def per_query_means(rows: list[dict], variant: str) -> dict[str, float]:
+    """Each test query's nDCG@10 averaged over the variant's seeds."""
+    by_query: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["variant"] == variant:
+            for q, v in r["per_query"].items():
+                by_query[q].append(v)
+    if not by_query:
+        raise SystemExit(f"no rows with per-query scores for variant {variant!r}")
+    return {q: statistics.mean(v) for q, v in by_query.items()}
+
+
+def compare(rows: list[dict], a: str, b: str, resamples: int = 10000, seed: int = 0) -> dict:
+    """B − A over the queries both variants scored: mean, 95 % BCa interval, paired permutation p-value."""
+    from scipy import stats
+
+    qa, qb = per_query_means(rows, a), per_query_means(rows, b)
+    queries = sorted(set(qa) & set(qb))
+    diff = np.array([qb[q] - qa[q] for q in queries])
+    rng = np.random.default_rng(seed)
+    ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=resamples, method="BCa", random_state=rng)
+    perm = stats.permutation_test((diff,), np.mean, permutation_type="samples", n_resamples=resamples,
+                                  alternative="two-sided", random_state=rng)
+    return {"a": a, "b": b, "queries": len(queries), "mean_a": round(float(np.mean([qa[q] for q in queries])), 4),
+            "mean_b": round(float(np.mean([qb[q] for q in queries])), 4), "diff": round(float(diff.mean()), 4),
+            "ci95": [round(float(ci.confidence_interval.low), 4), round(float(ci.confidence_interval.high), 4)],
+            "p": round(float(perm.pvalue), 4), "b_better": int((diff > 0).sum()), "b_worse": int((diff < 0).sum())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rows", type=Path, nargs="+", help="JSON-lines files of bench/train_quality.py rows")
+    ap.add_argument("--a", default="st_lr2e-5", help="reference variant")
+    ap.add_argument("--b", default="defaults", help="variant compared with it")
+    args = ap.parse_args(argv)
+    rows = [json.loads(ln) for f in args.rows for ln in f.read_text().splitlines() if ln.strip()]
+    print(json.dumps(compare(rows, args.a, args.b)))
+
+
+if __name__ == "__main__":
+    main()
