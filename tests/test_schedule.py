@@ -45,19 +45,43 @@ def test_score_ranks_the_pool_with_the_model_and_leaves_out_the_ignored_texts(ba
     assert schedule.score(model, not_ignored) < 1.0  # the query's own text outranks its positive
 
 
-def _trial(lr: float, scores: dict[str, float]) -> ScheduleTrial:
-    return ScheduleTrial(learning_rate=lr, temperature=0.05, steps=10, scores=scores)
+def _trial(lr: float, scores: dict[str, float], spread: float = 0.0, n: int = 40) -> ScheduleTrial:
+    """A probe whose held-out queries score ``mean +- spread`` alternately (mean exactly as given)."""
+    per_query = {k: [v + spread * (-1) ** i for i in range(n)] for k, v in scores.items()}
+    return ScheduleTrial(learning_rate=lr, temperature=0.05, steps=10, scores=scores, per_query=per_query)
+
+
+BASE = [0.4] * 40  # the base model's per-query held-out scores
 
 
 def test_the_best_checkpoint_wins_and_a_probe_still_improving_keeps_the_fixed_length():
-    cfg = TrainConfig(epochs=3.0, schedule={"mode": "auto"})
+    cfg = TrainConfig(epochs=3.0, learning_rate=3e-5, schedule={"mode": "auto"})
     early = schedule._pick(cfg, [_trial(5e-5, {"1": 0.50, "2": 0.55, "2.5": 0.52}), _trial(1e-4, {"1": 0.54})],
-                           base_score=0.4, probe_epochs=2.5)
+                           BASE, probe_epochs=2.5)
     assert (early.mode, early.learning_rate, early.epochs) == ("auto", 5e-5, 2.0)
-    improving = schedule._pick(cfg, [_trial(5e-5, {"1": 0.5, "1.5": 0.6})], base_score=0.4, probe_epochs=1.5)
+    assert "interval" in early.reason and "the base model" in early.reason  # no probe of the fixed settings
+    improving = schedule._pick(cfg, [_trial(5e-5, {"1": 0.5, "1.5": 0.6})], BASE, probe_epochs=1.5)
     assert improving.epochs == 3.0 and "still improving" in improving.reason
-    worse = schedule._pick(cfg, [_trial(5e-5, {"1": 0.3})], base_score=0.4, probe_epochs=1.0)
+    worse = schedule._pick(cfg, [_trial(5e-5, {"1": 0.3})], BASE, probe_epochs=1.0)
     assert (worse.learning_rate, worse.epochs) == (cfg.learning_rate, 3.0) and "base model" in worse.reason
+
+
+def test_a_probe_replaces_the_fixed_settings_only_on_resolved_evidence():
+    """Against the fixed settings' own probe (lr 3e-5, checkpoint nearest 3 epochs): +0.02 on every one of 40
+    queries is resolved and adopted; the same mean gain with a +-0.3 swing per query is not, and the fixed
+    schedule stays; with confidence 0 the best mean wins as before; the fixed probe itself winning keeps it."""
+    cfg = TrainConfig(epochs=3.0, learning_rate=3e-5, schedule={"mode": "auto"})
+    fixed_probe = _trial(3e-5, {"1": 0.45, "2": 0.49, "3": 0.50})
+    steady = schedule._pick(cfg, [fixed_probe, _trial(6e-5, {"1": 0.48, "2": 0.52})], BASE, probe_epochs=3.0)
+    assert (steady.mode, steady.learning_rate, steady.epochs) == ("auto", 6e-5, 2.0)
+    assert "+0.0200" in steady.reason and "fixed settings' probe (3 epochs)" in steady.reason
+    noisy = schedule._pick(cfg, [fixed_probe, _trial(6e-5, {"1": 0.48, "2": 0.52}, spread=0.3)], BASE, 3.0)
+    assert (noisy.learning_rate, noisy.epochs) == (3e-5, 3.0)
+    assert "no evidence" in noisy.reason
+    loose = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"confidence": 0.0})})
+    assert schedule._pick(loose, [fixed_probe, _trial(6e-5, {"2": 0.52}, spread=0.3)], BASE, 3.0).learning_rate == 6e-5
+    own = schedule._pick(cfg, [fixed_probe, _trial(6e-5, {"2": 0.47})], BASE, probe_epochs=3.0)
+    assert (own.learning_rate, own.epochs) == (3e-5, 3.0) and "own probe" in own.reason
 
 
 def test_fixed_mode_and_too_few_queries_keep_the_configured_schedule(base_model):
@@ -84,10 +108,16 @@ def test_auto_run_probes_within_its_budget_and_records_the_choice(tmp_path, mine
     assert 0 < choice.probe_steps <= 1.5 * choice.fixed_steps + len(choice.trials)  # rounding: one step a probe
     assert choice.base_score is not None and choice.reason
     won = max(choice.trials, key=lambda t: max(t.scores.values()))
-    if max(won.scores.values()) > choice.base_score:  # a probe beat the base model: its settings trained the model
-        assert (choice.learning_rate, choice.temperature) == (won.learning_rate, won.temperature)
-    else:  # none did: the fixed schedule, and the reason says so
+    held = choice.heldout_queries
+    assert all(len(v) == held for t in choice.trials for v in t.per_query.values())
+    assert '"per_query"' not in (tmp_path / "model" / contracts.MANIFEST).read_text()  # in memory only
+    if max(won.scores.values()) <= choice.base_score:  # no probe beat the base model: the fixed schedule
         assert (choice.learning_rate, choice.temperature) == (cfg.learning_rate, cfg.temperature)
         assert "base model" in choice.reason
+    elif "interval [+" in choice.reason:  # resolved gain over the fixed settings' probe: the winner's settings
+        assert (choice.learning_rate, choice.temperature) == (won.learning_rate, won.temperature)
+    else:  # the fixed settings' own probe won, or the winner's gain was not resolved: the fixed schedule
+        assert (choice.learning_rate, choice.temperature) == (cfg.learning_rate, cfg.temperature)
+        assert "own probe" in choice.reason or "no evidence" in choice.reason
     assert m.config["learning_rate"] == choice.learning_rate and m.config["epochs"] == choice.epochs
     assert known_positives(tmp_path / "mined", rows)  # rows alone (no known_positives.jsonl) still mask their own

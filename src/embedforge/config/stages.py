@@ -126,6 +126,9 @@ class ScheduleConfig(StageConfig):
         default_factory=lambda: [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)],
         description="auto: (learning-rate factor, temperature factor) pairs probed, relative to train.learning_rate "
         "and train.temperature.")
+    confidence: float = Field(0.95, ge=0, lt=1, description="auto: a probe replaces the fixed settings only if its "
+                              "held-out gain over their probe has a paired bootstrap interval (this confidence, "
+                              "Bonferroni over the checkpoints compared) above 0; 0 = the best mean wins.")
     max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
                           "positives and negatives first, then other rows' texts).")
 

@@ -107,6 +107,9 @@ class ScheduleTrial(BaseModel):
     temperature: float
     steps: int
     scores: dict[str, float] = Field(description="Epochs trained (as text, e.g. '1', '1.6') -> held-out nDCG@10.")
+    per_query: dict[str, list[float]] = Field(
+        default_factory=dict, exclude=True, description="Epochs -> each held-out query's nDCG@10, in query order "
+        "(for the choice's paired comparison; not written to the manifest).")
 
 
 class ScheduleChoice(BaseModel):

@@ -15,8 +15,12 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    most 1.5 fixed runs, the final run comes on top), split evenly; a probe is at most twice the fixed length.
 3. **Choice.** The best (probe, checkpoint) by held-out nDCG@10 gives learning rate, temperature and epochs; a
    probe best at its end that the budget stopped before the fixed length keeps the fixed epochs (it was still
-   improving). If no probe beats the base model on the held-out queries the fixed schedule stays (no evidence
-   for anything else; the gate refuses a worse model anyway). The final run trains on all rows.
+   improving). The fixed schedule stays if no probe beats the base model on the held-out queries, or if the best
+   one's gain over the fixed settings' own probe is not resolved: its paired bootstrap interval over the held-out
+   queries (``schedule.confidence``, Bonferroni-corrected for the checkpoints compared) must lie above 0. Picking
+   the best of many noisy scores on a few dozen queries otherwise picks noise: without this rule, ``auto`` chose a
+   schedule 1.8 points worse than the fixed one on a 150-query dev collection (docs/benchmarks.md, issue #13).
+   The final run trains on all rows.
 
 The probes, scores, budget and reason are recorded in the train result (:class:`~embedforge.contracts.
 ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its decay, so an
@@ -90,8 +94,13 @@ def held_out_set(examples: list[TrainExample], held: set[str], known: dict[str, 
 
 def score(model, held: HeldOut, batch_size: int = 64) -> float:
     """Held-out nDCG@10 of ``model`` (eval mode; exact cosine over the pool)."""
+    return float(np.mean(per_query(model, held, batch_size)))
+
+
+def per_query(model, held: HeldOut, batch_size: int = 64) -> list[float]:
+    """Each held-out query's nDCG@10 (in ``held.queries`` order) with ``model`` (eval mode; exact cosine)."""
     from embedforge.encode import encode
-    from embedforge.retrieval import retrieval_metrics
+    from embedforge.retrieval import per_query_metrics
 
     model.eval()
     sims = encode(model, held.queries, "query", batch_size) @ encode(model, held.pool, "document", batch_size).T
@@ -101,7 +110,8 @@ def score(model, held: HeldOut, batch_size: int = 64) -> float:
         top = np.argsort(-row, kind="stable")[:10]
         results[str(i)] = {str(j): float(row[j]) for j in top if np.isfinite(row[j])}
         qrels[str(i)] = {str(j): 1 for j in held.relevant[i]}
-    return retrieval_metrics(qrels, results, [10])["ndcg@10"]
+    scores = per_query_metrics(qrels, results, [10])
+    return [scores[str(i)]["ndcg@10"] for i in range(len(held.queries))]
 
 
 def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig,
@@ -123,16 +133,16 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epoch = len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / per_epoch, 2 * cfg.epochs)
     held_set = held_out_set(examples, held, known, sc.max_pool, cfg.seed)
-    trials, base_score = _probe(mined_dir, fit, known, held_set, cfg, base_model, prompts, probe_epochs, per_epoch,
+    trials, base_scores = _probe(mined_dir, fit, known, held_set, cfg, base_model, prompts, probe_epochs, per_epoch,
                                 model_cfg)
-    choice = _pick(cfg, trials, base_score, probe_epochs)
+    choice = _pick(cfg, trials, base_scores, probe_epochs)
     return choice.model_copy(update={"heldout_queries": len(held), "fit_queries": len(kept), "fixed_steps": fixed_steps,
                                      "probe_steps": sum(t.steps for t in trials)})
 
 
 def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,
            base_model: str, prompts: PromptsConfig, epochs: float, per_epoch: int,
-           model_cfg: ModelConfig | None = None) -> tuple[list[ScheduleTrial], float]:
+           model_cfg: ModelConfig | None = None) -> tuple[list[ScheduleTrial], list[float]]:
     """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint."""
     from embedforge.train.setup import load_for_training, make_stepper, seed_everything
     from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
@@ -141,7 +151,8 @@ def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held:
     model = load_for_training(base_model, cfg, prompts, model_cfg)
     base = snapshot_weights(model)
     base_weight = resolve_base_weight(cfg, mined_dir)
-    base_score = score(model, held)
+    base_scores = per_query(model, held)
+    base_score = float(np.mean(base_scores))
     log.info("train schedule: %d held-out queries, base nDCG@10 %.4f; probing %d settings for %.2f epochs each",
              len(held.queries), base_score, len(cfg.schedule.candidates), epochs)
     trials = []
@@ -154,45 +165,79 @@ def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held:
         stepper = make_stepper(model, probe_cfg, prompts, len(plan), DistContext())
         stepper.tokenize(fit)
         checkpoints = {min(len(plan), e * per_epoch) for e in range(1, math.ceil(len(plan) / per_epoch) + 1)}
-        scores: dict[str, float] = {}
+        queries: dict[str, list[float]] = {}
         model.train()
         for step, rows in enumerate(plan, start=1):
             stepper.step(collate(fit, rows, known))
             if step in checkpoints:
-                scores[f"{step / per_epoch:.3g}"] = _score_as_saved(model, held, base, base_weight)
+                queries[f"{step / per_epoch:.3g}"] = _score_as_saved(model, held, base, base_weight)
                 model.train()
+        scores = {k: round(float(np.mean(v)), 6) for k, v in queries.items()}
         trials.append(ScheduleTrial(learning_rate=probe_cfg.learning_rate, temperature=probe_cfg.temperature,
-                                    steps=len(plan), scores=scores))
+                                    steps=len(plan), scores=scores, per_query=queries))
         log.info("train schedule: lr %.2e, T %.3f -> %s", probe_cfg.learning_rate, probe_cfg.temperature, scores)
-    return trials, base_score
+    return trials, base_scores
 
 
-def _score_as_saved(model, held: HeldOut, base: dict, base_weight: float) -> float:
-    """:func:`score` of the weights the run would save (WiSE-FT interpolated when ``base_weight`` > 0)."""
+def _score_as_saved(model, held: HeldOut, base: dict, base_weight: float) -> list[float]:
+    """:func:`per_query` of the weights the run would save (WiSE-FT interpolated when ``base_weight`` > 0)."""
     if base_weight <= 0:
-        return score(model, held)
+        return per_query(model, held)
     from embedforge.train.wise_ft import interpolate_weights, snapshot_weights
 
     trained = snapshot_weights(model)
     interpolate_weights(model, base, base_weight)
-    value = score(model, held)
+    value = per_query(model, held)
     interpolate_weights(model, trained, 1.0)
     return value
 
 
-def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base_score: float, probe_epochs: float) -> ScheduleChoice:
-    """The best (trial, checkpoint); ties go to the earlier candidate and the shorter run."""
-    best, best_epochs, best_score, at_end = None, 0.0, -1.0, False
+def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float], probe_epochs: float) -> ScheduleChoice:
+    """The best (trial, checkpoint) by mean held-out nDCG@10 (ties: the earlier candidate, the shorter run) if it
+    beats the base model (``base``: its per-query scores) and, with ``schedule.confidence`` > 0, beats the fixed
+    settings' own probe (nearest checkpoint to ``train.epochs``; the base model where they were not probed) with a
+    paired bootstrap interval over the held-out queries above 0. The best of several noisy probes scored on a
+    few dozen queries is often no better than the fixed settings (the winner's curse): without that evidence the
+    fixed schedule stays."""
+    from embedforge.report_stats import paired_bootstrap
+
+    best, best_key, best_score, at_end = None, "0", -1.0, False
     for trial in trials:
-        for n, (epochs, value) in enumerate(trial.scores.items(), start=1):
+        for n, (key, value) in enumerate(trial.scores.items(), start=1):
             if value > best_score:
-                best, best_epochs, best_score, at_end = trial, float(epochs), value, n == len(trial.scores)
+                best, best_key, best_score, at_end = trial, key, value, n == len(trial.scores)
+    best_epochs, base_score = float(best_key), float(np.mean(base))
     common = {"base_score": round(base_score, 4), "trials": trials}
     if best is None or best_score <= base_score:
         return fixed(cfg, f"no probe beat the base model on the held-out queries (best {best_score:.4f} vs "
                           f"{base_score:.4f}); the fixed schedule is used").model_copy(update=common)
-    epochs, why = best_epochs, f"best held-out nDCG@10 {best_score:.4f} (base {base_score:.4f}) after {best_epochs:g} epochs"
+    why = f"best held-out nDCG@10 {best_score:.4f} (base {base_score:.4f}) after {best_epochs:g} epochs"
+    confidence = cfg.schedule.confidence
+    ref_name, ref_scores, ref_key = _reference(cfg, trials, base)
+    if confidence > 0 and ref_key is not None and ref_key == (trials.index(best), best_key):
+        return fixed(cfg, why + ": the fixed settings' own probe").model_copy(update=common)
+    if confidence > 0:
+        compared = sum(len(t.scores) for t in trials) - (ref_key is not None)
+        gain = paired_bootstrap(ref_scores, best.per_query[best_key], n_resamples=4000,
+                                confidence=1 - (1 - confidence) / max(compared, 1), seed=cfg.seed)
+        why += (f"; gain over {ref_name} {gain.mean:+.4f}, interval [{gain.low:+.4f}, {gain.high:+.4f}] over "
+                f"{len(base)} held-out queries")
+        if gain.low <= 0:
+            return fixed(cfg, why + ": no evidence of a better schedule, the fixed one is used").model_copy(update=common)
+    epochs = best_epochs
     if at_end and probe_epochs < cfg.epochs:
         epochs, why = cfg.epochs, why + f", still improving when the budget stopped the probe: the fixed {cfg.epochs:g} epochs"
     return ScheduleChoice(mode="auto", learning_rate=best.learning_rate, temperature=best.temperature,
                           epochs=round(epochs, 3), reason=why, **common)
+
+
+def _reference(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float]
+               ) -> tuple[str, list[float], tuple[int, str] | None]:
+    """What a probe must beat: the probe of the fixed learning rate and temperature at its checkpoint nearest
+    ``cfg.epochs`` — (name, per-query scores, (trial index, checkpoint key)) — or the base model when no probe used
+    them."""
+    for i, trial in enumerate(trials):
+        if math.isclose(trial.learning_rate, cfg.learning_rate) and math.isclose(trial.temperature, cfg.temperature):
+            key = min(trial.per_query, key=lambda k: abs(float(k) - cfg.epochs))
+            return f"the fixed settings' probe ({key} epochs)", trial.per_query[key], (i, key)
+    return "the base model", base, None
