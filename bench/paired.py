@@ -4,8 +4,9 @@ The seed spread in ``docs/benchmarks.md`` measures only training noise. A test s
 own: a variant can lead by two points on 19 queries by the luck of which queries were drawn. This takes the rows
 ``bench/train_quality.py`` writes (one JSON line per variant and seed, each with ``per_query`` nDCG@10), averages
 each test query over the seeds of each variant, and reports for B − A over the queries: the mean difference, a 95 %
-bootstrap confidence interval (BCa, scipy.stats.bootstrap, queries resampled) and a two-sided paired permutation
-p-value (scipy.stats.permutation_test, signs of the per-query differences flipped).
+bootstrap confidence interval (queries resampled; ``embedforge.report_stats.paired_bootstrap``, the one the run
+report and ``train.schedule=auto`` use) and a two-sided paired permutation p-value (scipy.stats.permutation_test,
+signs of the per-query differences flipped).
 
     python bench/paired.py docs/data/dev_collections_h200_2026-12-02_s13_dbpedia-many.jsonl --a st_lr2e-5 --b defaults
 """
@@ -15,10 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from embedforge.report_stats import paired_bootstrap  # noqa: E402
 
 
 def per_query_means(rows: list[dict], variant: str) -> dict[str, float]:
@@ -34,19 +41,19 @@ def per_query_means(rows: list[dict], variant: str) -> dict[str, float]:
 
 
 def compare(rows: list[dict], a: str, b: str, resamples: int = 10000, seed: int = 0) -> dict:
-    """B − A over the queries both variants scored: mean, 95 % BCa interval, paired permutation p-value."""
+    """B − A over the queries both variants scored: mean, 95 % bootstrap interval, paired permutation p-value."""
     from scipy import stats
 
     qa, qb = per_query_means(rows, a), per_query_means(rows, b)
     queries = sorted(set(qa) & set(qb))
-    diff = np.array([qb[q] - qa[q] for q in queries])
-    rng = np.random.default_rng(seed)
-    ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=resamples, method="BCa", random_state=rng)
+    a_scores, b_scores = [qa[q] for q in queries], [qb[q] for q in queries]
+    diff = np.subtract(b_scores, a_scores)
+    ci = paired_bootstrap(a_scores, b_scores, n_resamples=resamples, seed=seed)
     perm = stats.permutation_test((diff,), np.mean, permutation_type="samples", n_resamples=resamples,
-                                  alternative="two-sided", random_state=rng)
-    return {"a": a, "b": b, "queries": len(queries), "mean_a": round(float(np.mean([qa[q] for q in queries])), 4),
-            "mean_b": round(float(np.mean([qb[q] for q in queries])), 4), "diff": round(float(diff.mean()), 4),
-            "ci95": [round(float(ci.confidence_interval.low), 4), round(float(ci.confidence_interval.high), 4)],
+                                  alternative="two-sided", random_state=np.random.default_rng(seed))
+    return {"a": a, "b": b, "queries": len(queries), "mean_a": round(float(np.mean(a_scores)), 4),
+            "mean_b": round(float(np.mean(b_scores)), 4), "diff": round(ci.mean, 4),
+            "ci95": [round(ci.low, 4), round(ci.high, 4)],
             "p": round(float(perm.pvalue), 4), "b_better": int((diff > 0).sum()), "b_worse": int((diff < 0).sum())}
 
 

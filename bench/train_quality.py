@@ -295,11 +295,10 @@ def evaluate_model(model, data: dict, batch_size: int = 128) -> dict:
 
 
 def per_query_ndcg(model_results: dict, qrels: dict) -> dict[str, float]:
-    """nDCG@10 of each test query (pytrec_eval), for paired comparisons over queries (``bench/paired.py``)."""
-    import pytrec_eval
+    """nDCG@10 of each test query, for paired comparisons over queries (``bench/paired.py``)."""
+    from embedforge.retrieval import per_query_metrics
 
-    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(model_results)
-    return {q: round(v["ndcg_cut_10"], 4) for q, v in scores.items()}
+    return {q: round(m["ndcg@10"], 4) for q, m in per_query_metrics(qrels, model_results, [10]).items()}
 
 
 # ------------------------------------------------------------------------------------------------ baseline
@@ -434,8 +433,7 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
     mined = _st_mined_dir(data, base_model, out) if st_rows else _mined_dir(data, base_model, mine_cfg, out)
     train_cfg = TrainConfig(**{**base["train"], **spec.get("train", {}), "seed": seed, "device": device})
     model_dir = out / "model"
-    m = train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())
-    dropped = contracts.read_manifest(mined).counts["dropped_by_margin"] if contracts.has_manifest(mined) else 0
+    runs = [train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())]
     if "remine" in spec:  # round 2: negatives mined by round 1's model
         import shutil
 
@@ -450,13 +448,12 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
                  base_model=str(round1))
         cfg2 = TrainConfig(**{**train_cfg.model_dump(), **r2.get("train", {})})
         start = str(round1) if r2.get("from") == "round1" else base_model
-        m2 = train.run(mined, model_dir, cfg2, base_model=start, prompts=PromptsConfig())
-        info = {"rows": m2.counts["examples"], "steps": m.counts["steps"] + m2.counts["steps"],
-                "train_seconds": m.result.train_seconds + m2.result.train_seconds, "final_loss": m2.result.final_loss,
-                "dropped_by_margin": contracts.read_manifest(mined).counts["dropped_by_margin"]}
-        return SentenceTransformer(str(model_dir), device=device), info
-    info = {"rows": m.counts["examples"], "steps": m.counts["steps"], "train_seconds": m.result.train_seconds,
-            "final_loss": m.result.final_loss, "dropped_by_margin": dropped}
+        runs.append(train.run(mined, model_dir, cfg2, base_model=start, prompts=PromptsConfig()))
+    m = runs[-1]
+    dropped = contracts.read_manifest(mined).counts["dropped_by_margin"] if contracts.has_manifest(mined) else 0
+    info = {"rows": m.counts["examples"], "steps": sum(r.counts["steps"] for r in runs),
+            "train_seconds": sum(r.result.train_seconds for r in runs), "final_loss": m.result.final_loss,
+            "dropped_by_margin": dropped}
     return SentenceTransformer(str(model_dir), device=device), info
 
 

@@ -40,9 +40,9 @@ def test_score_ranks_the_pool_with_the_model_and_leaves_out_the_ignored_texts(ba
     pool = ["open a file in python with open()", "a list comprehension builds a list from an iterable",
             "how do I open a file in python", "bananas are yellow"]
     perfect = schedule.HeldOut(queries=queries, pool=pool, relevant=[{0}, {1}], ignored=[{2}, set()])
-    assert schedule.score(model, perfect) == pytest.approx(1.0)
+    assert schedule.per_query(model, perfect) == pytest.approx([1.0, 1.0])
     not_ignored = schedule.HeldOut(queries=queries, pool=pool, relevant=[{0}, {1}], ignored=[set(), set()])
-    assert schedule.score(model, not_ignored) < 1.0  # the query's own text outranks its positive
+    assert schedule.per_query(model, not_ignored)[0] < 1.0  # the query's own text outranks its positive
 
 
 def _trial(lr: float, scores: dict[str, float], spread: float = 0.0, n: int = 40) -> ScheduleTrial:

@@ -92,11 +92,6 @@ def held_out_set(examples: list[TrainExample], held: set[str], known: dict[str, 
     return HeldOut(queries=queries, pool=pool, relevant=[positives[q] for q in queries], ignored=ignored)
 
 
-def score(model, held: HeldOut, batch_size: int = 64) -> float:
-    """Held-out nDCG@10 of ``model`` (eval mode; exact cosine over the pool)."""
-    return float(np.mean(per_query(model, held, batch_size)))
-
-
 def per_query(model, held: HeldOut, batch_size: int = 64) -> list[float]:
     """Each held-out query's nDCG@10 (in ``held.queries`` order) with ``model`` (eval mode; exact cosine)."""
     from embedforge.encode import encode
@@ -201,11 +196,11 @@ def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float], prob
     fixed schedule stays."""
     from embedforge.report_stats import paired_bootstrap
 
-    best, best_key, best_score, at_end = None, "0", -1.0, False
-    for trial in trials:
+    best, best_i, best_key, best_score, at_end = None, -1, "0", -1.0, False
+    for i, trial in enumerate(trials):
         for n, (key, value) in enumerate(trial.scores.items(), start=1):
             if value > best_score:
-                best, best_key, best_score, at_end = trial, key, value, n == len(trial.scores)
+                best, best_i, best_key, best_score, at_end = trial, i, key, value, n == len(trial.scores)
     best_epochs, base_score = float(best_key), float(np.mean(base))
     common = {"base_score": round(base_score, 4), "trials": trials}
     if best is None or best_score <= base_score:
@@ -214,7 +209,7 @@ def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float], prob
     why = f"best held-out nDCG@10 {best_score:.4f} (base {base_score:.4f}) after {best_epochs:g} epochs"
     confidence = cfg.schedule.confidence
     ref_name, ref_scores, ref_key = _reference(cfg, trials, base)
-    if confidence > 0 and ref_key is not None and ref_key == (trials.index(best), best_key):
+    if confidence > 0 and ref_key == (best_i, best_key):
         return fixed(cfg, why + ": the fixed settings' own probe").model_copy(update=common)
     if confidence > 0:
         compared = sum(len(t.scores) for t in trials) - (ref_key is not None)

@@ -14,6 +14,7 @@ averaged, which smooths the last steps' batch-to-batch noise at no extra trainin
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from embedforge.train.wise_ft import interpolate_weights, snapshot_weights
@@ -49,8 +50,6 @@ class WeightAverage:
 def tail_steps(n_steps: int, fraction: float, most: int = 10) -> set[int]:
     """The 1-based steps whose weights ``train.average_last = fraction`` averages: up to ``most`` evenly spaced
     steps of the last ``ceil(fraction x n_steps)``, the last step always included; empty when ``fraction`` is 0."""
-    import math
-
     tail = min(n_steps, math.ceil(fraction * n_steps))
     if tail <= 0:
         return set()
