@@ -19,6 +19,10 @@ sentence-transformers recipe / embedforge on each dev collection with human pair
 
     python bench/dev_collections.py --compare cranfield dbpedia-many arguana --seeds 13,14,15 \
         --variants base,st_lr2e-5,defaults,auto --out runs/bench_compare
+    # the other fold of a re-split collection (its halves swapped: train on the first run's test queries), so that
+    # every judged query is a test query once (dbpedia-many's 19 test queries alone resolve little;
+    # bench/paired.py over the rows of both folds compares on all of them)
+    python bench/dev_collections.py --compare dbpedia-many dbpedia-many-b --seeds 13,14,15 --variants ...
     # reduced CPU run: a 1,500-document slice of dbpedia (every judged document kept), inputs cut to 128 tokens
     python bench/dev_collections.py --compare cranfield dbpedia-many --max-docs 1500 --max-seq-length 128 --seeds 13
 """
@@ -57,11 +61,14 @@ def resplit(name: str, work: Path, seed: int = 13, max_docs: int | None = None) 
     """A BEIR folder with ``qrels/train.tsv`` and ``qrels/test.tsv`` for dev collection ``name``.
 
     ``cranfield`` keeps its own split. ``dbpedia-many`` (agentset_dbpedia) and ``arguana`` have test judgements
-    only: their judged queries are split in half by a seeded hash of the query id. ``max_docs`` keeps every document
-    judged relevant and a seeded sample of the others (a smaller corpus for CPU runs)."""
+    only: their judged queries are split in half by a seeded hash of the query id; ``dbpedia-many-b`` and
+    ``arguana-b`` are the other fold (the halves swapped). ``max_docs`` keeps every document judged relevant and a
+    seeded sample of the others (a smaller corpus for CPU runs)."""
     import random
 
-    source = {"cranfield": "cranfield", "dbpedia-many": "agentset_dbpedia", "arguana": "arguana"}[name]
+    sources = {"cranfield": "cranfield", "dbpedia-many": "agentset_dbpedia", "arguana": "arguana"}
+    source = sources[name.removesuffix("-b")]
+    swapped = name.endswith("-b")
     src = DATA / source
     if (src / "qrels" / "train.tsv").is_file() and not max_docs:
         return src
@@ -74,7 +81,7 @@ def resplit(name: str, work: Path, seed: int = 13, max_docs: int | None = None) 
     else:
         splits = {"train": [], "test": []}
         for r in rows:
-            splits["train" if _hash_fraction(r[0], seed) < 0.5 else "test"].append("\t".join(r))
+            splits["train" if (_hash_fraction(r[0], seed) < 0.5) != swapped else "test"].append("\t".join(r))
     (out / "qrels").mkdir(parents=True, exist_ok=True)
     for split, body in splits.items():
         (out / "qrels" / f"{split}.tsv").write_text("\n".join([header, *body]) + "\n")
@@ -171,7 +178,7 @@ def compare(args: argparse.Namespace) -> None:
         rows_file = args.out / f"{name}.jsonl"
         rows_file.unlink(missing_ok=True)
         argv = ["--data", str(folder), "--out", str(args.out / name), "--variants", args.variants, "--seeds", args.seeds,
-                "--json", str(rows_file)] + (["--exclude-self"] if name == "arguana" else [])
+                "--json", str(rows_file)] + (["--exclude-self"] if name.startswith("arguana") else [])
         argv += ["--max-seq-length", str(args.max_seq_length)] if args.max_seq_length else []
         train_quality.main(argv)
         results = [json.loads(ln) for ln in rows_file.read_text().splitlines()]

@@ -99,6 +99,8 @@ V0 = {"mine": {"max_positives_per_pair": 3, "margin_reference": "positive", "mar
 SHIPPED_ON = {"2026-12-01": {"mine": {"margin": 0.95}, "train": {"learning_rate": 5e-5, **COSINE}},
               "2026-12-02": {"mine": {}, "train": COSINE}}
 
+AUTO_V1 = {"mode": "auto", "folds": 1, "budget": 1.5, "candidates": [[1.0, 1.0], [0.5, 1.0], [1.0, 2.0]]}
+
 # name -> settings. "mine"/"train": MineConfig/TrainConfig overrides; "st": baseline trainer settings.
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -127,11 +129,13 @@ VARIANTS: dict[str, dict] = {
                                    "train": {"epochs": 2, "learning_rate": 5e-5}},
     "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
     "defaults": {"shipped": True},
-    "auto": {"shipped": True, "train": {"schedule": {"mode": "auto"}}},
+    # "auto" as measured up to 2026-12-02: one 15 % held-out slice, lr x 1 / 0.5 and temperature x 2, budget 1.5
+    "auto": {"shipped": True, "train": {"schedule": AUTO_V1}},
+    "auto_folds": {"shipped": True, "train": {"schedule": {"mode": "auto"}}},  # auto as shipped since 2026-12-04
     "ours_pos_all_epochs": {"shipped": True, "train": {"positives_per_query": 0}},  # every positive, every epoch
     "ours_all_grades": {"shipped": True, "mine": {"train_grades": "all"}},  # every grade > 0 a positive
     "ours_cap10": {"shipped": True, "mine": {"max_positives_per_pair": 10}, "train": {"positives_per_query": 0}},
-    "auto_b3": {"shipped": True, "train": {"schedule": {"mode": "auto", "budget": 3.0}}},
+    "auto_b3": {"shipped": True, "train": {"schedule": {**AUTO_V1, "budget": 3.0}}},
     "ours_p10_best_e2_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
                                 "train": {"epochs": 2, "learning_rate": 5e-5}},
     "ours_p10_best_e3_lr5e-5": {"mine": {"max_positives_per_pair": 10, "margin_reference": "best_positive"},
@@ -149,7 +153,7 @@ VARIANTS: dict[str, dict] = {
     "pos16": {"shipped": "2026-12-01", "train": {"positives_per_query": 16}},
     "defaults_t002": {"shipped": "2026-12-01", "train": {"temperature": 0.02}},
     "all_grades_wise05": {"shipped": "2026-12-01", "mine": {"train_grades": "all"}, "train": {"base_weight": 0.5}},
-    "all_grades_auto": {"shipped": "2026-12-01", "mine": {"train_grades": "all"}, "train": {"schedule": {"mode": "auto"}}},
+    "all_grades_auto": {"shipped": "2026-12-01", "mine": {"train_grades": "all"}, "train": {"schedule": AUTO_V1}},
     "defaults_lora": {"shipped": "2026-12-01", "train": {"lora": {"enabled": True}, "learning_rate": 2e-4}},
     "defaults_lora_lr5e-4": {"shipped": "2026-12-01", "train": {"lora": {"enabled": True}, "learning_rate": 5e-4}},
     "sym": {"shipped": "2026-12-01", "train": {"symmetric_loss": True}},  # + document-to-query direction
@@ -209,6 +213,19 @@ VARIANTS: dict[str, dict] = {
     "skip4": {"shipped": True, "mine": {"skip_top": 4}},
     "skip2_lr5e-5": {"shipped": True, "mine": {"skip_top": 2}, "train": {"learning_rate": 5e-5}},
     "skip2_lr5e-5_soup3": {"shipped": True, "mine": {"skip_top": 2}, "train": {"learning_rate": 5e-5, "soup": 3}},
+    # auto schedule over a wider grid (lr x 0.67 / 1.67, temperature x 2), every probe the fixed run's length
+    "auto_wide": {"shipped": True, "train": {"schedule": {"mode": "auto", "folds": 1, "budget": 4.0, "candidates": [
+        [1.0, 1.0], [1.67, 1.0], [0.67, 1.0], [1.0, 2.0]]}}},
+    # the same probes judged on every train query (schedule.folds: k-fold cross-fitting), lr x 1 / 1.67 / 0.67,
+    # every probe as long as the fixed run (budget = candidates x k / (k - 1))
+    "auto_cv2": {"shipped": True, "train": {"schedule": {"mode": "auto", "folds": 2, "budget": 3.0, "candidates": [
+        [1.0, 1.0], [1.67, 1.0], [0.67, 1.0]]}}},
+    "auto_cv4": {"shipped": True, "train": {"schedule": {"mode": "auto", "folds": 4, "budget": 9.0, "candidates": [
+        [1.0, 1.0], [1.67, 1.0], [0.67, 1.0]]}}},
+    # graded judgements in the loss: a row of grade g weighs g^p (train.grade_power); ungraded collections unchanged
+    "grade05": {"shipped": True, "train": {"grade_power": 0.5}},
+    "grade1": {"shipped": True, "train": {"grade_power": 1.0}},
+    "grade2": {"shipped": True, "train": {"grade_power": 2.0}},
     # ST's loss and schedule on its own rows, batched by embedforge's sampler (plan_steps) instead of its trainer's
     "st_plain": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "plain": True}},
     # seconds-long code-path checks (tiny data, CPU)
@@ -216,6 +233,7 @@ VARIANTS: dict[str, dict] = {
     "smoke_sym_soup": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
                                                   "symmetric_loss": True, "soup": 2}},
     "smoke_ours": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32}},
+    "smoke_grade": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32, "grade_power": 1.0}},
     "smoke_remine_avg": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
                                                     "average_last": 0.5}, "remine": {"from": "round1"}},
 }
@@ -454,6 +472,8 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
     info = {"rows": m.counts["examples"], "steps": sum(r.counts["steps"] for r in runs),
             "train_seconds": sum(r.result.train_seconds for r in runs), "final_loss": m.result.final_loss,
             "dropped_by_margin": dropped}
+    if m.result.schedule is not None and m.result.schedule.mode == "auto":  # what the search chose, and why
+        info["schedule"] = m.result.schedule.reason
     return SentenceTransformer(str(model_dir), device=device), info
 
 

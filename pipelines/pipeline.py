@@ -142,6 +142,8 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         raise ValueError(f"inputs must be one of {INPUT_ROUTES}, got {inputs!r}")
     inputs = inputs if kubernetes else PVC
     cfg = PipelineConfig()
+    if kubernetes and k8s.train_gpus >= 1:  # the train step has a GPU: the gpu profile's defaults (GPU_PROFILE)
+        cfg, _ = cfg.resolved(cuda_available=True)
     if kubernetes:  # promote publishes into the Triton PVC and rolls the version out on the cluster's server
         cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
             update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url,

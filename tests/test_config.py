@@ -1,8 +1,9 @@
 """Typed configuration: defaults, YAML + KEY=VALUE overrides, clear errors naming the field."""
 
 import pytest
+from pydantic import ValidationError
 
-from embedforge.config import PipelineConfig, load_config, parse_overrides
+from embedforge.config import PipelineConfig, TrainConfig, load_config, parse_overrides
 from embedforge.errors import ConfigError
 
 
@@ -56,8 +57,12 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     cpu, changed = cfg.resolved(cuda_available=False)
     assert cpu.profile == "cpu" and cpu.train.epochs == 3  # the user's value wins
     assert changed == {"sdg.max_pairs": 1000, "train.batch_size": 16} and cpu.sdg.max_pairs == 1000
-    gpu, changed = cfg.resolved(cuda_available=True)
-    assert gpu.profile == "gpu" and changed == {} and gpu.sdg.max_pairs == PipelineConfig().sdg.max_pairs
+    gpu, changed = cfg.resolved(cuda_available=True)  # the gpu profile: the schedule chosen from the pairs
+    assert gpu.profile == "gpu" and changed == {"train.schedule": {"mode": "auto"}} and cpu.train.schedule.mode == "fixed"
+    assert gpu.train.schedule.mode == "auto" and gpu.train.schedule.folds == 2 and gpu.train.epochs == 3
+    assert gpu.sdg.max_pairs == PipelineConfig().sdg.max_pairs
+    mine_only, changed = load_config(None, ["train.schedule.mode=fixed"]).resolved(cuda_available=True)
+    assert mine_only.train.schedule.mode == "fixed" and changed == {}  # a schedule the user set is kept
     forced, changed = load_config(None, ["profile=cpu"]).resolved(cuda_available=True)
     assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
     byo, changed = PipelineConfig().resolved(cuda_available=False, pairs_given=True)  # the user's pairs: 1 epoch
@@ -84,3 +89,9 @@ def test_a_whole_config_check_reads_as_one_plain_line():
     assert str(exc.value).startswith("invalid configuration: train.model.* is now model.* (top level)")
     with pytest.raises(ConfigError, match=r"^invalid configuration: gate\.metric uses k=7"):
         load_config(None, ["gate.metric=ndcg@7"])
+
+
+def test_tail_averaging_with_fsdp_sharding_is_refused_with_the_fix():
+    with pytest.raises(ValidationError, match="average_last.*sharding=fsdp.*set train.average_last=0"):
+        TrainConfig(average_last=0.5, sharding="fsdp")
+    assert TrainConfig(average_last=0.5).average_last == 0.5 and TrainConfig(sharding="fsdp").sharding == "fsdp"

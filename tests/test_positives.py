@@ -53,19 +53,29 @@ def test_the_plan_steps_through_sampled_epochs():
     assert sorted(i for b in every_row for i in b) == list(range(39)) and len(every_row) >= 30
 
 
+LOOP_QUERY = "How do I leave a loop early?"
+
+
+def _mine_graded_loop_pairs(tmp_path, chunks_dir, base_model, top_grade: int, train_grades: str) -> list[TrainExample]:
+    """Mine two real pairs: the loop query with break.rst at ``top_grade`` and continue.rst at grade 1, and a query
+    whose only positive is continue.rst; returns the mined rows."""
+    pairs = [Pair(query_id="loop", query=LOOP_QUERY, positive_doc_ids=["break.rst", "continue.rst"],
+                  positive_grades={"break.rst": top_grade, "continue.rst": 1}, relevance="document", split="train"),
+             Pair(query_id="skip", query="How do I skip to the next iteration?", positive_doc_ids=["continue.rst"],
+                  relevance="document", split="train")]
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, pairs)
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(train_grades=train_grades),
+             base_model=base_model)
+    return contracts.read_train_examples(tmp_path / "mined")
+
+
 def test_lower_grades_are_masked_in_batch_never_trained_or_mined(tmp_path, chunks_dir, base_model):
     """A graded pair: its grade-2 document trains, its grade-1 document is no row and no mined negative, and when
     the grade-1 text shows up in a batch (another query's positive) it is masked for this query."""
     chunks = contracts.read_chunks(chunks_dir)
     lower = {c.text for c in chunks if c.doc_id == "continue.rst"}
-    query = "How do I leave a loop early?"
-    pairs = [Pair(query_id="loop", query=query, positive_doc_ids=["break.rst", "continue.rst"],
-                  positive_grades={"break.rst": 2, "continue.rst": 1}, relevance="document", split="train"),
-             Pair(query_id="skip", query="How do I skip to the next iteration?", positive_doc_ids=["continue.rst"],
-                  relevance="document", split="train")]
-    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, pairs)
-    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(train_grades="top"), base_model=base_model)
-    rows = contracts.read_train_examples(tmp_path / "mined")
+    query = LOOP_QUERY
+    rows = _mine_graded_loop_pairs(tmp_path, chunks_dir, base_model, 2, "top")
     assert (tmp_path / "mined" / KNOWN_POSITIVES_FILE).is_file()
     ours = [r for r in rows if r.anchor == query]
     assert ours and not {r.positive for r in ours} & lower and not {n for r in ours for n in r.negatives} & lower
@@ -91,3 +101,42 @@ def test_mining_keeps_every_positive_of_a_many_positive_query(tmp_path, chunks_d
     mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(), base_model=base_model)
     rows = contracts.read_train_examples(tmp_path / "mined")
     assert {r.positive for r in rows} == texts and len(rows) == len(texts) > 10
+
+
+def test_graded_rows_carry_their_grade_and_weigh_by_it_in_the_batch_loss(tmp_path, chunks_dir, base_model):
+    """train_grades=all on a graded pair: each row keeps its positive's grade (a ``grade`` column only above 1), and
+    with grade_power p a batch's loss is the grade^p-weighted mean of its rows' losses; p 0 or one grade: the mean."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+
+    from embedforge.train.losses import InfoNCELoss
+
+    chunks = {c.doc_id: c.text for c in contracts.read_chunks(chunks_dir)}
+    query = LOOP_QUERY
+    rows = _mine_graded_loop_pairs(tmp_path, chunks_dir, base_model, 3, "all")
+    grade_of = {(r.anchor, r.positive): r.grade for r in rows}
+    assert grade_of[(query, chunks["break.rst"])] == 3 and grade_of[(query, chunks["continue.rst"])] == 1
+    assert all(r.grade == 1 for r in rows if r.anchor != query)
+    raw = [json.loads(line) for line in (tmp_path / "mined" / contracts.TRAIN_FILE).read_text().splitlines()]
+    assert sorted(r.get("grade", 1) for r in raw if r["anchor"] == query) == [1, 3]
+    assert all("grade" not in r for r in raw if r.get("grade", 1) == 1)  # ungraded rows: the columns ST reads
+
+    top = next(i for i, r in enumerate(rows) if r.grade == 3)
+    other = next(i for i, r in enumerate(rows) if r.anchor != query)
+    batch = collate(rows, [top, other], None)
+    torch.testing.assert_close(batch.weights(1.0), torch.tensor([3.0, 1.0]))
+    torch.testing.assert_close(batch.weights(2.0), torch.tensor([9.0, 1.0]))
+    assert batch.weights(0.0) is None and collate(rows, [other], None).weights(1.0) is None
+
+    g = torch.Generator().manual_seed(0)
+    a, p, n = (torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g), torch.randn(3, 16, generator=g))
+    loss_fn = InfoNCELoss(temperature=0.05)
+    per_row = F.cross_entropy(loss_fn.logits(a, p, n), torch.arange(2), reduction="none")
+    torch.testing.assert_close(loss_fn(a, p, n, weights=batch.weights(1.0)), (3 * per_row[0] + per_row[1]) / 4)
+    torch.testing.assert_close(loss_fn(a, p, n, weights=torch.ones(2)), loss_fn(a, p, n))
+    sym = InfoNCELoss(temperature=0.05, symmetric=True)  # both directions' row losses carry the row's weight
+    rev = F.cross_entropy(sym.logits(a, p, n)[:, :2].T, torch.arange(2), reduction="none")
+    torch.testing.assert_close(sym(a, p, n, weights=batch.weights(1.0)),
+                               (3 * (per_row[0] + rev[0]) / 2 + (per_row[1] + rev[1]) / 2) / 4)

@@ -99,7 +99,7 @@ def test_auto_run_probes_within_its_budget_and_records_the_choice(tmp_path, mine
     rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in rows]
     contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
     cfg = TrainConfig(**SMALL, epochs=1.0, learning_rate=1e-4, schedule={
-        "mode": "auto", "holdout": 0.25, "min_holdout_queries": 4, "budget": 1.5,
+        "mode": "auto", "folds": 1, "holdout": 0.25, "min_holdout_queries": 4, "budget": 1.5,
         "candidates": [(1.0, 1.0), (0.25, 2.0)]})
     m = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model, prompts=PromptsConfig())
     choice = m.result.schedule
@@ -121,3 +121,33 @@ def test_auto_run_probes_within_its_budget_and_records_the_choice(tmp_path, mine
         assert "own probe" in choice.reason or "no evidence" in choice.reason
     assert m.config["learning_rate"] == choice.learning_rate and m.config["epochs"] == choice.epochs
     assert known_positives(tmp_path / "mined", rows)  # rows alone (no known_positives.jsonl) still mask their own
+
+
+def test_folds_hold_every_query_out_once_and_join_their_scores_by_checkpoint():
+    rows = _rows(10) + [TrainExample(anchor="query 0", positive="doc 0 bis")]
+    folds = schedule.fold_queries(rows, 3, seed=3)
+    helds = [held for _, held in folds]
+    assert sorted(len(h) for h in helds) == [3, 3, 4] and set().union(*helds) == {r.anchor for r in rows}
+    assert all(not kept & held and kept | held == {r.anchor for r in rows} for kept, held in folds)
+    assert folds == schedule.fold_queries(rows, 3, seed=3) and folds != schedule.fold_queries(rows, 3, seed=4)
+    a = ScheduleTrial(learning_rate=1e-5, temperature=0.05, steps=6, scores={"1": 0.5, "2": 0.6},
+                      per_query={"1": [0.4, 0.6], "2": [0.5, 0.7]})
+    b = ScheduleTrial(learning_rate=1e-5, temperature=0.05, steps=4, scores={"1": 0.2, "1.9": 0.3, "2.5": 0.9},
+                      per_query={"1": [0.2], "1.9": [0.3], "2.5": [0.9]})  # a fold with an extra checkpoint
+    (joined,) = schedule.join_folds([[a], [b]])
+    assert joined.per_query == {"1": [0.4, 0.6, 0.2], "2": [0.5, 0.7, 0.3]} and joined.steps == 10
+    assert joined.scores == {"1": 0.4, "2": 0.5}
+
+
+def test_auto_run_with_folds_scores_every_train_query(tmp_path, mined_dir, base_model):
+    rows = contracts.read_train_examples(mined_dir)[:32]
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in rows]
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    cfg = TrainConfig(**SMALL, epochs=1.0, learning_rate=1e-4, schedule={
+        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 2.0, "candidates": [(1.0, 1.0), (0.25, 1.0)]})
+    choice = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model,
+                       prompts=PromptsConfig()).result.schedule
+    queries = len({r.anchor for r in rows})
+    assert choice.heldout_queries == queries and len(choice.trials) == 2
+    assert all(len(v) == queries for t in choice.trials for v in t.per_query.values())
+    assert 0 < choice.probe_steps <= 2.0 * choice.fixed_steps + 2 * len(choice.trials)

@@ -323,6 +323,25 @@ def test_average_last_saves_the_mean_of_the_tail_steps_weights(tmp_path, trained
         torch.testing.assert_close(saved[k], (seen[0][key] + seen[1][key]) / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_grade_power_weighs_graded_rows_and_leaves_ungraded_ones_alone(tmp_path, trained, small_mined, base_model):
+    """The same 2-step run: ungraded rows with grade_power 2 save exactly the plain model (all weights 1); with the
+    first rows graded 3 the saved weights differ (the weighted loss reached the optimizer)."""
+    from safetensors.torch import load_file
+
+    plain = load_file(str(trained / "model.safetensors"))
+    train.run(small_mined, tmp_path / "ungraded", TrainConfig(**SMALL, grade_power=2.0), base_model=base_model,
+              prompts=PROMPTS)
+    same = load_file(str(tmp_path / "ungraded" / "model.safetensors"))
+    assert all(torch.equal(same[k], plain[k]) for k in plain)
+    rows = contracts.read_train_examples(small_mined)
+    graded = tmp_path / "graded_rows"
+    contracts.write_jsonl(graded / contracts.TRAIN_FILE,
+                          (r.model_copy(update={"grade": 3 if i % 4 == 0 else 1}).to_columns() for i, r in enumerate(rows)))
+    train.run(graded, tmp_path / "graded", TrainConfig(**SMALL, grade_power=2.0), base_model=base_model, prompts=PROMPTS)
+    moved = load_file(str(tmp_path / "graded" / "model.safetensors"))
+    assert any(not torch.allclose(moved[k], plain[k]) for k in plain)
+
+
 def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_path):
     """Unset base_weight: the base weight of the pair kind that made more than half of the rows, as the mine manifest
     records it (offline 0.5, default 0), else 0; set: as set; rows no mine stage wrote: 0."""

@@ -10,9 +10,9 @@ Steps:
    With graded judgements (``Pair.positive_grades``) every grade > 0 is trained on (``train_grades="all"``, the
    default: measured better than the top grade alone on graded human judgements, docs/benchmarks.md); with
    ``train_grades="top"`` lower grades are neither positive nor negative: never mined (step 4) and listed with
-   every other text positive for the query in ``known_positives.jsonl``, which train masks in-batch. The
-   positive's text is ``pair.positive_text`` when set (a single example, e.g. an inverse-cloze positive), else the
-   chunk's text.
+   every other text positive for the query in ``known_positives.jsonl``, which train masks in-batch. A row's
+   ``grade`` column carries its positive's grade when above 1 (``train.grade_power`` weighs rows by it). The
+   positive's text is ``pair.positive_text`` when set (e.g. an inverse-cloze positive), else the chunk's text.
 4. Negatives: the pair's user-supplied ``negatives`` first, then mined ones, best first, from the top
    ``candidates`` neighbours that survive the filters:
 
@@ -53,10 +53,10 @@ import numpy as np
 
 from embedforge import contracts
 from embedforge.config import DEFAULT_BASE_MODEL, MineConfig, ModelConfig
-from embedforge.contracts import Chunk, Manifest, Pair, StageTimer, TrainExample
+from embedforge.contracts import (AppliedPolicy, Chunk, Manifest, MinedPolicy, Pair, PairKind, PairPolicy, StageTimer,
+                                  TrainExample)
 from embedforge.errors import InputError
 from embedforge.sdg import policy
-from embedforge.contracts import AppliedPolicy, MinedPolicy, PairKind, PairPolicy
 from embedforge.train.positives import write_known_positives
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,13 @@ class _Embedded:
 
 @dataclass
 class _Positive:
-    """One positive of a pair: the chunk it comes from (row in the embedding matrix), its training text and the
-    base-model cosine between the query and that text."""
+    """One positive of a pair: the chunk it comes from (row in the embedding matrix), its training text, the
+    base-model cosine between the query and that text, and its relevance grade (1 when ungraded)."""
 
     row: int
     text: str
     score: float
+    grade: int = 1
 
 
 @dataclass
@@ -295,7 +296,8 @@ def _make_examples(
             negatives, dropped, mined_scores = _pick_negatives(
                 candidates, corpus.chunks, reference, not_negative, user_negs, pair.query, cfg.margin, rule.num_negatives
             )
-            examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives))
+            examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives,
+                                         grade=pos.grade))
             done["examples"] += 1
             stats.examples += 1
             stats.negatives_total += len(negatives)
@@ -344,21 +346,22 @@ def _top_grade(pair: Pair, ids: list[str], grades: str = "top") -> list[str]:
 def _resolve_positives(pair: Pair, corpus: _Corpus, chunk_emb: np.ndarray, query_vec: np.ndarray, cfg: MineConfig) -> list[_Positive]:
     """The pair's positive chunks of the grades ``cfg.train_grades`` trains (for document relevance the best-scoring
     chunk of each positive document), distinct texts only, at most ``cfg.max_positives_per_pair``."""
+    grade, trained = pair.positive_grades.get, cfg.train_grades
     if pair.relevance == "chunk" or not pair.positive_doc_ids:
-        rows = [corpus.chunk_row[c] for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids, cfg.train_grades))]
+        rows = [(corpus.chunk_row[c], grade(c, 1)) for c in _dedupe(_top_grade(pair, pair.positive_chunk_ids, trained))]
     else:  # document relevance: the best-scoring chunk of each positive document
         rows = []
-        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids, cfg.train_grades)):
+        for d in _dedupe(_top_grade(pair, pair.positive_doc_ids, trained)):
             cand = corpus.doc_rows[d]
-            rows.append(cand[int(np.argmax(chunk_emb[cand] @ query_vec))])
+            rows.append((cand[int(np.argmax(chunk_emb[cand] @ query_vec))], grade(d, 1)))
     out: list[_Positive] = []
     seen: set[str] = set()
-    for r in rows:
+    for r, g in rows:
         text = corpus.chunks[r].text
         if text in seen:
             continue
         seen.add(text)
-        out.append(_Positive(row=r, text=text, score=float(chunk_emb[r] @ query_vec)))
+        out.append(_Positive(row=r, text=text, score=float(chunk_emb[r] @ query_vec), grade=g))
         if len(out) >= cfg.max_positives_per_pair:
             break
     return out
@@ -381,16 +384,9 @@ def _candidates(scores: np.ndarray, ids: np.ndarray, excluded: set[int], limit: 
     return out
 
 
-def _pick_negatives(
-    candidates: list[tuple[int, float]],
-    chunks: list[Chunk],
-    positive_score: float,
-    positive_texts: set[str],
-    user_negatives: list[str],
-    query: str,
-    margin: float,
-    wanted: int,
-) -> tuple[list[str], int, list[float]]:
+def _pick_negatives(candidates: list[tuple[int, float]], chunks: list[Chunk], positive_score: float,
+                    positive_texts: set[str], user_negatives: list[str], query: str, margin: float,
+                    wanted: int) -> tuple[list[str], int, list[float]]:
     """User negatives first, then the best mined candidates under ``margin x positive_score``, up to ``wanted``.
 
     Returns:

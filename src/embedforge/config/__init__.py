@@ -9,9 +9,11 @@ Secrets never live here: an LLM endpoint's API key is read from the environment 
 from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
 from embedforge.config.llm import LlmSdgConfig, LlmStageSettings
 from embedforge.config.loading import load_config, parse_overrides
+from embedforge.config.train import LoraConfig, ScheduleConfig, TrainConfig, TrainJobConfig
 from embedforge.config.stages import (
     CPU_PROFILE,
     CPU_PROFILE_BYO,
+    GPU_PROFILE,
     EvaluateConfig,
     ExportConfig,
     GateConfig,
@@ -21,17 +23,14 @@ from embedforge.config.stages import (
     PipelineConfig,
     PromptsConfig,
     RegisterConfig,
-    ScheduleConfig,
     SdgConfig,
-    TrainConfig,
-    TrainJobConfig,
     TritonConfig,
     ValidateConfig,
 )
 
 __all__ = [
-    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "EvaluateConfig", "ExportConfig", "GateConfig",
-    "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "MineConfig", "ModelConfig", "PipelineConfig", "PromptsConfig",
+    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "GPU_PROFILE", "EvaluateConfig", "ExportConfig", "GateConfig",
+    "IngestConfig", "LlmSdgConfig", "LoraConfig", "LlmStageSettings", "MineConfig", "ModelConfig", "PipelineConfig", "PromptsConfig",
     "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig", "TrainJobConfig", "TritonConfig", "ValidateConfig",
     "load_config", "parse_overrides",
 ]

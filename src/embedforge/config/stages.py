@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
 from embedforge.config.llm import LlmSdgConfig
+from embedforge.config.train import TrainConfig
 
 
 class IngestConfig(StageConfig):
@@ -90,60 +91,6 @@ class MineConfig(StageConfig):
         "out (0 = off). Drops generated queries too vague to find their passage.")
 
 
-class TrainJobConfig(StageConfig):
-    """How the train step runs a multi-node job (``train.nodes`` > 1) as a Kubeflow Trainer TrainJob."""
-
-    runtime: str = Field("torch-distributed", min_length=1, description="The ClusterTrainingRuntime the TrainJob "
-                         "references (Kubeflow Trainer's torchrun runtime installs as `torch-distributed`).")
-    image: str = Field("", description="Image of the training nodes; empty: the image the train step runs in "
-                       "($EMBEDFORGE_IMAGE, set by the compiled pipeline).")
-    namespace: str = Field("", description="Namespace of the TrainJob; empty: the train step's own namespace.")
-    gpus_per_node: int = Field(1, ge=0, description="GPUs per node (also torchrun processes per node; 0: CPU, one "
-                               "process per node).")
-    cpu_per_node: str = Field("8", min_length=1)
-    memory_per_node: str = Field("32Gi", min_length=1)
-    shared_pvc: str = Field("embedforge-data", min_length=1, description="ReadWriteMany claim mounted by the train "
-                            "step and every node: the step stages the mined rows there and reads the model back.")
-    shared_mount: str = Field("/data", min_length=1, description="Where the train step and the nodes mount it.")
-    timeout_s: float = Field(86400.0, gt=0, description="Fail (and delete the TrainJob) when it has not finished "
-                             "by then: a job stuck Pending (no GPUs, no quota) fails clearly instead of hanging.")
-    poll_s: float = Field(10.0, gt=0, description="Seconds between status reads.")
-
-
-class ScheduleConfig(StageConfig):
-    """How train picks learning rate, temperature and length (embedforge.train.schedule)."""
-
-    mode: Literal["fixed", "auto"] = Field(
-        "fixed", description="fixed: train.learning_rate/temperature/epochs as given; auto: probe a few settings on "
-        "the run's own train rows (queries held out of them score each probe) and train with the best.")
-    budget: float = Field(1.5, gt=0, le=10, description="auto: optimizer steps of all probes together, as a multiple "
-                          "of the fixed run's steps (the final run comes on top).")
-    holdout: float = Field(0.15, gt=0, lt=0.5, description="auto: fraction of the train queries held out to score the "
-                           "probes (never the eval split the gate uses).")
-    min_holdout_queries: int = Field(8, ge=2, description="auto: fewer held-out queries than this (small pair sets): "
-                                     "the fixed schedule is used.")
-    candidates: list[tuple[float, float]] = Field(
-        default_factory=lambda: [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)],
-        description="auto: (learning-rate factor, temperature factor) pairs probed, relative to train.learning_rate "
-        "and train.temperature.")
-    confidence: float = Field(0.95, ge=0, lt=1, description="auto: a probe replaces the fixed settings only if its "
-                              "held-out gain over their probe has a paired bootstrap interval (this confidence, "
-                              "Bonferroni over the checkpoints compared) above 0; 0 = the best mean wins.")
-    max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
-                          "positives and negatives first, then other rows' texts).")
-
-
-class LoraConfig(StageConfig):
-    enabled: bool = Field(False, description="Train low-rank adapters (peft LoRA) instead of every weight; they are "
-                          "merged into the base weights when the model is saved (embedforge.train.lora).")
-    r: int = Field(16, ge=1, description="Adapter rank.")
-    alpha: float = Field(32.0, gt=0, description="Scaling numerator: the update is (alpha / r) x B A.")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["auto"] = Field(
-        "auto", description="Module names to adapt; auto: every linear layer of the transformer's attention and MLP "
-        "blocks (peft's 'all-linear').")
-
-
 class ModelConfig(StageConfig):
     """How a base model folder becomes an embedder (embedforge.models). ``auto``: what the folder says (modules.json,
     1_Pooling/config.json, config.json), else the architecture's convention (decoders: last token, causal)."""
@@ -154,107 +101,6 @@ class ModelConfig(StageConfig):
         "auto", description="Decoders only: bidirectional sets is_causal=false in the model config (saved with it).")
     padding_side: Literal["auto", "left", "right"] = Field("auto", description="auto: the tokenizer's own side.")
     trust_remote_code: bool = Field(False, description="Run Python code shipped in the model folder (opt-in only).")
-
-
-class TrainConfig(StageConfig):
-    nodes: int = Field(1, ge=1, description="Machines to train on. 1: in the train step's own pod (processes "
-                       "workers there); > 1: the train step submits a Kubeflow Trainer TrainJob of this many nodes "
-                       "(see train.trainjob and embedforge.trainjob).")
-    trainjob: TrainJobConfig = Field(default_factory=TrainJobConfig)
-    epochs: float = Field(3.0, gt=0, description="Passes over the mined rows; fractions allowed.")
-    positives_per_query: int = Field(8, ge=0, description="Rows (positives) of one query trained per epoch at most, "
-                                     "a different seeded window of its positives each epoch; 0 = all rows every "
-                                     "epoch (embedforge.train.positives).")
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
-    learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, then "
-                                 "lr_schedule's decay).")
-    lr_schedule: Literal["cosine", "linear"] = Field(
-        "linear", description="Decay after the warm-up: linear to 0 (default, as sentence-transformers' trainer), or "
-        "cosine.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on weight matrices (0: none, "
-                                "as sentence-transformers' trainer; 0.01 with a cosine decay measured 0.1-0.4 points "
-                                "lower, docs/benchmarks.md).")
-    layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: layer k of L trains at "
-                               "learning_rate x layer_decay^(L - k), embeddings (k = 0) lowest (embedforge.train."
-                               "layer_decay); 1 = one learning rate for all.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    temperature: float = Field(0.05, gt=0, le=1, description="InfoNCE temperature (1/scale).")
-    symmetric_loss: bool = Field(False, description="Also rank each positive against the batch's anchors (document "
-                                 "to query) and average both directions (embedforge.train.losses).")
-    hardness: float = Field(0.0, ge=0, le=20, description="Hardness weighting: alpha x stop-grad(cosine) added to "
-                            "every negative's logit, so harder negatives weigh more (embedforge.train.losses); 0 = "
-                            "off.")
-    soup: int = Field(1, ge=1, le=16, description="Model soup: train this many runs from the base weights, seeds "
-                      "seed, seed+1000, ... (own batch orders and dropout; far apart, so that neighbouring seeds' "
-                      "soups share no run), and save the average of their weights (embedforge.train.soup). n x the "
-                      "training time.")
-    average_last: float = Field(0.0, ge=0, lt=1, description="Tail averaging: save the uniform average of the "
-                                "weights at up to 10 evenly spaced steps of this last fraction of the run (the last "
-                                "step included; embedforge.train.soup.tail_steps) instead of the last step's; 0 = off. "
-                                "Free in time, one CPU copy of the weights.")
-    max_seq_length: int = Field(256, ge=8)
-    max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_tokens: int | None = Field(
-        None, ge=64, description="Padded tokens per forward pass (texts x longest text); texts are length-sorted "
-        "inside the contrastive batch and the loss still sees the whole batch. Unset: 262144 on CUDA (each tower "
-        "in one or two forwards: fewer kernel launches), 4096 on CPU (little padding).")
-    processes: int = Field(1, ge=0, description="Training processes on this machine, one per GPU, the global batch "
-                           "split over them (torchrun, embedforge.train.distributed): 1 = this process only; 0 = one "
-                           "per visible GPU. Worth it when one step is compute-bound (large models or batches); "
-                           "docs/benchmarks.md compares.")
-    compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
-                          "kernels and less Python per step on a GPU, after a one-off compilation at the start of "
-                          "the run; worth it for long runs.")
-    base_weight: float | None = Field(
-        None, ge=0.0, lt=1.0, description="WiSE-FT: save (1 - w) x fine-tuned + w x base weights (0 = the plain "
-        "fine-tuned model). Unset: the base weight of the pair policy (embedforge.sdg.policy) of the source kind "
-        "that made most rows, as the mine stage recorded it: 0.5 for the offline generator, else 0.")
-    packing: Literal["auto", "on", "off"] = Field(
-        "auto", description="Sequence packing in the training forward (embedforge.train.packing): each "
-        "micro-batch's texts concatenated into one row, attention kept per text, so no FLOPs go to padding. "
-        "auto: on for models that support it (Llama/Qwen/Mistral-style decoders) on CUDA; on: wherever supported.")
-    seed: int = 13
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    cached: bool | None = Field(
-        None, description="Cached contrastive batches (GradCache, embedforge.train.cached): the batch is embedded "
-        "without gradients chunk by chunk, the loss's embedding gradients cached, then each chunk re-forwarded and "
-        "back-propagated, so memory is that of one chunk whatever the batch; same gradients, one extra forward. "
-        "Unset (auto): off on CPU; on CUDA for the steps whose tokens would not fit the device in a plain step "
-        "(embedforge.train.memory estimates activation bytes per token from the model); elsewhere for steps of "
-        "more than 4 chunks of tokens.")
-    cache_chunk_tokens: int | None = Field(
-        None, ge=64, description="Padded tokens per chunk of a cached step. Unset: on CUDA the plain step's capacity "
-        "on the card (embedforge.train.memory; one chunk's activations are alive at a time, and larger chunks are "
-        "faster), 16384 where that is unknown or under 1024; the micro-batch budget on CPU.")
-    gradient_checkpointing: bool = Field(
-        False, description="Recompute each transformer layer's activations in backward instead of keeping them "
-        "(Hugging Face gradient checkpointing, non-reentrant): about a third more compute, a fraction of the memory.")
-    weights_dtype: Literal["fp32", "bf16"] = Field(
-        "fp32", description="dtype of the weights being trained, and so of gradients and AdamW states. bf16 halves "
-        "their memory; no fp32 master copy is kept, so updates much smaller than a weight are rounded away (use a "
-        "learning rate >= 1e-5); the saved model is bf16.")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    sharding: Literal["none", "fsdp"] = Field(
-        "none", description="With processes > 1: none = every process holds the whole model and the gradients are "
-        "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
-        "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
-
-    def resolved_cache_chunk_tokens(self, device_type: str, capacity: int | None = None) -> int:
-        """``cache_chunk_tokens``, or its default for the device type; ``capacity``: the plain step's capacity in
-        tokens on this device (:func:`embedforge.train.memory.plain_step_tokens`), None when unknown."""
-        if self.cache_chunk_tokens is not None:
-            return self.cache_chunk_tokens
-        if device_type != "cuda":
-            return self.resolved_micro_batch_tokens(device_type)
-        return capacity if capacity is not None and capacity >= 1024 else 16384
-
-    def resolved_micro_batch_tokens(self, device_type: str) -> int:
-        """``micro_batch_tokens``, or its default for the device type (``"cuda"``, ``"cpu"``, ...)."""
-        if self.micro_batch_tokens is not None:
-            return self.micro_batch_tokens
-        return 262144 if device_type == "cuda" else 4096
 
 
 class PromptsConfig(StageConfig):
@@ -377,6 +223,11 @@ CPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"max_pairs": 1000}, "train": {
 #: ``mine.num_negatives`` mined negatives each (several texts more per row than an offline row); the choice is
 #: measured in docs/benchmarks.md.
 CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_size": 16}}
+#: What the gpu profile changes (fields the user did not set): the learning rate and length chosen from the run's
+#: own pairs (``train.schedule.mode=auto``, 2-fold cross-fitted probes: about 4x the fixed run's training steps). On
+#: three dev collections it never trained a worse model than the fixed schedule and a better one where the held-out
+#: queries resolved it (docs/benchmarks.md, issue #13).
+GPU_PROFILE: dict[str, dict[str, Any]] = {"train": {"schedule": {"mode": "auto"}}}
 
 
 class PipelineConfig(StageConfig):
@@ -386,7 +237,7 @@ class PipelineConfig(StageConfig):
                                "de-duplication, mine, train and the base model's evaluation alike.")
     profile: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Compute profile: auto = cpu when no CUDA device is visible to `embedforge run`, else gpu; "
-        "cpu applies CPU_PROFILE to fields left at their defaults.")
+        "cpu applies CPU_PROFILE (CPU_PROFILE_BYO with --pairs), gpu GPU_PROFILE, to fields left at their defaults.")
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     sdg: SdgConfig = Field(default_factory=SdgConfig)
@@ -426,19 +277,20 @@ class PipelineConfig(StageConfig):
 
         Args:
             cuda_available: Whether a CUDA device is present (``profile=auto``).
-            pairs_given: Whether the run trains on the user's pairs (``CPU_PROFILE_BYO`` instead of ``CPU_PROFILE``).
+            pairs_given: Whether the run trains on the user's pairs (``CPU_PROFILE_BYO`` instead of ``CPU_PROFILE``;
+                the gpu profile is the same either way).
         """
         profile = self.profile if self.profile != "auto" else ("gpu" if cuda_available else "cpu")
         changed: dict[str, Any] = {}
         tree = self.to_dict()
         tree["profile"] = profile
-        if profile == "cpu":
-            for section, fields in (CPU_PROFILE_BYO if pairs_given else CPU_PROFILE).items():
-                user_set = getattr(self, section).model_fields_set
-                for name, value in fields.items():
-                    if name not in user_set:
-                        tree[section][name] = value
-                        changed[f"{section}.{name}"] = value
+        rules = GPU_PROFILE if profile == "gpu" else CPU_PROFILE_BYO if pairs_given else CPU_PROFILE
+        for section, fields in rules.items():
+            user_set = getattr(self, section).model_fields_set
+            for name, value in fields.items():
+                if name not in user_set:
+                    tree[section][name] = value
+                    changed[f"{section}.{name}"] = value
         return PipelineConfig.model_validate(tree), changed
 
 

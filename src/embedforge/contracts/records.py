@@ -54,16 +54,21 @@ class TrainExample(Record):
     anchor: str
     positive: str
     negatives: list[str] = Field(default_factory=list)
+    grade: int = Field(1, ge=1, description="Relevance grade of the positive (graded judgements; 1 = ungraded). "
+                       "Written as a last column only when above 1: drop it before giving the file to "
+                       "sentence-transformers, which would read it as a text column.")
 
-    def to_columns(self) -> dict[str, str]:
-        row = {"anchor": self.anchor, "positive": self.positive}
+    def to_columns(self) -> dict[str, str | int]:
+        row: dict[str, str | int] = {"anchor": self.anchor, "positive": self.positive}
         row.update({f"negative_{i + 1}": n for i, n in enumerate(self.negatives)})
+        if self.grade != 1:
+            row["grade"] = self.grade
         return row
 
     @classmethod
-    def from_columns(cls, row: dict[str, str]) -> "TrainExample":
+    def from_columns(cls, row: dict[str, str | int]) -> "TrainExample":
         negs = [row[k] for k in sorted((k for k in row if k.startswith("negative_")), key=lambda k: int(k.split("_")[1]))]
-        return cls(anchor=row["anchor"], positive=row["positive"], negatives=negs)
+        return cls(anchor=row["anchor"], positive=row["positive"], negatives=negs, grade=row.get("grade", 1))
 
 
 

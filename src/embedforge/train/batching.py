@@ -116,13 +116,22 @@ def epoch_batches(examples: list[TrainExample], batch_size: int, seed: int, posi
 
 @dataclass
 class Batch:
-    """Texts of one step, in loss order, and the false-negative mask ``(B, B + N)`` (None: texts only, e.g. one
-    rank's share of a distributed batch, whose loss uses the global batch's mask)."""
+    """Texts of one step, in loss order, the false-negative mask ``(B, B + N)`` (None: texts only, e.g. one
+    rank's share of a distributed batch, whose loss uses the global batch's mask) and each row's relevance grade."""
 
     anchors: list[str]
     positives: list[str]
     negatives: list[str]
     mask: torch.Tensor | None
+    grades: list[int] | None = None
+
+    def weights(self, power: float) -> torch.Tensor | None:
+        """Each row's loss weight ``grade ** power`` (train.grade_power); None when every row weighs the same."""
+        if not power or not self.grades or len(set(self.grades)) == 1:
+            return None
+        import torch
+
+        return torch.tensor(self.grades, dtype=torch.float32) ** power
 
     @property
     def candidates(self) -> list[str]:
@@ -146,4 +155,5 @@ def collate(examples: list[TrainExample], rows: list[int], known_positives: dict
     mask = None
     if known_positives is not None:
         mask = false_negative_mask(positives, positives + negatives, [known_positives.get(a, set()) for a in anchors])
-    return Batch(anchors=anchors, positives=positives, negatives=negatives, mask=mask)
+    return Batch(anchors=anchors, positives=positives, negatives=negatives, mask=mask,
+                 grades=[examples[i].grade for i in rows])

@@ -18,7 +18,6 @@ import embedforge.train.fsdp as fsdp
 import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
-from embedforge.errors import ConfigError
 from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
@@ -74,9 +73,6 @@ def run(
     examples = read_examples(mined_dir)
     known = known_positives(mined_dir, examples)
     dist_ctx = distributed.from_env()
-    if cfg.average_last and dist_ctx.enabled and cfg.sharding == "fsdp":
-        raise ConfigError("train.average_last needs whole weights on every step it averages; with "
-                          "train.sharding=fsdp each process holds a shard: set train.average_last=0 or sharding=none")
     if dist_ctx.enabled:  # under torchrun: one process per device, the global batch split over them
         from embedforge.encode import pick_device
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from embedforge.config.stages import LoraConfig
+from embedforge.config.train import LoraConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

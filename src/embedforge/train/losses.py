@@ -110,14 +110,20 @@ class InfoNCELoss(nn.Module):
             logits = logits.masked_fill(mask, float("-inf"))
         return logits
 
-    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, mask: Tensor | None = None,
+                weights: Tensor | None = None) -> Tensor:
+        """The batch's loss: the mean over rows, or with ``weights`` ``(B,)`` the weighted mean (e.g. graded
+        judgements: a row of a grade-3 positive counts 3x a grade-1 one at power 1)."""
         logits = self.logits(anchors, positives, negatives, mask)
         b = anchors.size(0)
         labels = torch.arange(b, device=logits.device)
-        loss = F.cross_entropy(logits, labels)
+        per_row = F.cross_entropy(logits, labels, reduction="none")
         if self.symmetric:  # row j: positive j against every anchor; masked where it is that anchor's positive
-            loss = (loss + F.cross_entropy(logits[:, :b].T, labels)) / 2
-        return loss
+            per_row = (per_row + F.cross_entropy(logits[:, :b].T, labels, reduction="none")) / 2
+        if weights is None:
+            return per_row.mean()
+        weights = weights.to(per_row)
+        return (per_row * weights).sum() / weights.sum()
 
     def get_config_dict(self) -> dict[str, float | bool]:
         return {"temperature": self.temperature, "scale": self.scale, "symmetric": self.symmetric,

@@ -5,7 +5,10 @@ on one, lost against the base model on the other). With ``auto``, before the rea
 
 1. **Held-out slice of the train rows.** ``schedule.holdout`` of the train queries (a seeded draw of anchor
    texts, at least ``min_holdout_queries``, else the fixed schedule is kept) are held out; the eval split the gate
-   uses is never touched. Each held-out query ranks a pool of texts — its own rows' positives and negatives, then
+   uses is never touched. With ``schedule.folds`` = k > 1 (cross-fitting) the train queries are dealt into k parts
+   instead, every probe is trained k times, each time on all parts but one and scored on that one, and the k
+   parts' per-query scores are joined: every train query is held out once, so a gain is judged on all of them
+   (a 15 % slice of a few hundred queries resolves little; docs/benchmarks.md, issue #13). Each held-out query ranks a pool of texts — its own rows' positives and negatives, then
    other rows' texts up to ``max_pool`` — where its rows' positives are relevant and its other known positives
    (lower grades, other chunks of its documents) are left out of the ranking. Score: nDCG@10 (pytrec_eval).
 2. **Probes.** Each ``(learning-rate factor, temperature factor)`` of ``schedule.candidates`` trains a fresh copy
@@ -68,6 +71,15 @@ def apply(cfg: TrainConfig, choice: ScheduleChoice) -> TrainConfig:
                                   "epochs": choice.epochs})
 
 
+def fold_queries(examples: list[TrainExample], folds: int, seed: int) -> list[tuple[set[str], set[str]]]:
+    """(kept, held-out) anchor texts of each of ``folds`` folds: the queries in a seeded order dealt into ``folds``
+    parts, each part held out once."""
+    anchors = sorted(rows_by_anchor(examples))
+    order = np.random.default_rng(seed).permutation(len(anchors)).tolist()
+    parts = [{anchors[i] for i in order[f::folds]} for f in range(folds)]
+    return [(set(anchors) - part, part) for part in parts]
+
+
 def split_queries(examples: list[TrainExample], fraction: float, seed: int) -> tuple[set[str], set[str]]:
     """(kept, held-out) anchor texts: a seeded draw of ``round(fraction x queries)`` queries is held out."""
     anchors = sorted(rows_by_anchor(examples))
@@ -119,20 +131,38 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
         return fixed(cfg, "train.schedule.mode=fixed")
     if dist.enabled:
         return fixed(cfg, "auto schedule is not searched under torchrun; the fixed one is used")
-    kept, held = split_queries(examples, sc.holdout, cfg.seed)
-    if len(held) < sc.min_holdout_queries or len(kept) < 2:
-        return fixed(cfg, f"only {len(held)} of {len(kept) + len(held)} train queries would be held out (fewer "
+    splits = fold_queries(examples, sc.folds, cfg.seed) if sc.folds > 1 else [
+        split_queries(examples, sc.holdout, cfg.seed)]
+    held_n = min(len(held) for _, held in splits)
+    if held_n < sc.min_holdout_queries or min(len(kept) for kept, _ in splits) < 2:
+        return fixed(cfg, f"only {held_n} of {len(rows_by_anchor(examples))} train queries would be held out (fewer "
                           f"than schedule.min_holdout_queries={sc.min_holdout_queries}); the fixed schedule is used")
-    fit = [ex for ex in examples if ex.anchor in kept]
+    fits = [[ex for ex in examples if ex.anchor in kept] for kept, _ in splits]
     fixed_steps = len(plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query))
-    per_epoch = len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
-    probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / per_epoch, 2 * cfg.epochs)
-    held_set = held_out_set(examples, held, known, sc.max_pool, cfg.seed)
-    trials, base_scores = _probe(mined_dir, fit, known, held_set, cfg, base_model, prompts, probe_epochs, per_epoch,
-                                model_cfg)
+    per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
+    probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
+    runs = [_probe(mined_dir, fit, known, held_out_set(examples, held, known, sc.max_pool, cfg.seed), cfg, base_model,
+                   prompts, probe_epochs, per_epoch, model_cfg)
+            for fit, (_, held), per_epoch in zip(fits, splits, per_epochs)]
+    trials, base_scores = join_folds([r[0] for r in runs]), [v for r in runs for v in r[1]]
     choice = _pick(cfg, trials, base_scores, probe_epochs)
-    return choice.model_copy(update={"heldout_queries": len(held), "fit_queries": len(kept), "fixed_steps": fixed_steps,
-                                     "probe_steps": sum(t.steps for t in trials)})
+    return choice.model_copy(update={"heldout_queries": len(base_scores), "fit_queries": len(splits[0][0]),
+                                     "fixed_steps": fixed_steps, "probe_steps": sum(t.steps for t in trials)})
+
+
+def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
+    """One trial per candidate from its trial in every fold: the n-th checkpoints of the folds joined (their
+    per-query scores concatenated, as many checkpoints as the shortest fold has, named as in the first fold), steps
+    summed."""
+    joined = []
+    for trials in zip(*folds):
+        n = min(len(t.per_query) for t in trials)
+        keys = list(trials[0].per_query)[:n]
+        per_query = {key: [v for t in trials for v in list(t.per_query.values())[i]] for i, key in enumerate(keys)}
+        joined.append(trials[0].model_copy(update={
+            "steps": sum(t.steps for t in trials), "per_query": per_query,
+            "scores": {k: round(float(np.mean(v)), 6) for k, v in per_query.items()}}))
+    return joined
 
 
 def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,

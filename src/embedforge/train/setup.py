@@ -136,7 +136,8 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
                  dist: DistContext) -> Stepper:
     """The :class:`~embedforge.train.step.Stepper` of a run of ``steps`` steps: InfoNCE at ``cfg.temperature``,
     :func:`make_optimizer`, warm-up over ``cfg.warmup_ratio`` of the steps then ``cfg.lr_schedule``'s decay, the
-    precision of :func:`autocast_dtype` and the micro-batch token budget of the model's device."""
+    precision of :func:`autocast_dtype`, the micro-batch token budget of the model's device and rows weighted by
+    grade (``cfg.grade_power``)."""
     import torch
     from transformers import get_scheduler
 
@@ -168,4 +169,5 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
         dist=dist,
         grad_cache=make_grad_cache(cfg, model.device.type, sharded, max_plain_tokens=capacity),
         sharded=sharded,
+        grade_power=cfg.grade_power,
     )

@@ -98,6 +98,7 @@ class Stepper:
     dist: DistContext = field(default_factory=DistContext)
     grad_cache: CachedStep | None = None
     sharded: bool = False
+    grade_power: float = 0.0
     query_tokens: TokenCache = field(init=False)
     document_tokens: TokenCache = field(init=False)
 
@@ -128,14 +129,18 @@ class Stepper:
 
     def contrast(self, batch: Batch, q: torch.Tensor, d: torch.Tensor, split: Shard | None = None) -> torch.Tensor:
         """The loss of ``batch`` from this rank's query embeddings ``q`` and candidate embeddings ``d`` (its
-        positives, then its hard negatives): gathered over the ranks, false negatives masked."""
+        positives, then its hard negatives): gathered over the ranks, false negatives masked, rows weighted by
+        grade (train.grade_power)."""
         b = q.shape[0]
         p, n = d[:b], d[b:]
         if self.dist.enabled:
             q, p, n = (gather(q, self.dist, split.anchors), gather(p, self.dist, split.anchors),
                        gather(n, self.dist, split.negatives))
         mask = batch.mask.to(q.device, non_blocking=True) if batch.mask is not None else None
-        return self.loss_fn(q, p, n, mask)
+        weights = batch.weights(self.grade_power)
+        if weights is None:
+            return self.loss_fn(q, p, n, mask)
+        return self.loss_fn(q, p, n, mask, weights.to(q.device, non_blocking=True))
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` as it is back-propagated: multiplied by the fp16 gradient scaler's scale, if any."""
