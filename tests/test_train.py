@@ -336,8 +336,10 @@ def test_grade_power_weighs_graded_rows_and_leaves_ungraded_ones_alone(tmp_path,
     rows = contracts.read_train_examples(small_mined)
     graded = tmp_path / "graded_rows"
     contracts.write_jsonl(graded / contracts.TRAIN_FILE,
-                          (r.model_copy(update={"grade": 3 if i % 4 == 0 else 1}).to_columns() for i, r in enumerate(rows)))
-    train.run(graded, tmp_path / "graded", TrainConfig(**SMALL, grade_power=2.0), base_model=base_model, prompts=PROMPTS)
+                          (r.model_copy(update={"grade": 3 if i % 4 == 0 else 1}).to_columns()
+                           for i, r in enumerate(rows)))
+    train.run(graded, tmp_path / "graded", TrainConfig(**SMALL, grade_power=2.0), base_model=base_model,
+              prompts=PROMPTS)
     moved = load_file(str(tmp_path / "graded" / "model.safetensors"))
     assert any(not torch.allclose(moved[k], plain[k]) for k in plain)
 

@@ -29,8 +29,8 @@ from embedforge.config.stages import (
 )
 
 __all__ = [
-    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "GPU_PROFILE", "EvaluateConfig", "ExportConfig", "GateConfig",
-    "IngestConfig", "LlmSdgConfig", "LoraConfig", "LlmStageSettings", "MineConfig", "ModelConfig", "PipelineConfig", "PromptsConfig",
-    "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig", "TrainJobConfig", "TritonConfig", "ValidateConfig",
-    "load_config", "parse_overrides",
+    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "GPU_PROFILE", "EvaluateConfig", "ExportConfig",
+    "GateConfig", "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "LoraConfig", "MineConfig", "ModelConfig",
+    "PipelineConfig", "PromptsConfig", "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig",
+    "TrainJobConfig", "TritonConfig", "ValidateConfig", "load_config", "parse_overrides",
 ]

@@ -8,9 +8,10 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    uses is never touched. With ``schedule.folds`` = k > 1 (cross-fitting) the train queries are dealt into k parts
    instead, every probe is trained k times, each time on all parts but one and scored on that one, and the k
    parts' per-query scores are joined: every train query is held out once, so a gain is judged on all of them
-   (a 15 % slice of a few hundred queries resolves little; docs/benchmarks.md, issue #13). Each held-out query ranks a pool of texts — its own rows' positives and negatives, then
-   other rows' texts up to ``max_pool`` — where its rows' positives are relevant and its other known positives
-   (lower grades, other chunks of its documents) are left out of the ranking. Score: nDCG@10 (pytrec_eval).
+   (a 15 % slice of a few hundred queries resolves little; docs/benchmarks.md, issue #13). Each held-out query
+   ranks a pool of texts — its own rows' positives and negatives, then other rows' texts up to ``max_pool`` — where
+   its rows' positives are relevant and its other known positives (lower grades, other chunks of its documents) are
+   left out of the ranking. Score: nDCG@10 (pytrec_eval).
 2. **Probes.** Each ``(learning-rate factor, temperature factor)`` of ``schedule.candidates`` trains a fresh copy
    of the base model on the kept queries' rows with the run's own warm-up and decay (``train.lr_schedule``), and
    is scored after every whole epoch and at its end (early stopping: the best checkpoint, not the last, counts).
