@@ -220,6 +220,8 @@ VARIANTS: dict[str, dict] = {
     # every probe as long as the fixed run (budget = candidates x k / (k - 1))
     "auto_cv2": {"shipped": True, "train": {"schedule": {"mode": "auto", "folds": 2, "budget": 3.0, "candidates": [
         [1.0, 1.0], [1.67, 1.0], [0.67, 1.0]]}}},
+    "auto_cv2_wide": {"shipped": True, "train": {"schedule": {"mode": "auto", "folds": 2, "budget": 5.0, "candidates": [
+        [1.0, 1.0], [1.67, 1.0], [2.33, 1.0], [0.67, 1.0], [1.0, 2.0]]}}},
     "auto_cv4": {"shipped": True, "train": {"schedule": {"mode": "auto", "folds": 4, "budget": 9.0, "candidates": [
         [1.0, 1.0], [1.67, 1.0], [0.67, 1.0]]}}},
     # graded judgements in the loss: a row of grade g weighs g^p (train.grade_power); ungraded collections unchanged
