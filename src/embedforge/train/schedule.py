@@ -158,8 +158,9 @@ def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
     joined = []
     for trials in zip(*folds):
         n = min(len(t.per_query) for t in trials)
-        keys = list(trials[0].per_query)[:n]
-        per_query = {key: [v for t in trials for v in list(t.per_query.values())[i]] for i, key in enumerate(keys)}
+        checkpoints = [list(t.per_query.values())[:n] for t in trials]  # per fold, its first n checkpoints' scores
+        per_query = {key: [v for fold in checkpoints for v in fold[i]]
+                     for i, key in enumerate(list(trials[0].per_query)[:n])}
         joined.append(trials[0].model_copy(update={
             "steps": sum(t.steps for t in trials), "per_query": per_query,
             "scores": {k: round(float(np.mean(v)), 6) for k, v in per_query.items()}}))

@@ -138,9 +138,7 @@ class Stepper:
                        gather(n, self.dist, split.negatives))
         mask = batch.mask.to(q.device, non_blocking=True) if batch.mask is not None else None
         weights = batch.weights(self.grade_power)
-        if weights is None:
-            return self.loss_fn(q, p, n, mask)
-        return self.loss_fn(q, p, n, mask, weights.to(q.device, non_blocking=True))
+        return self.loss_fn(q, p, n, mask, weights.to(q.device, non_blocking=True) if weights is not None else None)
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` as it is back-propagated: multiplied by the fp16 gradient scaler's scale, if any."""
