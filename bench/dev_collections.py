@@ -14,11 +14,13 @@ Prints one JSON line per scenario (stage seconds, counts, base vs fine-tuned met
 table to --report when given.
 
 Comparison (issue #13 targets: never below base; >= the sentence-transformers recipe + 2 points nDCG@10): base /
-sentence-transformers recipe / embedforge on each dev collection with human pairs, several seeds, mean +- spread
-(``bench/train_quality.py`` does each run; the collections without a train split are re-split by query here):
+sentence-transformers recipe (at lr 2e-5 and at the trainer's default 5e-5: neither is best everywhere) /
+embedforge (``fixed``: the fixed schedule; ``defaults``: what ``embedforge run --pairs`` does on this machine) on
+each dev collection with human pairs, several seeds, mean +- spread (``bench/train_quality.py`` does each run;
+the collections without a train split are re-split by query here):
 
     python bench/dev_collections.py --compare cranfield dbpedia-many arguana --seeds 13,14,15 \
-        --variants base,st_lr2e-5,defaults,auto --out runs/bench_compare
+        --variants base,st_lr2e-5,st_lr5e-5,fixed,defaults --out runs/bench_compare
     # the other fold of a re-split collection (its halves swapped: train on the first run's test queries), so that
     # every judged query is a test query once (dbpedia-many's 19 test queries alone resolve little;
     # bench/paired.py over the rows of both folds compares on all of them)
@@ -124,7 +126,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE for every scenario")
     ap.add_argument("--compare", nargs="+", default=None, help="collections (cranfield, dbpedia-many, arguana): "
                     "base / ST recipe / embedforge over --seeds instead of the scenarios")
-    ap.add_argument("--variants", default="base,st_lr2e-5,defaults,auto")
+    ap.add_argument("--variants", default="base,st_lr2e-5,st_lr5e-5,fixed,defaults")
     ap.add_argument("--seeds", default="13,14,15")
     ap.add_argument("--max-docs", type=int, default=None)
     ap.add_argument("--max-seq-length", type=int, default=None)

@@ -81,7 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from embedforge import contracts
-from embedforge.config import MineConfig, PromptsConfig, TrainConfig
+from embedforge.config import MineConfig, PipelineConfig, PromptsConfig, SdgConfig, TrainConfig
 from embedforge.contracts import Chunk, Pair, TrainExample
 
 log = logging.getLogger("train_quality")
@@ -90,7 +90,10 @@ COSINE = {"lr_schedule": "cosine", "weight_decay": 0.01}  # the train schedule s
 
 # The settings the grid started from (the first defaults); every "ours_*" variant overrides these, so the table
 # stays comparable when the shipped defaults change (their margin and schedule pinned since those defaults moved).
-# "defaults" = MineConfig()/TrainConfig() as shipped.
+# "defaults" = what `embedforge run --pairs` trains with on this machine: MineConfig()/TrainConfig() as shipped with the
+# compute profile of the device applied (PipelineConfig.resolved: the gpu profile's `train.schedule=auto` on CUDA, the
+# CPU profile's shorter run without one); "fixed" = MineConfig()/TrainConfig() alone (the fixed schedule). Rows named
+# "defaults" in docs/data before 2026-12-04's sixth round (sweep 22) are the fixed schedule's.
 V0 = {"mine": {"max_positives_per_pair": 3, "margin_reference": "positive", "margin": 0.95},
       "train": {"epochs": 1, "learning_rate": 2e-5, **COSINE}}
 
@@ -128,7 +131,14 @@ VARIANTS: dict[str, dict] = {
     "ours_e2_posall_lr5e-5_best": {"mine": {"max_positives_per_pair": 100, "margin_reference": "best_positive"},
                                    "train": {"epochs": 2, "learning_rate": 5e-5}},
     "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
-    "defaults": {"shipped": True},
+    "defaults": {"shipped": True, "profile": True},
+    "fixed": {"shipped": True},
+    # offline pairs of the corpus beside the user's pairs (sdg.augment = 0.5 x their judged positives), all trained on
+    "mix_offline05": {"shipped": True, "offline": 0.5},
+    "mix_offline025": {"shipped": True, "offline": 0.25},
+    "mix_offline1": {"shipped": True, "offline": 1.0, "train": {"base_weight": 0.0}},  # WiSE-FT off at any majority
+    "mix_offline05_auto": {"shipped": True, "profile": True, "offline": 0.5},  # (auto scored them as held-out queries)
+    "auto_noaug": {"shipped": True, "profile": True, "sdg": {"augment": 0.0}},  # the gpu profile without sdg.augment
     # "auto" as measured up to 2026-12-02: one 15 % held-out slice, lr x 1 / 0.5 and temperature x 2, budget 1.5
     "auto": {"shipped": True, "train": {"schedule": AUTO_V1}},
     "auto_folds": {"shipped": True, "train": {"schedule": {"mode": "auto"}}},  # auto as shipped since 2026-12-04
@@ -353,13 +363,30 @@ def _our_rows(data: dict, base_model: str, out: Path, num_negatives: int = 4) ->
 
 
 def _mined_dir(data: dict, base_model: str, mine_cfg: MineConfig, out: Path) -> Path:
-    """The mine folder of ``mine_cfg`` under ``out`` (named by the config's hash), mined once and then reused."""
+    """The mine folder of ``mine_cfg`` and the pairs folder under ``out`` (named by their hash), mined once and then
+    reused."""
     from embedforge import mine
 
-    mined = out / f"mined_{hashlib.sha256(mine_cfg.model_dump_json().encode()).hexdigest()[:10]}"
+    key = mine_cfg.model_dump_json() + ("" if data["pairs"] == out / "pairs" else str(data["pairs"]))
+    mined = out / f"mined_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if not (mined / contracts.MANIFEST).is_file():
         mine.run(data["chunks"], data["pairs"], mined, mine_cfg, base_model=base_model)
     return mined
+
+
+def _with_offline_pairs(data: dict, sdg_cfg, out: Path) -> Path:
+    """A pairs folder holding the train pairs and, beside them, the augmentation pairs ``sdg.augment`` makes of the
+    corpus (:func:`embedforge.sdg.augment.augment_pairs`: offline pairs, at most ``sdg_cfg.augment`` x the train
+    pairs' judged positives)."""
+    from embedforge.sdg.augment import augment_pairs
+
+    pairs = contracts.read_records(Path(data["pairs"]) / contracts.PAIRS_FILE, Pair)
+    chunks = contracts.read_records(Path(data["chunks"]) / contracts.CHUNKS_FILE, Chunk)
+    generated, _ = augment_pairs(pairs, chunks, sdg_cfg)
+    folder = out / f"pairs_augment_{hashlib.sha256(sdg_cfg.model_dump_json().encode()).hexdigest()[:10]}"
+    contracts.write_jsonl(folder / contracts.PAIRS_FILE, pairs + generated)
+    log.info("pairs: %d train pairs + %d augmentation pairs", len(pairs), len(generated))
+    return folder
 
 
 def _st_mined_dir(data: dict, base_model: str, out: Path) -> Path:
@@ -449,9 +476,17 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
 
     base = SHIPPED_ON.get(spec.get("shipped"), {"mine": {}, "train": {}}) if spec.get("shipped") else V0
     mine_cfg = MineConfig(**{**base["mine"], **spec.get("mine", {})})
-    st_rows = spec.get("rows") == "st"
-    mined = _st_mined_dir(data, base_model, out) if st_rows else _mined_dir(data, base_model, mine_cfg, out)
     train_cfg = TrainConfig(**{**base["train"], **spec.get("train", {}), "seed": seed, "device": device})
+    # "offline": sdg.augment measured before it was an sdg setting (sweeps 22-23: the generator seeded per run)
+    sdg_cfg = SdgConfig(**({"augment": spec["offline"], "seed": seed} if "offline" in spec else spec.get("sdg", {})))
+    if spec.get("profile"):  # the device's compute profile, as `embedforge run --pairs` applies it
+        resolved, _ = PipelineConfig(sdg=sdg_cfg, mine=mine_cfg, train=train_cfg).resolved(device.startswith("cuda"),
+                                                                                           pairs_given=True)
+        sdg_cfg, mine_cfg, train_cfg = resolved.sdg, resolved.mine, resolved.train
+    st_rows = spec.get("rows") == "st"
+    if sdg_cfg.augment > 0:  # the user's pairs plus the augmentation pairs of the same corpus
+        data = {**data, "pairs": _with_offline_pairs(data, sdg_cfg, out)}
+    mined = _st_mined_dir(data, base_model, out) if st_rows else _mined_dir(data, base_model, mine_cfg, out)
     model_dir = out / "model"
     runs = [train.run(mined, model_dir, train_cfg, base_model=base_model, prompts=PromptsConfig())]
     if "remine" in spec:  # round 2: negatives mined by round 1's model
@@ -475,7 +510,10 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
             "train_seconds": sum(r.result.train_seconds for r in runs), "final_loss": m.result.final_loss,
             "dropped_by_margin": dropped}
     if m.result.schedule is not None and m.result.schedule.mode == "auto":  # what the search chose, and why
-        info["schedule"] = m.result.schedule.reason
+        choice = m.result.schedule
+        info["schedule"] = choice.reason
+        info["chosen"] = {"learning_rate": choice.learning_rate, "temperature": choice.temperature,
+                          "epochs": choice.epochs, "augment": choice.augment}
     return SentenceTransformer(str(model_dir), device=device), info
 
 

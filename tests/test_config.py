@@ -58,12 +58,15 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     assert cpu.profile == "cpu" and cpu.train.epochs == 3  # the user's value wins
     assert changed == {"sdg.max_pairs": 1000, "train.batch_size": 16} and cpu.sdg.max_pairs == 1000
     gpu, changed = cfg.resolved(cuda_available=True)  # the gpu profile: the schedule chosen from the pairs
-    assert gpu.profile == "gpu" and changed == {"train.schedule": {"mode": "auto"}}
-    assert cpu.train.schedule.mode == "fixed"
+    assert gpu.profile == "gpu" and changed == {"train.schedule": {"mode": "auto"}, "sdg.augment": 1.0}
+    assert cpu.train.schedule.mode == "fixed" and cpu.sdg.augment == 0
     assert gpu.train.schedule.mode == "auto" and gpu.train.schedule.folds == 2 and gpu.train.epochs == 3
-    assert gpu.sdg.max_pairs == PipelineConfig().sdg.max_pairs
+    assert gpu.sdg.max_pairs == PipelineConfig().sdg.max_pairs and gpu.sdg.augment == 1.0
     mine_only, changed = load_config(None, ["train.schedule.mode=fixed"]).resolved(cuda_available=True)
-    assert mine_only.train.schedule.mode == "fixed" and changed == {}  # a schedule the user set is kept
+    assert mine_only.train.schedule.mode == "fixed" and changed == {}  # a schedule the user set is kept ...
+    assert mine_only.sdg.augment == 0  # ... and then no augmentation rows: a fixed schedule would train on them all
+    own, changed = load_config(None, ["sdg.augment=0.5"]).resolved(cuda_available=True)
+    assert own.sdg.augment == 0.5 and changed == {"train.schedule": {"mode": "auto"}}
     forced, changed = load_config(None, ["profile=cpu"]).resolved(cuda_available=True)
     assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
     byo, changed = PipelineConfig().resolved(cuda_available=False, pairs_given=True)  # the user's pairs: 1 epoch

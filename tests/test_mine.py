@@ -304,7 +304,11 @@ def test_offline_pairs_get_no_hard_negatives_by_default(tmp_path, chunks_dir, tr
     assert all(got[p.query].negatives == [] for p in chunk_pairs)
     assert all(len(got[p.query].negatives) == 4 for p in human)
     assert m.counts["offline_examples"] == len(chunk_pairs) and m.counts["examples_short_of_negatives"] == 0
-    # the policies applied, with what each made, are recorded for train: half the rows offline is not most of them
+    # offline rows beside the user's pairs are augmentation rows (sdg.augment), marked in train.jsonl for train
+    assert all(got[p.query].augment for p in chunk_pairs) and not any(got[p.query].augment for p in human)
+    assert all(r.get("augment") is True for _, r in contracts.iter_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE)
+               if r["anchor"] in {p.query for p in chunk_pairs})
+    # the policies applied, with what each made, are recorded for train; the user's pairs decide WiSE-FT
     policy = m.result.policy
     n = len(chunk_pairs)
     assert policy.kinds == {
@@ -312,6 +316,16 @@ def test_offline_pairs_get_no_hard_negatives_by_default(tmp_path, chunks_dir, tr
         "default": AppliedPolicy(num_negatives=4, consistency_rank=0, base_weight=0.0, pairs=n, examples=n),
     }
     assert policy.base_weight() == 0.0
+    most_offline = policy.model_copy(update={"kinds": {**policy.kinds, "offline": policy.kinds["offline"].model_copy(
+        update={"examples": 3 * n})}})
+    assert most_offline.base_weight() == 0.0  # augmentation rows never pull the user's fine-tuning back
+    only_offline = policy.model_copy(update={"kinds": {"offline": policy.kinds["offline"]}})
+    assert only_offline.base_weight() == 0.5
+    # a run of generated pairs alone has no augmentation rows
+    contracts.write_jsonl(tmp_path / "pairs_offline" / contracts.PAIRS_FILE, chunk_pairs)
+    mine.run(chunks_dir, tmp_path / "pairs_offline", tmp_path / "mined_offline", MineConfig(offline_consistency_rank=0),
+             base_model=base_model)
+    assert not any(r.augment for r in contracts.read_train_examples(tmp_path / "mined_offline"))
 
 
 def test_the_model_section_decides_how_mine_embeds(chunks_dir, pairs_dir, mined_dir, base_model, tmp_path):

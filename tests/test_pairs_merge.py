@@ -69,7 +69,8 @@ def test_evaluation_scores_with_the_grades(chunks_dir):
 def test_run_with_repeated_queries_and_grades_completes_and_says_what_it_merged(tmp_path, tiny_corpus):
     """The product path that used to stop at validate: every topic once, two queries repeated (one with a
     different case and spacing, one at a higher grade), graded positives; the run completes and summary.json
-    counts what sdg merged."""
+    counts what sdg merged. With ``sdg.augment`` on (the fixed CPU schedule trains on every row) it also counts the
+    offline pairs sdg made of the train documents and the augmentation rows train used."""
     topics = sorted(p.stem for p in tiny_corpus.glob("*.rst"))
     rows = [{"query": f"what does the {t} statement do", "positive_ids": [f"{t}.rst"]} for t in topics]
     rows += [
@@ -81,11 +82,13 @@ def test_run_with_repeated_queries_and_grades_completes_and_says_what_it_merged(
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "o"
-    r = _cli("run", "--corpus", str(tiny_corpus), "--pairs", str(pairs), "--out", str(out), *FAST)
+    r = _cli("run", "--corpus", str(tiny_corpus), "--pairs", str(pairs), "--out", str(out), *FAST, "sdg.augment=1")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "succeeded", summary["error"]
     counts = summary["counts"]["pairs"]
     assert (counts["pairs_file_rows"], counts["duplicate_queries_merged"]) == (len(rows), 2)
-    assert counts["train"] + counts["eval"] == len(rows) - 2
+    assert counts["augment_pairs"] > 0
+    assert counts["train"] + counts["eval"] == len(rows) - 2 + counts["augment_pairs"]
+    assert summary["counts"]["augment_rows_trained"] > 0 and summary["train_schedule"]["augment"] is True
     assert summary["sdg"]["graded_pairs"] == 1

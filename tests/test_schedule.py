@@ -151,3 +151,41 @@ def test_auto_run_with_folds_scores_every_train_query(tmp_path, mined_dir, base_
     assert choice.heldout_queries == queries and len(choice.trials) == 2
     assert all(len(v) == queries for t in choice.trials for v in t.per_query.values())
     assert 0 < choice.probe_steps <= 2.0 * choice.fixed_steps + 2 * len(choice.trials)
+
+
+def test_augmentation_rows_win_only_on_evidence_against_the_fixed_settings_without_them():
+    """Probes with the augmentation rows are compared like any other against the fixed settings' probe WITHOUT
+    them (never the reference themselves): a resolved gain adopts them, the same settings' rows alone stay the
+    reference, and ``rows_for`` drops them unless the choice kept them."""
+    cfg = TrainConfig(epochs=3.0, learning_rate=3e-5, schedule={"mode": "auto"})
+    plain = _trial(3e-5, {"1": 0.45, "2": 0.49, "3": 0.50})
+    augmented = _trial(3e-5, {"1": 0.47, "2": 0.50, "3": 0.52}).model_copy(update={"augment": True})
+    won = schedule._pick(cfg, [plain, augmented], BASE, probe_epochs=3.0)
+    assert (won.mode, won.augment, won.learning_rate, won.epochs) == ("auto", True, 3e-5, 3.0)
+    assert "with the augmentation rows" in won.reason and "fixed settings' probe (3 epochs)" in won.reason
+    kept = schedule._pick(cfg, [plain, _trial(3e-5, {"3": 0.49}).model_copy(update={"augment": True})], BASE, 3.0)
+    assert not kept.augment and "own probe" in kept.reason
+    rows = _rows(4) + [TrainExample(anchor="generated", positive="doc 9", augment=True)]
+    assert schedule.rows_for(rows, won) == rows and schedule.rows_for(rows, kept) == rows[:4]
+
+
+def test_augmentation_rows_are_probed_beside_the_users_and_never_held_out(tmp_path, mined_dir, base_model):
+    rows = contracts.read_train_examples(mined_dir)
+    user = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in rows[:24]]
+    extra = [r.model_copy(update={"negatives": [], "augment": True}) for r in rows[24:40]
+             if r.anchor not in {u.anchor for u in user}]
+    assert extra
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in user + extra))
+    auto = TrainConfig(**SMALL, epochs=1.0, learning_rate=1e-4, schedule={
+        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 1.0, "candidates": [(1.0, 1.0)]})
+    m = train.run(tmp_path / "mined", tmp_path / "model", auto, base_model=base_model, prompts=PromptsConfig())
+    choice = m.result.schedule
+    queries = len({r.anchor for r in user})
+    assert choice.heldout_queries == queries  # the user's queries only
+    assert all(len(v) == queries for t in choice.trials for v in t.per_query.values())
+    assert [t.augment for t in choice.trials] == [False, True] and choice.trials[1].steps > choice.trials[0].steps
+    assert m.counts["augment_rows"] == (len(extra) if choice.augment else 0)
+    assert m.counts["examples"] == len(user) + m.counts["augment_rows"]
+    fixed = train.run(tmp_path / "mined", tmp_path / "fixed", TrainConfig(**SMALL, epochs=1.0), base_model=base_model,
+                      prompts=PromptsConfig())
+    assert fixed.result.schedule.augment and fixed.counts["augment_rows"] == len(extra)  # fixed: every row

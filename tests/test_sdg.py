@@ -12,6 +12,7 @@ from embedforge import sdg
 from embedforge.config import SdgConfig
 from embedforge.contracts import PAIRS_FILE, Chunk, read_chunks, read_manifest, read_pairs, write_jsonl
 from embedforge.errors import InputError
+from embedforge.sdg.augment import augment_pairs
 from embedforge.sdg.byo import load_pairs, pairs_from_beir_qrels
 from embedforge.sdg.offline import OfflineGenerator, meaningful_title
 from embedforge.text import normalize_ws, query_key, split_segments
@@ -296,6 +297,36 @@ def test_byo_duplicate_queries_are_merged(chunks_dir, corpus_views, tmp_path):
         {"query": "split query", "positive_ids": [train_doc]},
         {"query": "Split Query", "positive_ids": [eval_doc, other_eval]}]), chunks, split_policy="train_positives")
     assert (train_pos.split, train_pos.positive_doc_ids) == ("train", [train_doc])
+
+
+def test_augment_adds_offline_pairs_of_the_train_documents_beside_the_users(chunks_dir, corpus_views, tmp_path):
+    """sdg.augment: offline train pairs of the TRAIN documents only, at most augment x the user's judged train
+    positives, none repeating a user's query; the user's pairs unchanged; off by default."""
+    chunks, train_doc, eval_doc, multi = corpus_views
+    generated = OfflineGenerator(SdgConfig()).generate([c for c in chunks if c.split == "train"], "train")
+    pf = _pairs_file(tmp_path / "p.jsonl", [
+        {"query": generated[0].query.upper(), "positive_ids": [train_doc]},  # a user query the generator also makes
+        {"query": "what is kept apart", "positive_ids": [multi]},
+        {"query": "an eval question", "positive_ids": [eval_doc]}])
+    plain, user = _run(chunks_dir, tmp_path, "plain", pairs_file=str(pf))
+    assert plain.counts["augment_pairs"] == 0 and [p.source for p in user] == ["byo"] * 3
+    m, pairs = _run(chunks_dir, tmp_path, "aug", pairs_file=str(pf), augment=4.0)
+    extra = pairs[len(user):]
+    assert pairs[:len(user)] == user
+    assert 0 < len(extra) == m.counts["augment_pairs"] <= 4 * 2  # 2 judged train positives (train_doc, multi)
+    assert all(p.split == "train" and p.source.startswith("offline/") for p in extra)
+    train_docs = {c.doc_id for c in chunks if c.split == "train"}
+    by_id = {c.chunk_id: c for c in chunks}
+    assert all(by_id[c].doc_id in train_docs for p in extra for c in p.positive_chunk_ids)
+    assert all(set(p.positive_doc_ids) <= train_docs for p in extra)
+    assert {query_key(p.query) for p in extra}.isdisjoint(query_key(p.query) for p in user)
+    assert m.counts["source_byo"] == 3 and sum(v for k, v in m.counts.items() if k.startswith("source_offline")) == len(extra)
+    cfg = SdgConfig(augment=10.0)
+    every, counts = augment_pairs(user, chunks, cfg)
+    other = [user[0].model_copy(update={"query": "a question nobody generates"}), *user[1:]]
+    control = [p.query for p in augment_pairs(other, chunks, cfg)[0]]
+    assert generated[0].query in control and [p.query for p in every] == [q for q in control if q != generated[0].query]
+    assert counts == {"augment_cap": 20, "augment_pairs": len(every)}
 
 
 def test_byo_graded_text_positives_and_ungraded_files(chunks_dir, corpus_views, tmp_path):

@@ -213,7 +213,7 @@ def test_training_lowers_the_loss_and_writes_a_manifest(trained, small_mined, ba
 
     m = contracts.read_manifest(trained)
     assert m.stage == "train"
-    assert m.counts == {"examples": 8, "steps": 2, "epochs": 1, "runs": 1}
+    assert m.counts == {"examples": 8, "augment_rows": 0, "steps": 2, "epochs": 1, "runs": 1}
     r = m.result
     assert r.device == "cpu" and r.precision == "fp32"
     assert r.examples_per_second > 0 and r.final_loss == r.loss_history[-1].loss
@@ -344,9 +344,10 @@ def test_grade_power_weighs_graded_rows_and_leaves_ungraded_ones_alone(tmp_path,
     assert any(not torch.allclose(moved[k], plain[k]) for k in plain)
 
 
-def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_path):
-    """Unset base_weight: the base weight of the pair kind that made more than half of the rows, as the mine manifest
-    records it (offline 0.5, default 0), else 0; set: as set; rows no mine stage wrote: 0."""
+def test_base_weight_defaults_to_the_users_pairs_else_the_kind_that_made_most_rows(tmp_path):
+    """Unset base_weight: the base weight of the user's (default-kind) pairs when they made any rows — offline rows
+    beside them are augmentation (sdg.augment) — else of the kind that made more than half of the rows, as the mine
+    manifest records it (offline 0.5, default 0), else 0; set: as set; rows no mine stage wrote: 0."""
     def mined(offline: int, default: int) -> Path:
         d = tmp_path / f"m{offline}-{default}"
         kinds = {"offline": AppliedPolicy(num_negatives=0, consistency_rank=10, base_weight=0.5, examples=offline),
@@ -356,7 +357,8 @@ def test_base_weight_defaults_to_the_policy_of_the_kind_that_made_most_rows(tmp_
             policy=MinedPolicy(kinds=kinds)))
         return d
 
-    assert resolve_base_weight(TrainConfig(), mined(6, 4)) == 0.5
+    assert resolve_base_weight(TrainConfig(), mined(10, 0)) == 0.5  # offline pairs alone: WiSE-FT halfway
+    assert resolve_base_weight(TrainConfig(), mined(6, 4)) == 0.0  # most rows offline, but beside the user's
     assert resolve_base_weight(TrainConfig(), mined(5, 5)) == 0.0
     assert resolve_base_weight(TrainConfig(), mined(0, 0)) == 0.0
     assert resolve_base_weight(TrainConfig(base_weight=0.0), mined(10, 0)) == 0.0

@@ -32,7 +32,8 @@ Steps:
 How many negatives a pair's examples get, and whether a round-trip consistency filter may drop the pair, depend
 on the kind of source that made it (:mod:`embedforge.sdg.policy`: offline-generator pairs are trained
 conservatively). The policies applied, with the pairs and rows each produced, are recorded in the manifest
-(``policy``), where train reads its WiSE-FT default.
+(``policy``), where train reads its WiSE-FT default. Rows of offline pairs beside the user's (``sdg.augment``) carry
+``augment``.
 
 Scores are base-model cosines (embeddings are L2-normalised). The output is deterministic for fixed inputs.
 References:
@@ -279,6 +280,7 @@ def _make_examples(
     stats = MineStats()
     produced = {kind: Counter() for kind in policies}  # per kind: pairs, dropped_by_consistency, examples
     examples: list[TrainExample] = []
+    augmenting = any(policy.kind_of(p.source) != "offline" for p in pairs)  # offline rows beside the user's pairs
     for pair, pair_positives in zip(pairs, positives.per_pair):
         kind = policy.kind_of(pair.source)
         rule, done = policies[kind], produced[kind]
@@ -297,7 +299,7 @@ def _make_examples(
                 candidates, corpus.chunks, reference, not_negative, user_negs, pair.query, cfg.margin, rule.num_negatives
             )
             examples.append(TrainExample(anchor=pair.query, positive=pos.text, negatives=negatives,
-                                         grade=pos.grade))
+                                         grade=pos.grade, augment=augmenting and kind == "offline"))
             done["examples"] += 1
             stats.examples += 1
             stats.negatives_total += len(negatives)

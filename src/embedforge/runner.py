@@ -373,9 +373,11 @@ def collect(run_dir: Path | None, out: Path, attempt: Path, stages: dict[str, St
                        "train_documents": c.get("train_documents"), "eval_documents": c.get("eval_documents")})
     if "sdg" in manifests:
         c = manifests["sdg"].counts
-        counts["pairs"] = {"train": c.get("train_pairs"), "eval": c.get("eval_pairs"), **{k: c[k] for k in ("pairs_file_rows", "duplicate_queries_merged") if k in c}}
+        counts["pairs"] = {"train": c.get("train_pairs"), "eval": c.get("eval_pairs"), **{k: c[k] for k in ("pairs_file_rows", "duplicate_queries_merged", "augment_pairs") if k in c}}
     if "mine" in manifests:
         counts["train_examples"] = manifests["mine"].counts.get("examples")
+    if "train" in manifests and "augment_rows" in manifests["train"].counts:  # sdg.augment rows the run trained on
+        counts["augment_rows_trained"] = manifests["train"].counts["augment_rows"]
 
     summary: dict[str, Any] = {
         "status": "interrupted" if interrupted else "failed" if error else "succeeded",

@@ -42,6 +42,12 @@ class SdgConfig(StageConfig):
         "majority", description="Bring-your-own pairs whose positives lie in both splits: majority = the split holding most "
         "of them, keeping only its positives; any_eval = a pair with any eval-document positive is an eval pair; "
         "train_positives = a pair with any train-document positive is a train pair keeping only those positives.")
+    augment: float = Field(
+        0.0, ge=0, le=10, description="With bring-your-own pairs: also make offline pairs (inverse cloze + titles, "
+        "the knobs above) from the TRAIN documents, at most this x the user's train pairs' judged positives, as "
+        "augmentation rows (unsupervised in-domain text beside the supervised pairs). With train.schedule=auto they "
+        "are trained on only where probes show they help the user's held-out queries; with the fixed schedule "
+        "always. 0 = none; the gpu profile sets 1 (GPU_PROFILE).")
     llm: LlmSdgConfig = Field(default_factory=LlmSdgConfig)
 
 
@@ -224,10 +230,12 @@ CPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"max_pairs": 1000}, "train": {
 #: measured in docs/benchmarks.md.
 CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_size": 16}}
 #: What the gpu profile changes (fields the user did not set): the learning rate and length chosen from the run's
-#: own pairs (``train.schedule.mode=auto``, 2-fold cross-fitted probes: about 4x the fixed run's training steps). On
-#: three dev collections it never trained a worse model than the fixed schedule and a better one where the held-out
-#: queries resolved it (docs/benchmarks.md, issue #13).
-GPU_PROFILE: dict[str, dict[str, Any]] = {"train": {"schedule": {"mode": "auto"}}}
+#: own pairs (``train.schedule.mode=auto``, 2-fold cross-fitted probes), and offline pairs of the user's train
+#: documents made beside the user's pairs (``sdg.augment``), which the probes train on only where they help the
+#: user's held-out queries: with them, every candidate is probed with and without those rows (about 7-10x the fixed
+#: run's training steps in all). Against the fixed schedule it never trained a worse model on the dev collections
+#: and a better one where the held-out queries resolved it (docs/benchmarks.md, issue #13).
+GPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"augment": 1.0}, "train": {"schedule": {"mode": "auto"}}}
 
 
 class PipelineConfig(StageConfig):
@@ -291,6 +299,10 @@ class PipelineConfig(StageConfig):
                 if name not in user_set:
                     tree[section][name] = value
                     changed[f"{section}.{name}"] = value
+        if "sdg.augment" in changed and tree["train"]["schedule"].get("mode") != "auto":
+            # augmentation rows only where the auto schedule decides whether they help (a fixed one trains on all)
+            tree["sdg"]["augment"] = self.sdg.augment
+            del changed["sdg.augment"]
         return PipelineConfig.model_validate(tree), changed
 
 

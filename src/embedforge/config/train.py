@@ -38,11 +38,13 @@ class ScheduleConfig(StageConfig):
 
     mode: Literal["fixed", "auto"] = Field(
         "fixed", description="fixed: train.learning_rate/temperature/epochs as given; auto: probe a few settings on "
-        "the run's own train rows (queries held out of them score each probe) and train with the best. The gpu "
-        "profile turns auto on where the user left train.schedule unset (GPU_PROFILE).")
+        "the run's own train rows (queries held out of them score each probe) and train with the best, with or "
+        "without the augmentation rows (sdg.augment). The gpu profile turns auto on where the user left "
+        "train.schedule unset (GPU_PROFILE).")
     budget: float = Field(3.0, gt=0, le=10, description="auto: optimizer steps of all probes together, as a multiple "
                           "of the fixed run's steps (the final run comes on top). 3 with 2 folds and 3 candidates: "
-                          "every probe as long as the fixed run, on half the queries.")
+                          "every probe as long as the fixed run, on half the queries. With augmentation rows (sdg.augment) "
+                          "every candidate is probed again with them, on top of this budget.")
     holdout: float = Field(0.15, gt=0, lt=0.5, description="auto: fraction of the train queries held out to score the "
                            "probes (never the eval split the gate uses).")
     min_holdout_queries: int = Field(8, ge=2, description="auto: fewer held-out queries than this (small pair sets): "

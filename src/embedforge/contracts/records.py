@@ -37,7 +37,8 @@ class Pair(Record):
     positive_grades: dict[str, int] = Field(
         default_factory=dict,
         description="Graded judgements: positive chunk id (document id for relevance 'document') -> grade; a "
-                    "positive not listed has grade 1. Training uses the top grade only; evaluation uses all grades.",
+                    "positive not listed has grade 1. Training uses every grade as a positive (mine.train_grades=all; "
+                    "top: the top grade only); evaluation uses all grades.",
     )
     split: Split
     positive_text: str | None = Field(None, description="Training-time text of the positive, if it differs from the chunk (e.g. inverse cloze).")
@@ -57,18 +58,26 @@ class TrainExample(Record):
     grade: int = Field(1, ge=1, description="Relevance grade of the positive (graded judgements; 1 = ungraded). "
                        "Written as a last column only when above 1: drop it before giving the file to "
                        "sentence-transformers, which would read it as a text column.")
+    augment: bool = Field(False, description="Row of an augmentation pair (sdg.augment: an offline pair of the "
+                          "user's documents beside the user's own pairs); train.schedule=auto trains on these rows "
+                          "only where they help the user's held-out queries. Written as a last column only when "
+                          "true: drop it (and those rows, if you like) before giving the file to "
+                          "sentence-transformers.")
 
-    def to_columns(self) -> dict[str, str | int]:
-        row: dict[str, str | int] = {"anchor": self.anchor, "positive": self.positive}
+    def to_columns(self) -> dict[str, str | int | bool]:
+        row: dict[str, str | int | bool] = {"anchor": self.anchor, "positive": self.positive}
         row.update({f"negative_{i + 1}": n for i, n in enumerate(self.negatives)})
         if self.grade != 1:
             row["grade"] = self.grade
+        if self.augment:
+            row["augment"] = True
         return row
 
     @classmethod
-    def from_columns(cls, row: dict[str, str | int]) -> "TrainExample":
+    def from_columns(cls, row: dict[str, str | int | bool]) -> "TrainExample":
         negs = [row[k] for k in sorted((k for k in row if k.startswith("negative_")), key=lambda k: int(k.split("_")[1]))]
-        return cls(anchor=row["anchor"], positive=row["positive"], negatives=negs, grade=row.get("grade", 1))
+        return cls(anchor=row["anchor"], positive=row["positive"], negatives=negs, grade=row.get("grade", 1),
+                   augment=row.get("augment", False))
 
 
 

@@ -78,7 +78,12 @@ class MinedPolicy(BaseModel):
     kinds: dict[PairKind, AppliedPolicy]
 
     def base_weight(self) -> float:
-        """The WiSE-FT weight of the kind that made more than half of the rows; 0 when no kind did."""
+        """The WiSE-FT weight of the user's (``default``-kind) pairs when they made any rows — offline rows beside
+        them are augmentation (``sdg.augment``), which must not pull the user's fine-tuning back toward the base
+        model — else of the kind that made more than half of the rows; 0 when no kind did."""
+        user = self.kinds.get("default")
+        if user is not None and user.examples > 0:
+            return user.base_weight
         total = sum(p.examples for p in self.kinds.values())
         return next((p.base_weight for p in self.kinds.values() if 2 * p.examples > total), 0.0)
 
@@ -105,6 +110,7 @@ class ScheduleTrial(BaseModel):
     model_config = ConfigDict(extra="forbid")
     learning_rate: float
     temperature: float
+    augment: bool = Field(False, description="Trained with the augmentation rows (sdg.augment) beside the user's.")
     steps: int
     scores: dict[str, float] = Field(description="Epochs trained (as text, e.g. '1', '1.6') -> held-out nDCG@10.")
     per_query: dict[str, list[float]] = Field(
@@ -120,6 +126,8 @@ class ScheduleChoice(BaseModel):
     learning_rate: float
     temperature: float
     epochs: float
+    augment: bool = Field(False, description="Whether the run trains on the augmentation rows (``sdg.augment``: "
+                          "offline pairs beside the user's); false when there are none.")
     reason: str
     base_score: float | None = Field(None, description="Held-out nDCG@10 of the base model.")
     heldout_queries: int = 0

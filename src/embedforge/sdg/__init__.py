@@ -1,13 +1,14 @@
 """SDG stage: query/positive pairs for training and evaluation, from a generator or a user's pairs file.
 
-* ``pairs_file`` given -> bring-your-own pairs (:mod:`embedforge.sdg.byo`), resolved against the chunks;
+* ``pairs_file`` given -> bring-your-own pairs (:mod:`embedforge.sdg.byo`), resolved against the chunks, and
+  with ``sdg.augment`` > 0 offline pairs of the train documents beside them (:mod:`embedforge.sdg.augment`);
 * otherwise the generator named by ``SdgConfig.generator`` (:func:`make_generator`: ``offline`` or ``llm``) runs
   once per split: train chunks -> train pairs, eval chunks -> eval pairs, so no pair mixes splits.
 
 ``max_pairs`` is shared between the splits in proportion to their chunk counts (at least one eval pair when there
 are eval chunks); generated eval pairs whose query also appears in train are dropped. Output: ``pairs.jsonl`` +
 ``manifest.json`` (counts: pairs, train_pairs, eval_pairs, ``source_<name>`` per source, for a pairs file
-``pairs_file_rows`` and ``duplicate_queries_merged``, plus the generator's ``stats()`` as ``gen_<name>``).
+``pairs_file_rows``, ``duplicate_queries_merged`` and ``augment_pairs``, plus the generator's ``stats()`` as ``gen_<name>``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from embedforge.contracts import (
 from embedforge.errors import InputError
 from embedforge.names import for_count
 from embedforge.sdg.base import PairGenerator
+from embedforge.sdg.augment import augment_pairs
 from embedforge.sdg.byo import load_pairs, pairs_from_beir_qrels, write_pairs_file
 from embedforge.sdg.offline import OfflineGenerator
 from embedforge.text import query_key
@@ -132,7 +134,10 @@ def run(
     timer = StageTimer("sdg")
     chunks_dir, out = Path(chunks_dir), Path(out_dir)
     if pairs_file:
-        pairs, stats = load_pairs(pairs_file, read_chunks(chunks_dir), split_policy=cfg.byo_split)
+        chunks = read_chunks(chunks_dir)
+        pairs, stats = load_pairs(pairs_file, chunks, split_policy=cfg.byo_split)
+        extra, augment_stats = augment_pairs(pairs, chunks, cfg)  # sdg.augment: offline rows beside the user's
+        pairs, stats = pairs + extra, {**stats, **augment_stats}
         mode = "byo"
     else:
         if cfg.generator == "llm":
@@ -152,7 +157,8 @@ def run(
         "eval_pairs": sum(1 for p in pairs if p.split == "eval"),
     }
     if pairs_file:  # what the user's file held and how many of its lines were merged into an earlier query
-        counts.update(pairs_file_rows=stats["lines"], duplicate_queries_merged=stats["duplicate_queries_merged"])
+        counts.update(pairs_file_rows=stats["lines"], duplicate_queries_merged=stats["duplicate_queries_merged"],
+                      augment_pairs=stats["augment_pairs"])
     for source, n in sorted(Counter(p.source for p in pairs).items()):
         counts[f"source_{for_count(source)}"] = n
     for k, v in stats.items():

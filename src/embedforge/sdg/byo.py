@@ -15,9 +15,11 @@ One JSON object a line::
   document, the pair is document-level (its chunk positives contribute their documents).
 * ``relevance`` (optional): graded judgements ``{"<positive as written>": grade}``, integers >= 1 (BEIR qrels:
   1 relevant, 2 highly relevant); a positive not listed has grade 1. Kept on the pair as
-  ``Pair.positive_grades``. The rule: evaluation scores with every grade (nDCG is graded); training uses only
-  the TOP grade present for the query as positives, and the lower-graded positives are neither positives nor
-  negatives (mining never picks a chunk of their documents; see :mod:`embedforge.mine`).
+  ``Pair.positive_grades``. The rule: evaluation scores with every grade (nDCG is graded); training uses every
+  grade > 0 as an equal positive (``mine.train_grades=all``, the default; ``train.grade_power`` weighs rows by
+  grade instead), or with ``mine.train_grades=top`` only the top grade present for the query, the lower-graded
+  positives then neither positives nor negatives (mining never picks a chunk of their documents; see
+  :mod:`embedforge.mine`).
 * Lines whose queries are the same text (:func:`~embedforge.text.query_key`: case and whitespace ignored) are
   merged into one pair before the split: positives unioned, the highest grade kept per positive, negatives
   unioned minus any that became a positive; the first line's ``query_id`` and text are kept, the others are

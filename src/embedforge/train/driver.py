@@ -79,6 +79,7 @@ def run(
         cfg = cfg.model_copy(update={"device": distributed.init(dist_ctx, pick_device(cfg.device))})
     choice = schedule.choose(mined_dir, examples, known, cfg, base_model, prompts, dist_ctx, model_cfg)
     cfg = schedule.apply(cfg, choice)
+    examples = schedule.rows_for(examples, choice)  # without the augmentation rows unless the schedule kept them
     base_weight = resolve_base_weight(cfg, mined_dir)
     soup, runs = WeightAverage(), []
     for k in range(cfg.soup):  # train.soup: runs with seeds seed, seed + 1000, ... averaged (train.soup)
@@ -105,7 +106,7 @@ def run(
     train_seconds = sum(r.seconds for r in runs)
     manifest = timer.write_manifest(
         out,
-        counts={"examples": len(examples), "steps": len(first.plan),
+        counts={"examples": len(examples), "augment_rows": sum(ex.augment for ex in examples), "steps": len(first.plan),
                 "epochs": math.ceil(len(first.plan) / steps_per_epoch), "runs": len(runs)},
         inputs={"mined": mined_dir},
         config=cfg,

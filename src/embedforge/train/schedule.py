@@ -25,6 +25,11 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    the best of many noisy scores on a few dozen queries otherwise picks noise: without this rule, ``auto`` chose a
    schedule 1.8 points worse than the fixed one on a 150-query dev collection (docs/benchmarks.md, issue #13).
    The final run trains on all rows.
+4. **Augmentation rows** (``augment`` rows: offline pairs of the user's documents, ``sdg.augment``) are never
+   held out or scored — the held-out queries are the user's — and every candidate is probed twice, without and
+   with them (twice the probes; the budget counts the probes without them). The fixed settings' probe without
+   them is the reference, so they enter the final run only on the same evidence as any other change; when the
+   fixed schedule is kept (including under torchrun) they are left out. ``mode=fixed`` trains on every row.
 
 The probes, scores, budget and reason are recorded in the train result (:class:`~embedforge.contracts.
 ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its decay, so an
@@ -60,10 +65,15 @@ class HeldOut:
     ignored: list[set[int]]
 
 
-def fixed(cfg: TrainConfig, reason: str) -> ScheduleChoice:
-    """The configured schedule, unchanged."""
+def fixed(cfg: TrainConfig, reason: str, augment: bool = False) -> ScheduleChoice:
+    """The configured schedule, unchanged (``augment``: with the augmentation rows)."""
     return ScheduleChoice(mode=cfg.schedule.mode, learning_rate=cfg.learning_rate, temperature=cfg.temperature,
-                          epochs=cfg.epochs, reason=reason)
+                          epochs=cfg.epochs, augment=augment, reason=reason)
+
+
+def rows_for(examples: list[TrainExample], choice: ScheduleChoice) -> list[TrainExample]:
+    """The rows the run trains on: all of them, or without the augmentation rows when ``choice`` left them out."""
+    return examples if choice.augment else [ex for ex in examples if not ex.augment]
 
 
 def apply(cfg: TrainConfig, choice: ScheduleChoice) -> TrainConfig:
@@ -128,23 +138,25 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     """The schedule of this run: ``cfg``'s own (``train.schedule.mode=fixed``, torchrun, too few queries) or the
     winner of the probes (see the module docstring)."""
     sc = cfg.schedule
+    extra = [ex for ex in examples if ex.augment]  # augmentation rows (sdg.augment); held out and scored: never
+    user = [ex for ex in examples if not ex.augment] if extra else examples
+    without = ", without the augmentation rows" if extra else ""
     if sc.mode == "fixed":
-        return fixed(cfg, "train.schedule.mode=fixed")
+        return fixed(cfg, "train.schedule.mode=fixed", augment=bool(extra))
     if dist.enabled:
-        return fixed(cfg, "auto schedule is not searched under torchrun; the fixed one is used")
-    splits = fold_queries(examples, sc.folds, cfg.seed) if sc.folds > 1 else [
-        split_queries(examples, sc.holdout, cfg.seed)]
+        return fixed(cfg, f"auto schedule is not searched under torchrun; the fixed one is used{without}")
+    splits = fold_queries(user, sc.folds, cfg.seed) if sc.folds > 1 else [split_queries(user, sc.holdout, cfg.seed)]
     held_n = min(len(held) for _, held in splits)
     if held_n < sc.min_holdout_queries or min(len(kept) for kept, _ in splits) < 2:
-        return fixed(cfg, f"only {held_n} of {len(rows_by_anchor(examples))} train queries would be held out (fewer "
-                          f"than schedule.min_holdout_queries={sc.min_holdout_queries}); the fixed schedule is used")
-    fits = [[ex for ex in examples if ex.anchor in kept] for kept, _ in splits]
-    fixed_steps = len(plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query))
+        return fixed(cfg, f"only {held_n} of {len(rows_by_anchor(user))} train queries would be held out (fewer than "
+                          f"schedule.min_holdout_queries={sc.min_holdout_queries}); the fixed schedule is used{without}")
+    fits = [[ex for ex in user if ex.anchor in kept] for kept, _ in splits]
+    fixed_steps = len(plan_steps(user, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query))
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
-    runs = [_probe(mined_dir, fit, known, held_out_set(examples, held, known, sc.max_pool, cfg.seed), cfg, base_model,
-                   prompts, probe_epochs, per_epoch, model_cfg)
-            for fit, (_, held), per_epoch in zip(fits, splits, per_epochs)]
+    runs = [_probe(mined_dir, fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg,
+                   base_model, prompts, probe_epochs, model_cfg)
+            for fit, (_, held) in zip(fits, splits)]
     trials, base_scores = join_folds([r[0] for r in runs]), [v for r in runs for v in r[1]]
     choice = _pick(cfg, trials, base_scores, probe_epochs)
     return choice.model_copy(update={"heldout_queries": len(base_scores), "fit_queries": len(splits[0][0]),
@@ -167,10 +179,11 @@ def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
     return joined
 
 
-def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,
-           base_model: str, prompts: PromptsConfig, epochs: float, per_epoch: int,
+def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known: dict[str, set[str]], held: HeldOut,
+           cfg: TrainConfig, base_model: str, prompts: PromptsConfig, epochs: float,
            model_cfg: ModelConfig | None = None) -> tuple[list[ScheduleTrial], list[float]]:
-    """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint."""
+    """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint;
+    with augmentation rows (``extra``), every candidate again on ``fit`` + ``extra``."""
     from embedforge.train.setup import load_for_training, make_stepper, seed_everything
     from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
 
@@ -181,28 +194,32 @@ def _probe(mined_dir, fit: list[TrainExample], known: dict[str, set[str]], held:
     base_scores = per_query(model, held)
     base_score = float(np.mean(base_scores))
     log.info("train schedule: %d held-out queries, base nDCG@10 %.4f; probing %d settings for %.2f epochs each",
-             len(held.queries), base_score, len(cfg.schedule.candidates), epochs)
+             len(held.queries), base_score, len(cfg.schedule.candidates) * (2 if extra else 1), epochs)
     trials = []
-    for lr_factor, t_factor in cfg.schedule.candidates:
+    for augment, (lr_factor, t_factor) in [(a, c) for a in ([False, True] if extra else [False])
+                                           for c in cfg.schedule.candidates]:
+        rows = fit + extra if augment else fit
+        per_epoch = len(epoch_batches(rows, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
         interpolate_weights(model, base, 1.0)  # back to the base weights
         seed_everything(cfg.seed)
         probe_cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * lr_factor,
                                            "temperature": min(1.0, cfg.temperature * t_factor), "epochs": epochs})
-        plan = plan_steps(fit, cfg.batch_size, epochs, cfg.seed, cfg.positives_per_query)
+        plan = plan_steps(rows, cfg.batch_size, epochs, cfg.seed, cfg.positives_per_query)
         stepper = make_stepper(model, probe_cfg, prompts, len(plan), DistContext())
-        stepper.tokenize(fit)
+        stepper.tokenize(rows)
         checkpoints = {min(len(plan), e * per_epoch) for e in range(1, math.ceil(len(plan) / per_epoch) + 1)}
         queries: dict[str, list[float]] = {}
         model.train()
-        for step, rows in enumerate(plan, start=1):
-            stepper.step(collate(fit, rows, known))
+        for step, batch_rows in enumerate(plan, start=1):
+            stepper.step(collate(rows, batch_rows, known))
             if step in checkpoints:
                 queries[f"{step / per_epoch:.3g}"] = _score_as_saved(model, held, base, base_weight)
                 model.train()
         scores = {k: round(float(np.mean(v)), 6) for k, v in queries.items()}
         trials.append(ScheduleTrial(learning_rate=probe_cfg.learning_rate, temperature=probe_cfg.temperature,
-                                    steps=len(plan), scores=scores, per_query=queries))
-        log.info("train schedule: lr %.2e, T %.3f -> %s", probe_cfg.learning_rate, probe_cfg.temperature, scores)
+                                    augment=augment, steps=len(plan), scores=scores, per_query=queries))
+        log.info("train schedule: lr %.2e, T %.3f%s -> %s", probe_cfg.learning_rate, probe_cfg.temperature,
+                 " with the augmentation rows" if augment else "", scores)
     return trials, base_scores
 
 
@@ -238,7 +255,8 @@ def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float], prob
     if best is None or best_score <= base_score:
         return fixed(cfg, f"no probe beat the base model on the held-out queries (best {best_score:.4f} vs "
                           f"{base_score:.4f}); the fixed schedule is used").model_copy(update=common)
-    why = f"best held-out nDCG@10 {best_score:.4f} (base {base_score:.4f}) after {best_epochs:g} epochs"
+    why = (f"best held-out nDCG@10 {best_score:.4f} (base {base_score:.4f}) after {best_epochs:g} epochs"
+           + (" with the augmentation rows" if best.augment else ""))
     confidence = cfg.schedule.confidence
     ref_name, ref_scores, ref_key = _reference(cfg, trials, base)
     if confidence > 0 and ref_key == (best_i, best_key):
@@ -255,7 +273,7 @@ def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float], prob
     if at_end and probe_epochs < cfg.epochs:
         epochs, why = cfg.epochs, why + f", still improving when the budget stopped the probe: the fixed {cfg.epochs:g} epochs"
     return ScheduleChoice(mode="auto", learning_rate=best.learning_rate, temperature=best.temperature,
-                          epochs=round(epochs, 3), reason=why, **common)
+                          epochs=round(epochs, 3), augment=best.augment, reason=why, **common)
 
 
 def _reference(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float]
@@ -264,7 +282,8 @@ def _reference(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float]
     ``cfg.epochs`` — (name, per-query scores, (trial index, checkpoint key)) — or the base model when no probe used
     them."""
     for i, trial in enumerate(trials):
-        if math.isclose(trial.learning_rate, cfg.learning_rate) and math.isclose(trial.temperature, cfg.temperature):
+        if (not trial.augment and math.isclose(trial.learning_rate, cfg.learning_rate)
+                and math.isclose(trial.temperature, cfg.temperature)):
             key = min(trial.per_query, key=lambda k: abs(float(k) - cfg.epochs))
             return f"the fixed settings' probe ({key} epochs)", trial.per_query[key], (i, key)
     return "the base model", base, None
