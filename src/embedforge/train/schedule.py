@@ -138,7 +138,7 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     """The schedule of this run: ``cfg``'s own (``train.schedule.mode=fixed``, torchrun, too few queries) or the
     winner of the probes (see the module docstring)."""
     sc = cfg.schedule
-    extra = [ex for ex in examples if ex.augment]  # augmentation rows (sdg.augment); held out and scored: never
+    extra = [ex for ex in examples if ex.augment]  # sdg.augment rows: trained on by some probes, never scored
     user = [ex for ex in examples if not ex.augment] if extra else examples
     without = ", without the augmentation rows" if extra else ""
     if sc.mode == "fixed":
@@ -278,8 +278,8 @@ def _pick(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float], prob
 
 def _reference(cfg: TrainConfig, trials: list[ScheduleTrial], base: list[float]
                ) -> tuple[str, list[float], tuple[int, str] | None]:
-    """What a probe must beat: the probe of the fixed learning rate and temperature at its checkpoint nearest
-    ``cfg.epochs`` — (name, per-query scores, (trial index, checkpoint key)) — or the base model when no probe used
+    """What a probe must beat: the probe of the fixed learning rate and temperature, without augmentation rows, at
+    its checkpoint nearest ``cfg.epochs`` — (name, per-query scores, (trial index, checkpoint key)) — or the base model when no probe used
     them."""
     for i, trial in enumerate(trials):
         if (not trial.augment and math.isclose(trial.learning_rate, cfg.learning_rate)
