@@ -327,6 +327,8 @@ def test_augment_adds_offline_pairs_of_the_train_documents_beside_the_users(chun
     control = [p.query for p in augment_pairs(other, chunks, cfg)[0]]
     assert generated[0].query in control and [p.query for p in every] == [q for q in control if q != generated[0].query]
     assert counts == {"augment_cap": 20, "augment_pairs": len(every)}
+    few, counts = augment_pairs(user, chunks, SdgConfig(augment=10.0, max_pairs=3))  # sdg.max_pairs bounds it too
+    assert len(few) <= 3 and counts["augment_cap"] == 3
 
 
 def test_byo_graded_text_positives_and_ungraded_files(chunks_dir, corpus_views, tmp_path):

@@ -44,10 +44,10 @@ class SdgConfig(StageConfig):
         "train_positives = a pair with any train-document positive is a train pair keeping only those positives.")
     augment: float = Field(
         0.0, ge=0, le=10, description="With bring-your-own pairs: also make offline pairs (inverse cloze + titles, "
-        "the knobs above) from the TRAIN documents, at most this x the user's train pairs' judged positives, as "
-        "augmentation rows (unsupervised in-domain text beside the supervised pairs). With train.schedule=auto they "
-        "are trained on only where probes show they help the user's held-out queries; with the fixed schedule "
-        "always. 0 = none; the gpu profile sets 1 (GPU_PROFILE).")
+        "the knobs above) from the TRAIN documents, at most this x the user's train pairs' judged positives (and at "
+        "most max_pairs), as augmentation rows (unsupervised in-domain text beside the supervised pairs). With "
+        "train.schedule=auto they are trained on only where probes show they help the user's held-out queries; "
+        "with the fixed schedule always. 0 = none; the gpu profile sets 1 (GPU_PROFILE).")
     llm: LlmSdgConfig = Field(default_factory=LlmSdgConfig)
 
 

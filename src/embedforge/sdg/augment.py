@@ -18,11 +18,12 @@ from embedforge.text import query_key
 
 def augment_pairs(pairs: list[Pair], chunks: list[Chunk], cfg: SdgConfig) -> tuple[list[Pair], dict[str, int]]:
     """Offline train pairs of the train chunks, at most ``cfg.augment`` x the judged positives of ``pairs``' train
-    pairs (none when that is 0 or there are no train pairs), and counters (``augment_cap``, ``augment_pairs``)."""
+    pairs and at most ``cfg.max_pairs`` (none when that is 0 or there are no train pairs), and counters
+    (``augment_cap``, ``augment_pairs``)."""
     from embedforge.sdg.offline import OfflineGenerator
 
     judged = sum(len(p.positive_chunk_ids) or len(p.positive_doc_ids) for p in pairs if p.split == "train")
-    cap = round(cfg.augment * judged)
+    cap = min(round(cfg.augment * judged), cfg.max_pairs)
     if cap < 1:
         return [], {"augment_cap": 0, "augment_pairs": 0}
     taken = {query_key(p.query) for p in pairs}
