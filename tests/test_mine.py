@@ -328,6 +328,30 @@ def test_offline_pairs_get_no_hard_negatives_by_default(tmp_path, chunks_dir, tr
     assert not any(r.augment for r in contracts.read_train_examples(tmp_path / "mined_offline"))
 
 
+def test_a_rewritten_positive_is_never_a_negative_of_a_query_judging_its_document(tmp_path, chunks_dir, train_pairs,
+                                                                                base_model):
+    """An inverse-cloze positive (its chunk minus the query sentence: ``positive_text``) is a near-copy of that chunk.
+    A user's query that judges the chunk's document relevant must not have it as an in-batch negative: it is in
+    that query's known positives, and the batch mask leaves it out of its softmax."""
+    from embedforge.train.batching import collate
+    from embedforge.train.positives import known_positives
+
+    ict = next(p for p in train_pairs if p.positive_text and p.positive_chunk_ids)
+    doc = next(c.doc_id for c in contracts.read_chunks(chunks_dir) if c.chunk_id == ict.positive_chunk_ids[0])
+    user = Pair(query_id="u1", query="a user question about this document", positive_doc_ids=[doc],
+                relevance="document", split="train", source="byo")
+    contracts.write_jsonl(tmp_path / "pairs" / contracts.PAIRS_FILE, [ict, user])
+    mine.run(chunks_dir, tmp_path / "pairs", tmp_path / "mined", MineConfig(offline_consistency_rank=0),
+             base_model=base_model)
+    rows = contracts.read_train_examples(tmp_path / "mined")
+    known = known_positives(tmp_path / "mined", rows)
+    assert ict.positive_text in known[user.query]
+    batch = collate(rows, [0, 1], known)
+    u = batch.anchors.index(user.query)
+    assert batch.mask[u, batch.positives.index(ict.positive_text)]  # masked for the user's query
+    assert not batch.mask[u, u]  # its own target never is
+
+
 def test_the_model_section_decides_how_mine_embeds(chunks_dir, pairs_dir, mined_dir, base_model, tmp_path):
     """``model`` (here CLS pooling instead of MiniLM's mean) is how mine loads the base model: its saved chunk
     embeddings are that embedder's, not the folder default's."""

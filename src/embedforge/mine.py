@@ -32,8 +32,7 @@ Steps:
 How many negatives a pair's examples get, and whether a round-trip consistency filter may drop the pair, depend
 on the kind of source that made it (:mod:`embedforge.sdg.policy`: offline-generator pairs are trained
 conservatively). The policies applied, with the pairs and rows each produced, are recorded in the manifest
-(``policy``), where train reads its WiSE-FT default. Rows of offline pairs beside the user's (``sdg.augment``) carry
-``augment``.
+(``policy``), where train reads its WiSE-FT default. Rows of offline pairs beside the user's carry ``augment``.
 
 Scores are base-model cosines (embeddings are L2-normalised). The output is deterministic for fixed inputs.
 References:
@@ -58,7 +57,7 @@ from embedforge.contracts import (AppliedPolicy, Chunk, Manifest, MinedPolicy, P
                                   TrainExample)
 from embedforge.errors import InputError
 from embedforge.sdg import policy
-from embedforge.train.positives import write_known_positives
+from embedforge.train.positives import add_rewrites, write_known_positives
 
 log = logging.getLogger(__name__)
 
@@ -241,18 +240,20 @@ def _embed(model, corpus: _Corpus, pairs: list[Pair], cfg: MineConfig, out: Path
 
 def _resolve_all_positives(pairs: list[Pair], corpus: _Corpus, emb: _Embedded, cfg: MineConfig) -> _Positives:
     """Positives of every pair; what is positive for a query text (in any of its pairs) is never its negative."""
-    found = _Positives(per_pair=[], excluded={}, texts={}, best={})
+    found, rewrites = _Positives(per_pair=[], excluded={}, texts={}, best={}), {}
     for pair in pairs:
         query_vec = emb.queries[emb.query_row[pair.query]]
         positives = _resolve_positives(pair, corpus, emb.chunks, query_vec, cfg)
         if pair.positive_text:
             vec = emb.overrides[emb.override_row[pair.positive_text]]
             positives = [_Positive(row=positives[0].row, text=pair.positive_text, score=float(vec @ query_vec))]
+            rewrites.setdefault(positives[0].row, set()).add(pair.positive_text)
         found.per_pair.append(positives)
         rows = _excluded_rows(pair, corpus)
         found.excluded.setdefault(pair.query, set()).update(rows)
         found.texts.setdefault(pair.query, set()).update({p.text for p in positives} | {corpus.chunks[r].text for r in rows})
         found.best[pair.query] = max([found.best.get(pair.query, -1.0)] + [p.score for p in positives])
+    add_rewrites(found.texts, found.excluded, rewrites)  # a rewritten relevant chunk is no in-batch negative either
     return found
 
 

@@ -21,7 +21,10 @@ False-negative masking (:func:`known_positives`): every text mining found positi
 positives, the chunks of its positive documents and, under ``mine.train_grades=top``, the lower-graded positives
 that are not trained on (``known_positives.jsonl``, written by mine) — is never a negative of that query in a
 batch. Such lower grades are thus neither positive (no row) nor negative (masked in-batch, and mine never picks
-them as hard negatives).
+them as hard negatives). A training-time rewrite of a chunk (an inverse-cloze positive with its sentence cut out,
+a document with its title stripped: ``Pair.positive_text``) counts as positive for every query that has that chunk
+among its positives or its positive documents (:func:`add_rewrites`): a near-copy of a relevant chunk must not be
+pushed away because its text differs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ from embedforge import contracts
 from embedforge.contracts import TrainExample
 
 KNOWN_POSITIVES_FILE = "known_positives.jsonl"
+
+
+def add_rewrites(texts: dict[str, set[str]], excluded: dict[str, set[int]], rewrites: Mapping[int, set[str]]) -> None:
+    """In place: each query's known positive ``texts`` gain the rewrites (chunk row -> training-time texts) of the
+    chunk rows that are never its negatives (``excluded``: its positive documents' chunks)."""
+    for query, rows in excluded.items():
+        texts.setdefault(query, set()).update(t for r in rows & rewrites.keys() for t in rewrites[r])
 
 
 def rows_by_anchor(examples: list[TrainExample]) -> dict[str, list[int]]:
