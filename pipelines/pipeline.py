@@ -148,10 +148,8 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
             update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url,
                     "discover_replicas": True})})
-        if k8s.train_gpus > 1:  # one torchrun worker per GPU of the train step; no auto search there, so no
-            # augmentation rows (sdg.augment) to make either
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0}),
-                                         "sdg": cfg.sdg.model_copy(update={"augment": 0.0})})
+        if k8s.train_gpus > 1:  # one torchrun worker per GPU of the train step (the auto schedule's probes too)
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0})})
     defaults = _stage_args(cfg)
 
     signature = _signature(inputs, defaults)

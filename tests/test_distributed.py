@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from embedforge import contracts
+from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
 from embedforge.train import distributed
 from embedforge.train.batching import collate
@@ -75,17 +76,23 @@ def test_two_processes_compute_the_single_process_loss_and_gradients(tmp_path, f
             torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _train_cli(tmp_path: Path, mined: Path, base_model: str, train: str) -> tuple[subprocess.CompletedProcess, object]:
+    """`embedforge train` with ``train: <train>`` as its config (it must succeed); its output and the manifest."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"train: {train}\n")
+    r = subprocess.run([sys.executable, "-m", "embedforge.cli", "train", "--mined", str(mined), "--out",
+                        str(tmp_path / "model"), "--config", str(config), "--base-model", base_model],
+                       capture_output=True, text=True, env=_env(), timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r, contracts.read_manifest(tmp_path / "model")
+
+
 @pytest.mark.parametrize("extra", ["", ", sharding: fsdp, cached: true, cache_chunk_tokens: 100"])
 def test_embedforge_train_with_two_processes_saves_one_model(tmp_path, five_rows, base_model, extra):
     from sentence_transformers import SentenceTransformer
 
-    config = tmp_path / "c.yaml"
-    config.write_text(f"train: {{epochs: 2, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2{extra}}}\n")
-    r = subprocess.run([sys.executable, "-m", "embedforge.cli", "train", "--mined", str(five_rows), "--out",
-                        str(tmp_path / "model"), "--config", str(config), "--base-model", base_model],
-                       capture_output=True, text=True, env=_env(), timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    m = contracts.read_manifest(tmp_path / "model")
+    r, m = _train_cli(tmp_path, five_rows, base_model,
+                      f"{{epochs: 2, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2{extra}}}")
     assert m.result.processes == 2 and m.counts["steps"] == 4
     assert json.loads(r.stdout)["stage"] == "train"  # the manifest rank 0 wrote, printed once
     emb = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(["a question"], prompt_name="query")
@@ -102,3 +109,26 @@ def test_the_worker_entry_point_reports_bad_input_in_one_line(tmp_path):
                        timeout=600)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / contracts.TRAIN_FILE} has 1 training rows")
+
+
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_the_auto_schedule_probes_data_parallel_under_torchrun(tmp_path, five_rows, base_model, sharding):
+    """train.schedule=auto with two processes: every rank trains every probe on its share of the same global
+    batches and the ranks train the one schedule rank 0 chose (they could not finish one run otherwise); the probes
+    are those a single process runs. With FSDP-sharded weights the fixed schedule is kept, and says why."""
+    settings = ("{epochs: 2, batch_size: 4, max_seq_length: 32, device: cpu, learning_rate: 1.0e-4, sharding: "
+                + sharding + ", schedule: {mode: auto, folds: 2, min_holdout_queries: 2, budget: 2, "
+                "candidates: [[1, 1], [2, 1]]}")
+    _, m = _train_cli(tmp_path, five_rows, base_model, f"{settings}, processes: 2}}")
+    choice = m.result.schedule
+    assert m.result.processes == 2 and m.config["epochs"] == choice.epochs
+    if sharding == "fsdp":
+        assert "sharding=fsdp" in choice.reason and not choice.trials
+        return
+    one = TrainConfig.model_validate(yaml.safe_load(f"{{{settings[1:]}, processes: 1}}"))
+    single = train.run(five_rows, tmp_path / "single", one, base_model=base_model, prompts=PromptsConfig())
+    expected = single.result.schedule
+    assert choice.heldout_queries == expected.heldout_queries == 5  # every train query held out once
+    assert [(t.learning_rate, t.steps, list(t.scores)) for t in choice.trials] == [
+        (t.learning_rate, t.steps, list(t.scores)) for t in expected.trials]
+    assert choice.probe_steps == expected.probe_steps > 0 and "torchrun" not in choice.reason

@@ -74,11 +74,11 @@ def test_compile_for_several_training_gpus_starts_one_worker_per_gpu(tmp_path):
     train_exec = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert train_exec["resources"]["accelerator"]["count"] == "2"
     assert spec["root"]["inputDefinitions"]["parameters"]["train_config"]["defaultValue"]["processes"] == 0
-    assert spec["root"]["inputDefinitions"]["parameters"]["sdg_config"]["defaultValue"]["augment"] == 0  # torchrun
+    assert spec["root"]["inputDefinitions"]["parameters"]["sdg_config"]["defaultValue"]["augment"] == 1  # torchrun
     default = _cli("compile", "--output", str(tmp_path / "d.yaml"))
     params = next(yaml.safe_load_all((tmp_path / "d.yaml").read_text()))["root"]["inputDefinitions"]["parameters"]
     assert default.returncode == 0 and params["train_config"]["defaultValue"]["processes"] == 1
-    assert params["sdg_config"]["defaultValue"]["augment"] == 1  # one GPU: the auto schedule decides on them
+    assert params["sdg_config"]["defaultValue"]["augment"] == 1  # the auto schedule decides on them, data-parallel too
 
 
 def test_compile_does_not_leak_a_key_from_the_environment(tmp_path):

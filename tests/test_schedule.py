@@ -189,3 +189,29 @@ def test_augmentation_rows_are_probed_beside_the_users_and_never_held_out(tmp_pa
     fixed = train.run(tmp_path / "mined", tmp_path / "fixed", TrainConfig(**SMALL, epochs=1.0), base_model=base_model,
                       prompts=PromptsConfig())
     assert fixed.result.schedule.augment and fixed.counts["augment_rows"] == len(extra)  # fixed: every row
+
+
+def test_a_probe_measures_the_run_it_stands_for_lora_and_wise_ft_included(tmp_path, mined_dir, base_model):
+    """A probe builds, trains and scores the model as the final run builds, trains and saves it: with LoRA adapters
+    and WiSE-FT, its last checkpoint scores exactly what the saved model of a run with its settings scores (before
+    the probes were built by ``prepare_model``, they trained every weight whatever ``train.lora`` said)."""
+    from sentence_transformers import SentenceTransformer
+
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:16]]
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    known = known_positives(tmp_path / "mined", rows)
+    held = schedule.held_out_set(rows, {r.anchor for r in rows}, known, max_pool=100, seed=7)
+    lora = TrainConfig(**SMALL, epochs=1.0, learning_rate=1e-3, base_weight=0.3, lora={"enabled": True, "r": 4})
+
+    def probe(cfg: TrainConfig) -> ScheduleTrial:
+        return schedule._train_probe(rows, known, held, cfg, base_model, PromptsConfig(), None, DistContext(),
+                                     base_weight=cfg.base_weight, score_base=False)[0]
+
+    trial = probe(lora)
+    assert list(trial.per_query) == ["1"] and trial.steps == 4
+    train.run(tmp_path / "mined", tmp_path / "model", lora, base_model=base_model, prompts=PromptsConfig())
+    saved = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    saved.max_seq_length = SMALL["max_seq_length"]
+    assert schedule.per_query(saved, held) == trial.per_query["1"]
+    full = probe(lora.model_copy(update={"lora": lora.lora.model_copy(update={"enabled": False})}))
+    assert full.per_query["1"] != trial.per_query["1"]  # every weight trained: another model

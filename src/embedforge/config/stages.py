@@ -300,10 +300,9 @@ class PipelineConfig(StageConfig):
                     tree[section][name] = value
                     changed[f"{section}.{name}"] = value
         train = tree["train"]
-        if "sdg.augment" in changed and (train["schedule"].get("mode") != "auto" or train.get("processes", 1) != 1
-                                         or train.get("nodes", 1) > 1):
+        if "sdg.augment" in changed and (train["schedule"].get("mode") != "auto" or train.get("sharding") == "fsdp"):
             # augmentation rows only where the auto schedule decides whether they help: a fixed one trains on all,
-            # and under torchrun (several processes or nodes) the search is skipped and they would be left out
+            # and with FSDP-sharded weights the search is skipped and they would be left out
             tree["sdg"]["augment"] = self.sdg.augment
             del changed["sdg.augment"]
         return PipelineConfig.model_validate(tree), changed

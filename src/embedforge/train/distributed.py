@@ -94,6 +94,26 @@ def shard(rows: list[int], ctx: DistContext, negatives_of: Callable[[int], int] 
                  negatives=[sum(negatives_of(i) for i in p) for p in parts])
 
 
+def embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> list[int]:
+    """The rows this process embeds in a run of ``plan``: every row, or under torchrun only its shares of the
+    planned batches."""
+    if not ctx.enabled:
+        return list(range(n_examples))
+    return sorted({i for rows in plan for i in shard(rows, ctx).mine})
+
+
+def broadcast(value: object, ctx: DistContext) -> object:
+    """Rank 0's ``value`` on every rank (pickled; identity when not distributed): decisions one rank takes for all,
+    so no rank can go its own way on a tie its floating-point noise broke differently."""
+    import torch.distributed as dist
+
+    if not ctx.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class _Gather:
     """Autograd all-gather of variable-length ``(n_r, d)`` tensors (built lazily: torch is imported on use)."""
 

@@ -18,21 +18,15 @@ import embedforge.train.fsdp as fsdp
 import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
-from embedforge.train.batching import collate, epoch_batches, plan_steps, read_examples
+from embedforge.train.batching import epoch_batches, plan_steps, read_examples
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
 from embedforge.train.positives import known_positives
 from embedforge.train.lora import add_adapters, merge_adapters
-from embedforge.train.setup import (
-    apply_memory_options,
-    compile_encoder,
-    load_for_training,
-    make_stepper,
-    seed_everything,
-)
+from embedforge.train.setup import compile_encoder, load_for_training, make_stepper, prepare_model
 from embedforge.train.soup import WeightAverage, tail_steps
 from embedforge.train.step import Stepper
-from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
+from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +138,10 @@ def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: T
                 prompts: PromptsConfig, model_cfg: ModelConfig | None, dist_ctx: DistContext, keep_base: bool) -> _Run:
     """Load the base model, train it on ``cfg``'s plan of batches (seeded by ``cfg.seed``) and return it with LoRA
     merged and, under FSDP, gathered on rank 0. ``keep_base``: also snapshot the untrained weights (WiSE-FT)."""
-    seed_everything(cfg.seed)
-    model = load_for_training(base_model, cfg, prompts, model_cfg)
-    prompts = PromptsConfig.model_validate(model.prompts)  # the base folder's own prompts fill empty ones
-    seed_everything(cfg.seed + dist_ctx.rank)  # same initial weights everywhere, different dropout per rank
-    base_state = snapshot_weights(model) if keep_base else None
-    add_adapters(model, cfg.lora)
-    apply_memory_options(model, cfg)
-    if dist_ctx.enabled and cfg.sharding == "fsdp":
-        fsdp.shard(model, dist_ctx)
+    model, prompts, base_state = prepare_model(base_model, cfg, prompts, model_cfg, dist_ctx, keep_base)
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
-    stepper.tokenize([examples[i] for i in _embedded_rows(len(examples), plan, dist_ctx)])
+    stepper.tokenize([examples[i] for i in distributed.embedded_rows(len(examples), plan, dist_ctx)])
     log.info(
         "train: %d rows, %d steps (%.2f epochs, batch %d, seed %d) on %s%s, precision %s",
         len(examples), len(plan), cfg.epochs, cfg.batch_size, cfg.seed, model.device,
@@ -185,13 +171,6 @@ def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, mode
     return model
 
 
-def _embedded_rows(n_examples: int, plan: list[list[int]], ctx: DistContext) -> list[int]:
-    """The rows this process embeds: every row, or under torchrun only this rank's shares of the planned batches."""
-    if not ctx.enabled:
-        return list(range(n_examples))
-    return sorted({i for rows in plan for i in distributed.shard(rows, ctx).mine})
-
-
 def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext,
            known: dict[str, set[str]], tail: WeightAverage, tail_at: set[int]) -> LossLog:
     """Run every planned step (``known``: anchor -> texts never its negative), adding the weights after each step
@@ -202,11 +181,7 @@ def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]]
     stepper.model.train()
     bar = tqdm(plan, desc="train", unit="step", disable=not ctx.is_main)
     for step, rows in enumerate(bar, start=1):
-        if ctx.enabled:
-            split = distributed.shard(rows, ctx, lambda i: len(examples[i].negatives))
-            loss = stepper.step(collate(examples, split.order, known), collate(examples, split.mine, None), split)
-        else:
-            loss = stepper.step(collate(examples, rows, known))
+        loss = stepper.step_rows(examples, rows, known)
         if losses.add(step, loss):
             bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{max(stepper.scheduler.get_last_lr()):.2e}")
         if step in tail_at:

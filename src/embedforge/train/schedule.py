@@ -13,8 +13,10 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    its rows' positives are relevant and its other known positives (lower grades, other chunks of its documents) are
    left out of the ranking. Score: nDCG@10 (pytrec_eval).
 2. **Probes.** Each ``(learning-rate factor, temperature factor)`` of ``schedule.candidates`` trains a fresh copy
-   of the base model on the kept queries' rows with the run's own warm-up and decay (``train.lr_schedule``), and
-   is scored after every whole epoch and at its end (early stopping: the best checkpoint, not the last, counts).
+   of the base model, built as the final run builds it (LoRA adapters, memory options, prompts, seeds:
+   :func:`~embedforge.train.setup.prepare_model`), on the kept queries' rows with the run's own warm-up and decay
+   (``train.lr_schedule``), and is scored after every whole epoch and at its end (early stopping: the best
+   checkpoint, not the last, counts) as the run would save it (adapters merged, WiSE-FT applied).
    All probes together take at most ``schedule.budget`` x the fixed run's optimizer steps (1.5: the probes cost at
    most 1.5 fixed runs, the final run comes on top), split evenly; a probe is at most twice the fixed length.
 3. **Choice.** The best (probe, checkpoint) by held-out nDCG@10 gives learning rate, temperature and epochs; a
@@ -29,12 +31,16 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    held out or scored — the held-out queries are the user's — and every candidate is probed twice, without and
    with them (twice the probes; the budget counts the probes without them). The fixed settings' probe without
    them is the reference, so they enter the final run only on the same evidence as any other change; when the
-   fixed schedule is kept (including under torchrun) they are left out. ``mode=fixed`` trains on every row.
+   fixed schedule is kept they are left out. ``mode=fixed`` trains on every row.
 
 The probes, scores, budget and reason are recorded in the train result (:class:`~embedforge.contracts.
 ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its decay, so an
 early checkpoint slightly understates what a run of that length would reach: the choice leans to longer runs.
-Under torchrun the search is skipped (one process cannot probe for all ranks): the fixed schedule is used.
+Under torchrun (several GPUs, a TrainJob's nodes) every rank takes part in every probe exactly as in the final run
+— the same global batch, each rank embedding its share, gradients averaged — so the probes run data-parallel and
+take 1/world of the time; each rank scores its identical replica and rank 0's choice is broadcast, so all ranks
+train the same final run. With ``train.sharding=fsdp`` (weights sharded over the ranks) the search is skipped and
+the fixed schedule is used.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ import numpy as np
 
 from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import ScheduleChoice, ScheduleTrial, TrainExample
-from embedforge.train.batching import collate, epoch_batches, plan_steps
+from embedforge.train.batching import epoch_batches, plan_steps
+import embedforge.train.distributed as distributed
 from embedforge.train.distributed import DistContext
 from embedforge.train.positives import rows_by_anchor
 
@@ -71,9 +78,14 @@ def fixed(cfg: TrainConfig, reason: str, augment: bool = False) -> ScheduleChoic
                           epochs=cfg.epochs, augment=augment, reason=reason)
 
 
+def user_rows(examples: list[TrainExample]) -> list[TrainExample]:
+    """The rows of the user's own pairs: every row but the augmentation rows (``sdg.augment``)."""
+    return [ex for ex in examples if not ex.augment]
+
+
 def rows_for(examples: list[TrainExample], choice: ScheduleChoice) -> list[TrainExample]:
     """The rows the run trains on: all of them, or without the augmentation rows when ``choice`` left them out."""
-    return examples if choice.augment else [ex for ex in examples if not ex.augment]
+    return examples if choice.augment else user_rows(examples)
 
 
 def apply(cfg: TrainConfig, choice: ScheduleChoice) -> TrainConfig:
@@ -135,16 +147,17 @@ def per_query(model, held: HeldOut, batch_size: int = 64) -> list[float]:
 def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig,
            base_model: str, prompts: PromptsConfig, dist: DistContext, model_cfg: ModelConfig | None = None
            ) -> ScheduleChoice:
-    """The schedule of this run: ``cfg``'s own (``train.schedule.mode=fixed``, torchrun, too few queries) or the
-    winner of the probes (see the module docstring)."""
+    """The schedule of this run: ``cfg``'s own (``train.schedule.mode=fixed``, FSDP, too few queries) or the
+    winner of the probes (see the module docstring); the same on every rank under torchrun."""
     sc = cfg.schedule
+    user = user_rows(examples)
     extra = [ex for ex in examples if ex.augment]  # sdg.augment rows: trained on by some probes, never scored
-    user = [ex for ex in examples if not ex.augment] if extra else examples
     without = ", without the augmentation rows" if extra else ""
     if sc.mode == "fixed":
         return fixed(cfg, "train.schedule.mode=fixed", augment=bool(extra))
-    if dist.enabled:
-        return fixed(cfg, f"auto schedule is not searched under torchrun; the fixed one is used{without}")
+    if dist.enabled and cfg.sharding == "fsdp":
+        return fixed(cfg, f"auto schedule is not searched with train.sharding=fsdp (a probe scores whole weights); "
+                          f"the fixed one is used{without}")
     splits = fold_queries(user, sc.folds, cfg.seed) if sc.folds > 1 else [split_queries(user, sc.holdout, cfg.seed)]
     held_n = min(len(held) for _, held in splits)
     if held_n < sc.min_holdout_queries or min(len(kept) for kept, _ in splits) < 2:
@@ -155,12 +168,13 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
     runs = [_probe(mined_dir, fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg,
-                   base_model, prompts, probe_epochs, model_cfg)
+                   base_model, prompts, probe_epochs, model_cfg, dist)
             for fit, (_, held) in zip(fits, splits)]
     trials, base_scores = join_folds([r[0] for r in runs]), [v for r in runs for v in r[1]]
     choice = _pick(cfg, trials, base_scores, probe_epochs)
-    return choice.model_copy(update={"heldout_queries": len(base_scores), "fit_queries": len(splits[0][0]),
-                                     "fixed_steps": fixed_steps, "probe_steps": sum(t.steps for t in trials)})
+    choice = choice.model_copy(update={"heldout_queries": len(base_scores), "fit_queries": len(splits[0][0]),
+                                       "fixed_steps": fixed_steps, "probe_steps": sum(t.steps for t in trials)})
+    return distributed.broadcast(choice, dist)  # rank 0's choice: every rank must train the same run
 
 
 def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
@@ -181,54 +195,76 @@ def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
 
 def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known: dict[str, set[str]], held: HeldOut,
            cfg: TrainConfig, base_model: str, prompts: PromptsConfig, epochs: float,
-           model_cfg: ModelConfig | None = None) -> tuple[list[ScheduleTrial], list[float]]:
+           model_cfg: ModelConfig | None = None, dist: DistContext = DistContext()
+           ) -> tuple[list[ScheduleTrial], list[float]]:
     """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint;
-    with augmentation rows (``extra``), every candidate again on ``fit`` + ``extra``."""
-    from embedforge.train.setup import load_for_training, make_stepper, seed_everything
-    from embedforge.train.wise_ft import interpolate_weights, resolve_base_weight, snapshot_weights
+    with augmentation rows (``extra``), every candidate again on ``fit`` + ``extra``. Returns the trials and the
+    base model's per-query scores."""
+    from embedforge.train.wise_ft import resolve_base_weight
 
-    seed_everything(cfg.seed)
-    model = load_for_training(base_model, cfg, prompts, model_cfg)
-    base = snapshot_weights(model)
     base_weight = resolve_base_weight(cfg, mined_dir)
-    base_scores = per_query(model, held)
-    base_score = float(np.mean(base_scores))
-    log.info("train schedule: %d held-out queries, base nDCG@10 %.4f; probing %d settings for %.2f epochs each",
-             len(held.queries), base_score, len(cfg.schedule.candidates) * (2 if extra else 1), epochs)
-    trials = []
-    for augment, (lr_factor, t_factor) in [(a, c) for a in ([False, True] if extra else [False])
-                                           for c in cfg.schedule.candidates]:
-        rows = fit + extra if augment else fit
-        per_epoch = len(epoch_batches(rows, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
-        interpolate_weights(model, base, 1.0)  # back to the base weights
-        seed_everything(cfg.seed)
+    runs = [(a, c) for a in ([False, True] if extra else [False]) for c in cfg.schedule.candidates]
+    trials, base_scores = [], []
+    for augment, (lr_factor, t_factor) in runs:
         probe_cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * lr_factor,
                                            "temperature": min(1.0, cfg.temperature * t_factor), "epochs": epochs})
-        plan = plan_steps(rows, cfg.batch_size, epochs, cfg.seed, cfg.positives_per_query)
-        stepper = make_stepper(model, probe_cfg, prompts, len(plan), DistContext())
-        stepper.tokenize(rows)
-        checkpoints = {min(len(plan), e * per_epoch) for e in range(1, math.ceil(len(plan) / per_epoch) + 1)}
-        queries: dict[str, list[float]] = {}
-        model.train()
-        for step, batch_rows in enumerate(plan, start=1):
-            stepper.step(collate(rows, batch_rows, known))
-            if step in checkpoints:
-                queries[f"{step / per_epoch:.3g}"] = _score_as_saved(model, held, base, base_weight)
-                model.train()
-        scores = {k: round(float(np.mean(v)), 6) for k, v in queries.items()}
-        trials.append(ScheduleTrial(learning_rate=probe_cfg.learning_rate, temperature=probe_cfg.temperature,
-                                    augment=augment, steps=len(plan), scores=scores, per_query=queries))
-        log.info("train schedule: lr %.2e, T %.3f%s -> %s", probe_cfg.learning_rate, probe_cfg.temperature,
-                 " with the augmentation rows" if augment else "", scores)
+        trial, base = _train_probe(fit + extra if augment else fit, known, held, probe_cfg, base_model, prompts,
+                                   model_cfg, dist, base_weight, score_base=not base_scores)
+        if not base_scores:
+            base_scores = base
+            if dist.is_main:
+                log.info("train schedule: %d held-out queries, base nDCG@10 %.4f; probing %d settings for %.2f epochs "
+                         "each", len(held.queries), float(np.mean(base)), len(runs), epochs)
+        trials.append(trial.model_copy(update={"augment": augment}))
+        if dist.is_main:
+            log.info("train schedule: lr %.2e, T %.3f%s -> %s", trial.learning_rate, trial.temperature,
+                     " with the augmentation rows" if augment else "", trial.scores)
     return trials, base_scores
 
 
-def _score_as_saved(model, held: HeldOut, base: dict, base_weight: float) -> list[float]:
-    """:func:`per_query` of the weights the run would save (WiSE-FT interpolated when ``base_weight`` > 0)."""
+def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,
+                 base_model: str, prompts: PromptsConfig, model_cfg: ModelConfig | None, dist: DistContext,
+                 base_weight: float, score_base: bool) -> tuple[ScheduleTrial, list[float]]:
+    """One probe: the model built as the final run builds it (:func:`~embedforge.train.setup.prepare_model`: LoRA,
+    memory options, seeds), trained on ``rows`` with ``cfg``'s settings — under torchrun by every rank, each
+    embedding its share of the batch as in the final run — and scored on ``held`` after every whole epoch and at its
+    end (every rank scores its identical replica). With ``score_base`` also the untrained model's scores."""
+    from embedforge.train.setup import make_stepper, prepare_model
+
+    model, prompts, base = prepare_model(base_model, cfg, prompts, model_cfg, dist, keep_base=base_weight > 0)
+    base_scores = per_query(model, held) if score_base else []
+    plan = plan_steps(rows, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
+    per_epoch = len(epoch_batches(rows, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
+    stepper = make_stepper(model, cfg, prompts, len(plan), dist)
+    stepper.tokenize([rows[i] for i in distributed.embedded_rows(len(rows), plan, dist)])
+    checkpoints = {min(len(plan), e * per_epoch) for e in range(1, math.ceil(len(plan) / per_epoch) + 1)}
+    queries: dict[str, list[float]] = {}
+    model.train()
+    for step, batch_rows in enumerate(plan, start=1):
+        stepper.step_rows(rows, batch_rows, known)
+        if step in checkpoints:
+            queries[f"{step / per_epoch:.3g}"] = _score_as_saved(model, held, base, base_weight)
+            model.train()
+    scores = {k: round(float(np.mean(v)), 6) for k, v in queries.items()}
+    return ScheduleTrial(learning_rate=cfg.learning_rate, temperature=cfg.temperature, steps=len(plan), scores=scores,
+                         per_query=queries), base_scores
+
+
+def _score_as_saved(model, held: HeldOut, base: dict | None, base_weight: float) -> list[float]:
+    """:func:`per_query` of the weights the run would save: LoRA adapters merged, WiSE-FT interpolated when
+    ``base_weight`` > 0 (``model`` itself is left as it was)."""
     if base_weight <= 0:
         return per_query(model, held)
+    import copy
+
+    from embedforge.train.lora import has_adapters, merge_adapters
     from embedforge.train.wise_ft import interpolate_weights, snapshot_weights
 
+    if has_adapters(model):  # the interpolation is over the merged weights, as the saved model's
+        merged = copy.deepcopy(model)
+        merge_adapters(merged)
+        interpolate_weights(merged, base, base_weight)
+        return per_query(merged, held)
     trained = snapshot_weights(model)
     interpolate_weights(model, base, base_weight)
     value = per_query(model, held)

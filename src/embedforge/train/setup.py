@@ -61,6 +61,35 @@ def load_for_training(base_model: str, cfg: TrainConfig, prompts: PromptsConfig,
     return model
 
 
+def prepare_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, model_cfg: ModelConfig | None,
+                  dist: DistContext, keep_base: bool = False
+                  ) -> tuple[SentenceTransformer, PromptsConfig, dict[str, torch.Tensor] | None]:
+    """The model as a run trains it, before its first step: loaded (seeded by ``cfg.seed``, so every rank and every
+    call starts from the same weights and LoRA initialisation), LoRA adapters (``cfg.lora``), the memory options
+    (:func:`apply_memory_options`) and, under torchrun with ``sharding=fsdp``, sharded. The final run and every
+    probe of the auto schedule (:mod:`.schedule`) build it here, so a probe measures the run it stands for.
+
+    Returns:
+        The model; the prompts it trains with (the folder's own fill empty ones); with ``keep_base`` a CPU copy
+        of the weights before training (WiSE-FT, taken before the adapters), else None.
+    """
+    from embedforge.train import fsdp
+    from embedforge.train.lora import add_adapters
+    from embedforge.train.wise_ft import snapshot_weights
+
+    seed_everything(cfg.seed)
+    model = load_for_training(base_model, cfg, prompts, model_cfg)
+    prompts = PromptsConfig.model_validate(model.prompts)
+    base_state = snapshot_weights(model) if keep_base else None
+    seed_everything(cfg.seed)  # the same LoRA initialisation on every rank
+    add_adapters(model, cfg.lora)
+    seed_everything(cfg.seed + dist.rank)  # different dropout per rank
+    apply_memory_options(model, cfg)
+    if dist.enabled and cfg.sharding == "fsdp":
+        fsdp.shard(model, dist)
+    return model, prompts, base_state
+
+
 def _model_length_limit(model: SentenceTransformer) -> int | None:
     """Longest input the architecture accepts (its position embeddings), or None if unknown."""
     config = getattr(model.transformers_model, "config", None)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from embedforge.contracts import TrainExample
-from embedforge.train.batching import Batch
-from embedforge.train.distributed import DistContext, Shard, average_gradients, gather
+from embedforge.train.batching import Batch, collate
+from embedforge.train.distributed import DistContext, Shard, average_gradients, gather, shard
 from embedforge.train.packing import packer_of
 from embedforge.train.tokens import TokenCache, micro_batches
 
@@ -143,6 +143,15 @@ class Stepper:
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         """``loss`` as it is back-propagated: multiplied by the fp16 gradient scaler's scale, if any."""
         return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def step_rows(self, examples: Sequence[TrainExample], rows: list[int], known: dict[str, set[str]] | None
+                  ) -> torch.Tensor:
+        """:meth:`step` on the global batch ``rows`` of ``examples`` (``known``: anchor -> texts never its
+        negative); under torchrun this rank embeds its share (:func:`~embedforge.train.distributed.shard`)."""
+        if not self.dist.enabled:
+            return self.step(collate(examples, rows, known))
+        split = shard(rows, self.dist, lambda i: len(examples[i].negatives))
+        return self.step(collate(examples, split.order, known), collate(examples, split.mine, None), split)
 
     def step(self, batch: Batch, local: Batch | None = None, split: Shard | None = None) -> torch.Tensor:
         """:meth:`loss` and backward (or, with ``grad_cache``, the cached forward/backward of
