@@ -252,3 +252,30 @@ def test_a_run_that_fails_early_still_writes_its_report(tmp_path, tiny_corpus):
     text = (out / "latest" / report.REPORT_FILE).read_text(encoding="utf-8")
     assert 'id="run-status">failed<' in text and f"{pairs.name}:2" in text  # the stage's own error
     assert "the evaluate stage did not run or did not finish" in text
+
+
+def test_the_training_section_shows_what_the_auto_schedule_tried_and_trained_with(tmp_path, chunks_dir, mined_dir,
+                                                                                    base_model):
+    """A real ``train.schedule=auto`` run: the report names the settings trained with and the reason, what the
+    search cost, and one row per probe with its held-out nDCG@10 per checkpoint, the settings trained with marked."""
+    from embedforge import contracts, train
+    from embedforge.config import PromptsConfig, TrainConfig
+
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:24]]
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    cfg = TrainConfig(batch_size=4, max_seq_length=32, device="cpu", epochs=1.0, learning_rate=1e-4, schedule={
+        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 2.0, "candidates": [(1.0, 1.0), (0.3, 1.0)]})
+    choice = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model,
+                       prompts=PromptsConfig()).result.schedule
+    text = report.write_report({"ingest": chunks_dir, "train": tmp_path / "model"}, tmp_path / "r.html").read_text()
+    cells = _Cells()
+    cells.feed(text)
+    table = cells.tables["schedule"][1:]
+    assert [(float(r[1]), r[3], int(r[4])) for r in table] == [(t.learning_rate, "no", t.steps) for t in choice.trials]
+    for row, trial in zip(table, choice.trials):
+        assert row[5] == " · ".join(f"{k}: {v:.4f}" for k, v in trial.scores.items())
+    marked = [float(r[1]) for r in table if r[0]]
+    assert marked == [choice.learning_rate]  # the probe of the settings the run trained with
+    assert f"{choice.probe_steps} probe steps" in text and f"{choice.heldout_queries} held-out" in text
+    assert f"learning rate {choice.learning_rate:.2e}" in text
+    assert choice.reason.split(";")[0].replace("'", "&#x27;") in text

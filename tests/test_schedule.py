@@ -106,7 +106,7 @@ def test_auto_run_probes_within_its_budget_and_records_the_choice(tmp_path, mine
     assert choice.heldout_queries >= 4 and len(choice.trials) == 2
     assert all(t.scores and all(0 <= v <= 1 for v in t.scores.values()) for t in choice.trials)
     assert 0 < choice.probe_steps <= 1.5 * choice.fixed_steps + len(choice.trials)  # rounding: one step a probe
-    assert choice.base_score is not None and choice.reason
+    assert choice.base_score is not None and choice.reason and choice.probe_seconds > 0
     won = max(choice.trials, key=lambda t: max(t.scores.values()))
     held = choice.heldout_queries
     assert all(len(v) == held for t in choice.trials for v in t.per_query.values())

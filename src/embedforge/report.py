@@ -3,8 +3,9 @@
 Sections: the run's status (and error), the gate's decision and why, base vs fine-tuned metrics with paired
 bootstrap confidence intervals over the eval queries and per-query wins/ties/losses, the distribution of
 per-query gains, results per query type (LLM pairs' ``meta.query_type`` / ``meta.reasoning_type``; the pair
-source otherwise), the training-loss curve, the most improved and most regressed queries with both models'
-rankings (ids, scores, texts; relevant hits marked), and the data-validation checks.
+source otherwise), the training-loss curve and schedule (with ``train.schedule=auto``: what the search cost and
+each probe's held-out scores), the most improved and most regressed queries with both models' rankings (ids,
+scores, texts; relevant hits marked), and the data-validation checks.
 
 Everything is inline (CSS and SVG, no script, no external resource), so the file opens offline, in MLflow's
 artifact viewer and in the KFP UI. :func:`render_report` is a pure function of :class:`ReportInputs`;
@@ -19,6 +20,7 @@ percentile interval of those means. Pairing removes the between-query variance b
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ from embedforge.contracts import (
     PromotionRecord,
     QueryEvaluation,
     RegistryRecord,
+    ScheduleChoice,
+    ScheduleTrial,
     TrainResult,
     ValidationReport,
     atomic_write_text,
@@ -329,7 +333,31 @@ def _training(inputs: ReportInputs) -> str:
     pts = [(p.step, p.loss) for p in t.loss_history]
     info = (f"<p>{len(pts)} logged steps &middot; final loss {t.final_loss:.4f} &middot; {t.train_seconds:.0f} s "
             f"({t.examples_per_second:.1f} examples/s) on {_e(t.device)} ({_e(t.precision)})</p>")
-    return "<h2>Training loss</h2>" + info + (loss_curve(pts) or '<p class="muted">No loss was logged.</p>')
+    return ("<h2>Training loss</h2>" + info + (loss_curve(pts) or '<p class="muted">No loss was logged.</p>')
+            + (_schedule(t.schedule) if t.schedule is not None else ""))
+
+
+def _schedule(c: ScheduleChoice) -> str:
+    """What ``train.schedule`` trained with and why; with ``auto``, what the search cost and every probe's held-out
+    nDCG@10 per checkpoint (epochs), the settings trained with marked."""
+    aug = ", with the augmentation rows" if c.augment else ""
+    head = (f"<h3>Schedule ({_e(c.mode)})</h3><p>Trained with learning rate {c.learning_rate:.2e}, temperature "
+            f"{c.temperature:g}, {c.epochs:g} epochs{aug}: {_e(c.reason)}.</p>")
+    if not c.trials:
+        return head
+    search = (f"<p>Search: {c.probe_steps} probe steps ({c.probe_steps / max(c.fixed_steps, 1):.1f} &times; the "
+              f"fixed run's {c.fixed_steps}) in {c.probe_seconds:.0f} s; {c.heldout_queries} held-out train queries, "
+              f"base model {c.base_score:.4f}.</p>")
+    rows = [[f"<td>{'&#10003;' if _trained_with(c, t) else ''}</td>", f'<td class="num">{t.learning_rate:.2e}</td>',
+             f'<td class="num">{t.temperature:g}</td>', f"<td>{'yes' if t.augment else 'no'}</td>", _num(t.steps),
+             "<td>" + " &middot; ".join(f"{k}: {v:.4f}" for k, v in t.scores.items()) + "</td>"] for t in c.trials]
+    return head + search + _table(["trained with", "learning rate", "temperature", "augmentation rows", "steps",
+                                   "held-out nDCG@10 by epoch"], rows, "schedule")
+
+
+def _trained_with(c: ScheduleChoice, t: ScheduleTrial) -> bool:
+    return (math.isclose(t.learning_rate, c.learning_rate) and math.isclose(t.temperature, c.temperature)
+            and t.augment == c.augment)
 
 
 def _validation(inputs: ReportInputs) -> str:

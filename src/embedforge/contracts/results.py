@@ -134,6 +134,8 @@ class ScheduleChoice(BaseModel):
     fit_queries: int = 0
     probe_steps: int = Field(0, description="Optimizer steps of all probes together.")
     fixed_steps: int = Field(0, description="Steps of the fixed schedule's run (the budget's unit).")
+    probe_seconds: float = Field(0.0, description="Wall-clock seconds of the search (probes and their scoring), "
+                                 "spent before the final run; the train result's train_seconds are the final run's.")
     trials: list[ScheduleTrial] = Field(default_factory=list)
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,13 +168,18 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     fixed_steps = len(plan_steps(user, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query))
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
+    started = time.perf_counter()
     runs = [_probe(mined_dir, fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg,
                    base_model, prompts, probe_epochs, model_cfg, dist)
             for fit, (_, held) in zip(fits, splits)]
     trials, base_scores = join_folds([r[0] for r in runs]), [v for r in runs for v in r[1]]
     choice = _pick(cfg, trials, base_scores, probe_epochs)
     choice = choice.model_copy(update={"heldout_queries": len(base_scores), "fit_queries": len(splits[0][0]),
-                                       "fixed_steps": fixed_steps, "probe_steps": sum(t.steps for t in trials)})
+                                       "fixed_steps": fixed_steps, "probe_steps": sum(t.steps for t in trials),
+                                       "probe_seconds": round(time.perf_counter() - started, 1)})
+    if dist.is_main:
+        log.info("train schedule: %d probe steps (%.1f x the fixed run's %d) in %.0f s; %s", choice.probe_steps,
+                 choice.probe_steps / max(fixed_steps, 1), fixed_steps, choice.probe_seconds, choice.reason)
     return distributed.broadcast(choice, dist)  # rank 0's choice: every rank must train the same run
 
 
