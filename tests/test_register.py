@@ -157,6 +157,7 @@ def test_run_params_metrics_artifacts_and_versions(tmp_path, model_name, saved_b
     p = run.data.params
     assert p["train.epochs"] == "3.0" and p["gate.metric"] == "ndcg@10" and p["register.model_name"]
     assert p["sdg.api_key"] == "***"
+    assert not any(k.startswith("train_schedule.") for k in p)  # a model folder no train stage wrote
     assert SECRET not in json.dumps(p) and SECRET not in json.dumps(run.data.tags)
     m = run.data.metrics
     assert m["finetuned_ndcg_at_10"] == pytest.approx(0.62) and m["base_ndcg_at_10"] == pytest.approx(0.55)
@@ -186,6 +187,34 @@ def test_run_params_metrics_artifacts_and_versions(tmp_path, model_name, saved_b
     assert reg2["version"] == "2" and reg2["run_id"] != reg["run_id"]
     assert reg2["experiment_id"] == reg["experiment_id"]
     assert sorted(v.version for v in client.search_model_versions(f"name='{model_name}'")) == ["1", "2"]
+
+
+def test_the_run_logs_what_train_trained_with_and_what_it_cost(tmp_path, model_name, mined_dir, base_model,
+                                                              tiny_onnx_dir, evaluation_dir, validation_dir, mlflow_uri):
+    """train.schedule=auto chooses learning rate, temperature, epochs and the augmentation rows per run, so the
+    configured train.* params alone would misstate them: the MLflow run also carries what the train manifest says the
+    model was trained with (train_schedule.*) and the stage's cost (train_* metrics, the search included)."""
+    from mlflow import MlflowClient
+
+    from embedforge import contracts, train
+    from embedforge.config import PromptsConfig, TrainConfig
+
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:24]]
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    cfg = TrainConfig(batch_size=4, max_seq_length=32, device="cpu", epochs=1.0, learning_rate=1e-4, schedule={
+        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 1.0, "candidates": [(1.0, 1.0)]})
+    trained = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model, prompts=PromptsConfig())
+    choice = trained.result.schedule
+    _, reg = _register(tmp_path, model_name, mlflow_uri, tmp_path / "model", tiny_onnx_dir, evaluation_dir,
+                       validation_dir)
+    run = MlflowClient(mlflow_uri).get_run(reg["run_id"])
+    p, m = run.data.params, run.data.metrics
+    assert (p["train_schedule.mode"], p["train_schedule.augment"]) == ("auto", "false")  # JSON spelling
+    assert float(p["train_schedule.learning_rate"]) == choice.learning_rate
+    assert float(p["train_schedule.epochs"]) == choice.epochs and p["train_schedule.reason"] == choice.reason
+    assert m["train_probe_seconds"] == pytest.approx(choice.probe_seconds) and m["train_probe_seconds"] > 0
+    assert m["train_probe_steps"] == choice.probe_steps > 0 and m["train_steps"] == trained.counts["steps"]
+    assert m["train_seconds"] == pytest.approx(trained.result.train_seconds) and "train.learning_rate" in p
 
 
 def test_embedded_sqlite_store_keeps_artifacts_beside_the_db(tmp_path, monkeypatch, tiny_model, tiny_onnx_dir,
