@@ -37,9 +37,9 @@ The probes, scores, budget and reason are recorded in the train result (:class:`
 ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its decay, so an
 early checkpoint slightly understates what a run of that length would reach: the choice leans to longer runs.
 Under torchrun (several GPUs, a TrainJob's nodes) every rank takes part in every probe exactly as in the final run
-— the same global batch, each rank embedding its share, gradients averaged — so the probes run data-parallel and
-take 1/world of the time; each rank scores its identical replica and rank 0's choice is broadcast, so all ranks
-train the same final run. With ``train.sharding=fsdp`` (weights sharded over the ranks) the search is skipped and
+— the same global batch, each rank embedding its share, gradients averaged — so a probe's steps are the final
+run's steps at the same scale (their speed is the final run's); each rank scores its identical replica and rank 0's
+choice is broadcast, so all ranks train the same final run. With ``train.sharding=fsdp`` (weights sharded over the ranks) the search is skipped and
 the fixed schedule is used.
 """
 
