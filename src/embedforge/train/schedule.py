@@ -39,8 +39,8 @@ early checkpoint slightly understates what a run of that length would reach: the
 Under torchrun (several GPUs, a TrainJob's nodes) every rank takes part in every probe exactly as in the final run
 — the same global batch, each rank embedding its share, gradients averaged — so a probe's steps are the final
 run's steps at the same scale (their speed is the final run's); each rank scores its identical replica and rank 0's
-choice is broadcast, so all ranks train the same final run. With ``train.sharding=fsdp`` (weights sharded over the ranks) the search is skipped and
-the fixed schedule is used.
+choice is broadcast, so all ranks train the same final run. With ``train.sharding=fsdp`` (weights sharded over the
+ranks) the search is skipped and the fixed schedule is used.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from pathlib import Path
 
 import numpy as np
 
+import embedforge.train.distributed as distributed
 from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import ScheduleChoice, ScheduleTrial, TrainExample
 from embedforge.train.batching import epoch_batches, plan_steps
-import embedforge.train.distributed as distributed
 from embedforge.train.distributed import DistContext
 from embedforge.train.positives import rows_by_anchor
 
