@@ -92,3 +92,5 @@ def test_run_with_repeated_queries_and_grades_completes_and_says_what_it_merged(
     assert counts["train"] + counts["eval"] == len(rows) - 2 + counts["augment_pairs"]
     assert summary["counts"]["augment_rows_trained"] > 0 and summary["train_schedule"]["augment"] is True
     assert summary["sdg"]["graded_pairs"] == 1
+    said = " ".join(r.stderr.split())  # the console says what train trained with
+    assert "train schedule fixed: lr" in said and "epochs, with the augmentation rows (train.schedule.mode=fixed)" in said

@@ -104,6 +104,14 @@ def _print_summary(summary: dict, out: Path) -> None:
     if prof.get("changed"):
         changes = ", ".join(f"{k}={v}" for k, v in prof["changed"].items())
         console.print(f"profile [bold]{prof['name']}[/]: {changes} (set them explicitly, or profile=gpu, to override)")
+    sched = summary.get("train_schedule")
+    if sched:  # what train trained with (train.schedule=auto chooses it per run) and what the search cost
+        search = (f"; search {sched['probe_seconds']:.0f} s, {sched['probe_steps'] / max(sched['fixed_steps'], 1):.1f} x "
+                  "the fixed run's steps" if sched.get("probe_steps") else "")
+        console.print(f"train schedule {sched['mode']}: lr {sched['learning_rate']:.2e}, temperature "
+                      f"{sched['temperature']:g}, {sched['epochs']:g} epochs"
+                      + (", with the augmentation rows" if sched["augment"] else "")
+                      + f" ({escape(sched['reason'])}){search}", highlight=False, soft_wrap=True)
     ev = summary.get("evaluation")
     if ev:
         table = Table(title="held-out evaluation (base -> fine-tuned)")
