@@ -9,6 +9,11 @@ report and ``train.schedule=auto`` use) and a two-sided paired permutation p-val
 signs of the per-query differences flipped).
 
     python bench/paired.py docs/data/dev_collections_h200_2026-12-02_s13_dbpedia-many.jsonl --a st_lr2e-5 --b defaults
+
+A variant name may be followed by ``@TEXT``: only the rows of files whose name contains TEXT (a variant whose
+meaning changed between sweeps, e.g. ``defaults`` before and after sweep 24):
+
+    python bench/paired.py docs/data/dev_collections_h200_*_cranfield.jsonl --a defaults@_s24_ --b defaults@_s26_
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from embedforge.report_stats import paired_bootstrap  # noqa: E402
 
 
 def per_query_means(rows: list[dict], variant: str) -> dict[str, float]:
-    """Each test query's nDCG@10 averaged over the variant's seeds."""
+    """Each test query's nDCG@10 averaged over the variant's seeds (``NAME@TEXT``: rows of files whose name contains
+    TEXT only; rows read by :func:`main` carry their file name as ``_file``)."""
+    name, _, source = variant.partition("@")
     by_query: dict[str, list[float]] = defaultdict(list)
     for r in rows:
-        if r["variant"] == variant:
+        if r["variant"] == name and source in r.get("_file", ""):
             for q, v in r["per_query"].items():
                 by_query[q].append(v)
     if not by_query:
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--a", default="st_lr2e-5", help="reference variant")
     ap.add_argument("--b", default="defaults", help="variant compared with it")
     args = ap.parse_args(argv)
-    rows = [json.loads(ln) for f in args.rows for ln in f.read_text().splitlines() if ln.strip()]
+    rows = [{**json.loads(ln), "_file": f.name} for f in args.rows for ln in f.read_text().splitlines() if ln.strip()]
     print(json.dumps(compare(rows, args.a, args.b)))
 
 
