@@ -211,16 +211,15 @@ def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known:
     base_weight = resolve_base_weight(cfg, mined_dir)
     runs = [(a, c) for a in ([False, True] if extra else [False]) for c in cfg.schedule.candidates]
     trials, base_scores = [], []
+    if dist.is_main:
+        log.info("train schedule: probing %d settings for %.2f epochs each on %d held-out queries", len(runs), epochs,
+                 len(held.queries))
     for augment, (lr_factor, t_factor) in runs:
         probe_cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * lr_factor,
                                            "temperature": min(1.0, cfg.temperature * t_factor), "epochs": epochs})
         trial, base = _train_probe(fit + extra if augment else fit, known, held, probe_cfg, base_model, prompts,
                                    model_cfg, dist, base_weight, score_base=not base_scores)
-        if not base_scores:
-            base_scores = base
-            if dist.is_main:
-                log.info("train schedule: %d held-out queries, base nDCG@10 %.4f; probing %d settings for %.2f epochs "
-                         "each", len(held.queries), float(np.mean(base)), len(runs), epochs)
+        base_scores = base_scores or base
         trials.append(trial.model_copy(update={"augment": augment}))
         if dist.is_main:
             log.info("train schedule: lr %.2e, T %.3f%s -> %s", trial.learning_rate, trial.temperature,
@@ -239,6 +238,8 @@ def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: Hel
 
     model, prompts, base = prepare_model(base_model, cfg, prompts, model_cfg, dist, keep_base=base_weight > 0)
     base_scores = per_query(model, held) if score_base else []
+    if base_scores and dist.is_main:
+        log.info("train schedule: base model nDCG@10 %.4f on the held-out queries", float(np.mean(base_scores)))
     plan = plan_steps(rows, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
     per_epoch = len(epoch_batches(rows, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
     stepper = make_stepper(model, cfg, prompts, len(plan), dist)
