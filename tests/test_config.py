@@ -70,8 +70,10 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     for torchrun in (["train.processes=0"], ["train.nodes=2"]):  # torchrun: the probes run data-parallel
         several, changed = load_config(None, torchrun).resolved(cuda_available=True)
         assert several.sdg.augment == 1.0 and several.train.schedule.mode == "auto"
-    sharded, changed = load_config(None, ["train.processes=0", "train.sharding=fsdp"]).resolved(cuda_available=True)
-    assert sharded.sdg.augment == 0 and "sdg.augment" not in changed  # FSDP: no search, so no augmentation rows
+    fsdp = ["train.processes=0", "train.sharding=fsdp"]
+    assert load_config(None, fsdp).resolved(cuda_available=True)[0].sdg.augment == 1.0  # FSDP probes too
+    sharded, changed = load_config(None, [*fsdp, "train.base_weight=0.3"]).resolved(cuda_available=True)
+    assert sharded.sdg.augment == 0 and "sdg.augment" not in changed  # FSDP + WiSE-FT: no search, no augmentation
     forced, changed = load_config(None, ["profile=cpu"]).resolved(cuda_available=True)
     assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
     byo, changed = PipelineConfig().resolved(cuda_available=False, pairs_given=True)  # the user's pairs: 1 epoch

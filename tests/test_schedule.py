@@ -34,7 +34,7 @@ def test_held_out_queries_are_a_seeded_disjoint_slice_of_the_train_rows():
     assert {task.pool[i] for i in task.ignored[0]} <= {"doc 0 grade 1"}  # lower grade: neither relevant nor ranked
 
 
-def test_score_ranks_the_pool_with_the_model_and_leaves_out_the_ignored_texts(base_model):
+def test_score_ranks_the_pool_with_the_model_and_leaves_out_the_ignored_texts(base_model, mined_dir):
     model = load_for_training(base_model, TrainConfig(**SMALL), PromptsConfig())
     queries = ["how do I open a file in python", "what is a list comprehension"]
     pool = ["open a file in python with open()", "a list comprehension builds a list from an iterable",
@@ -43,6 +43,10 @@ def test_score_ranks_the_pool_with_the_model_and_leaves_out_the_ignored_texts(ba
     assert schedule.per_query(model, perfect) == pytest.approx([1.0, 1.0])
     not_ignored = schedule.HeldOut(queries=queries, pool=pool, relevant=[{0}, {1}], ignored=[set(), set()])
     assert schedule.per_query(model, not_ignored)[0] < 1.0  # the query's own text outranks its positive
+    # the scoring of FSDP-sharded probes (training-time forward under no_grad) ranks as model.encode does
+    held = schedule.held_out_set(contracts.read_train_examples(mined_dir)[:30],
+                                 {r.anchor for r in contracts.read_train_examples(mined_dir)[:30]}, {}, 200, seed=3)
+    assert schedule.per_query(model, held, sharded=True) == pytest.approx(schedule.per_query(model, held), abs=1e-6)
 
 
 def _trial(lr: float, scores: dict[str, float], spread: float = 0.0, n: int = 40) -> ScheduleTrial:

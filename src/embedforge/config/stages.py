@@ -300,9 +300,10 @@ class PipelineConfig(StageConfig):
                     tree[section][name] = value
                     changed[f"{section}.{name}"] = value
         train = tree["train"]
-        if "sdg.augment" in changed and (train["schedule"].get("mode") != "auto" or train.get("sharding") == "fsdp"):
+        if "sdg.augment" in changed and (train["schedule"].get("mode") != "auto" or (
+                train.get("sharding") == "fsdp" and (train.get("base_weight") or 0) > 0)):
             # augmentation rows only where the auto schedule decides whether they help: a fixed one trains on all,
-            # and with FSDP-sharded weights the search is skipped and they would be left out
+            # and with FSDP-sharded weights and WiSE-FT the search is skipped and they would be left out
             tree["sdg"]["augment"] = self.sdg.augment
             del changed["sdg.augment"]
         return PipelineConfig.model_validate(tree), changed

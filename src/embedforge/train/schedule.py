@@ -39,8 +39,9 @@ early checkpoint slightly understates what a run of that length would reach: the
 Under torchrun (several GPUs, a TrainJob's nodes) every rank takes part in every probe exactly as in the final run
 — the same global batch, each rank embedding its share, gradients averaged — so a probe's steps are the final
 run's steps at the same scale (their speed is the final run's); each rank scores its identical replica and rank 0's
-choice is broadcast, so all ranks train the same final run. With ``train.sharding=fsdp`` (weights sharded over the
-ranks) the search is skipped and the fixed schedule is used.
+choice is broadcast, so all ranks train the same final run. With ``train.sharding=fsdp`` every rank scores with the
+sharded model (its one FSDP unit gathers the weights at the first forward); only with FSDP *and* WiSE-FT
+(``base_weight`` > 0: interpolating sharded weights) the search is skipped and the fixed schedule is used.
 """
 
 from __future__ import annotations
@@ -128,13 +129,27 @@ def held_out_set(examples: list[TrainExample], held: set[str], known: dict[str, 
     return HeldOut(queries=queries, pool=pool, relevant=[positives[q] for q in queries], ignored=ignored)
 
 
-def per_query(model, held: HeldOut, batch_size: int = 64) -> list[float]:
-    """Each held-out query's nDCG@10 (in ``held.queries`` order) with ``model`` (eval mode; exact cosine)."""
-    from embedforge.encode import encode
+def per_query(model, held: HeldOut, batch_size: int = 64, sharded: bool = False) -> list[float]:
+    """Each held-out query's nDCG@10 (in ``held.queries`` order) with ``model`` (eval mode; exact cosine).
+
+    ``sharded`` (an FSDP model): embedded with the training-time forward under ``no_grad``
+    (:func:`~embedforge.train.step.embed`, the same embeddings) instead of ``model.encode``, whose inference mode
+    would leave FSDP's gathered weights as inference tensors the next training step cannot use."""
+    from embedforge.encode import encode, prompt_for
     from embedforge.retrieval import per_query_metrics
 
     model.eval()
-    sims = encode(model, held.queries, "query", batch_size) @ encode(model, held.pool, "document", batch_size).T
+    if sharded:
+        import torch
+
+        from embedforge.train.step import embed
+
+        with torch.no_grad():
+            q, d = (embed(model, texts, prompt_for(model, kind) or None).cpu().numpy()
+                    for texts, kind in ((held.queries, "query"), (held.pool, "document")))
+    else:
+        q, d = encode(model, held.queries, "query", batch_size), encode(model, held.pool, "document", batch_size)
+    sims = q @ d.T
     results, qrels = {}, {}
     for i, row in enumerate(sims):
         row[list(held.ignored[i])] = -np.inf
@@ -156,9 +171,9 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     without = ", without the augmentation rows" if extra else ""
     if sc.mode == "fixed":
         return fixed(cfg, "train.schedule.mode=fixed", augment=bool(extra))
-    if dist.enabled and cfg.sharding == "fsdp":
-        return fixed(cfg, f"auto schedule is not searched with train.sharding=fsdp (a probe scores whole weights); "
-                          f"the fixed one is used{without}")
+    if dist.enabled and cfg.sharding == "fsdp" and _base_weight(cfg, mined_dir) > 0:
+        return fixed(cfg, f"auto schedule is not searched with train.sharding=fsdp and WiSE-FT (train.base_weight > 0: "
+                          f"interpolating sharded weights); the fixed one is used{without}")
     splits = fold_queries(user, sc.folds, cfg.seed) if sc.folds > 1 else [split_queries(user, sc.holdout, cfg.seed)]
     held_n = min(len(held) for _, held in splits)
     if held_n < sc.min_holdout_queries or min(len(kept) for kept, _ in splits) < 2:
@@ -206,9 +221,7 @@ def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known:
     """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint;
     with augmentation rows (``extra``), every candidate again on ``fit`` + ``extra``. Returns the trials and the
     base model's per-query scores."""
-    from embedforge.train.wise_ft import resolve_base_weight
-
-    base_weight = resolve_base_weight(cfg, mined_dir)
+    base_weight = _base_weight(cfg, mined_dir)
     runs = [(a, c) for a in ([False, True] if extra else [False]) for c in cfg.schedule.candidates]
     trials, base_scores = [], []
     if dist.is_main:
@@ -227,6 +240,13 @@ def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known:
     return trials, base_scores
 
 
+def _base_weight(cfg: TrainConfig, mined_dir) -> float:
+    """WiSE-FT's base weight of this run (:func:`~embedforge.train.wise_ft.resolve_base_weight`)."""
+    from embedforge.train.wise_ft import resolve_base_weight
+
+    return resolve_base_weight(cfg, mined_dir)
+
+
 def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,
                  base_model: str, prompts: PromptsConfig, model_cfg: ModelConfig | None, dist: DistContext,
                  base_weight: float, score_base: bool) -> tuple[ScheduleTrial, list[float]]:
@@ -237,7 +257,15 @@ def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: Hel
     from embedforge.train.setup import make_stepper, prepare_model
 
     model, prompts, base = prepare_model(base_model, cfg, prompts, model_cfg, dist, keep_base=base_weight > 0)
-    base_scores = per_query(model, held) if score_base else []
+    sharded = dist.enabled and cfg.sharding == "fsdp"
+
+    def score() -> list[float]:
+        value = _score_as_saved(model, held, base, base_weight, sharded)
+        if sharded:  # the weights the scoring gathered are dropped: training gathers its own at its next forward
+            model.reshard()
+        return value
+
+    base_scores = score() if score_base else []
     if base_scores and dist.is_main:
         log.info("train schedule: base model nDCG@10 %.4f on the held-out queries", float(np.mean(base_scores)))
     plan = plan_steps(rows, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
@@ -250,18 +278,20 @@ def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: Hel
     for step, batch_rows in enumerate(plan, start=1):
         stepper.step_rows(rows, batch_rows, known)
         if step in checkpoints:
-            queries[f"{step / per_epoch:.3g}"] = _score_as_saved(model, held, base, base_weight)
+            queries[f"{step / per_epoch:.3g}"] = score()
             model.train()
     scores = {k: round(float(np.mean(v)), 6) for k, v in queries.items()}
     return ScheduleTrial(learning_rate=cfg.learning_rate, temperature=cfg.temperature, steps=len(plan), scores=scores,
                          per_query=queries), base_scores
 
 
-def _score_as_saved(model, held: HeldOut, base: dict | None, base_weight: float) -> list[float]:
+def _score_as_saved(model, held: HeldOut, base: dict | None, base_weight: float, sharded: bool = False
+                    ) -> list[float]:
     """:func:`per_query` of the weights the run would save: LoRA adapters merged, WiSE-FT interpolated when
-    ``base_weight`` > 0 (``model`` itself is left as it was)."""
+    ``base_weight`` > 0 (``model`` itself is left as it was; never with ``sharded`` FSDP weights, see
+    :func:`choose`)."""
     if base_weight <= 0:
-        return per_query(model, held)
+        return per_query(model, held, sharded=sharded)
     import copy
 
     from embedforge.train.lora import has_adapters, merge_adapters
