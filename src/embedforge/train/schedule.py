@@ -60,6 +60,7 @@ from embedforge.contracts import ScheduleChoice, ScheduleTrial, TrainExample
 from embedforge.train.batching import epoch_batches, plan_steps
 from embedforge.train.distributed import DistContext
 from embedforge.train.positives import rows_by_anchor
+from embedforge.train.wise_ft import resolve_base_weight
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     without = ", without the augmentation rows" if extra else ""
     if sc.mode == "fixed":
         return fixed(cfg, "train.schedule.mode=fixed", augment=bool(extra))
-    if dist.enabled and cfg.sharding == "fsdp" and _base_weight(cfg, mined_dir) > 0:
+    base_weight = resolve_base_weight(cfg, mined_dir)  # WiSE-FT: the probes are scored as the run will save
+    if dist.enabled and cfg.sharding == "fsdp" and base_weight > 0:
         return fixed(cfg, f"auto schedule is not searched with train.sharding=fsdp and WiSE-FT (train.base_weight > 0: "
                           f"interpolating sharded weights); the fixed one is used{without}")
     splits = fold_queries(user, sc.folds, cfg.seed) if sc.folds > 1 else [split_queries(user, sc.holdout, cfg.seed)]
@@ -184,8 +186,8 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
     started = time.perf_counter()
-    runs = [_probe(mined_dir, fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg,
-                   base_model, prompts, probe_epochs, model_cfg, dist)
+    runs = [_probe(fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg, base_model,
+                   prompts, probe_epochs, base_weight, model_cfg, dist)
             for fit, (_, held) in zip(fits, splits)]
     trials, base_scores = join_folds([r[0] for r in runs]), [v for r in runs for v in r[1]]
     choice = _pick(cfg, trials, base_scores, probe_epochs)
@@ -214,14 +216,13 @@ def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
     return joined
 
 
-def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known: dict[str, set[str]], held: HeldOut,
-           cfg: TrainConfig, base_model: str, prompts: PromptsConfig, epochs: float,
+def _probe(fit: list[TrainExample], extra: list[TrainExample], known: dict[str, set[str]], held: HeldOut,
+           cfg: TrainConfig, base_model: str, prompts: PromptsConfig, epochs: float, base_weight: float,
            model_cfg: ModelConfig | None = None, dist: DistContext = DistContext()
            ) -> tuple[list[ScheduleTrial], list[float]]:
     """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint;
     with augmentation rows (``extra``), every candidate again on ``fit`` + ``extra``. Returns the trials and the
-    base model's per-query scores."""
-    base_weight = _base_weight(cfg, mined_dir)
+    base model's per-query scores (``base_weight``: WiSE-FT's, applied before scoring)."""
     runs = [(a, c) for a in ([False, True] if extra else [False]) for c in cfg.schedule.candidates]
     trials, base_scores = [], []
     if dist.is_main:
@@ -240,13 +241,6 @@ def _probe(mined_dir, fit: list[TrainExample], extra: list[TrainExample], known:
     return trials, base_scores
 
 
-def _base_weight(cfg: TrainConfig, mined_dir) -> float:
-    """WiSE-FT's base weight of this run (:func:`~embedforge.train.wise_ft.resolve_base_weight`)."""
-    from embedforge.train.wise_ft import resolve_base_weight
-
-    return resolve_base_weight(cfg, mined_dir)
-
-
 def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: HeldOut, cfg: TrainConfig,
                  base_model: str, prompts: PromptsConfig, model_cfg: ModelConfig | None, dist: DistContext,
                  base_weight: float, score_base: bool) -> tuple[ScheduleTrial, list[float]]:
@@ -257,20 +251,19 @@ def _train_probe(rows: list[TrainExample], known: dict[str, set[str]], held: Hel
     from embedforge.train.setup import make_stepper, prepare_model
 
     model, prompts, base = prepare_model(base_model, cfg, prompts, model_cfg, dist, keep_base=base_weight > 0)
-    sharded = dist.enabled and cfg.sharding == "fsdp"
+    plan = plan_steps(rows, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
+    per_epoch = len(epoch_batches(rows, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
+    stepper = make_stepper(model, cfg, prompts, len(plan), dist)
 
     def score() -> list[float]:
-        value = _score_as_saved(model, held, base, base_weight, sharded)
-        if sharded:  # the weights the scoring gathered are dropped: training gathers its own at its next forward
+        value = _score_as_saved(model, held, base, base_weight, stepper.sharded)
+        if stepper.sharded:  # drop the weights the scoring gathered: training gathers its own at its next forward
             model.reshard()
         return value
 
     base_scores = score() if score_base else []
     if base_scores and dist.is_main:
         log.info("train schedule: base model nDCG@10 %.4f on the held-out queries", float(np.mean(base_scores)))
-    plan = plan_steps(rows, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
-    per_epoch = len(epoch_batches(rows, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
-    stepper = make_stepper(model, cfg, prompts, len(plan), dist)
     stepper.tokenize([rows[i] for i in distributed.embedded_rows(len(rows), plan, dist)])
     checkpoints = {min(len(plan), e * per_epoch) for e in range(1, math.ceil(len(plan) / per_epoch) + 1)}
     queries: dict[str, list[float]] = {}
