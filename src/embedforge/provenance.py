@@ -4,7 +4,7 @@
   ``PipelineConfig`` tree (defaults filled in), so what MLflow shows is what ran, also after a submit-time override;
 * :func:`provenance_tags`: ``kfp_run_id``, ``data_sha256`` (of the run's ``pairs.jsonl``), ``base_model`` and
   ``code_version``, set on the MLflow run, the model version and the MLflow Model's metadata;
-* :func:`training_params` / :func:`training_metrics`: what the train stage actually trained with and what it cost,
+* :func:`training_record`: what the train stage actually trained with and what it cost,
   from the model folder's train manifest — with ``train.schedule=auto`` the learning rate, temperature, epochs and
   augmentation rows are chosen per run, so the configured ``train.*`` params alone would misstate them.
 """
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from embedforge.contracts import PAIRS_FILE, Manifest, TrainResult, has_manifest, read_manifest, sha256_file
+from embedforge.contracts import PAIRS_FILE, TrainResult, has_manifest, read_manifest, sha256_file
 from embedforge.errors import ConfigError
 from embedforge.redact import redact
 
@@ -79,33 +79,24 @@ def provenance_tags(base_model: str, kfp_run_id: str, pairs_dir: str | Path | No
 __all__ = ["code_version", "data_sha256", "effective_params", "provenance_tags"]
 
 
-def _train_manifest(model_dir: str | Path) -> Manifest[TrainResult] | None:
-    """The train manifest in ``model_dir``; None for a model folder that no train stage wrote (a base model)."""
+def training_record(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """What the train stage that wrote ``model_dir`` trained with and what it cost, from its manifest (read once):
+
+    * params ``{"train_schedule": {...}}``: the schedule it trained with (mode, learning_rate, temperature, epochs,
+      augment, reason), for :func:`~embedforge.registry.flatten_params`;
+    * metrics: ``train_seconds`` (the final run), ``train_probe_seconds`` and ``train_probe_steps`` (the auto
+      schedule's search; 0 without one), ``train_examples_per_second``, ``train_final_loss`` and its counts as
+      ``train_<count>``.
+
+    Both empty for a model folder no train stage wrote (a base model)."""
     if not has_manifest(model_dir):
-        return None
-    return read_manifest(model_dir, TrainResult)
-
-
-def training_params(model_dir: str | Path) -> dict[str, Any]:
-    """``{"train_schedule": {...}}``: the schedule the run trained with (mode, learning_rate, temperature, epochs,
-    augment, reason), for :func:`~embedforge.registry.flatten_params`; {} without a train manifest."""
-    m = _train_manifest(model_dir)
-    if m is None or m.result.schedule is None:
-        return {}
-    return {"train_schedule": m.result.schedule.model_dump(
-        mode="json", include={"mode", "learning_rate", "temperature", "epochs", "augment", "reason"})}
-
-
-def training_metrics(model_dir: str | Path) -> dict[str, float]:
-    """The train stage's cost and size as MLflow metrics: ``train_seconds`` (the final run), ``train_probe_seconds``
-    and ``train_probe_steps`` (the auto schedule's search; 0 without one), ``train_examples_per_second``,
-    ``train_final_loss`` and its counts as ``train_<count>``; {} without a train manifest."""
-    m = _train_manifest(model_dir)
-    if m is None:
-        return {}
+        return {}, {}
+    m = read_manifest(model_dir, TrainResult)
     r, choice = m.result, m.result.schedule
-    out = {"train_seconds": r.train_seconds, "train_examples_per_second": r.examples_per_second,
-           "train_final_loss": r.final_loss, "train_probe_seconds": choice.probe_seconds if choice else 0.0,
-           "train_probe_steps": choice.probe_steps if choice else 0}
-    out.update({f"train_{k}": v for k, v in m.counts.items() if isinstance(v, (int, float))})
-    return {k: float(v) for k, v in out.items()}
+    params = {} if choice is None else {"train_schedule": choice.model_dump(
+        mode="json", include={"mode", "learning_rate", "temperature", "epochs", "augment", "reason"})}
+    metrics = {"train_seconds": r.train_seconds, "train_examples_per_second": r.examples_per_second,
+               "train_final_loss": r.final_loss, "train_probe_seconds": choice.probe_seconds if choice else 0.0,
+               "train_probe_steps": choice.probe_steps if choice else 0}
+    metrics.update({f"train_{k}": v for k, v in m.counts.items() if isinstance(v, (int, float))})
+    return params, {k: float(v) for k, v in metrics.items()}

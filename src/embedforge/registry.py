@@ -17,7 +17,7 @@ In a local store the model's large files are hard links to the train/export outp
 
 Run and version are tagged with the KFP run id, the sha256 of the run's pairs, the base model and the code
 version (:func:`embedforge.provenance.provenance_tags`); what train trained with and its cost are ``train_schedule.*``
-params and ``train_*`` metrics (:func:`embedforge.provenance.training_params`). The version's source is ``model/``.
+params and ``train_*`` metrics (:func:`embedforge.provenance.training_record`). The version's source is ``model/``.
 
 Tracking URI: the argument, else ``RegisterConfig.tracking_uri``, else ``$MLFLOW_TRACKING_URI`` (the CLI passes
 ``sqlite:///<out>/mlflow.db``). A local store's experiment keeps its artifacts beside the database, not in ./mlruns.
@@ -59,7 +59,7 @@ from embedforge.contracts import (
 from embedforge.disk import link_identical
 from embedforge.errors import ConfigError, InputError
 from embedforge.mlflow_model import save_mlflow_model
-from embedforge.provenance import provenance_tags, training_metrics, training_params
+from embedforge.provenance import provenance_tags, training_record
 from embedforge.registry_recovery import commit, discard, pending_tags, recover
 from embedforge.redact import REDACTED, looks_secret, redact, secret_value
 
@@ -331,8 +331,8 @@ def run(
     params = dict(params or {})
     models = evaluation.get("models") if isinstance(evaluation.get("models"), dict) else {}
     base_model = base_model or str(params.get("base_model", "") or models.get("base", "") or "")
-    flat_params = flatten_params({**params, **training_params(model_dir)})  # train_schedule.*: what it trained with
-    metrics = {**evaluation_metrics(evaluation), **training_metrics(model_dir)}
+    trained_with, train_metrics = training_record(model_dir)  # train_schedule.*: what the model trained with
+    flat_params, metrics = flatten_params(params | trained_with), evaluation_metrics(evaluation) | train_metrics
     if pairs_dir is not None and has_manifest(pairs_dir):
         sdg_counts = read_manifest(pairs_dir, SdgResult).counts
         metrics.update({metric_key(f"sdg_{k}"): float(v) for k, v in sdg_counts.items() if isinstance(v, (int, float))})
