@@ -79,6 +79,22 @@ def mined_dir(tmp_path_factory, chunks_dir, pairs_dir, base_model) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def auto_trained(tmp_path_factory, mined_dir, base_model) -> Path:
+    """A model folder (with its train manifest) of a small real ``train.schedule=auto`` run: 24 mined rows, 2
+    folds, 2 candidates, so its result records a search (trials, probe steps and seconds)."""
+    from embedforge import contracts, train
+    from embedforge.config import PromptsConfig, TrainConfig
+
+    root = tmp_path_factory.mktemp("auto_trained")
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:24]]
+    contracts.write_jsonl(root / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    cfg = TrainConfig(batch_size=4, max_seq_length=32, device="cpu", epochs=1.0, learning_rate=1e-4, schedule={
+        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 2.0, "candidates": [(1.0, 1.0), (0.3, 1.0)]})
+    train.run(root / "mined", root / "model", cfg, base_model=base_model, prompts=PromptsConfig())
+    return root / "model"
+
+
 #: The shared mined artifact mines the offline pairs the way bring-your-own/LLM pairs are mined (4 hard negatives,
 #: no consistency filter), so mining and training tests exercise hard negatives; the offline defaults (none, filter
 #: on) are tested in test_mine.py.

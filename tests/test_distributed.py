@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
@@ -111,22 +110,23 @@ def test_the_worker_entry_point_reports_bad_input_in_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / contracts.TRAIN_FILE} has 1 training rows")
 
 
-@pytest.mark.parametrize("sharding", ["none", "fsdp", "fsdp, base_weight: 0.3"])
+@pytest.mark.parametrize("sharding", [{"sharding": "none"}, {"sharding": "fsdp"},
+                                      {"sharding": "fsdp", "base_weight": 0.3}])
 def test_the_auto_schedule_probes_data_parallel_under_torchrun(tmp_path, five_rows, base_model, sharding):
     """train.schedule=auto with two processes: every rank trains every probe on its share of the same global
     batches (FSDP-sharded too) and the ranks train the one schedule rank 0 chose (they could not finish one run
     otherwise); the probes are those a single process runs. With FSDP and WiSE-FT the fixed schedule is kept, and
     says why."""
-    settings = ("{epochs: 2, batch_size: 4, max_seq_length: 32, device: cpu, learning_rate: 1.0e-4, sharding: "
-                + sharding + ", schedule: {mode: auto, folds: 2, min_holdout_queries: 2, budget: 2, "
-                "candidates: [[1, 1], [2, 1]]}")
-    _, m = _train_cli(tmp_path, five_rows, base_model, f"{settings}, processes: 2}}")
+    settings = {"epochs": 2, "batch_size": 4, "max_seq_length": 32, "device": "cpu", "learning_rate": 1e-4,
+                "schedule": {"mode": "auto", "folds": 2, "min_holdout_queries": 2, "budget": 2,
+                             "candidates": [[1, 1], [2, 1]]}}
+    _, m = _train_cli(tmp_path, five_rows, base_model, json.dumps({**settings, **sharding, "processes": 2}))
     choice = m.result.schedule
     assert m.result.processes == 2 and m.config["epochs"] == choice.epochs
     if "base_weight" in sharding:
         assert "sharding=fsdp and WiSE-FT" in choice.reason and not choice.trials
         return
-    one = TrainConfig.model_validate(yaml.safe_load(f"{{{settings[1:]}, processes: 1, sharding: none}}"))
+    one = TrainConfig.model_validate(settings)  # one process, the whole model
     single = train.run(five_rows, tmp_path / "single", one, base_model=base_model, prompts=PromptsConfig())
     expected = single.result.schedule
     assert choice.heldout_queries == expected.heldout_queries == 5  # every train query held out once

@@ -189,23 +189,18 @@ def test_run_params_metrics_artifacts_and_versions(tmp_path, model_name, saved_b
     assert sorted(v.version for v in client.search_model_versions(f"name='{model_name}'")) == ["1", "2"]
 
 
-def test_the_run_logs_what_train_trained_with_and_what_it_cost(tmp_path, model_name, mined_dir, base_model,
-                                                              tiny_onnx_dir, evaluation_dir, validation_dir, mlflow_uri):
+def test_the_run_logs_what_train_trained_with_and_what_it_cost(tmp_path, model_name, auto_trained, tiny_onnx_dir,
+                                                              evaluation_dir, validation_dir, mlflow_uri):
     """train.schedule=auto chooses learning rate, temperature, epochs and the augmentation rows per run, so the
     configured train.* params alone would misstate them: the MLflow run also carries what the train manifest says the
     model was trained with (train_schedule.*) and the stage's cost (train_* metrics, the search included)."""
     from mlflow import MlflowClient
 
-    from embedforge import contracts, train
-    from embedforge.config import PromptsConfig, TrainConfig
+    from embedforge import contracts
 
-    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:24]]
-    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
-    cfg = TrainConfig(batch_size=4, max_seq_length=32, device="cpu", epochs=1.0, learning_rate=1e-4, schedule={
-        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 1.0, "candidates": [(1.0, 1.0)]})
-    trained = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model, prompts=PromptsConfig())
+    trained = contracts.read_manifest(auto_trained)
     choice = trained.result.schedule
-    _, reg = _register(tmp_path, model_name, mlflow_uri, tmp_path / "model", tiny_onnx_dir, evaluation_dir,
+    _, reg = _register(tmp_path, model_name, mlflow_uri, auto_trained, tiny_onnx_dir, evaluation_dir,
                        validation_dir)
     run = MlflowClient(mlflow_uri).get_run(reg["run_id"])
     p, m = run.data.params, run.data.metrics

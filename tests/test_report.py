@@ -254,20 +254,12 @@ def test_a_run_that_fails_early_still_writes_its_report(tmp_path, tiny_corpus):
     assert "the evaluate stage did not run or did not finish" in text
 
 
-def test_the_training_section_shows_what_the_auto_schedule_tried_and_trained_with(tmp_path, chunks_dir, mined_dir,
-                                                                                    base_model):
+def test_the_training_section_shows_what_the_auto_schedule_tried_and_trained_with(tmp_path, chunks_dir,
+                                                                                    auto_trained):
     """A real ``train.schedule=auto`` run: the report names the settings trained with and the reason, what the
     search cost, and one row per probe with its held-out nDCG@10 per checkpoint, the settings trained with marked."""
-    from embedforge import contracts, train
-    from embedforge.config import PromptsConfig, TrainConfig
-
-    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:24]]
-    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
-    cfg = TrainConfig(batch_size=4, max_seq_length=32, device="cpu", epochs=1.0, learning_rate=1e-4, schedule={
-        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 2.0, "candidates": [(1.0, 1.0), (0.3, 1.0)]})
-    choice = train.run(tmp_path / "mined", tmp_path / "model", cfg, base_model=base_model,
-                       prompts=PromptsConfig()).result.schedule
-    text = report.write_report({"ingest": chunks_dir, "train": tmp_path / "model"}, tmp_path / "r.html").read_text()
+    choice = read_result(auto_trained, TrainResult).schedule
+    text = report.write_report({"ingest": chunks_dir, "train": auto_trained}, tmp_path / "r.html").read_text()
     cells = _Cells()
     cells.feed(text)
     table = cells.tables["schedule"][1:]
