@@ -279,6 +279,8 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
         for task in (train_task, sdg_task):
             kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
     train_task.set_env_variable("EMBEDFORGE_IMAGE", k8s.image)
+    # the schedule search's journal (train.schedule.work_dir unset): on the data volume, it outlives a preempted pod
+    train_task.set_env_variable("EMBEDFORGE_TRAIN_WORK_DIR", f"{k8s.data_mount}/train_work")
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
     for task in (ingest_task, sdg_task, validate_task, register_task, promote_task, report_task):

@@ -14,6 +14,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+@pytest.fixture(autouse=True, scope="session")
+def _probe_journals(tmp_path_factory):
+    """train.schedule=auto searches of the tests keep their probe journals in the session's temp folder, not in a
+    system-wide one another test session (or a user's run) could share."""
+    os.environ["EMBEDFORGE_TRAIN_WORK_DIR"] = str(tmp_path_factory.mktemp("train_work"))
+    yield
+    os.environ.pop("EMBEDFORGE_TRAIN_WORK_DIR", None)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMBEDFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -62,6 +62,12 @@ class ScheduleConfig(StageConfig):
                               "Bonferroni over the checkpoints compared) above 0; 0 = the best mean wins.")
     max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
                           "positives and negatives first, then other rows' texts).")
+    work_dir: str = Field("", description="auto: folder where each finished probe is recorded (one subfolder per "
+                          "search, named by a hash of its inputs and settings), so that a rerun of an interrupted train "
+                          "step — a preempted pod, a KFP retry, `embedforge run --resume` — trains only the probes "
+                          "not yet finished; removed when the step succeeds. Empty: $EMBEDFORGE_TRAIN_WORK_DIR (the "
+                          "Kubernetes pipeline sets it to the data volume), else the system temp folder; `embedforge "
+                          "run` uses <out>/train_work.")
 
 
 class LoraConfig(StageConfig):

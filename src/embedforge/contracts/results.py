@@ -136,6 +136,9 @@ class ScheduleChoice(BaseModel):
     fixed_steps: int = Field(0, description="Steps of the fixed schedule's run (the budget's unit).")
     probe_seconds: float = Field(0.0, description="Wall-clock seconds of the search (probes and their scoring), "
                                  "spent before the final run; the train result's train_seconds are the final run's.")
+    reused_probes: int = Field(0, description="Probes taken from the journal of an interrupted earlier attempt of "
+                               "this search (train.schedule.work_dir) instead of being trained again.")
+    journal: str = Field("", description="The search's journal folder (deleted once the step saved its model).")
     trials: list[ScheduleTrial] = Field(default_factory=list)
 
 

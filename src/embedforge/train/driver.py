@@ -15,6 +15,7 @@ from pathlib import Path
 
 import embedforge.train.distributed as distributed
 import embedforge.train.fsdp as fsdp
+import embedforge.train.probe_journal as probe_journal
 import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
@@ -117,6 +118,7 @@ def run(
         processes=dist_ctx.world,
         schedule=choice,
     )
+    probe_journal.discard(choice.journal)  # the model is saved: its probes are in the manifest, never needed again
     distributed.shutdown(dist_ctx)
     return manifest
 

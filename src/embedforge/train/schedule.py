@@ -33,6 +33,10 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    them is the reference, so they enter the final run only on the same evidence as any other change; when the
    fixed schedule is kept they are left out. ``mode=fixed`` trains on every row.
 
+5. **Journal.** Every finished probe is recorded at once (:mod:`embedforge.train.probe_journal`,
+   ``schedule.work_dir``); a rerun of an interrupted step with the same inputs and settings trains only the probes
+   not yet recorded (the choice is the same: the same probes, the same scores).
+
 The probes, scores, budget and reason are recorded in the train result (:class:`~embedforge.contracts.
 ScheduleChoice`) and the run summary. Checkpoints inside a probe sit mid-way through its decay, so an
 early checkpoint slightly understates what a run of that length would reach: the choice leans to longer runs.
@@ -55,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 import embedforge.train.distributed as distributed
+import embedforge.train.probe_journal as probe_journal
 from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import ScheduleChoice, ScheduleTrial, TrainExample
 from embedforge.train.batching import epoch_batches, plan_steps
@@ -186,17 +191,22 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
     started = time.perf_counter()
-    runs = [_probe(fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg, base_model,
-                   prompts, probe_epochs, base_weight, model_cfg, dist)
-            for fit, (_, held) in zip(fits, splits)]
+    state = probe_journal.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight,
+                                   dist.world) if dist.is_main else {}
+    with probe_journal.opened(state, cfg, dist) as journal:
+        runs = [_probe(fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg, base_model,
+                       prompts, probe_epochs, base_weight, model_cfg, dist, journal, f"fold{f}")
+                for f, (fit, (_, held)) in enumerate(zip(fits, splits))]
     trials, base_scores = join_folds([r[0] for r in runs]), [v for r in runs for v in r[1]]
     choice = _pick(cfg, trials, base_scores, probe_epochs)
     choice = choice.model_copy(update={"heldout_queries": len(base_scores), "fit_queries": len(splits[0][0]),
                                        "fixed_steps": fixed_steps, "probe_steps": sum(t.steps for t in trials),
-                                       "probe_seconds": round(time.perf_counter() - started, 1)})
+                                       "probe_seconds": round(time.perf_counter() - started, 1),
+                                       "reused_probes": journal.reused, "journal": str(journal.folder or "")})
     if dist.is_main:
-        log.info("train schedule: %d probe steps (%.1f x the fixed run's %d) in %.0f s; %s", choice.probe_steps,
-                 choice.probe_steps / max(fixed_steps, 1), fixed_steps, choice.probe_seconds, choice.reason)
+        reused = f", {journal.reused} of them reused from {journal.folder}" if journal.reused else ""
+        log.info("train schedule: %d probe steps (%.1f x the fixed run's %d%s) in %.0f s; %s", choice.probe_steps,
+                 choice.probe_steps / max(fixed_steps, 1), fixed_steps, reused, choice.probe_seconds, choice.reason)
     return distributed.broadcast(choice, dist)  # rank 0's choice: every rank must train the same run
 
 
@@ -218,26 +228,36 @@ def join_folds(folds: list[list[ScheduleTrial]]) -> list[ScheduleTrial]:
 
 def _probe(fit: list[TrainExample], extra: list[TrainExample], known: dict[str, set[str]], held: HeldOut,
            cfg: TrainConfig, base_model: str, prompts: PromptsConfig, epochs: float, base_weight: float,
-           model_cfg: ModelConfig | None = None, dist: DistContext = DistContext()
+           model_cfg: ModelConfig | None = None, dist: DistContext = DistContext(),
+           journal: probe_journal.Journal | None = None, fold: str = "fold0"
            ) -> tuple[list[ScheduleTrial], list[float]]:
     """Train every candidate from the base weights on ``fit`` for ``epochs``, scoring ``held`` at each checkpoint;
     with augmentation rows (``extra``), every candidate again on ``fit`` + ``extra``. Returns the trials and the
-    base model's per-query scores (``base_weight``: WiSE-FT's, applied before scoring)."""
+    base model's per-query scores (``base_weight``: WiSE-FT's, applied before scoring). A probe ``journal`` holds
+    from an earlier attempt is taken from it; every probe trained is added to it."""
     runs = [(a, c) for a in ([False, True] if extra else [False]) for c in cfg.schedule.candidates]
     trials, base_scores = [], []
+    journal = journal or probe_journal.Journal()
     if dist.is_main:
         log.info("train schedule: probing %d settings for %.2f epochs each on %d held-out queries", len(runs), epochs,
                  len(held.queries))
     for augment, (lr_factor, t_factor) in runs:
         probe_cfg = cfg.model_copy(update={"learning_rate": cfg.learning_rate * lr_factor,
                                            "temperature": min(1.0, cfg.temperature * t_factor), "epochs": epochs})
-        trial, base = _train_probe(fit + extra if augment else fit, known, held, probe_cfg, base_model, prompts,
-                                   model_cfg, dist, base_weight, score_base=not base_scores)
+        unit = f"{fold}/{'augment' if augment else 'user'}/lr{lr_factor:g}/t{t_factor:g}/epochs{epochs:.6g}"
+        done = journal.get(unit)
+        if done is None:
+            trial, base = _train_probe(fit + extra if augment else fit, known, held, probe_cfg, base_model, prompts,
+                                       model_cfg, dist, base_weight, score_base=not base_scores)
+            journal.put(unit, trial, base)
+        else:
+            trial, base = done
         base_scores = base_scores or base
         trials.append(trial.model_copy(update={"augment": augment}))
         if dist.is_main:
-            log.info("train schedule: lr %.2e, T %.3f%s -> %s", trial.learning_rate, trial.temperature,
-                     " with the augmentation rows" if augment else "", trial.scores)
+            log.info("train schedule: lr %.2e, T %.3f%s -> %s%s", trial.learning_rate, trial.temperature,
+                     " with the augmentation rows" if augment else "", trial.scores,
+                     " (recorded by an earlier attempt)" if done is not None else "")
     return trials, base_scores
 
 

@@ -57,7 +57,7 @@ from embedforge.sdg.llm.pipeline import (
     unit_id_for,
 )
 from embedforge.sdg.llm.prompts import get_prompts
-from embedforge.sdg.llm.store import ResultStore
+from embedforge.workstore import ResultStore
 
 if TYPE_CHECKING:
     from embedforge.config import ModelConfig, SdgConfig

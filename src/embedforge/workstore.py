@@ -1,9 +1,11 @@
-"""Resumable per-document results: append-only JSONL, one fsynced line per finished document/bundle.
+"""Resumable work folders: append-only JSONL, one fsynced line per finished unit of work.
 
-Folder layout (one per split, under ``sdg.llm.work_dir``)::
+Two users: the LLM pair generator (a unit = a document/bundle; one folder per split under ``sdg.llm.work_dir``)
+and train's schedule search (a unit = one probe; one folder per search under ``train.schedule.work_dir``,
+:mod:`embedforge.train.probe_journal`). Folder layout::
 
-    state.json       fingerprint of the generation settings + hash of the split's chunks (written once)
-    plan.json        the documents/bundles ("units") and their chunk ids, in processing order
+    state.json       identity of the work (fingerprint of the settings + hash of the inputs; written once)
+    plan.json        the units and their inputs, in processing order (the generator's)
     results.jsonl    one line per finished unit (status ok), never two for one unit
     failures.jsonl   one line per failed attempt of a unit (a log; a later run retries the unit)
     summary.json     counters of the latest run
@@ -95,20 +97,29 @@ def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+class FolderBusy(ConfigError):
+    """Another process holds the work folder's lock."""
+
+
 class ResultStore:
-    """Work folder of one split. Use as a context manager: it takes an exclusive lock for the run.
+    """One work folder. Use as a context manager: it takes an exclusive lock for the run.
 
     Args:
-        folder: The split's folder (created).
-        state: JSON-able identity of this run (fingerprint of settings + chunks hash); compared on resume.
+        folder: The folder (created).
+        state: JSON-able identity of this run (fingerprint of settings + inputs hash); compared on resume.
         resume: ``always`` (resume; saved state of other settings is an error), ``if_possible`` (resume when the
             saved state matches, else set it aside and start over) or ``never`` (start over).
+        setting: The config field that names the work folder, for messages (``sdg.llm.work_dir``).
+        what: What the units are, for messages.
     """
 
-    def __init__(self, folder: str | Path, state: dict[str, Any], resume: Resume = "if_possible"):
+    def __init__(self, folder: str | Path, state: dict[str, Any], resume: Resume = "if_possible",
+                 setting: str = "sdg.llm.work_dir", what: str = "documents/bundles"):
         self.folder = Path(folder)
         self.state = state
         self.resume = resume
+        self.setting = setting
+        self.what = what
         self.completed: dict[str, dict[str, Any]] = {}
         self.resumed = 0
         self._fd_results: int | None = None
@@ -123,8 +134,8 @@ class ResultStore:
             fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_fh.close()
-            raise ConfigError(f"another run is using the SDG work folder {self.folder}; wait for it or set "
-                              f"sdg.llm.work_dir to another folder") from None
+            raise FolderBusy(f"another run is using the work folder {self.folder}; wait for it or set "
+                             f"{self.setting} to another folder") from None
         try:
             self._open_state()
         except BaseException:
@@ -148,17 +159,17 @@ class ResultStore:
         has_results = (self.folder / RESULTS_FILE).is_file() or (self.folder / PLAN_FILE).is_file()
         if saved is not None or has_results:
             if self.resume == "never":
-                log.info("sdg.llm.resume=never: discarding saved results in %s", self.folder)
+                log.info("resume=never: discarding saved results in %s", self.folder)
                 self._clear()
             elif saved != self.state:
                 changed = _diff(saved or {}, self.state)
                 if self.resume == "always":
                     raise ConfigError(
-                        f"sdg.llm.resume=always but the results in {self.folder} were made with other settings or "
-                        f"chunks (differs: {', '.join(changed) or 'state'}); use resume=if_possible or never, or "
-                        f"another sdg.llm.work_dir")
+                        f"resume=always but the results in {self.folder} were made with other settings or "
+                        f"inputs (differs: {', '.join(changed) or 'state'}); use resume=if_possible or never, or "
+                        f"another {self.setting}")
                 stale = self.folder.with_name(f"{self.folder.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-                log.warning("saved SDG results in %s do not match this run (differs: %s); moving them to %s",
+                log.warning("saved results in %s do not match this run (differs: %s); moving them to %s",
                             self.folder, ", ".join(changed) or "state", stale)
                 self._set_aside(stale)
         write_json(state_path, self.state)
@@ -171,7 +182,7 @@ class ResultStore:
         _read_lines(self.folder / FAILURES_FILE, repair_tail=True)
         self.resumed = len(self.completed)
         if self.resumed:
-            log.info("resuming: %d documents/bundles already done in %s", self.resumed, self.folder)
+            log.info("resuming: %d %s already done in %s", self.resumed, self.what, self.folder)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
         self._fd_results = os.open(self.folder / RESULTS_FILE, flags, 0o644)
         self._fd_failures = os.open(self.folder / FAILURES_FILE, flags, 0o644)
