@@ -74,6 +74,9 @@ class KubernetesSettings:
     mlflow_secret: str = "embedforge-mlflow"
     gpu_resource: str = "nvidia.com/gpu"
     train_gpus: int = 1
+    # A failed train step (a preempted GPU node, a lost pod) is run again this many times; it continues from the
+    # probes and checkpoint it left in EMBEDFORGE_TRAIN_WORK_DIR on the data volume (embedforge.train.work).
+    train_retries: int = 2
     # The Triton model repository (manifests/base/data-pvc.yaml) and the server reading it (manifests/base/triton.yaml):
     # promote publishes the version there, has Triton load it and checks it before it moves the alias.
     model_repo_pvc: str = "embedforge-model-repository"
@@ -279,8 +282,9 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
         for task in (train_task, sdg_task):
             kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
     train_task.set_env_variable("EMBEDFORGE_IMAGE", k8s.image)
-    # the schedule search's journal (train.schedule.work_dir unset): on the data volume, it outlives a preempted pod
+    # the train step's work folder (train.work_dir unset: probes, checkpoints) is on the data volume: it outlives the pod
     train_task.set_env_variable("EMBEDFORGE_TRAIN_WORK_DIR", f"{k8s.data_mount}/train_work")
+    train_task.set_retry(num_retries=k8s.train_retries, backoff_duration="60s", backoff_factor=2.0)
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)
     for task in (ingest_task, sdg_task, validate_task, register_task, promote_task, report_task):

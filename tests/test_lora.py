@@ -13,7 +13,7 @@ from embedforge.train.batching import collate
 from embedforge.train.distributed import DistContext
 from embedforge.train.lora import add_adapters, has_adapters, merge_adapters
 from embedforge.train.positives import positives_by_anchor
-from embedforge.train.setup import load_for_training, make_stepper
+from embedforge.train.setup import load_for_training, make_stepper, seed_everything
 from embedforge.train.step import embed
 
 PROMPTS = PromptsConfig(query="query: ", document="passage: ")
@@ -26,6 +26,7 @@ def test_lora_trains_only_adapters_and_saves_a_plain_model(tmp_path, mined_dir, 
     cfg = TrainConfig(max_seq_length=32, device="cpu", learning_rate=1e-3, lora=LORA)
     model = load_for_training(base_model, cfg, PROMPTS)
     base = {k: v.clone() for k, v in model.state_dict().items()}
+    seed_everything(cfg.seed)  # the adapters' initialisation and the dropout: not whatever earlier tests left
     add_adapters(model, cfg.lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -45,6 +45,8 @@ def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
     assert train_exec["resources"]["accelerator"]["type"] == "nvidia.com/gpu"
     train_env = {e["name"]: e["value"] for e in train_exec["env"]}  # the search's journal outlives the pod
     assert train_env["EMBEDFORGE_TRAIN_WORK_DIR"] == "/data/train_work"
+    retry = tasks["train"]["retryPolicy"]  # a preempted train pod is retried and continues from its work folder
+    assert retry["maxRetryCount"] == 2 and retry["backoffDuration"] == "60s"
     execs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     sdg_secret = execs["exec-sdg"]["secretAsEnv"][0]
     assert sdg_secret["secretName"] == "embedforge-llm"

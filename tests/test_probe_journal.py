@@ -18,7 +18,7 @@ import pytest
 
 from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
-from embedforge.train import probe_journal, schedule
+from embedforge.train import probe_journal, schedule, work
 from embedforge.train.distributed import DistContext
 from embedforge.train.positives import known_positives
 
@@ -49,7 +49,7 @@ def search_rows(tmp_path, mined_dir):
 
 def _cfg(work_dir: Path) -> TrainConfig:
     cfg = TrainConfig.model_validate(SEARCH)
-    return cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"work_dir": str(work_dir)})})
+    return cfg.model_copy(update={"work_dir": str(work_dir)})
 
 
 def _choose(mined: Path, rows, cfg: TrainConfig, base_model: str):
@@ -97,10 +97,10 @@ def test_the_journal_is_keyed_by_what_a_probe_depends_on(tmp_path, search_rows, 
     cfg = TrainConfig.model_validate(SEARCH)
 
     def ident(rows=rows, cfg=cfg, base_model=base_model, base_weight=0.0):
-        return probe_journal.identity(rows, known, cfg, base_model, PromptsConfig(), None, base_weight, 1)
+        return work.identity(rows, known, cfg, base_model, PromptsConfig(), None, base_weight, 1)
 
     copy = Path(shutil.copytree(base_model, tmp_path / "staged" / "base_model"))  # a retry stages it elsewhere
-    elsewhere = cfg.model_copy(update={"schedule": cfg.schedule.model_copy(update={"work_dir": str(tmp_path)})})
+    elsewhere = cfg.model_copy(update={"work_dir": str(tmp_path), "checkpoint_minutes": 1.0})
     assert ident() == ident(base_model=str(copy)) == ident(cfg=elsewhere)
     (copy / "config.json").write_text((copy / "config.json").read_text().replace("}", ', "x": 1}', 1))
     assert ident(base_model=str(copy)) != ident()  # other weights or settings in the folder: other probes
@@ -116,7 +116,7 @@ def test_a_journal_another_search_holds_is_left_alone(tmp_path, caplog):
         assert first.folder is not None and first.folder.parent == tmp_path
         with probe_journal.opened(state, cfg, DistContext()) as second:
             assert second.folder is None and second.store is None  # searched without: nothing written, nothing read
-        assert "searching without a journal" in caplog.text and "train.schedule.work_dir" in caplog.text
+        assert "searching without a journal" in caplog.text and "train.work_dir" in caplog.text
         first.put("fold0/user/lr1/t1/epochs1", contracts.ScheduleTrial(
             learning_rate=1e-4, temperature=0.05, steps=4, scores={"1": 0.5}, per_query={"1": [0.5]}), [0.4])
     with probe_journal.opened(state, cfg, DistContext()) as reopened:

@@ -232,8 +232,8 @@ def test_succeeded_job_delivers_the_model_and_cleans_up(tmp_path, kube, mined, c
     assert seen["mined"] == ["manifest.json", "train.jsonl"]
     assert seen["config"]["train"]["nodes"] == 1 and seen["config"]["train"]["epochs"] == 2.0
     assert seen["config"]["base_model"] == "all-MiniLM-L6-v2"
-    # the schedule search's journal is on the shared volume: a resubmitted job's nodes find the finished probes
-    assert seen["config"]["train"]["schedule"]["work_dir"] == str(Path(cfg.trainjob.shared_mount) / "train_work")
+    # the work folder is on the shared volume: a resubmitted job's nodes find the finished probes and checkpoint
+    assert seen["config"]["train"]["work_dir"] == str(Path(cfg.trainjob.shared_mount) / "train_work")
     # every status change was reported once, in order
     states = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TrainJob ")]
     assert [s.split(": ", 1)[1].split(" ")[0] for s in states] == ["Running", "Running", "Running", "Complete"]

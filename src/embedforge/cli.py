@@ -108,6 +108,8 @@ def _print_summary(summary: dict, out: Path) -> None:
     if sched:  # what train trained with (train.schedule=auto chooses it per run) and what the search cost
         search = (f"; search {sched['probe_seconds']:.0f} s, {sched['probe_steps'] / max(sched['fixed_steps'], 1):.1f} x "
                   "the fixed run's steps" if sched.get("probe_steps") else "")
+        if sched.get("reused_probes"):
+            search += f" ({sched['reused_probes']} probes taken from the interrupted attempt)"
         console.print(f"train schedule {sched['mode']}: lr {sched['learning_rate']:.2e}, temperature "
                       f"{sched['temperature']:g}, {sched['epochs']:g} epochs"
                       + (", with the augmentation rows" if sched["augment"] else "")

@@ -85,7 +85,8 @@ def training_record(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, fl
     * params ``{"train_schedule": {...}}``: the schedule it trained with (mode, learning_rate, temperature, epochs,
       augment, reason), for :func:`~embedforge.registry.flatten_params`;
     * metrics: ``train_seconds`` (the final run), ``train_probe_seconds`` and ``train_probe_steps`` (the auto
-      schedule's search; 0 without one), ``train_examples_per_second``, ``train_final_loss`` and its counts as
+      schedule's search; 0 without one), ``train_reused_probes`` and ``train_resumed_from_step`` (what a rerun of an
+      interrupted step took over instead of training again), ``train_examples_per_second``, ``train_final_loss`` and its counts as
       ``train_<count>``.
 
     Both empty for a model folder no train stage wrote (a base model)."""
@@ -97,6 +98,8 @@ def training_record(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, fl
         mode="json", include={"mode", "learning_rate", "temperature", "epochs", "augment", "reason"})}
     metrics = {"train_seconds": r.train_seconds, "train_examples_per_second": r.examples_per_second,
                "train_final_loss": r.final_loss, "train_probe_seconds": choice.probe_seconds if choice else 0.0,
-               "train_probe_steps": choice.probe_steps if choice else 0}
+               "train_probe_steps": choice.probe_steps if choice else 0,
+               "train_reused_probes": choice.reused_probes if choice else 0,
+               "train_resumed_from_step": r.resumed_from_step}
     metrics.update({f"train_{k}": v for k, v in m.counts.items() if isinstance(v, (int, float))})
     return params, {k: float(v) for k, v in metrics.items()}

@@ -347,7 +347,9 @@ def _schedule(c: ScheduleChoice) -> str:
         return head
     search = (f"<p>Search: {c.probe_steps} probe steps ({c.probe_steps / max(c.fixed_steps, 1):.1f} &times; the "
               f"fixed run's {c.fixed_steps}) in {c.probe_seconds:.0f} s; {c.heldout_queries} held-out train queries, "
-              f"base model {c.base_score:.4f}.</p>")
+              f"base model {c.base_score:.4f}"
+              + (f"; {c.reused_probes} probes taken from an interrupted attempt's journal" if c.reused_probes else "")
+              + ".</p>")
     rows = [[f"<td>{'&#10003;' if _trained_with(c, t) else ''}</td>", f'<td class="num">{t.learning_rate:.2e}</td>',
              f'<td class="num">{t.temperature:g}</td>', f"<td>{'yes' if t.augment else 'no'}</td>", _num(t.steps),
              "<td>" + " &middot; ".join(f"{k}: {v:.4f}" for k, v in t.scores.items()) + "</td>"] for t in c.trials]

@@ -243,8 +243,8 @@ def run_pipeline(
         preflight(cfg.sdg.llm)  # a missing key or a stopped server fails in seconds, before ingest
     if cfg.sdg.generator == "llm" and not cfg.sdg.llm.work_dir:
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
-    if not cfg.train.schedule.work_dir:
-        cfg.train.schedule.work_dir = str(out / "train_work")  # finished probes survive a rerun (--resume) too
+    if not cfg.train.work_dir:
+        cfg.train.work_dir = str(out / "train_work")  # finished probes survive a rerun (--resume) too
     import torch
 
     cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available(), pairs_given=bool(pairs))

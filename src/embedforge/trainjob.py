@@ -277,10 +277,9 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
             # a folder only this pod sees (the base model imported as a KFP artifact): the nodes see the volume
             shutil.copytree(base_model, work / "base_model")
             base_model = str(work / "base_model")
-        # the nodes train, they never submit a job themselves; the schedule search's journal goes on the shared
-        # volume, where a resubmitted job's nodes find the probes this one finished (embedforge.train.probe_journal)
-        journal = cfg.schedule.work_dir or str(shared / "train_work")
-        node_cfg = cfg.model_copy(update={"nodes": 1, "schedule": cfg.schedule.model_copy(update={"work_dir": journal})})
+        # the nodes train, they never submit a job themselves; the train step's work folder goes on the shared
+        # volume, where a resubmitted job's nodes find the probes and checkpoint this one left (embedforge.train.work)
+        node_cfg = cfg.model_copy(update={"nodes": 1, "work_dir": cfg.work_dir or str(shared / "train_work")})
         (work / "train.yaml").write_text(yaml.safe_dump({
             "base_model": base_model, "prompts": (prompts or PromptsConfig()).model_dump(),
             "model": (model_cfg or ModelConfig()).model_dump(),

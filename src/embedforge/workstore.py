@@ -1,7 +1,7 @@
 """Resumable work folders: append-only JSONL, one fsynced line per finished unit of work.
 
 Two users: the LLM pair generator (a unit = a document/bundle; one folder per split under ``sdg.llm.work_dir``)
-and train's schedule search (a unit = one probe; one folder per search under ``train.schedule.work_dir``,
+and train's schedule search (a unit = one probe; one folder per search under ``train.work_dir``,
 :mod:`embedforge.train.probe_journal`). Folder layout::
 
     state.json       identity of the work (fingerprint of the settings + hash of the inputs; written once)

@@ -62,12 +62,6 @@ class ScheduleConfig(StageConfig):
                               "Bonferroni over the checkpoints compared) above 0; 0 = the best mean wins.")
     max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
                           "positives and negatives first, then other rows' texts).")
-    work_dir: str = Field("", description="auto: folder where each finished probe is recorded (one subfolder per "
-                          "search, named by a hash of its inputs and settings), so that a rerun of an interrupted train "
-                          "step — a preempted pod, a KFP retry, `embedforge run --resume` — trains only the probes "
-                          "not yet finished; removed when the step succeeds. Empty: $EMBEDFORGE_TRAIN_WORK_DIR (the "
-                          "Kubernetes pipeline sets it to the data volume), else the system temp folder; `embedforge "
-                          "run` uses <out>/train_work.")
 
 
 class LoraConfig(StageConfig):
@@ -142,6 +136,17 @@ class TrainConfig(StageConfig):
         "auto", description="Sequence packing in the training forward (embedforge.train.packing): each "
         "micro-batch's texts concatenated into one row, attention kept per text, so no FLOPs go to padding. "
         "auto: on for models that support it (Llama/Qwen/Mistral-style decoders) on CUDA; on: wherever supported.")
+    work_dir: str = Field("", description="Folder for what must outlive an interrupted train step — a preempted pod, "
+                          "a KFP retry, `embedforge run --resume` — so its rerun does not start over: the schedule "
+                          "search's finished probes and the final run's checkpoints (one subfolder each, named by a "
+                          "hash of rows, settings and base model; removed when the step saves its model). Empty: "
+                          "$EMBEDFORGE_TRAIN_WORK_DIR (the compiled Kubernetes pipeline: the data volume), else the "
+                          "system temp folder; `embedforge run` uses <out>/train_work.")
+    checkpoint_minutes: float = Field(30.0, ge=0, description="Save the final run's state (weights, optimizer, "
+                                      "learning-rate schedule, random streams, loss history) to train.work_dir at "
+                                      "most this often; a rerun of the interrupted step continues from the last one "
+                                      "and trains the model an uninterrupted run trains. 0: never. Not with "
+                                      "train.soup > 1 or train.sharding=fsdp.")
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -137,7 +137,7 @@ class ScheduleChoice(BaseModel):
     probe_seconds: float = Field(0.0, description="Wall-clock seconds of the search (probes and their scoring), "
                                  "spent before the final run; the train result's train_seconds are the final run's.")
     reused_probes: int = Field(0, description="Probes taken from the journal of an interrupted earlier attempt of "
-                               "this search (train.schedule.work_dir) instead of being trained again.")
+                               "this search (train.work_dir) instead of being trained again.")
     journal: str = Field("", description="The search's journal folder (deleted once the step saved its model).")
     trials: list[ScheduleTrial] = Field(default_factory=list)
 
@@ -158,6 +158,9 @@ class TrainResult(StageResult):
     processes: int
     schedule: ScheduleChoice | None = Field(None, description="The schedule train.schedule chose (None: before it "
                                             "was recorded).")
+    resumed_from_step: int = Field(0, description="Steps of the final run restored from the checkpoint of an "
+                                   "interrupted attempt (train.checkpoint_minutes) instead of trained again; "
+                                   "train_seconds and examples_per_second count the steps trained here.")
 
 
 class ExternalEvaluation(BaseModel):

@@ -1,8 +1,9 @@
 """The train stage's entry point, :func:`run`: glue over the package's parts, in the order a run needs them.
 
-read rows (:mod:`.batching`) -> model, optimizer, schedule, stepper (:mod:`.setup`) -> plan of batches
-(:mod:`.batching`) -> steps (:mod:`.step`), loss history (:mod:`.loss_log`) -> WiSE-FT (:mod:`.wise_ft`) -> save
-the model and ``manifest.json``.
+read rows (:mod:`.batching`) -> schedule (:mod:`.schedule`, its probes journaled: :mod:`.probe_journal`) -> model,
+optimizer, learning-rate schedule, stepper (:mod:`.setup`) -> plan of batches (:mod:`.batching`) -> continue from a
+checkpoint (:mod:`.checkpoint`) -> steps (:mod:`.step`), loss history (:mod:`.loss_log`), checkpoints -> WiSE-FT
+(:mod:`.wise_ft`) -> save the model and ``manifest.json`` -> delete the step's kept work (:mod:`.work`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import embedforge.train.distributed as distributed
 import embedforge.train.fsdp as fsdp
-import embedforge.train.probe_journal as probe_journal
+import embedforge.train.work as work
 import embedforge.train.schedule as schedule
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import epoch_batches, plan_steps, read_examples
+from embedforge.train.checkpoint import Checkpoints
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
 from embedforge.train.positives import known_positives
@@ -76,10 +78,11 @@ def run(
     cfg = schedule.apply(cfg, choice)
     examples = schedule.rows_for(examples, choice)  # without the augmentation rows unless the schedule kept them
     base_weight = resolve_base_weight(cfg, mined_dir)
+    checkpoints = _checkpoints(examples, known, cfg, base_model, prompts, model_cfg, base_weight, dist_ctx)
     soup, runs = WeightAverage(), []
     for k in range(cfg.soup):  # train.soup: runs with seeds seed, seed + 1000, ... averaged (train.soup)
         done = _train_once(examples, known, cfg.model_copy(update={"seed": cfg.seed + 1000 * k}), base_model, prompts,
-                           model_cfg, dist_ctx, keep_base=k == 0 and base_weight > 0)
+                           model_cfg, dist_ctx, keep_base=k == 0 and base_weight > 0, checkpoints=checkpoints)
         runs.append(done)
         if done.model is not None and cfg.soup > 1:
             soup.add(done.model)
@@ -99,6 +102,7 @@ def run(
     model.save(str(out), create_model_card=False)
     steps_per_epoch = len(epoch_batches(examples, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
     train_seconds = sum(r.seconds for r in runs)
+    trained_rows = sum(len(rows) for r in runs for rows in r.plan[r.start:])  # a continued run: its own steps
     manifest = timer.write_manifest(
         out,
         counts={"examples": len(examples), "augment_rows": sum(ex.augment for ex in examples), "steps": len(first.plan),
@@ -111,14 +115,16 @@ def run(
         final_loss=last.losses.history[-1]["loss"],
         loss_history=last.losses.history,
         train_seconds=round(train_seconds, 3),
-        examples_per_second=round(sum(len(rows) for r in runs for rows in r.plan) / max(train_seconds, 1e-9), 3),
+        examples_per_second=round(trained_rows / max(train_seconds, 1e-9), 3),
         device=str(model.device),
         precision=str(last.amp_dtype).replace("torch.", "") if last.amp_dtype is not None else "fp32",
         base_weight=base_weight,
         processes=dist_ctx.world,
         schedule=choice,
+        resumed_from_step=first.start,
     )
-    probe_journal.discard(choice.journal)  # the model is saved: its probes are in the manifest, never needed again
+    work.discard(checkpoints.folder)  # likewise its checkpoint
+    work.discard(choice.journal)  # the model is saved: its probes are in the manifest, never needed again
     distributed.shutdown(dist_ctx)
     return manifest
 
@@ -134,12 +140,26 @@ class _Run:
     seconds: float
     amp_dtype: object
     base_state: dict | None
+    start: int = 0
+
+
+def _checkpoints(examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig, base_model: str,
+                 prompts: PromptsConfig, model_cfg: ModelConfig | None, base_weight: float, dist_ctx: DistContext
+                 ) -> Checkpoints:
+    """The final run's checkpoints (:mod:`.checkpoint`): in ``run-<hash>`` of the work folder, or off."""
+    if cfg.checkpoint_minutes <= 0 or cfg.soup > 1 or (dist_ctx.enabled and cfg.sharding == "fsdp"):
+        return Checkpoints(None, 0.0, dist_ctx)
+    folder = work.folder(cfg, "run", work.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight,
+                                                  dist_ctx.world)) if dist_ctx.is_main else None
+    return Checkpoints(distributed.broadcast(folder, dist_ctx), 60.0 * cfg.checkpoint_minutes, dist_ctx)
 
 
 def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig, base_model: str,
-                prompts: PromptsConfig, model_cfg: ModelConfig | None, dist_ctx: DistContext, keep_base: bool) -> _Run:
+                prompts: PromptsConfig, model_cfg: ModelConfig | None, dist_ctx: DistContext, keep_base: bool,
+                checkpoints: Checkpoints | None = None) -> _Run:
     """Load the base model, train it on ``cfg``'s plan of batches (seeded by ``cfg.seed``) and return it with LoRA
-    merged and, under FSDP, gathered on rank 0. ``keep_base``: also snapshot the untrained weights (WiSE-FT)."""
+    merged and, under FSDP, gathered on rank 0. ``keep_base``: also snapshot the untrained weights (WiSE-FT).
+    ``checkpoints``: continue from the latest one and save new ones as the run goes."""
     model, prompts, base_state = prepare_model(base_model, cfg, prompts, model_cfg, dist_ctx, keep_base)
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
@@ -149,10 +169,13 @@ def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: T
         len(examples), len(plan), cfg.epochs, cfg.batch_size, cfg.seed, model.device,
         f" (rank {dist_ctx.rank} of {dist_ctx.world})" if dist_ctx.enabled else "", stepper.amp_dtype or "fp32",
     )
+    checkpoints = checkpoints or Checkpoints(None, 0.0, dist_ctx)
+    tail, losses = WeightAverage(), LossLog(window=max(1, len(plan) // 10))
+    start = checkpoints.restore(stepper, losses, tail)
     restore_eager = compile_encoder(model) if cfg.compile else None
     started = time.perf_counter()
-    tail = WeightAverage()
-    losses = _train(stepper, examples, plan, dist_ctx, known, tail, tail_steps(len(plan), cfg.average_last))
+    _train(stepper, examples, plan, dist_ctx, known, tail, tail_steps(len(plan), cfg.average_last), losses, start,
+           checkpoints)
     seconds = time.perf_counter() - started
     model.eval()
     if tail.count:
@@ -163,7 +186,7 @@ def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: T
         model = fsdp.full_model(model, dist_ctx, lambda: _fresh_model(base_model, cfg, prompts, model_cfg))
     if dist_ctx.is_main:
         merge_adapters(model)  # LoRA: the saved folder is a plain model
-    return _Run(model if dist_ctx.is_main else None, plan, losses, seconds, stepper.amp_dtype, base_state)
+    return _Run(model if dist_ctx.is_main else None, plan, losses, seconds, stepper.amp_dtype, base_state, start)
 
 
 def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, model_cfg: ModelConfig | None):
@@ -174,20 +197,21 @@ def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, mode
 
 
 def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext,
-           known: dict[str, set[str]], tail: WeightAverage, tail_at: set[int]) -> LossLog:
-    """Run every planned step (``known``: anchor -> texts never its negative), adding the weights after each step
-    of ``tail_at`` to ``tail`` (train.average_last); returns the loss history."""
+           known: dict[str, set[str]], tail: WeightAverage, tail_at: set[int], losses: LossLog, start: int,
+           checkpoints: Checkpoints) -> None:
+    """Run the planned steps after the first ``start`` (``known``: anchor -> texts never its negative), recording
+    the loss in ``losses``, adding the weights after each step of ``tail_at`` to ``tail`` (train.average_last) and
+    letting ``checkpoints`` save the state as the run goes."""
     from tqdm.auto import tqdm
 
-    losses = LossLog(window=max(1, len(plan) // 10))
     stepper.model.train()
-    bar = tqdm(plan, desc="train", unit="step", disable=not ctx.is_main)
-    for step, rows in enumerate(bar, start=1):
+    bar = tqdm(plan[start:], desc="train", unit="step", disable=not ctx.is_main, initial=start, total=len(plan))
+    for step, rows in enumerate(bar, start=start + 1):
         loss = stepper.step_rows(examples, rows, known)
         if losses.add(step, loss):
             bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{max(stepper.scheduler.get_last_lr()):.2e}")
         if step in tail_at:
             tail.add(stepper.model)
+        checkpoints.after_step(step, len(plan), stepper, losses, tail)
     losses.flush(len(plan))
-    return losses
 

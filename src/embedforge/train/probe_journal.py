@@ -4,17 +4,10 @@
 GPU profile about 7-10 x the fixed run's steps). A train step that dies part-way — a preempted spot node, an
 out-of-memory kill in the final run, a KFP retry, ``embedforge run --resume`` — would otherwise search again from
 the start. Each probe's result (its per-query held-out scores at every checkpoint, and the base model's where that
-probe scored them) is appended, fsynced, to a work folder (:class:`embedforge.workstore.ResultStore`) as soon as
-it is finished; a later search with the same inputs and settings takes it from there instead of training it.
-
-Which folder: ``<root>/<hash>`` where ``<hash>`` is the sha256 of everything a probe's result depends on — the
-train rows and known positives, every ``train`` setting (but ``schedule.work_dir`` itself), the model and prompt
-settings, the base model folder's bytes, the WiSE-FT weight, the number of processes and embedforge's code —
-so another run's probes are never reused, and runs with other inputs sharing a root do not meet. ``<root>``:
-``train.schedule.work_dir``, else ``$EMBEDFORGE_TRAIN_WORK_DIR`` (the compiled Kubernetes pipeline points it at the
-data volume, which outlives the pod), else the system temp folder; ``embedforge run`` uses ``<out>/train_work``.
-The driver deletes the folder once the step has saved its model. A search whose folder another process holds
-(the same run started twice at once) searches without a journal, with a warning.
+probe scored them) is appended, fsynced, to ``probes-<hash>`` in the step's work folder (:mod:`embedforge.train.work`,
+:class:`embedforge.workstore.ResultStore`) as soon as it is finished; a later search with the same inputs and
+settings takes it from there instead of training it. A search whose folder another process holds (the same run
+started twice at once), or that cannot write it, searches without a journal, with a warning.
 
 Under torchrun rank 0 alone opens the folder and writes it; what it found is broadcast, so every rank skips the
 same probes (every rank must take part in every probe it trains).
@@ -22,65 +15,20 @@ same probes (every rank must take part in every probe it trains).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import embedforge.train.distributed as distributed
-from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
-from embedforge.contracts import ScheduleTrial, TrainExample
-from embedforge.resume import content_sha256
+import embedforge.train.work as work
+from embedforge.config import TrainConfig
+from embedforge.contracts import ScheduleTrial
 from embedforge.train.distributed import DistContext
 from embedforge.workstore import FolderBusy, ResultStore
 
 log = logging.getLogger(__name__)
-
-#: Where the journal lives when ``train.schedule.work_dir`` is empty (set by the compiled Kubernetes pipeline).
-WORK_DIR_ENV = "EMBEDFORGE_TRAIN_WORK_DIR"
-
-
-def root(cfg: TrainConfig) -> Path:
-    """The folder the search's journal goes under (see the module docstring)."""
-    chosen = cfg.schedule.work_dir or os.environ.get(WORK_DIR_ENV, "")
-    return Path(chosen).expanduser() if chosen else Path(tempfile.gettempdir()) / "embedforge-train-probes"
-
-
-def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig, base_model: str,
-             prompts: PromptsConfig, model_cfg: ModelConfig | None, base_weight: float, world: int) -> dict:
-    """What a probe's result depends on, as JSON-able values (the journal's ``state.json``)."""
-    import embedforge
-
-    code = hashlib.sha256()  # another image (a fix in the loss, the scoring) must not reuse this one's probes
-    package = Path(embedforge.__file__).parent
-    for source in sorted(package.rglob("*.py")):
-        code.update(source.relative_to(package).as_posix().encode("utf-8") + b"\0" + source.read_bytes())
-    rows = hashlib.sha256()
-    for ex in examples:
-        rows.update(json.dumps(ex.model_dump(mode="json"), sort_keys=True).encode("utf-8") + b"\n")
-    rows.update(json.dumps({a: sorted(t) for a, t in sorted(known.items())}).encode("utf-8"))
-    settings = cfg.model_dump(mode="json")
-    settings["schedule"].pop("work_dir", None)
-    model_path = Path(base_model)
-    return {
-        "embedforge": embedforge.__version__,
-        "code_sha256": code.hexdigest(),
-        "rows_sha256": rows.hexdigest(),
-        "train": settings,
-        "model": (model_cfg or ModelConfig()).model_dump(mode="json"),
-        "prompts": prompts.model_dump(mode="json"),
-        # a folder by its bytes only: a retried TrainJob or KFP task stages the same model under another path
-        "base_model": "" if model_path.is_dir() else base_model,
-        "base_model_sha256": content_sha256(model_path) if model_path.is_dir() else "",
-        "base_weight": base_weight,
-        "processes": world,
-    }
 
 
 @dataclass
@@ -112,11 +60,10 @@ class Journal:
 def opened(state: dict, cfg: TrainConfig, dist: DistContext) -> Iterator[Journal]:
     """The journal of the search ``state`` identifies: rank 0 opens (or creates) its folder and holds its lock for
     the search; every rank gets the probes it already holds."""
-    key = hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-    folder = root(cfg) / key
+    folder = work.folder(cfg, "probes", state)
     store = None
     if dist.is_main:
-        store = ResultStore(folder, state, "if_possible", setting="train.schedule.work_dir", what="probes")
+        store = ResultStore(folder, state, "if_possible", setting="train.work_dir", what="probes")
         try:
             store.__enter__()
         except FolderBusy as exc:
@@ -132,9 +79,3 @@ def opened(state: dict, cfg: TrainConfig, dist: DistContext) -> Iterator[Journal
     finally:
         if store is not None:
             store.__exit__(None, None, None)
-
-
-def discard(folder: str | Path | None) -> None:
-    """Delete a finished search's journal (the probes are in the train result; a rerun would not need them)."""
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)

@@ -34,7 +34,7 @@ on one, lost against the base model on the other). With ``auto``, before the rea
    fixed schedule is kept they are left out. ``mode=fixed`` trains on every row.
 
 5. **Journal.** Every finished probe is recorded at once (:mod:`embedforge.train.probe_journal`,
-   ``schedule.work_dir``); a rerun of an interrupted step with the same inputs and settings trains only the probes
+   ``train.work_dir``); a rerun of an interrupted step with the same inputs and settings trains only the probes
    not yet recorded (the choice is the same: the same probes, the same scores).
 
 The probes, scores, budget and reason are recorded in the train result (:class:`~embedforge.contracts.
@@ -60,6 +60,7 @@ import numpy as np
 
 import embedforge.train.distributed as distributed
 import embedforge.train.probe_journal as probe_journal
+import embedforge.train.work as work
 from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import ScheduleChoice, ScheduleTrial, TrainExample
 from embedforge.train.batching import epoch_batches, plan_steps
@@ -191,7 +192,7 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
     started = time.perf_counter()
-    state = probe_journal.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight,
+    state = work.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight,
                                    dist.world) if dist.is_main else {}
     with probe_journal.opened(state, cfg, dist) as journal:
         runs = [_probe(fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg, base_model,

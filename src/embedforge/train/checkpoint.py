@@ -1,0 +1,139 @@
+"""Checkpoints of the final training run: a train step killed mid-run continues from its last checkpoint.
+
+A production-size run takes hours on a GPU that may be preempted. At most every ``train.checkpoint_minutes`` of
+training, the run's state after step *s* is written to ``run-<hash>/step-<s>`` in the step's work folder
+(:mod:`embedforge.train.work`: the hash names the rows, settings and base model, so only the same run finds it):
+weights, optimizer, learning-rate schedule and gradient scaler, the loss history and the tail average so far
+(rank 0: the data-parallel replicas are identical), and every rank's random streams (dropout). Each checkpoint is
+written under a temporary name and renamed into place once every rank has written its part; the previous one is
+deleted after, so the folder holds one complete checkpoint at a time.
+
+A rerun of the step with the same rows and settings restores the latest complete checkpoint and skips the steps it
+covers. The plan of batches is a function of the seed (:func:`embedforge.train.batching.plan_steps`), so the
+continuation trains exactly the batches an uninterrupted run trains, from the same state: on the same hardware, the
+same weights. Under torchrun rank 0's clock decides when to save (checked every :data:`CHECK_EVERY` steps, one small
+broadcast) and which checkpoint to restore, so all ranks agree. Off with ``checkpoint_minutes`` 0, ``train.soup`` >
+1 (several runs) and FSDP sharding (its sharded state would need torch.distributed.checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+import embedforge.train.distributed as distributed
+from embedforge.train.distributed import DistContext
+
+if TYPE_CHECKING:
+    from embedforge.train.loss_log import LossLog
+    from embedforge.train.soup import WeightAverage
+    from embedforge.train.step import Stepper
+
+log = logging.getLogger(__name__)
+
+#: Under torchrun the ranks agree on saving every this many steps (a broadcast from rank 0).
+CHECK_EVERY = 25
+_COMPLETE = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class Checkpoints:
+    """The final run's checkpoints in ``folder`` (None: off), saved at most every ``every_s`` seconds."""
+
+    folder: Path | None
+    every_s: float
+    dist: DistContext = field(default_factory=DistContext)
+    restored_step: int = 0
+    saved: int = 0
+    _last: float = field(default_factory=time.monotonic)
+
+    def restore(self, stepper: Stepper, losses: LossLog, tail: WeightAverage) -> int:
+        """Load the latest complete checkpoint into the run's parts; returns the steps it covers (0: none)."""
+        if self.folder is None:
+            return 0
+        latest = None
+        if self.dist.is_main and self.folder.is_dir():
+            steps = [int(m.group(1)) for p in self.folder.iterdir() if (m := _COMPLETE.match(p.name))]
+            latest = max(steps, default=None)
+        latest = distributed.broadcast(latest, self.dist)
+        if latest is None:
+            return 0
+        import torch
+
+        where = self.folder / f"step-{latest}"
+        state = torch.load(where / "state.pt", map_location="cpu", weights_only=False)
+        stepper.model.load_state_dict(state["model"])
+        stepper.optimizer.load_state_dict(state["optimizer"])
+        stepper.scheduler.load_state_dict(state["scheduler"])
+        if stepper.scaler is not None and state["scaler"] is not None:
+            stepper.scaler.load_state_dict(state["scaler"])
+        losses.history, losses.last = state["losses"]["history"], state["losses"]["last"]
+        device = next(stepper.model.parameters()).device
+        losses._buf = [torch.tensor(v, dtype=torch.float32, device=device) for v in state["losses"]["buffer"]]
+        tail.total, tail.count = state["tail"]["total"], state["tail"]["count"]
+        _set_rng(torch.load(where / f"rng-{self.dist.rank}.pt", map_location="cpu", weights_only=False))
+        self.restored_step = latest
+        if self.dist.is_main:
+            log.info("train: continuing from the checkpoint after step %d (%s)", latest, where)
+        return latest
+
+    def after_step(self, step: int, n_steps: int, stepper: Stepper, losses: LossLog, tail: WeightAverage) -> None:
+        """Save the state after ``step`` when ``every_s`` has passed since the last save (never after the last
+        step: the model itself is saved then)."""
+        if self.folder is None or step >= n_steps or (self.dist.enabled and step % CHECK_EVERY):
+            return
+        due = time.monotonic() - self._last >= self.every_s
+        token = distributed.broadcast(uuid.uuid4().hex[:8] if due else None, self.dist)  # rank 0 decides for all
+        if token is None:
+            return
+        import torch
+
+        partial = self.folder / f"step-{step}.partial-{token}"
+        partial.mkdir(parents=True, exist_ok=True)
+        torch.save(_rng_state(), partial / f"rng-{self.dist.rank}.pt")
+        if self.dist.is_main:
+            torch.save({
+                "step": step,
+                "model": stepper.model.state_dict(),
+                "optimizer": stepper.optimizer.state_dict(),
+                "scheduler": stepper.scheduler.state_dict(),
+                "scaler": stepper.scaler.state_dict() if stepper.scaler is not None else None,
+                "losses": {"history": losses.history, "last": losses.last,
+                           "buffer": [float(v) for v in losses._buf]},
+                "tail": {"total": tail.total, "count": tail.count},
+            }, partial / "state.pt")
+        distributed.broadcast(None, self.dist)  # every rank's part is written
+        if self.dist.is_main:
+            partial.rename(self.folder / f"step-{step}")
+            for old in self.folder.iterdir():  # the previous checkpoint, and parts an interrupted save left
+                if old.name != f"step-{step}":
+                    shutil.rmtree(old, ignore_errors=True)
+            log.info("train: checkpoint after step %d of %d in %s", step, n_steps, self.folder)
+        self.saved += 1
+        self._last = time.monotonic()
+
+
+def _rng_state() -> dict:
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,85 @@
+"""The train step's work folder: what must outlive an interrupted attempt of the step, and how it is named.
+
+Two things are kept there (``train.work_dir``), each in its own subfolder: the schedule search's finished probes
+(:mod:`embedforge.train.probe_journal`, ``probes-<hash>``) and the final run's latest checkpoint
+(:mod:`embedforge.train.checkpoint`, ``run-<hash>``). ``<hash>`` is the sha256 of everything the kept results
+depend on (:func:`identity`): the rows and known positives, every ``train`` setting but the work folder and the
+checkpoint interval, the model and prompt settings, the base model folder's bytes (not its path: a retried KFP task
+or TrainJob stages the same model elsewhere), the WiSE-FT weight, the number of processes and embedforge's code.
+So a rerun with the same inputs finds them, and nothing of another run is ever reused. The driver deletes both
+once the step has saved its model.
+
+Where: ``train.work_dir``, else ``$EMBEDFORGE_TRAIN_WORK_DIR`` (the compiled Kubernetes pipeline points it at the
+data volume, which outlives the pod; a TrainJob's nodes get ``train.trainjob.shared_mount``/train_work), else the
+system temp folder; ``embedforge run`` uses ``<out>/train_work``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
+from embedforge.contracts import TrainExample
+from embedforge.resume import content_sha256
+
+#: Where the work folder is when ``train.work_dir`` is empty (set by the compiled Kubernetes pipeline).
+WORK_DIR_ENV = "EMBEDFORGE_TRAIN_WORK_DIR"
+
+
+def root(cfg: TrainConfig) -> Path:
+    """The folder the step's kept results go under (see the module docstring)."""
+    chosen = cfg.work_dir or os.environ.get(WORK_DIR_ENV, "")
+    return Path(chosen).expanduser() if chosen else Path(tempfile.gettempdir()) / "embedforge-train-work"
+
+
+def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig, base_model: str,
+             prompts: PromptsConfig, model_cfg: ModelConfig | None, base_weight: float, world: int) -> dict:
+    """What a probe's or a run's result depends on, as JSON-able values (see the module docstring)."""
+    import embedforge
+
+    code = hashlib.sha256()  # another image (a fix in the loss, the scoring) must not reuse this one's results
+    package = Path(embedforge.__file__).parent
+    for source in sorted(package.rglob("*.py")):
+        code.update(source.relative_to(package).as_posix().encode("utf-8") + b"\0" + source.read_bytes())
+    rows = hashlib.sha256()
+    for ex in examples:
+        rows.update(json.dumps(ex.model_dump(mode="json"), sort_keys=True).encode("utf-8") + b"\n")
+    rows.update(json.dumps({a: sorted(t) for a, t in sorted(known.items())}).encode("utf-8"))
+    settings = cfg.model_dump(mode="json", exclude={"work_dir", "checkpoint_minutes"})
+    model_path = Path(base_model)
+    return {
+        "embedforge": embedforge.__version__,
+        "code_sha256": code.hexdigest(),
+        "rows_sha256": rows.hexdigest(),
+        "train": settings,
+        "model": (model_cfg or ModelConfig()).model_dump(mode="json"),
+        "prompts": prompts.model_dump(mode="json"),
+        "base_model": "" if model_path.is_dir() else base_model,
+        "base_model_sha256": _model_sha256(str(model_path.resolve())) if model_path.is_dir() else "",
+        "base_weight": base_weight,
+        "processes": world,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _model_sha256(path: str) -> str:
+    """The base model folder's content hash, read once per process (the search and the final run both need it)."""
+    return content_sha256(Path(path))
+
+
+def folder(cfg: TrainConfig, kind: str, state: dict) -> Path:
+    """``<root>/<kind>-<first 16 hex digits of the sha256 of state>``."""
+    key = hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return root(cfg) / f"{kind}-{key}"
+
+
+def discard(path: str | Path | None) -> None:
+    """Delete a kept folder the step no longer needs (its model is saved)."""
+    if path:
+        shutil.rmtree(path, ignore_errors=True)

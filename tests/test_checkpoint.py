@@ -1,0 +1,117 @@
+"""Checkpoints of the final run: a train step killed mid-run (SIGKILL, as a preempted pod) and run again continues
+from its last checkpoint and saves exactly the weights an uninterrupted run saves; the checkpoint is removed once
+the model is saved, and nothing is written when checkpoints are off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from embedforge import contracts, train
+from embedforge.config import PromptsConfig, TrainConfig
+
+# 48 rows at batch 4 and 2 epochs: 24 steps; dropout on (train mode), so the random streams must be restored too.
+RUN = {"batch_size": 4, "max_seq_length": 32, "warmup_ratio": 0.2, "seed": 11, "device": "cpu", "epochs": 2.0,
+       "learning_rate": 1e-4, "average_last": 0.3}
+
+_TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    from embedforge import train
+    from embedforge.config import PromptsConfig, TrainConfig
+    train.run(sys.argv[1], sys.argv[2], TrainConfig.model_validate_json(sys.argv[3]), base_model=sys.argv[4],
+              prompts=PromptsConfig())
+""")
+
+
+@pytest.fixture
+def run_rows(tmp_path, mined_dir) -> Path:
+    rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:48]]
+    contracts.write_jsonl(tmp_path / "mined" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    return tmp_path / "mined"
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _checkpoints(work_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in work_dir.glob("run-*/step-*") if "." not in p.name)
+
+
+def test_a_run_killed_mid_way_continues_from_its_checkpoint_to_the_same_weights(tmp_path, run_rows, base_model):
+    reference = train.run(run_rows, tmp_path / "reference", TrainConfig(**RUN, checkpoint_minutes=0.0),
+                          base_model=base_model, prompts=PromptsConfig())
+    assert reference.result.resumed_from_step == 0
+    cfg = TrainConfig(**RUN, checkpoint_minutes=1e-9, work_dir=str(tmp_path / "work"))  # after every step
+    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(run_rows), str(tmp_path / "killed"),
+                             cfg.model_dump_json(), base_model], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while max(_checkpoints(tmp_path / "work"), default=0) < 8 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # a preempted pod: mid-step, maybe mid-save
+    _, stderr = proc.communicate()
+    saved = _checkpoints(tmp_path / "work")
+    assert saved and 8 <= saved[-1] < 24, f"the run should have been killed mid-way ({saved}): {stderr[-2000:]}"
+    assert len(saved) <= 2  # the previous checkpoint is deleted once the next one is complete
+
+    resumed = train.run(run_rows, tmp_path / "resumed", cfg, base_model=base_model, prompts=PromptsConfig())
+    assert resumed.result.resumed_from_step == saved[-1] and resumed.counts["steps"] == 24
+    ref_w, got_w = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
+    assert ref_w.keys() == got_w.keys()
+    assert all((ref_w[k] == got_w[k]).all() for k in ref_w), "a continued run must save the uninterrupted run's weights"
+    assert resumed.result.loss_history == reference.result.loss_history
+    assert not list((tmp_path / "work").glob("run-*"))  # the model is saved: the checkpoint is removed
+
+
+def test_no_checkpoint_is_written_when_they_are_off_or_the_run_is_short(tmp_path, run_rows, base_model):
+    train.run(run_rows, tmp_path / "off", TrainConfig(**RUN, checkpoint_minutes=0.0, work_dir=str(tmp_path / "a")),
+              base_model=base_model, prompts=PromptsConfig())
+    assert not (tmp_path / "a").exists()
+    m = train.run(run_rows, tmp_path / "short", TrainConfig(**RUN, work_dir=str(tmp_path / "b")),  # 30 minutes
+                  base_model=base_model, prompts=PromptsConfig())
+    assert m.result.resumed_from_step == 0 and not list((tmp_path / "b").glob("run-*/step-*"))
+
+
+def _cli_train(out: Path, mined: Path, base_model: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "embedforge.cli", "train", "--mined", str(mined), "--out", str(out), "--config",
+            str(config), "--base-model", base_model]
+
+
+def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_path, run_rows, base_model):
+    """Under torchrun the ranks agree on when to save (rank 0 decides every 25 steps) and what to restore; each
+    rank's random streams are its own. 5 rows, batch 4: 2 steps an epoch, 30 epochs = 60 steps."""
+    rows = contracts.read_train_examples(run_rows)[:5]
+    contracts.write_jsonl(tmp_path / "five" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    settings = "epochs: 30, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2, learning_rate: 1e-4"
+    (tmp_path / "ref.yaml").write_text(f"train: {{{settings}, checkpoint_minutes: 0}}\n")
+    (tmp_path / "ck.yaml").write_text(f"train: {{{settings}, checkpoint_minutes: 1e-9, work_dir: {tmp_path / 'work'}}}\n")
+    r = subprocess.run(_cli_train(tmp_path / "reference", tmp_path / "five", base_model, tmp_path / "ref.yaml"),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    proc = subprocess.Popen(_cli_train(tmp_path / "killed", tmp_path / "five", base_model, tmp_path / "ck.yaml"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not _checkpoints(tmp_path / "work") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once
+    _, stderr = proc.communicate()
+    saved = _checkpoints(tmp_path / "work")
+    assert saved and saved[-1] in (25, 50), f"killed before a checkpoint or after the run ({saved}): {stderr[-2000:]}"
+    r = subprocess.run(_cli_train(tmp_path / "resumed", tmp_path / "five", base_model, tmp_path / "ck.yaml"),
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = contracts.read_manifest(tmp_path / "resumed")
+    assert m.result.resumed_from_step == saved[-1] and m.result.processes == 2 and m.counts["steps"] == 60
+    ref_w, got_w = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
+    assert all((ref_w[k] == got_w[k]).all() for k in ref_w), "a continued run must save the uninterrupted run's weights"
