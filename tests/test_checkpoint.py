@@ -115,3 +115,28 @@ def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_pa
     assert m.result.resumed_from_step == saved[-1] and m.result.processes == 2 and m.counts["steps"] == 60
     ref_w, got_w = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
     assert all((ref_w[k] == got_w[k]).all() for k in ref_w), "a continued run must save the uninterrupted run's weights"
+
+
+def test_a_damaged_checkpoint_or_an_unwritable_work_folder_does_not_stop_the_run(tmp_path, run_rows, base_model,
+                                                                                 caplog):
+    from embedforge.train import work
+    from embedforge.train.positives import known_positives
+    from embedforge.train.wise_ft import resolve_base_weight
+
+    cfg = TrainConfig(**RUN, checkpoint_minutes=1e-9, work_dir=str(tmp_path / "work"))
+    rows = contracts.read_train_examples(run_rows)
+    folder = work.folder(cfg, "run", work.identity(rows, known_positives(run_rows, rows), cfg, base_model,
+                                                   PromptsConfig(), None, resolve_base_weight(cfg, run_rows), 1))
+    (folder / "step-5").mkdir(parents=True)
+    (folder / "step-5" / "state.pt").write_bytes(b"not a checkpoint")  # what a storage fault could leave
+    m = train.run(run_rows, tmp_path / "model", cfg, base_model=base_model, prompts=PromptsConfig())
+    assert m.result.resumed_from_step == 0 and "cannot read the checkpoint" in caplog.text
+    assert not folder.exists()  # the run finished (checkpointing on the way) and removed its folder
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")  # every write below it fails
+    auto = TrainConfig(**RUN, checkpoint_minutes=1e-9, work_dir=str(blocked), schedule={
+        "mode": "auto", "folds": 2, "min_holdout_queries": 4, "budget": 1.0, "candidates": [(1.0, 1.0)]})
+    m = train.run(run_rows, tmp_path / "blocked", auto, base_model=base_model, prompts=PromptsConfig())
+    assert m.result.schedule.trials and m.counts["steps"] > 0
+    assert "searching without one" in caplog.text and "training goes on without checkpoints" in caplog.text

@@ -132,3 +132,18 @@ def test_a_successful_train_step_removes_its_journal_and_records_it(tmp_path, se
     choice = m.result.schedule
     assert choice.journal and Path(choice.journal).parent == tmp_path / "journal"
     assert not Path(choice.journal).exists() and choice.reused_probes == 0
+
+
+def test_a_damaged_journal_is_started_again(tmp_path, caplog):
+    cfg, state = _cfg(tmp_path), {"search": 2}
+    trial = contracts.ScheduleTrial(learning_rate=1e-4, temperature=0.05, steps=4, scores={"1": 0.5},
+                                    per_query={"1": [0.5]})
+    with probe_journal.opened(state, cfg, DistContext()) as journal:
+        journal.put("a", trial, [0.4])
+        journal.put("b", trial, [])
+        folder = journal.folder
+    lines = (folder / "results.jsonl").read_text().splitlines()
+    (folder / "results.jsonl").write_text(lines[0][:20] + "\n" + lines[1] + "\n")  # a damaged middle record
+    with probe_journal.opened(state, cfg, DistContext()) as again:
+        assert again.folder == folder and again.done == {}  # nothing trusted from it, the search starts over
+    assert "corrupt record" in caplog.text and "starting the probe journal again" in caplog.text

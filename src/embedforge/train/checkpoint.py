@@ -70,7 +70,16 @@ class Checkpoints:
         import torch
 
         where = self.folder / f"step-{latest}"
-        state = torch.load(where / "state.pt", map_location="cpu", weights_only=False)
+        try:  # read everything before changing anything: a damaged checkpoint leaves the run as it was
+            state = torch.load(where / "state.pt", map_location="cpu", weights_only=False)
+            rng = torch.load(where / f"rng-{self.dist.rank}.pt", map_location="cpu", weights_only=False)
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - unreadable for any reason: it is only a shortcut
+            log.warning("train: cannot read the checkpoint %s (%s: %s); training from the first step", where,
+                        type(exc).__name__, exc)
+            ok = False
+        if not distributed.all_ranks(ok, self.dist):
+            return 0
         stepper.model.load_state_dict(state["model"])
         stepper.optimizer.load_state_dict(state["optimizer"])
         stepper.scheduler.load_state_dict(state["scheduler"])
@@ -80,7 +89,7 @@ class Checkpoints:
         device = next(stepper.model.parameters()).device
         losses._buf = [torch.tensor(v, dtype=torch.float32, device=device) for v in state["losses"]["buffer"]]
         tail.total, tail.count = state["tail"]["total"], state["tail"]["count"]
-        _set_rng(torch.load(where / f"rng-{self.dist.rank}.pt", map_location="cpu", weights_only=False))
+        _set_rng(rng)
         self.restored_step = latest
         if self.dist.is_main:
             log.info("train: continuing from the checkpoint after step %d (%s)", latest, where)
@@ -95,9 +104,34 @@ class Checkpoints:
         token = distributed.broadcast(uuid.uuid4().hex[:8] if due else None, self.dist)  # rank 0 decides for all
         if token is None:
             return
+        partial = self.folder / f"step-{step}.partial-{token}"
+        try:
+            self._write(partial, step, stepper, losses, tail)
+            ok = True
+        except (OSError, RuntimeError) as exc:  # a full or lost volume (torch.save: RuntimeError) must not end the
+            # run: it goes on without checkpoints
+            log.warning("train: cannot write the checkpoint after step %d to %s (%s); training goes on without "
+                        "checkpoints", step, partial, exc)
+            ok = False
+        if not distributed.all_ranks(ok, self.dist):  # every rank's part is written, or the checkpoint is void
+            if self.dist.is_main:
+                shutil.rmtree(partial, ignore_errors=True)
+            self.folder = None
+            return
+        if self.dist.is_main:
+            shutil.rmtree(self.folder / f"step-{step}", ignore_errors=True)  # (none should be there)
+            partial.rename(self.folder / f"step-{step}")
+            for old in self.folder.iterdir():  # the previous checkpoint, and parts an interrupted save left
+                if old.name != f"step-{step}":
+                    shutil.rmtree(old, ignore_errors=True)
+            log.info("train: checkpoint after step %d of %d in %s", step, n_steps, self.folder)
+        self.saved += 1
+        self._last = time.monotonic()
+
+    def _write(self, partial: Path, step: int, stepper: Stepper, losses: LossLog, tail: WeightAverage) -> None:
+        """This rank's part of the checkpoint after ``step``: its random streams; rank 0 also the run's state."""
         import torch
 
-        partial = self.folder / f"step-{step}.partial-{token}"
         partial.mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), partial / f"rng-{self.dist.rank}.pt")
         if self.dist.is_main:
@@ -111,15 +145,6 @@ class Checkpoints:
                            "buffer": [float(v) for v in losses._buf]},
                 "tail": {"total": tail.total, "count": tail.count},
             }, partial / "state.pt")
-        distributed.broadcast(None, self.dist)  # every rank's part is written
-        if self.dist.is_main:
-            partial.rename(self.folder / f"step-{step}")
-            for old in self.folder.iterdir():  # the previous checkpoint, and parts an interrupted save left
-                if old.name != f"step-{step}":
-                    shutil.rmtree(old, ignore_errors=True)
-            log.info("train: checkpoint after step %d of %d in %s", step, n_steps, self.folder)
-        self.saved += 1
-        self._last = time.monotonic()
 
 
 def _rng_state() -> dict:

@@ -114,6 +114,18 @@ def broadcast(value: object, ctx: DistContext) -> object:
     return box[0]
 
 
+def all_ranks(flag: bool, ctx: DistContext) -> bool:
+    """True when ``flag`` is true on every rank (also a barrier; ``flag`` itself when not distributed): an action
+    every rank took part in counts only if it worked everywhere."""
+    import torch.distributed as dist
+
+    if not ctx.enabled:
+        return flag
+    flags: list = [None] * ctx.world
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
 class _Gather:
     """Autograd all-gather of variable-length ``(n_r, d)`` tensors (built lazily: torch is imported on use)."""
 

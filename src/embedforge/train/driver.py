@@ -16,8 +16,8 @@ from pathlib import Path
 
 import embedforge.train.distributed as distributed
 import embedforge.train.fsdp as fsdp
-import embedforge.train.work as work
 import embedforge.train.schedule as schedule
+import embedforge.train.work as work
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.train.batching import epoch_batches, plan_steps, read_examples

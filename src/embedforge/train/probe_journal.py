@@ -16,6 +16,7 @@ same probes (every rank must take part in every probe it trains).
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import embedforge.train.distributed as distributed
 import embedforge.train.work as work
 from embedforge.config import TrainConfig
 from embedforge.contracts import ScheduleTrial
+from embedforge.errors import InputError
 from embedforge.train.distributed import DistContext
 from embedforge.workstore import FolderBusy, ResultStore
 
@@ -51,9 +53,15 @@ class Journal:
 
     def put(self, unit: str, trial: ScheduleTrial, base: list[float]) -> None:
         """Record a finished probe (rank 0; fsynced before the next probe starts)."""
-        if self.store is not None:
+        if self.store is None:
+            return
+        try:
             self.store.add_result({"unit_id": unit, "trial": trial.model_dump(mode="json"),  # (per_query is not
                                    "per_query": trial.per_query, "base": base})  # part of the trial's dump)
+        except OSError as exc:  # a full or lost volume: the search goes on, unrecorded
+            log.warning("train schedule: cannot record probe %s in %s (%s); the search goes on without the journal",
+                        unit, self.folder, exc)
+            self.store = None
 
 
 @contextmanager
@@ -65,7 +73,12 @@ def opened(state: dict, cfg: TrainConfig, dist: DistContext) -> Iterator[Journal
     if dist.is_main:
         store = ResultStore(folder, state, "if_possible", setting="train.work_dir", what="probes")
         try:
-            store.__enter__()
+            try:
+                store.__enter__()
+            except InputError as exc:  # a damaged record: the journal is only a shortcut, start it again
+                log.warning("train schedule: %s; starting the probe journal again", exc)
+                shutil.rmtree(folder, ignore_errors=True)
+                store.__enter__()
         except FolderBusy as exc:
             log.warning("train schedule: %s; searching without a journal", exc)
             store = None

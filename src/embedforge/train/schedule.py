@@ -192,8 +192,8 @@ def choose(mined_dir: str | Path, examples: list[TrainExample], known: dict[str,
     per_epochs = [len(epoch_batches(fit, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0)) for fit in fits]
     probe_epochs = min(sc.budget * fixed_steps / len(sc.candidates) / sum(per_epochs), 2 * cfg.epochs)
     started = time.perf_counter()
-    state = work.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight,
-                                   dist.world) if dist.is_main else {}
+    state = (work.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight, dist.world)
+             if dist.is_main else {})  # what the probes depend on: names the journal (rank 0 keeps it)
     with probe_journal.opened(state, cfg, dist) as journal:
         runs = [_probe(fit, extra, known, held_out_set(user, held, known, sc.max_pool, cfg.seed), cfg, base_model,
                        prompts, probe_epochs, base_weight, model_cfg, dist, journal, f"fold{f}")

@@ -61,15 +61,22 @@ def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: Trai
         "model": (model_cfg or ModelConfig()).model_dump(mode="json"),
         "prompts": prompts.model_dump(mode="json"),
         "base_model": "" if model_path.is_dir() else base_model,
-        "base_model_sha256": _model_sha256(str(model_path.resolve())) if model_path.is_dir() else "",
+        "base_model_sha256": _model_sha256(str(model_path.resolve()), _stat(model_path)) if model_path.is_dir() else "",
         "base_weight": base_weight,
         "processes": world,
     }
 
 
+def _stat(path: Path) -> tuple:
+    """Names, sizes and modification times of a folder's files: a changed file changes it."""
+    return tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                 for f in sorted(path.rglob("*")) if f.is_file())
+
+
 @functools.lru_cache(maxsize=4)
-def _model_sha256(path: str) -> str:
-    """The base model folder's content hash, read once per process (the search and the final run both need it)."""
+def _model_sha256(path: str, stat: tuple) -> str:
+    """The base model folder's content hash, read once per process while its files are unchanged (``stat``): the
+    search and the final run both need it."""
     return content_sha256(Path(path))
 
 
