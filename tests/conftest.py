@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,19 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def sigkill_when(argv: list[str], ready: Callable[[], bool], env: dict | None = None, timeout_s: float = 600) -> str:
+    """Run ``argv`` in a process group of its own and SIGKILL the whole group — a preempted pod: no clean-up, no
+    flush, child processes too — as soon as ``ready()`` holds (or it ended, or ``timeout_s`` passed); its stderr."""
+    proc = subprocess.Popen(argv, env=env or {**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()[1].decode("utf-8", "replace")
 
 @pytest.fixture(autouse=True, scope="session")
 def _probe_journals(tmp_path_factory):

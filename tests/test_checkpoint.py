@@ -5,15 +5,14 @@ the model is saved, and nothing is written when checkpoints are off."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import sigkill_when
 from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
 
@@ -52,14 +51,9 @@ def test_a_run_killed_mid_way_continues_from_its_checkpoint_to_the_same_weights(
                           base_model=base_model, prompts=PromptsConfig())
     assert reference.result.resumed_from_step == 0
     cfg = TrainConfig(**RUN, checkpoint_minutes=1e-9, work_dir=str(tmp_path / "work"))  # after every step
-    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, str(run_rows), str(tmp_path / "killed"),
-                             cfg.model_dump_json(), base_model], env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    while max(_checkpoints(tmp_path / "work"), default=0) < 8 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)  # a preempted pod: mid-step, maybe mid-save
-    _, stderr = proc.communicate()
+    stderr = sigkill_when(  # mid-step, maybe mid-save
+        [sys.executable, "-c", _TRAIN_SCRIPT, str(run_rows), str(tmp_path / "killed"), cfg.model_dump_json(),
+         base_model], lambda: max(_checkpoints(tmp_path / "work"), default=0) >= 8)
     saved = _checkpoints(tmp_path / "work")
     assert saved and 8 <= saved[-1] < 24, f"the run should have been killed mid-way ({saved}): {stderr[-2000:]}"
     assert len(saved) <= 2  # the previous checkpoint is deleted once the next one is complete
@@ -99,13 +93,8 @@ def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_pa
     r = subprocess.run(_cli_train(tmp_path / "reference", tmp_path / "five", base_model, tmp_path / "ref.yaml"),
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    proc = subprocess.Popen(_cli_train(tmp_path / "killed", tmp_path / "five", base_model, tmp_path / "ck.yaml"),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not _checkpoints(tmp_path / "work") and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers at once
-    _, stderr = proc.communicate()
+    stderr = sigkill_when(_cli_train(tmp_path / "killed", tmp_path / "five", base_model, tmp_path / "ck.yaml"),
+                          lambda: bool(_checkpoints(tmp_path / "work")), env)  # torchrun and both workers at once
     saved = _checkpoints(tmp_path / "work")
     assert saved and saved[-1] in (25, 50), f"killed before a checkpoint or after the run ({saved}): {stderr[-2000:]}"
     r = subprocess.run(_cli_train(tmp_path / "resumed", tmp_path / "five", base_model, tmp_path / "ck.yaml"),

@@ -5,17 +5,14 @@ what the probes depend on, a busy one is searched without, and a successful step
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import sigkill_when
 from embedforge import contracts, train
 from embedforge.config import PromptsConfig, TrainConfig
 from embedforge.train import probe_journal, schedule, work
@@ -70,14 +67,8 @@ def test_a_search_killed_part_way_resumes_its_probes_and_chooses_as_an_uninterru
     assert len(_results(tmp_path / "reference")) == units and reference.reused_probes == 0
 
     cfg = _cfg(tmp_path / "journal")
-    proc = subprocess.Popen([sys.executable, "-c", _SEARCH_SCRIPT, str(mined), cfg.model_dump_json(), base_model],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 600
-    while len(_results(tmp_path / "journal")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # a preempted pod: no clean-up, no flush
-    _, stderr = proc.communicate()
+    stderr = sigkill_when([sys.executable, "-c", _SEARCH_SCRIPT, str(mined), cfg.model_dump_json(), base_model],
+                          lambda: len(_results(tmp_path / "journal")) >= 2)
     finished = len(_results(tmp_path / "journal"))
     assert 2 <= finished < units, f"the search should have been killed part-way ({finished} probes): {stderr[-2000:]}"
 

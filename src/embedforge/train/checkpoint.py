@@ -52,8 +52,6 @@ class Checkpoints:
     folder: Path | None
     every_s: float
     dist: DistContext = field(default_factory=DistContext)
-    restored_step: int = 0
-    saved: int = 0
     _last: float = field(default_factory=time.monotonic)
 
     def restore(self, stepper: Stepper, losses: LossLog, tail: WeightAverage) -> int:
@@ -90,7 +88,6 @@ class Checkpoints:
         losses._buf = [torch.tensor(v, dtype=torch.float32, device=device) for v in state["losses"]["buffer"]]
         tail.total, tail.count = state["tail"]["total"], state["tail"]["count"]
         _set_rng(rng)
-        self.restored_step = latest
         if self.dist.is_main:
             log.info("train: continuing from the checkpoint after step %d (%s)", latest, where)
         return latest
@@ -106,7 +103,7 @@ class Checkpoints:
             return
         partial = self.folder / f"step-{step}.partial-{token}"
         try:
-            self._write(partial, step, stepper, losses, tail)
+            self._write(partial, stepper, losses, tail)
             ok = True
         except (OSError, RuntimeError) as exc:  # a full or lost volume (torch.save: RuntimeError) must not end the
             # run: it goes on without checkpoints
@@ -125,18 +122,16 @@ class Checkpoints:
                 if old.name != f"step-{step}":
                     shutil.rmtree(old, ignore_errors=True)
             log.info("train: checkpoint after step %d of %d in %s", step, n_steps, self.folder)
-        self.saved += 1
         self._last = time.monotonic()
 
-    def _write(self, partial: Path, step: int, stepper: Stepper, losses: LossLog, tail: WeightAverage) -> None:
-        """This rank's part of the checkpoint after ``step``: its random streams; rank 0 also the run's state."""
+    def _write(self, partial: Path, stepper: Stepper, losses: LossLog, tail: WeightAverage) -> None:
+        """This rank's part of a checkpoint: its random streams; rank 0 also the run's state."""
         import torch
 
         partial.mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), partial / f"rng-{self.dist.rank}.pt")
         if self.dist.is_main:
             torch.save({
-                "step": step,
                 "model": stepper.model.state_dict(),
                 "optimizer": stepper.optimizer.state_dict(),
                 "scheduler": stepper.scheduler.state_dict(),

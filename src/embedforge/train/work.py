@@ -26,7 +26,7 @@ from pathlib import Path
 
 from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import TrainExample
-from embedforge.resume import content_sha256
+from embedforge.resume import content_sha256, fingerprint
 
 #: Where the work folder is when ``train.work_dir`` is empty (set by the compiled Kubernetes pipeline).
 WORK_DIR_ENV = "EMBEDFORGE_TRAIN_WORK_DIR"
@@ -43,10 +43,6 @@ def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: Trai
     """What a probe's or a run's result depends on, as JSON-able values (see the module docstring)."""
     import embedforge
 
-    code = hashlib.sha256()  # another image (a fix in the loss, the scoring) must not reuse this one's results
-    package = Path(embedforge.__file__).parent
-    for source in sorted(package.rglob("*.py")):
-        code.update(source.relative_to(package).as_posix().encode("utf-8") + b"\0" + source.read_bytes())
     rows = hashlib.sha256()
     for ex in examples:
         rows.update(json.dumps(ex.model_dump(mode="json"), sort_keys=True).encode("utf-8") + b"\n")
@@ -55,7 +51,7 @@ def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: Trai
     model_path = Path(base_model)
     return {
         "embedforge": embedforge.__version__,
-        "code_sha256": code.hexdigest(),
+        "code_sha256": _code_sha256(),
         "rows_sha256": rows.hexdigest(),
         "train": settings,
         "model": (model_cfg or ModelConfig()).model_dump(mode="json"),
@@ -67,10 +63,23 @@ def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: Trai
     }
 
 
+@functools.cache
+def _code_sha256() -> str:
+    """Hash of embedforge's sources, read once per process: another image (a fix in the loss, the scoring) must not
+    reuse this one's results."""
+    import embedforge
+
+    code = hashlib.sha256()
+    package = Path(embedforge.__file__).parent
+    for source in sorted(package.rglob("*.py")):
+        code.update(source.relative_to(package).as_posix().encode("utf-8") + b"\0" + source.read_bytes())
+    return code.hexdigest()
+
+
 def _stat(path: Path) -> tuple:
     """Names, sizes and modification times of a folder's files: a changed file changes it."""
-    return tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
-                 for f in sorted(path.rglob("*")) if f.is_file())
+    return tuple((str(f.relative_to(path)), st.st_size, st.st_mtime_ns)
+                 for f in sorted(path.rglob("*")) if f.is_file() and (st := f.stat()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,8 +91,7 @@ def _model_sha256(path: str, stat: tuple) -> str:
 
 def folder(cfg: TrainConfig, kind: str, state: dict) -> Path:
     """``<root>/<kind>-<first 16 hex digits of the sha256 of state>``."""
-    key = hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()[:16]
-    return root(cfg) / f"{kind}-{key}"
+    return root(cfg) / f"{kind}-{fingerprint(state, [])[:16]}"
 
 
 def discard(path: str | Path | None) -> None:
