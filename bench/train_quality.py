@@ -514,6 +514,10 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
         info["schedule"] = choice.reason
         info["chosen"] = {"learning_rate": choice.learning_rate, "temperature": choice.temperature,
                           "epochs": choice.epochs, "augment": choice.augment}
+        # every probe's per-query held-out scores (not in the manifest): bench/replay_choice.py replays the choice
+        info["base_score"] = choice.base_score
+        info["trials"] = [{**t.model_dump(), "per_query": {k: [round(v, 4) for v in vs] for k, vs in t.per_query.items()}}
+                          for t in choice.trials]
     return SentenceTransformer(str(model_dir), device=device), info
 
 

@@ -81,13 +81,17 @@ def _cli_train(out: Path, mined: Path, base_model: str, config: Path) -> list[st
             str(config), "--base-model", base_model]
 
 
-def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_path, run_rows, base_model):
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_path, run_rows, base_model, sharding):
     """Under torchrun the ranks agree on when to save (rank 0 decides every 25 steps) and what to restore; each
-    rank's random streams are its own. 5 rows, batch 4: 2 steps an epoch, 30 epochs = 60 steps."""
+    rank's random streams are its own. With FSDP each rank writes and reads its own shards of the weights and the
+    AdamW moments (torch.distributed.checkpoint). 5 rows, batch 4: 2 steps an epoch, 30 epochs = 60
+    steps."""
     rows = contracts.read_train_examples(run_rows)[:5]
     contracts.write_jsonl(tmp_path / "five" / contracts.TRAIN_FILE, (r.to_columns() for r in rows))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    settings = "epochs: 30, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2, learning_rate: 1e-4"
+    settings = ("epochs: 30, batch_size: 4, max_seq_length: 32, device: cpu, processes: 2, learning_rate: 1e-4, "
+                f"sharding: {sharding}, average_last: {0.5 if sharding == 'none' else 0}")  # (fsdp: no tail average)
     (tmp_path / "ref.yaml").write_text(f"train: {{{settings}, checkpoint_minutes: 0}}\n")
     (tmp_path / "ck.yaml").write_text(f"train: {{{settings}, checkpoint_minutes: 1e-9, work_dir: {tmp_path / 'work'}}}\n")
     r = subprocess.run(_cli_train(tmp_path / "reference", tmp_path / "five", base_model, tmp_path / "ref.yaml"),
@@ -101,7 +105,10 @@ def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_pa
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     m = contracts.read_manifest(tmp_path / "resumed")
-    assert m.result.resumed_from_step == saved[-1] and m.result.processes == 2 and m.counts["steps"] == 60
+    assert m.result.resumed_from_step == saved[-1], r.stderr[-3000:]
+    assert m.result.processes == 2 and m.counts["steps"] == 60
+    if sharding == "fsdp":
+        assert "continuing from the checkpoint" in r.stderr
     ref_w, got_w = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
     assert all((ref_w[k] == got_w[k]).all() for k in ref_w), "a continued run must save the uninterrupted run's weights"
 

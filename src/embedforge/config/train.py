@@ -145,8 +145,9 @@ class TrainConfig(StageConfig):
     checkpoint_minutes: float = Field(30.0, ge=0, description="Save the final run's state (weights, optimizer, "
                                       "learning-rate schedule, random streams, loss history) to train.work_dir at "
                                       "most this often; a rerun of the interrupted step continues from the last one "
-                                      "and trains the model an uninterrupted run trains. 0: never. Not with "
-                                      "train.soup > 1 or train.sharding=fsdp.")
+                                      "and trains the model an uninterrupted run trains (with train.sharding=fsdp "
+                                      "every process writes and reads its own shards). 0: never. Not with "
+                                      "train.soup > 1.")
     seed: int = 13
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

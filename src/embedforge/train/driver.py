@@ -147,7 +147,7 @@ def _checkpoints(examples: list[TrainExample], known: dict[str, set[str]], cfg: 
                  prompts: PromptsConfig, model_cfg: ModelConfig | None, base_weight: float, dist_ctx: DistContext
                  ) -> Checkpoints:
     """The final run's checkpoints (:mod:`.checkpoint`): in ``run-<hash>`` of the work folder, or off."""
-    if cfg.checkpoint_minutes <= 0 or cfg.soup > 1 or (dist_ctx.enabled and cfg.sharding == "fsdp"):
+    if cfg.checkpoint_minutes <= 0 or cfg.soup > 1:
         return Checkpoints(None, 0.0, dist_ctx)
     folder = work.folder(cfg, "run", work.identity(examples, known, cfg, base_model, prompts, model_cfg, base_weight,
                                                   dist_ctx.world)) if dist_ctx.is_main else None

@@ -62,8 +62,21 @@ def launch(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_mo
                                                "train": cfg.model_dump(mode="json", exclude_none=True)}))
         cmd = worker_command(n, mined_dir, out_dir, config_file)
         log.info("train: %d processes: %s", n, " ".join(cmd))
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise ConfigError(f"distributed training ({n} processes) failed with exit code {proc.returncode}; "
-                          f"last output:\n{proc.stdout[-3000:]}")
+        returncode, tail = _relay(cmd)
+    if returncode != 0:
+        raise ConfigError(f"distributed training ({n} processes) failed with exit code {returncode}; "
+                          f"last output:\n{tail[-3000:]}")
     return contracts.read_manifest(out_dir)
+
+
+def _relay(cmd: list[str]) -> tuple[int, str]:
+    """Run ``cmd``, passing its output (the workers' logs: progress, warnings) on to this process's stderr as it
+    comes; returns the exit code and the last lines (for the error of a failed run)."""
+    from collections import deque
+
+    last: deque[str] = deque(maxlen=200)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            last.append(line)
+    return proc.returncode, "".join(last)
