@@ -5,6 +5,7 @@ the model is saved, and nothing is written when checkpoints are off."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -101,16 +102,28 @@ def test_two_processes_continue_from_their_checkpoint_to_the_same_weights(tmp_pa
                           lambda: bool(_checkpoints(tmp_path / "work")), env)  # torchrun and both workers at once
     saved = _checkpoints(tmp_path / "work")
     assert saved and saved[-1] in (25, 50), f"killed before a checkpoint or after the run ({saved}): {stderr[-2000:]}"
+    if sharding == "fsdp":  # kept for the damaged-shard run below
+        shutil.copytree(tmp_path / "work", tmp_path / "work_copy")
     r = subprocess.run(_cli_train(tmp_path / "resumed", tmp_path / "five", base_model, tmp_path / "ck.yaml"),
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     m = contracts.read_manifest(tmp_path / "resumed")
     assert m.result.resumed_from_step == saved[-1], r.stderr[-3000:]
     assert m.result.processes == 2 and m.counts["steps"] == 60
-    if sharding == "fsdp":
-        assert "continuing from the checkpoint" in r.stderr
+    assert "continuing from the checkpoint" in r.stderr  # (the workers' logs reach the step's output)
     ref_w, got_w = _weights(tmp_path / "reference"), _weights(tmp_path / "resumed")
     assert all((ref_w[k] == got_w[k]).all() for k in ref_w), "a continued run must save the uninterrupted run's weights"
+    if sharding == "fsdp":  # a damaged shard: every rank starts from step 0 with a fresh optimizer, nothing half-read
+        shutil.rmtree(tmp_path / "work")
+        shutil.copytree(tmp_path / "work_copy", tmp_path / "work")
+        shard = max((tmp_path / "work").glob("run-*/step-*/shards/*.distcp"), key=lambda p: p.stat().st_size)
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        r = subprocess.run(_cli_train(tmp_path / "restarted", tmp_path / "five", base_model, tmp_path / "ck.yaml"),
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0 and "cannot read the checkpoint" in r.stderr, r.stderr[-3000:]
+        assert contracts.read_manifest(tmp_path / "restarted").result.resumed_from_step == 0
+        got_w = _weights(tmp_path / "restarted")
+        assert all((ref_w[k] == got_w[k]).all() for k in ref_w), "after a failed read the run must start afresh"
 
 
 def test_a_damaged_checkpoint_or_an_unwritable_work_folder_does_not_stop_the_run(tmp_path, run_rows, base_model,
