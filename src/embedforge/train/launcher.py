@@ -75,8 +75,10 @@ def _relay(cmd: list[str]) -> tuple[int, str]:
     from collections import deque
 
     last: deque[str] = deque(maxlen=200)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        for line in proc.stdout:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        for raw in proc.stdout:  # bytes, split at newlines only: a progress bar's \r updates stay within one line
+            line = raw.decode("utf-8", "replace")
             sys.stderr.write(line)
+            sys.stderr.flush()
             last.append(line)
     return proc.returncode, "".join(last)
