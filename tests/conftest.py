@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,14 +23,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def sigkill_when(argv: list[str], ready: Callable[[], bool], env: dict | None = None, timeout_s: float = 600) -> str:
     """Run ``argv`` in a process group of its own and SIGKILL the whole group — a preempted pod: no clean-up, no
     flush, child processes too — as soon as ``ready()`` holds (or it ended, or ``timeout_s`` passed); its stderr."""
-    proc = subprocess.Popen(argv, env=env or {**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + timeout_s
-    while not ready() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    return proc.communicate()[1].decode("utf-8", "replace")
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full pipe nobody reads would stall the process
+        proc = subprocess.Popen(argv, env=env or {**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        err.seek(0)
+        return err.read().decode("utf-8", "replace")
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _probe_journals(tmp_path_factory):
