@@ -83,10 +83,10 @@ class Checkpoints:
             state.update(torch.load(where / "state.pt", map_location="cpu", weights_only=False))
             rng.update(torch.load(where / f"rng-{self.dist.rank}.pt", map_location="cpu", weights_only=False))
 
-        ok = _attempt(read, f"cannot read the checkpoint {where}", "training from the first step")
+        failed, then = f"cannot read the checkpoint {where}", "training from the first step"
+        ok = _attempt(read, failed, then)
         if shards is not None and distributed.all_ranks(ok, self.dist):  # a collective: all ranks or none
-            ok = _attempt(lambda: shards.read(where / "shards"),
-                          f"cannot read the checkpoint {where}", "training from the first step")
+            ok = _attempt(lambda: shards.read(where / "shards"), failed, then)
         if not distributed.all_ranks(ok, self.dist):
             if shards is not None:
                 shards.forget()
