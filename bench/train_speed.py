@@ -104,10 +104,6 @@ VARIANTS: dict[str, dict] = {
     "ours_lora": {"lora": {"enabled": True}, "learning_rate": 2e-4},
     "ours_cached_c32k": {"cached": True, "cache_chunk_tokens": 32768},
     "ours_fsdp": {"processes": 2, "sharding": "fsdp"},
-    # a checkpoint of the run's state (train.checkpoint_minutes) after every step but the last: the loop's extra
-    # seconds over the same variant without, divided by steps - 1, are the cost of one checkpoint
-    "ours_ckpt_each": {"checkpoint_minutes": 1e-9},
-    "ours_cached_ckpt_each": {"cached": True, "checkpoint_minutes": 1e-9},
 }
 
 
