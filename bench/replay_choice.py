@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embedforge.config import TrainConfig
-from embedforge.contracts import ScheduleTrial
+from embedforge.contracts import ScheduleChoice, ScheduleTrial
 from embedforge.train.schedule import _pick, _reference
 
 
@@ -38,31 +38,40 @@ def max_t_lower(ref: np.ndarray, others: list[np.ndarray], confidence: float, se
     return mean - q * se
 
 
-def replay(row: dict, cfg: TrainConfig) -> dict:
-    """The shipped choice and the max-T one for one recorded auto run."""
-    trials = [ScheduleTrial(**{k: v for k, v in t.items() if k != "per_query"}, per_query=t["per_query"])
-              for t in row["trials"]]
+def recorded(row: dict) -> tuple[TrainConfig, list[ScheduleTrial], list[float], float]:
+    """What ``_pick`` was given in a recorded auto run: the run's settings (the shipped defaults, its seed), the
+    probes with their per-query scores, the base model's held-out score (per query only its mean is recorded: all
+    ``_pick`` uses) and the probes' length (their last checkpoint)."""
+    trials = [ScheduleTrial(**t) for t in row["trials"]]
     base = float(row.get("base_score") or re.search(r"(?:base|vs) (\d\.\d+)\)", row["schedule"]).group(1))
     n = len(next(iter(trials[0].per_query.values())))
-    shipped = _pick(cfg, trials, [base] * n, probe_epochs=cfg.epochs)
-    _, ref, ref_key = _reference(cfg, trials, [base] * n)
+    probe_epochs = max(float(k) for t in trials for k in t.scores)
+    return TrainConfig(seed=row["seed"], schedule={"mode": "auto"}), trials, [base] * n, probe_epochs
+
+
+def shipped_choice(row: dict) -> ScheduleChoice:
+    """The product's own choice (``_pick``) replayed on a recorded auto run."""
+    return _pick(*recorded(row))
+
+
+def replay(row: dict) -> dict:
+    """The shipped choice and the max-T one for one recorded auto run."""
+    cfg, trials, base, _ = recorded(row)
+    shipped = shipped_choice(row)
+    _, ref, ref_key = _reference(cfg, trials, base)
     cands = [(i, k) for i, t in enumerate(trials) for k in t.per_query if (i, k) != ref_key]
     low = max_t_lower(np.asarray(ref), [np.asarray(trials[i].per_query[k]) for i, k in cands],
                       cfg.schedule.confidence, cfg.seed)
     best = max(range(len(cands)), key=lambda j: trials[cands[j][0]].scores[cands[j][1]])
     i, k = cands[best]
     gain = trials[i].scores[k] - float(np.mean(ref))
-    max_t_takes = gain > 0 and low[best] > 0 and trials[i].scores[k] > base
-    return {"seed": row["seed"], "ndcg@10": row["ndcg@10"], "shipped": _name(shipped),
+    max_t_takes = gain > 0 and low[best] > 0 and trials[i].scores[k] > base[0]
+    fixed = (cfg.learning_rate, cfg.temperature, cfg.epochs, False)
+    took = (shipped.learning_rate, shipped.temperature, shipped.epochs, shipped.augment) != fixed
+    return {"seed": row["seed"], "ndcg@10": row["ndcg@10"], "shipped": "best" if took else "fixed",
             "best": f"lr {trials[i].learning_rate:.2e}{' +aug' if trials[i].augment else ''} @ {k} ep",
             "gain": round(100 * gain, 2), "max_t_low": round(100 * float(low[best]), 2),
             "max_t": "best" if max_t_takes else "fixed"}
-
-
-def _name(choice) -> str:
-    if choice.reason.endswith("is used") or "own probe" in choice.reason:
-        return "fixed"
-    return "best"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in path.read_text().splitlines():
             row = json.loads(line)
             if row.get("trials"):
-                cfg = TrainConfig(seed=row["seed"], schedule={"mode": "auto"})
-                print(path.stem.rsplit("_", 1)[-1], json.dumps(replay(row, cfg)))
+                print(path.stem.rsplit("_", 1)[-1], json.dumps(replay(row)))
     return 0
 
 

@@ -223,26 +223,23 @@ def test_a_probe_measures_the_run_it_stands_for_lora_and_wise_ft_included(tmp_pa
 
 def test_the_rule_reproduces_every_choice_of_a_recorded_gpu_sweep():
     """Sweep 26 (H200, docs/benchmarks.md, issue #13 seventh round) recorded every probe's per-query held-out scores
-    and what each run chose; ``_pick`` on those scores chooses the same learning rate, temperature, epochs and
-    augmentation rows in all 15 runs (arguana: the augmented lr 5e-5 probe; cranfield, dbpedia-many: mostly the
-    fixed schedule) — the rule as shipped is the rule those numbers measured."""
+    and what each run chose; ``_pick`` on those scores (bench/replay_choice.py) chooses the same learning rate,
+    temperature, epochs and augmentation rows in all 15 runs (arguana: the augmented lr 5e-5 probe; cranfield,
+    dbpedia-many: mostly the fixed schedule) — the rule as shipped is the rule those numbers measured."""
     import json
-    import re
+    import sys
 
     from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from replay_choice import shipped_choice
 
     runs = 0
     for path in sorted((REPO / "docs" / "data").glob("dev_collections_h200_2026-12-05_s26_*.jsonl")):
         for row in map(json.loads, path.read_text().splitlines()):
             if not row.get("trials"):
                 continue
-            trials = [ScheduleTrial(**t) for t in row["trials"]]
-            base = float(re.search(r"(?:base|vs) (\d\.\d+)\)", row["schedule"]).group(1))
-            n = len(next(iter(trials[0].per_query.values())))
-            cfg = TrainConfig(seed=row["seed"], schedule={"mode": "auto"})
-            probe_epochs = max(float(k) for t in trials for k in t.scores)
-            got = schedule._pick(cfg, trials, [base] * n, probe_epochs)
-            want = row["chosen"]
+            got, want = shipped_choice(row), row["chosen"]
             assert (got.learning_rate, got.temperature, got.epochs, got.augment) == (
                 want["learning_rate"], want["temperature"], want["epochs"], want["augment"]), (path.name, row["seed"])
             runs += 1
