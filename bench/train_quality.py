@@ -133,12 +133,9 @@ VARIANTS: dict[str, dict] = {
     "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
     "defaults": {"shipped": True, "profile": True},
     "fixed": {"shipped": True},
-    # topic-aware batches (train.batching=topic: a batch's anchors from one k-means cluster of similar queries)
-    "topic": {"shipped": True, "profile": True, "train": {"batching": "topic"}},
-    "topic16": {"shipped": True, "profile": True, "mine": {"topic_anchors": 16}, "train": {"batching": "topic"}},
-    "fixed_topic": {"shipped": True, "train": {"batching": "topic"}},
     # inputs up to 512 tokens (MiniLM's position limit) instead of 256: a third of cranfield's and arguana's
-    # documents (and 43 % of arguana's queries) are longer than 256 tokens
+    # documents (and 43 % of arguana's queries) are longer than 256 tokens. (Sweep 27's "topic" rows: topic-aware
+    # batches, train.batching=topic of commit 9480a1e, reverted after that sweep; docs/benchmarks.md.)
     "long512": {"shipped": True, "profile": True, "train": {"max_seq_length": 512}},
     # offline pairs of the corpus beside the user's pairs (sdg.augment = 0.5 x their judged positives), all trained on
     "mix_offline05": {"shipped": True, "offline": 0.5},
@@ -252,8 +249,6 @@ VARIANTS: dict[str, dict] = {
     "smoke_sym_soup": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
                                                   "symmetric_loss": True, "soup": 2}},
     "smoke_ours": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32}},
-    "smoke_topic": {"shipped": True, "mine": {"topic_anchors": 8},
-                    "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32, "batching": "topic"}},
     "smoke_grade": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32, "grade_power": 1.0}},
     "smoke_remine_avg": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
                                                     "average_last": 0.5}, "remine": {"from": "round1"}},

@@ -57,7 +57,6 @@ from embedforge.contracts import (AppliedPolicy, Chunk, Manifest, MinedPolicy, P
                                   TrainExample)
 from embedforge.errors import InputError
 from embedforge.sdg import policy
-from embedforge.train import topics
 from embedforge.train.positives import add_rewrites, write_known_positives
 
 log = logging.getLogger(__name__)
@@ -166,8 +165,6 @@ def run(chunks_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, cfg:
         )
     n_rows = contracts.write_jsonl(out / contracts.TRAIN_FILE, (e.to_columns() for e in examples))
     write_known_positives(out, positives.texts)  # all grades: never a negative in train's batches either
-    anchor_topics = topics.cluster_anchors(list(emb.query_row), emb.queries, cfg.topic_anchors)
-    topics.write_topics(out, anchor_topics)  # for train.batching=topic
     if stats.short_of_negatives:
         log.warning(
             "mine: %d of %d examples have fewer negatives than their pair policy asks for (small corpus, or the "
@@ -186,7 +183,6 @@ def run(chunks_dir: str | Path, pairs_dir: str | Path, out_dir: str | Path, cfg:
             "pairs_dropped_by_consistency": sum(p.dropped_by_consistency for p in applied.kinds.values()),
             "offline_examples": applied.kinds["offline"].examples,
             "chunks_embedded": len(corpus.chunks),
-            "topics": len(set(anchor_topics.values())),
         },
         inputs={"chunks": chunks_dir, "pairs": pairs_dir},
         config=cfg,

@@ -85,9 +85,6 @@ class MineConfig(StageConfig):
     margin_reference: Literal["positive", "best_positive"] = Field(
         "best_positive", description="Score the margin multiplies: each example's own positive, or the best-scoring positive "
         "of the query (pairs with several positives).")
-    topic_anchors: int = Field(32, ge=0, description="Train queries per topic cluster on average (k-means over "
-                               "their base-model embeddings, written as topics.jsonl for train.batching=topic; "
-                               "embedforge.train.topics); 0 = no topics.")
     batch_size: int = Field(64, ge=1)
     use_gpu: bool = Field(True, description="Use faiss GPU resources when faiss-gpu and a GPU are present.")
     offline_num_negatives: int = Field(

@@ -86,10 +86,6 @@ class TrainConfig(StageConfig):
                                      "epoch (embedforge.train.positives).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
-    batching: Literal["shuffle", "topic"] = Field(
-        "shuffle", description="Which rows share a batch: shuffle = seeded random order; topic = blocks of rows "
-        "whose anchors fall in one cluster of similar queries (the mine folder's topics.jsonl, mine.topic_anchors), "
-        "so in-batch negatives are near-misses on the same subject (embedforge.train.topics).")
     learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, then "
                                  "lr_schedule's decay).")
     lr_schedule: Literal["cosine", "linear"] = Field(

@@ -63,9 +63,6 @@ class TrainExample(Record):
                           "only where they help the user's held-out queries. Written as a last column only when "
                           "true: drop it (and those rows, if you like) before giving the file to "
                           "sentence-transformers.")
-    topic: int = Field(-1, ge=-1, description="Cluster of similar anchors the row's batch is drawn from under "
-                       "train.batching=topic (embedforge.train.topics; from the mine folder's topics.jsonl, never "
-                       "a column of train.jsonl); -1 = none.")
 
     def to_columns(self) -> dict[str, str | int | bool]:
         row: dict[str, str | int | bool] = {"anchor": self.anchor, "positive": self.positive}

@@ -2,8 +2,7 @@
 
 * :func:`no_duplicate_batches` / :func:`plan_steps`: the batch sampler — no text twice among a batch's anchors and
   positives (sentence-transformers' ``NoDuplicatesBatchSampler``), shuffled per epoch from the seed, no near-empty
-  tail batches (``train.batching=topic``: a batch's rows from one cluster of similar queries,
-  :mod:`embedforge.train.topics`), over the rows of the epoch (at most ``positives_per_query`` per query,
+  tail batches, over the rows of the epoch (at most ``positives_per_query`` per query,
   :func:`embedforge.train.positives.epoch_rows`);
 * :func:`collate`: the collator — a batch's anchors, positives and flat hard negatives (:class:`Batch`) and its
   false-negative mask (:func:`embedforge.train.losses.false_negative_mask`).
@@ -21,7 +20,6 @@ from embedforge import contracts
 from embedforge.contracts import TrainExample
 from embedforge.errors import InputError
 from embedforge.train.positives import epoch_rows
-from embedforge.train.topics import topic_blocks
 
 if TYPE_CHECKING:
     import torch
@@ -46,8 +44,7 @@ def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: in
                          rows: list[int] | None = None, min_fill: float = 0.5) -> list[list[int]]:
     """One epoch of batches (row indices) in which no text appears twice among the anchors and positives.
 
-    Rows are visited in a seeded random order (rows that carry topics: regrouped into blocks of one topic,
-    :func:`embedforge.train.topics.topic_blocks`); a row whose anchor or positive is already in the batch being
+    Rows are visited in a seeded random order; a row whose anchor or positive is already in the batch being
     filled waits for a later batch (the algorithm of sentence-transformers' ``NoDuplicatesBatchSampler``).
 
     The tail of an epoch whose rows belong to a few anchors (one query with 60 judged documents among queries with
@@ -71,10 +68,7 @@ def no_duplicate_batches(examples: list[TrainExample], batch_size: int, seed: in
     """
     rows = list(range(len(examples))) if rows is None else rows
     fullest = min(batch_size, len({examples[i].anchor for i in rows}))
-    rng = np.random.default_rng(seed)
-    remaining = [rows[i] for i in rng.permutation(len(rows)).tolist()]
-    if any(examples[i].topic >= 0 for i in rows):  # train.batching=topic: blocks of one topic (embedforge.train.topics)
-        remaining = topic_blocks(remaining, examples, batch_size, rng)
+    remaining = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows)).tolist()]
     batches: list[list[int]] = []
     while remaining:
         batch: list[int] = []

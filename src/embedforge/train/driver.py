@@ -17,7 +17,6 @@ from pathlib import Path
 import embedforge.train.distributed as distributed
 import embedforge.train.fsdp as fsdp
 import embedforge.train.schedule as schedule
-import embedforge.train.topics as topics
 import embedforge.train.work as work
 from embedforge.config import DEFAULT_BASE_MODEL, ModelConfig, PromptsConfig, TrainConfig
 from embedforge.contracts import Manifest, StageTimer, TrainExample
@@ -69,8 +68,6 @@ def run(
     timer = StageTimer(STAGE)
     prompts = prompts or PromptsConfig()
     examples = read_examples(mined_dir)
-    if cfg.batching == "topic":
-        examples = topics.attach(examples, mined_dir)
     known = known_positives(mined_dir, examples)
     dist_ctx = distributed.from_env()
     if dist_ctx.enabled:  # under torchrun: one process per device, the global batch split over them
