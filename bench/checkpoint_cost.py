@@ -24,6 +24,7 @@ from train_speed import SHAPES, shape_folder
 
 from embedforge.config import PromptsConfig, TrainConfig
 from embedforge.contracts import TrainExample
+from embedforge.encode import pick_device
 from embedforge.train.checkpoint import Checkpoints
 from embedforge.train.distributed import DistContext
 from embedforge.train.loss_log import LossLog
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=None, help="append the result as one JSON line here")
     args = ap.parse_args(argv)
-    import torch
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    row = measure(args.shape, args.dir, device)
+    row = measure(args.shape, args.dir, pick_device(args.device))
     print(json.dumps(row), flush=True)
     if args.json:
         with args.json.open("a") as fh:
