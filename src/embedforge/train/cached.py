@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from embedforge.config import TrainConfig
+from embedforge.encode import embedding_dim
 from embedforge.train.batching import Batch
 from embedforge.train.distributed import Shard
 from embedforge.train.fsdp import last_backward
@@ -131,7 +132,7 @@ class GradCache:
         import torch
 
         tower.tokens.add(tower.texts)
-        out = torch.zeros(len(tower.texts), stepper.model.get_sentence_embedding_dimension(), device=device)
+        out = torch.zeros(len(tower.texts), embedding_dim(stepper.model), device=device)
         for rows in micro_batches([tower.tokens.length(t) for t in tower.texts], self.chunk_tokens):
             tower.chunks.append((rows, rng_state(device)))
             with stepper.autocast():

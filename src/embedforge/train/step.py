@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from embedforge.contracts import TrainExample
+from embedforge.encode import embedding_dim
 from embedforge.train.batching import Batch, collate
 from embedforge.train.distributed import DistContext, Shard, average_gradients, gather, shard
 from embedforge.train.packing import packer_of
@@ -51,7 +52,7 @@ def embed(
 
     if not texts:  # e.g. a rank with no rows of a small last batch: (0, dim), still part of the autograd graph
         anchor = next(p for p in model.parameters() if p.requires_grad)
-        return torch.zeros(0, model.get_sentence_embedding_dimension(), device=anchor.device) + 0.0 * anchor.sum()
+        return torch.zeros(0, embedding_dim(model), device=anchor.device) + 0.0 * anchor.sum()
     cache = cache if cache is not None else TokenCache(model, prompt)
     cache.add(texts)
     groups = micro_batches([cache.length(t) for t in texts], max_tokens)
