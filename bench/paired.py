@@ -65,7 +65,8 @@ def compare(rows: list[dict], a: str, b: str, resamples: int = 10000, seed: int 
             "mean_b": round(float(np.mean(b_scores)), 4), "diff": round(ci.mean, 4),
             "ci95": [round(ci.low, 4), round(ci.high, 4)],
             "p": round(float(perm.pvalue), 4),
-            "mde80": round(2.8 * float(np.std(diff, ddof=1)) / np.sqrt(len(diff)), 4), "b_better": int((diff > 0).sum()), "b_worse": int((diff < 0).sum())}
+            "mde80": round(2.8 * float(np.std(diff, ddof=1)) / np.sqrt(len(diff)), 4),
+            "b_better": int((diff > 0).sum()), "b_worse": int((diff < 0).sum())}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,9 +127,9 @@ class TrainConfig(StageConfig):
                            "docs/benchmarks.md compares.")
     compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
                           "kernels and less Python per step on a GPU, after a one-off compilation at the start of "
-                          "the run; worth it for long runs of plain steps (BERT-base, batch 128: +23 % tokens/s on an H100). Not "
-                          "with the cached step of a 1B model: every chunk length recompiles, and two steps had not "
-                          "compiled in minutes (docs/benchmarks.md).")
+                          "the run; worth it for long runs of plain steps (BERT-base, batch 128: +23 % tokens/s on "
+                          "an H100). Not with the cached step of a 1B model: every chunk length recompiles, and two "
+                          "steps had not compiled in minutes (docs/benchmarks.md).")
     base_weight: float | None = Field(
         None, ge=0.0, lt=1.0, description="WiSE-FT: save (1 - w) x fine-tuned + w x base weights (0 = the plain "
         "fine-tuned model). Unset: the base weight of the pair policy (embedforge.sdg.policy) of the source kind "
