@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # A non-editable install: reinstall when the code changes.
 SOURCES     := $(shell find src components pipelines -name '*.py' -o -name '*.rst' -o -name '*.md' 2>/dev/null)
 
-.PHONY: help install install-test demo test test-slow compile manifests images lock clean
+.PHONY: help install install-test demo test test-slow compile docs manifests images lock clean
 
 help: ## this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -46,6 +46,11 @@ test-slow: install-test ## slow suites on ../shared/data (dev collections)
 
 compile: install ## write pipelines/embedforge.yaml (Kubernetes variant)
 	$(VENV)/bin/embedforge compile --output pipelines/embedforge.yaml
+
+# Generated from the code: the config reference from the pydantic field descriptions, each component's README from
+# its docstring and signature; tests/test_docs.py fails when a committed copy is stale.
+docs: install ## regenerate docs/configuration.md and components/*/README.md
+	$(PY) docs/generate.py
 
 manifests: ## render both Kubernetes overlays (manifests/overlays/dev, prod) with kustomize
 	@for o in dev prod; do echo "# ---- manifests/overlays/$$o"; kubectl kustomize manifests/overlays/$$o || exit 1; done

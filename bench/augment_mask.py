@@ -1,11 +1,11 @@
 """How often a user's query met a near-copy of one of its relevant documents as an in-batch negative, with
 ``sdg.augment`` rows in the batches, before train's false-negative mask knew about rewritten positives.
 
-Augmentation pairs (offline inverse-cloze / title pairs of the corpus, :mod:`embedforge.sdg.augment`) train on a
+Augmentation pairs (offline inverse-cloze / title pairs of the corpus, :mod:`embedforge.stages.sdg.augment`) train on a
 *rewritten* chunk: the chunk with the query sentence cut out, or the document with its title stripped
 (``Pair.positive_text``). Where that chunk belongs to a document a user's query judged relevant, the rewrite is a
 near-copy of a relevant text; the mask used to compare texts only, so it was that query's negative. Mine now adds
-such rewrites to the query's known positives (:func:`embedforge.train.positives.add_rewrites`). This counts, over a
+such rewrites to the query's known positives (:func:`embedforge.stages.train.positives.add_rewrites`). This counts, over a
 run's batches (batch 32, 3 epochs, the shipped sampler), the (user query, rewrite) pairs the fix masks. Not a
 timed or GPU benchmark: mining embeds the corpus once with the base model (minutes on a CPU).
 
@@ -28,8 +28,8 @@ import train_quality  # noqa: E402  (its BEIR inputs and augmentation helper)
 from embedforge import contracts, mine  # noqa: E402
 from embedforge.config import MineConfig, SdgConfig, TrainConfig  # noqa: E402
 from embedforge.contracts import Pair  # noqa: E402
-from embedforge.train.batching import collate, plan_steps  # noqa: E402
-from embedforge.train.positives import known_positives  # noqa: E402
+from embedforge.contracts.positives import known_positives  # noqa: E402
+from embedforge.stages.train.batching import collate, plan_steps  # noqa: E402
 
 
 def count(data_dir: Path, out: Path, augment: float, base_model: str) -> dict:

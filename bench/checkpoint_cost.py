@@ -1,7 +1,7 @@
 """Seconds and bytes of one final-run checkpoint (``train.checkpoint_minutes``) for a model shape, on this machine.
 
 Builds the shape (bench/train_speed.py :data:`SHAPES`: MiniLM, BERT-base, Llama-3.2-1B, ... random-init), trains
-one real step with embedforge's stepper (so AdamW holds its moments), then times :class:`~embedforge.train.
+one real step with embedforge's stepper (so AdamW holds its moments), then times :class:`~embedforge.stages.train.
 checkpoint.Checkpoints` writing that state (weights, optimizer, schedule, scaler, loss history, random streams) to
 ``--dir`` and reading it back into the run, as a rerun does. The cost per hour of training is ``write_s`` × 60 /
 ``train.checkpoint_minutes``.
@@ -24,12 +24,12 @@ from train_speed import SHAPES, shape_folder
 
 from embedforge.config import PromptsConfig, TrainConfig
 from embedforge.contracts import TrainExample
-from embedforge.encode import pick_device
-from embedforge.train.checkpoint import Checkpoints
-from embedforge.train.distributed import DistContext
-from embedforge.train.loss_log import LossLog
-from embedforge.train.setup import make_stepper, prepare_model
-from embedforge.train.soup import WeightAverage
+from embedforge.retrieval.encode import pick_device
+from embedforge.stages.train.checkpoint import Checkpoints
+from embedforge.stages.train.distributed import DistContext
+from embedforge.stages.train.loss_log import LossLog
+from embedforge.stages.train.setup import make_stepper, prepare_model
+from embedforge.stages.train.soup import WeightAverage
 
 
 def measure(shape: str, folder: Path, device: str, batch_size: int = 8) -> dict:

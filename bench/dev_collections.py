@@ -45,7 +45,7 @@ DATA = Path(os.environ.get("EMBEDFORGE_SHARED_DATA", REPO.parent / "shared" / "d
 
 
 def write_pairs(beir_dir: Path, split: str, out: Path) -> Path:
-    from embedforge.sdg.byo import pairs_from_beir_qrels
+    from embedforge.stages.sdg.byo import pairs_from_beir_qrels
 
     rows = pairs_from_beir_qrels(beir_dir, split=split)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 For each BEIR folder: ``ingest`` the corpus with the pipeline defaults (80/20 document split), generate pairs with
 the offline generator (variant settings), ``mine`` + ``train`` with the variant's profile, then score base and
 fine-tuned models on the folder's human test queries with the pipeline's own external evaluation
-(:func:`embedforge.evaluate.evaluate_beir_folder`: whole documents, exact search, identical texts removed).
+(:func:`embedforge.stages.evaluate.evaluate_beir_folder`: whole documents, exact search, identical texts removed).
 The human queries never touch generation or training — this measures what the offline generator is worth.
 
 Variants (``sdg`` / ``mine`` / ``train`` overrides, every knob explicit), each under profile ``cpu`` (<= 400
@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per result here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("sentence_transformers", "httpx", "embedforge.train"):
+    for name in ("sentence_transformers", "httpx", "embedforge.stages.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    from embedforge import ingest, mine, sdg, train
-    from embedforge.encode import load_model, pick_device
-    from embedforge.evaluate import evaluate_beir_folder, load_beir_folder
+    from embedforge.retrieval.encode import load_model, pick_device
+    from embedforge.stages import ingest, mine, sdg, train
+    from embedforge.stages.evaluate import evaluate_beir_folder, load_beir_folder
 
     device = pick_device("auto")
     ecfg = EvaluateConfig()

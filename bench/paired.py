@@ -4,7 +4,7 @@ The seed spread in ``docs/benchmarks.md`` measures only training noise. A test s
 own: a variant can lead by two points on 19 queries by the luck of which queries were drawn. This takes the rows
 ``bench/train_quality.py`` writes (one JSON line per variant and seed, each with ``per_query`` nDCG@10), averages
 each test query over the seeds of each variant, and reports for B − A over the queries: the mean difference, a 95 %
-bootstrap confidence interval (queries resampled; ``embedforge.report_stats.paired_bootstrap``, the one the run
+bootstrap confidence interval (queries resampled; ``embedforge.retrieval.stats.paired_bootstrap``, the one the run
 report and ``train.schedule=auto`` use) and a two-sided paired permutation p-value (scipy.stats.permutation_test,
 signs of the per-query differences flipped).
 
@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from embedforge.report_stats import paired_bootstrap  # noqa: E402
+from embedforge.retrieval.stats import paired_bootstrap  # noqa: E402
 
 
 def per_query_means(rows: list[dict], variant: str) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Replay ``train.schedule=auto``'s choice from recorded probes, under the shipped rule and a max-T alternative.
 
 ``bench/dev_collections.py`` rows of an auto run carry every probe's per-query held-out scores (``trials``). This
-re-runs the product's own choice (:func:`embedforge.train.schedule._pick`: the best (probe, checkpoint) must beat
+re-runs the product's own choice (:func:`embedforge.stages.train.schedule._pick`: the best (probe, checkpoint) must beat
 the fixed settings' probe with a Bonferroni-corrected paired bootstrap interval above 0) and, beside it, a max-T
 bootstrap: one resampling of the held-out queries shared by every (probe, checkpoint), the studentized maximum of
 their gains giving simultaneous lower bounds — exact where Bonferroni is conservative (checkpoints of one probe are
@@ -22,7 +22,7 @@ import numpy as np
 
 from embedforge.config import TrainConfig
 from embedforge.contracts import ScheduleChoice, ScheduleTrial
-from embedforge.train.schedule import _pick, _reference
+from embedforge.stages.train.schedule import _pick, _reference
 
 
 def max_t_lower(ref: np.ndarray, others: list[np.ndarray], confidence: float, seed: int, n_resamples: int = 4000

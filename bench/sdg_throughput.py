@@ -31,15 +31,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _chunks(n_docs: int, base_model: str, tmp: Path):
-    from embedforge import ingest
     from embedforge.config import IngestConfig
     from embedforge.contracts import read_chunks
     from embedforge.sample_corpus import SAMPLE_CORPUS
+    from embedforge.stages import ingest
 
     corpus = tmp / "corpus"
     corpus.mkdir()
@@ -53,7 +53,7 @@ def _chunks(n_docs: int, base_model: str, tmp: Path):
 
 def measure(base_url: str, model: str, chunks, concurrency: int, args: argparse.Namespace, base_model: str) -> dict:
     from embedforge.config import SdgConfig
-    from embedforge.sdg import make_generator
+    from embedforge.stages.sdg import make_generator
 
     per_type = {"multi_hop": 1, "structural": 1, "contextual": 1}
     counts = dict(list(per_type.items())[: args.num_pairs]) if args.num_pairs <= 3 else {"multi_hop": args.num_pairs}
@@ -101,9 +101,7 @@ def main() -> None:
 
     from llm_servers import FaultServer, LlamaCppServer
 
-    from embedforge.encode import resolve_model_path
-
-    from embedforge.encode import load_model
+    from embedforge.retrieval.encode import load_model, resolve_model_path
 
     base_model = resolve_model_path("all-MiniLM-L6-v2")
     load_model(base_model)  # warm the dedup model so the first level does not pay for loading it

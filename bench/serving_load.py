@@ -1,8 +1,8 @@
 """Text-in serving load test: a real tritonserver serving the ensemble vs SentenceTransformer.encode in-process.
 
 Exports all-MiniLM-L6-v2 (the bundled base model, through the export stage's graph builder), publishes it with
-:func:`embedforge.triton.write_model_repository` and starts the tests' real ``tritonserver``
-(tests/triton_server.py: PyPI ``nvidia-pytriton``; its build has only the Python backend, so the embedder runs
+:func:`embedforge.serving.repository.write_model_repository` and starts the tests' real ``tritonserver``
+(tests/support/triton_server.py: PyPI ``nvidia-pytriton``; its build has only the Python backend, so the embedder runs
 the same ``model.onnx`` through onnxruntime inside it: ``triton.embedder_backend=python``). Then, for each
 concurrency level, N client threads (each its own ``tritonclient.http`` connection) send one text per request in
 a closed loop for ``--seconds``: throughput (texts/s) and p50/p99 latency. PyPI's ``perf-analyzer`` is only a
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -53,7 +53,7 @@ def _percentiles(lat: list[float]) -> dict:
 
 def load(url: str, model: str, texts: list[str], concurrency: int, seconds: float) -> dict:
     """Closed loop: ``concurrency`` threads, one text per request, for ``seconds``."""
-    from embedforge.client import embed, http_client
+    from embedforge.serving.client import embed, http_client
 
     lat: list[float] = []
     errors = [0]
@@ -113,12 +113,12 @@ def main() -> None:
 
     import torch
     from sentence_transformers import SentenceTransformer
-
-    from embedforge import serving
-    from embedforge.config import TritonConfig
-    from embedforge.encode import resolve_model_path
-    from embedforge.triton import write_model_repository
     from triton_server import TritonServer, ensure_runtime
+
+    from embedforge.config import TritonConfig
+    from embedforge.retrieval.encode import resolve_model_path
+    from embedforge.serving import rollout as serving
+    from embedforge.serving.repository import write_model_repository
 
     torch.set_num_threads(args.threads)
     os.environ["EMBEDFORGE_ORT_THREADS"] = str(args.threads)  # read by the Python-backend embedder
@@ -135,7 +135,7 @@ def main() -> None:
         tmp = Path(tmp)
         onnx_dir = tmp / "onnx"
         onnx_dir.mkdir()
-        from embedforge.export import copy_tokenizer_files, export_onnx
+        from embedforge.stages.export import copy_tokenizer_files, export_onnx
 
         export_onnx(model, onnx_dir / "model.onnx", 17, texts[:2])
         copy_tokenizer_files(model, base, onnx_dir)
@@ -146,7 +146,7 @@ def main() -> None:
                                repository_dir=str(live), server_url=server.url, max_batch_size=64)
             write_model_repository(onnx_dir, live, cfg, 1, serve=False)
             rollout = serving.serve(cfg, "1")
-            from embedforge.client import embed
+            from embedforge.serving.client import embed
 
             served = embed(server.url, texts[:8], model="embedder")
             ref = model.encode(texts[:8], normalize_embeddings=True)

@@ -92,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from embedforge.encode import pick_device, resolve_model_path
-    from embedforge.train.batching import collate, plan_steps
-    from embedforge.train.distributed import DistContext
-    from embedforge.train.setup import compile_encoder, load_for_training, make_stepper
+    from embedforge.retrieval.encode import pick_device, resolve_model_path
+    from embedforge.stages.train.batching import collate, plan_steps
+    from embedforge.stages.train.distributed import DistContext
+    from embedforge.stages.train.setup import (
+        compile_encoder,
+        load_for_training,
+        make_stepper,
+    )
 
     device = pick_device(args.device)
     warmup = 3

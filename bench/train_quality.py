@@ -11,7 +11,7 @@ Not a test: an experiment used to choose ``TrainConfig``/``MineConfig`` defaults
   query's judged documents excluded: ``mine_hard_negatives(num_negatives=4, sampling_strategy="top")``),
   no-duplicates batches, 3 epochs, linear decay. Uses ``SentenceTransformerTrainer`` when ``datasets`` is
   installed, else the same loss module in a plain loop;
-* ``ours_*``: ``embedforge.mine.run`` + ``embedforge.train.run`` with the variant's settings.
+* ``ours_*``: ``embedforge.stages.mine.run`` + ``embedforge.stages.train.run`` with the variant's settings.
 
 Every model is scored on the test queries over the full corpus with BEIR's ``EvaluateRetrieval.evaluate``
 (exact cosine search, ``ignore_identical_ids=False``: Cranfield's query and document ids overlap).
@@ -81,7 +81,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from embedforge import contracts
-from embedforge.config import MineConfig, PipelineConfig, PromptsConfig, SdgConfig, TrainConfig
+from embedforge.config import (
+    MineConfig,
+    PipelineConfig,
+    PromptsConfig,
+    SdgConfig,
+    TrainConfig,
+)
 from embedforge.contracts import Chunk, Pair, TrainExample
 
 log = logging.getLogger("train_quality")
@@ -309,7 +315,7 @@ def evaluate_model(model, data: dict, batch_size: int = 128) -> dict:
     import torch
     from beir.retrieval.evaluation import EvaluateRetrieval
 
-    from embedforge.encode import encode
+    from embedforge.retrieval.encode import encode
 
     doc_ids = list(data["corpus"])
     docs = encode(model, [data["corpus"][d][1] for d in doc_ids], kind="document", batch_size=batch_size)
@@ -330,7 +336,7 @@ def evaluate_model(model, data: dict, batch_size: int = 128) -> dict:
 
 def per_query_ndcg(model_results: dict, qrels: dict) -> dict[str, float]:
     """nDCG@10 of each test query, for paired comparisons over queries (``bench/paired.py``)."""
-    from embedforge.retrieval import per_query_metrics
+    from embedforge.retrieval.ranking import per_query_metrics
 
     return {q: round(m["ndcg@10"], 4) for q, m in per_query_metrics(qrels, model_results, [10]).items()}
 
@@ -339,7 +345,7 @@ def per_query_ndcg(model_results: dict, qrels: dict) -> dict[str, float]:
 def _naive_rows(data: dict, model, num_negatives: int = 4) -> list[dict]:
     """(anchor, positive, negative_1..n) rows; negatives = top-n corpus docs by base-model cosine that are not
     judged relevant to the query (sentence-transformers' mine_hard_negatives, sampling_strategy="top")."""
-    from embedforge.encode import encode
+    from embedforge.retrieval.encode import encode
 
     doc_ids = list(data["corpus"])
     texts = [data["corpus"][d][1] for d in doc_ids]
@@ -369,7 +375,7 @@ def _our_rows(data: dict, base_model: str, out: Path, num_negatives: int = 4) ->
 def _mined_dir(data: dict, base_model: str, mine_cfg: MineConfig, out: Path) -> Path:
     """The mine folder of ``mine_cfg`` and the pairs folder under ``out`` (named by their hash), mined once and then
     reused."""
-    from embedforge import mine
+    from embedforge.stages import mine
 
     key = mine_cfg.model_dump_json() + ("" if data["pairs"] == out / "pairs" else str(data["pairs"]))
     mined = out / f"mined_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
@@ -380,9 +386,9 @@ def _mined_dir(data: dict, base_model: str, mine_cfg: MineConfig, out: Path) -> 
 
 def _with_offline_pairs(data: dict, sdg_cfg, out: Path) -> Path:
     """A pairs folder holding the train pairs and, beside them, the augmentation pairs ``sdg.augment`` makes of the
-    corpus (:func:`embedforge.sdg.augment.augment_pairs`: offline pairs, at most ``sdg_cfg.augment`` x the train
+    corpus (:func:`embedforge.stages.sdg.augment.augment_pairs`: offline pairs, at most ``sdg_cfg.augment`` x the train
     pairs' judged positives)."""
-    from embedforge.sdg.augment import augment_pairs
+    from embedforge.stages.sdg.augment import augment_pairs
 
     pairs = contracts.read_records(Path(data["pairs"]) / contracts.PAIRS_FILE, Pair)
     chunks = contracts.read_records(Path(data["chunks"]) / contracts.CHUNKS_FILE, Chunk)
@@ -395,7 +401,7 @@ def _with_offline_pairs(data: dict, sdg_cfg, out: Path) -> Path:
 
 def _st_mined_dir(data: dict, base_model: str, out: Path) -> Path:
     """The ST recipe's naive rows written as a mine folder (train.jsonl only): diagnostic, our trainer on them."""
-    from embedforge.encode import load_model, pick_device
+    from embedforge.retrieval.encode import load_model, pick_device
 
     mined = out / "mined_st_rows"
     if not (mined / contracts.TRAIN_FILE).is_file():
@@ -411,8 +417,8 @@ def run_st_baseline(data: dict, base_model: str, st: dict, seed: int, out: Path,
         MultipleNegativesRankingLoss,
     )
 
-    from embedforge.encode import resolve_model_path
-    from embedforge.train.setup import seed_everything
+    from embedforge.retrieval.encode import resolve_model_path
+    from embedforge.stages.train.setup import seed_everything
 
     seed_everything(seed)
     model = SentenceTransformer(resolve_model_path(base_model), device=device)
@@ -450,7 +456,7 @@ def _plain_mnrl_loop(model, loss, rows: list[dict], st: dict, seed: int, device:
     from transformers import get_linear_schedule_with_warmup
 
     from embedforge.contracts import TrainExample
-    from embedforge.train.batching import plan_steps
+    from embedforge.stages.train.batching import plan_steps
 
     examples = [TrainExample.from_columns(r) for r in rows]
     plan = plan_steps(examples, st["batch_size"], st["epochs"], seed)
@@ -476,7 +482,7 @@ def _plain_mnrl_loop(model, loss, rows: list[dict], st: dict, seed: int, device:
 def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, device: str) -> tuple[object, dict]:
     from sentence_transformers import SentenceTransformer
 
-    from embedforge import train
+    from embedforge.stages import train
 
     base = SHIPPED_ON.get(spec.get("shipped"), {"mine": {}, "train": {}}) if spec.get("shipped") else V0
     mine_cfg = MineConfig(**{**base["mine"], **spec.get("mine", {})})
@@ -496,7 +502,7 @@ def run_ours(data: dict, base_model: str, spec: dict, seed: int, out: Path, devi
     if "remine" in spec:  # round 2: negatives mined by round 1's model
         import shutil
 
-        from embedforge import mine
+        from embedforge.stages import mine
 
         r2 = spec["remine"]
         round1, mined = out / "model_round1", out / "mined_round2"
@@ -549,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reduced CPU runs)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from embedforge.encode import load_model, pick_device
+    from embedforge.retrieval.encode import load_model, pick_device
 
     device = pick_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ def shape_folder(shape: str, root: Path, max_seq_length: int, device: str) -> st
     )
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from embedforge.encode import resolve_model_path
+    from embedforge.retrieval.encode import resolve_model_path
 
     minilm = resolve_model_path("all-MiniLM-L6-v2")
     if SHAPES[shape] is None:
@@ -236,14 +236,14 @@ def run_st(rows: list[dict], base_model: str, batch_size: int, out: Path, device
 
 def run_ours(rows: list[dict], base_model: str, batch_size: int, out: Path, device: str, seed: int,
              max_seq_length: int, overrides: dict) -> dict:
-    from embedforge import train
+    from embedforge.stages import train
 
     mined = out / "mined"
     contracts.write_jsonl(mined / contracts.TRAIN_FILE, rows)
     settings = {"epochs": 1, "batch_size": batch_size, "learning_rate": 2e-5, "max_seq_length": max_seq_length,
                 "seed": seed, "device": device, "base_weight": 0.0}
     cfg = TrainConfig(**{**settings, **overrides})  # a variant may override any of these (e.g. LoRA's rate)
-    m = train.launch(mined, out / "ours_model", cfg, base_model=base_model)
+    m = train.run(mined, out / "ours_model", cfg, base_model=base_model)
     return {"loop_seconds": m.result.train_seconds}
 
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from embedforge.encode import pick_device, resolve_model_path
+    from embedforge.retrieval.encode import pick_device, resolve_model_path
 
     device = pick_device(args.device)
     rows = build_rows(args.data, args.rows, args.seed)

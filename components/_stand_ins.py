@@ -1,8 +1,7 @@
 """Stand-in components for optional pipeline inputs whose URI parameter is empty (see ``pipelines/inputs.py``)."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)

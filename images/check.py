@@ -1,12 +1,12 @@
 """Build check of an embedforge image: use, not just import, what the components need.
 
 Run by the Dockerfile as the image's non-root user (so a failure fails the build) and by
-tests/test_images.py in a fresh venv holding the CPU requirement set:
+tests/install/test_images.py in a fresh venv holding the CPU requirement set:
 
 - exactly one FAISS distribution is installed, the variant's own (faiss-cpu and faiss-gpu own the same files:
   with both, or with one uninstalled over the other, ``import faiss`` can still succeed on a broken package);
-- the bundled all-MiniLM-L6-v2 loads and embeds a query and two passages (embedforge.encode), a FAISS index over
-  the passages (embedforge.search) ranks the matching one first; on a GPU build with a visible GPU the index is
+- the bundled all-MiniLM-L6-v2 loads and embeds a query and two passages (embedforge.retrieval.encode), a FAISS index over
+  the passages (embedforge.retrieval.search) ranks the matching one first; on a GPU build with a visible GPU the index is
   searched on the GPU;
 - onnxruntime runs a two-node ONNX graph built here and matches numpy;
 - torch is the variant's build (CUDA or CPU); the KFP executor and the pipeline definition import;
@@ -41,8 +41,8 @@ def check_single_faiss(variant: str) -> str:
 
 
 def check_model_and_index(variant: str) -> str:
-    from embedforge.encode import encode, load_model
-    from embedforge.search import build_index, top_k
+    from embedforge.retrieval.encode import encode, load_model
+    from embedforge.retrieval.search import build_index, top_k
 
     model = load_model("all-MiniLM-L6-v2", device="cpu")
     passages = ["The cat sat on the mat and purred.", "Quarterly revenue grew by twelve percent."]

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install embedforge's image requirement set for one variant into the current Python, exactly as pinned:
 #   images/install.sh cpu|gpu [PROJECT_DIR]
-# The Dockerfile runs it, tests/test_images.py runs it in a fresh venv (the CPU set), so the recipe CI tests is
+# The Dockerfile runs it, tests/install/test_images.py runs it in a fresh venv (the CPU set), so the recipe CI tests is
 # the recipe the image builds with. CPU torch comes from the PyTorch CPU index (TORCH_INDEX_URL; set it empty
 # where a mirror or find-links already serves torch==<version>+cpu); the GPU set takes PyPI's CUDA torch.
 set -eu

@@ -96,7 +96,7 @@ def write_constraints(variant: str, pins: dict[str, str]) -> Path:
     path = constraints_path(variant)
     header = (f"# The {variant.upper()} image's full requirement set, resolved by `python images/lock.py` "
               f"(pip install --dry-run --report {REPO.name}[{VARIANTS[variant][0]}] {VARIANTS[variant][1]}).\n"
-              "# Do not edit by hand: re-run the script; tests/test_images.py checks it is complete and current.\n")
+              "# Do not edit by hand: re-run the script; tests/install/test_images.py checks it is complete and current.\n")
     path.write_text(header + "".join(f"{name}=={version}\n" for name, version in pins.items()))
     return path
 

@@ -15,9 +15,8 @@ Two routes, chosen when compiling (``embedforge compile --inputs artifacts|pvc``
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from kfp import dsl
-
 from embedforge.components._stand_ins import no_dataset, no_model
+from kfp import dsl
 
 ARTIFACTS, PVC = "artifacts", "pvc"
 INPUT_ROUTES = (ARTIFACTS, PVC)

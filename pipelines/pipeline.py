@@ -26,8 +26,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
 from embedforge.components.evaluate.component import evaluate
 from embedforge.components.export.component import export
@@ -40,9 +38,19 @@ from embedforge.components.report.component import report
 from embedforge.components.sdg.component import sdg
 from embedforge.components.train.component import train
 from embedforge.components.validate.component import validate
+from embedforge.pipelines.inputs import (
+    ARTIFACTS,
+    BASE_MODEL_ID,
+    INPUT_ROUTES,
+    PATH_PARAMETERS,
+    PVC,
+    URI_PARAMETERS,
+    Inputs,
+    import_inputs,
+)
+from kfp import dsl
+
 from embedforge.config import PipelineConfig
-from embedforge.pipelines.inputs import (ARTIFACTS, BASE_MODEL_ID, INPUT_ROUTES, PATH_PARAMETERS, PVC,
-                                         URI_PARAMETERS, Inputs, import_inputs)
 
 PIPELINE_NAME = "embedforge"
 
@@ -75,7 +83,7 @@ class KubernetesSettings:
     gpu_resource: str = "nvidia.com/gpu"
     train_gpus: int = 1
     # A failed train step (a preempted GPU node, a lost pod) is run again this many times; it continues from the
-    # probes and checkpoint it left in EMBEDFORGE_TRAIN_WORK_DIR on the data volume (embedforge.train.work).
+    # probes and checkpoint it left in train.work_dir on the data volume (embedforge.stages.train.work).
     train_retries: int = 2
     # The Triton model repository (manifests/base/data-pvc.yaml) and the server reading it (manifests/base/triton.yaml):
     # promote publishes the version there, has Triton load it and checks it before it moves the alias.
@@ -151,8 +159,11 @@ def build_pipeline(kubernetes: bool = False, k8s: KubernetesSettings = Kubernete
         cfg = cfg.model_copy(update={"triton": cfg.triton.model_copy(
             update={"repository_dir": k8s.model_repo_mount, "server_url": k8s.triton_url,
                     "discover_replicas": True})})
+        # the train step's work folder (probes, checkpoints) on the data volume: it outlives the pod
+        train_update: dict[str, Any] = {"work_dir": f"{k8s.data_mount}/train_work"}
         if k8s.train_gpus > 1:  # one torchrun worker per GPU of the train step (the auto schedule's probes too)
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"processes": 0})})
+            train_update["processes"] = 0
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=train_update)})
     defaults = _stage_args(cfg)
 
     signature = _signature(inputs, defaults)
@@ -223,7 +234,7 @@ def _steps(given: Inputs, p: dict) -> dict:
     with dsl.If(gate_task.outputs["Output"] == True, name="promote-if-better"):  # noqa: E712 (KFP condition syntax)
         promote_task = promote(
             decision=gate_task.outputs["decision"], registry=register_task.outputs["registry"],
-            onnx_model=export_task.outputs["onnx_model"], config=p["gate_config"], triton_config=p["triton_config"],
+            onnx_model=export_task.outputs["onnx_model"], triton_config=p["triton_config"],
             tracking_uri=tracking_uri,
         )
     report_task = report(
@@ -275,15 +286,13 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
     # train.processes=0 starts one torchrun worker per visible GPU; NCCL needs more than the default 64 MiB /dev/shm
     kubernetes.empty_dir_mount(train_task, volume_name="dshm", mount_path="/dev/shm", medium="Memory")
     # train.nodes > 1: the step stages its inputs for a TrainJob on the shared volume and reads the model back
-    # there (embedforge.trainjob; TrainConfig.trainjob.shared_pvc/shared_mount default to these), and the nodes
+    # there (embedforge.cluster.trainjob; TrainConfig.trainjob.shared_pvc/shared_mount default to these), and the nodes
     # run the step's own image
     if inputs == ARTIFACTS:  # (the pvc route mounted it above) and the LLM generator's resumable
         # work dir (sdg_config.llm.work_dir=/data/sdg_work/...) lives there too
         for task in (train_task, sdg_task):
             kubernetes.mount_pvc(task, pvc_name=k8s.data_pvc, mount_path=k8s.data_mount)
     train_task.set_env_variable("EMBEDFORGE_IMAGE", k8s.image)
-    # the train step's work folder (train.work_dir unset: probes, checkpoints) is on the data volume: it outlives the pod
-    train_task.set_env_variable("EMBEDFORGE_TRAIN_WORK_DIR", f"{k8s.data_mount}/train_work")
     train_task.set_retry(num_retries=k8s.train_retries, backoff_duration="60s", backoff_factor=2.0)
     for task in (mine_task, evaluate_task):  # embedding + faiss-gpu when the image has it
         task.set_accelerator_type(k8s.gpu_resource).set_accelerator_limit(1)

@@ -8,12 +8,17 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+#: Test helpers (real servers: MLflow, Triton, llama.cpp; pytest plugins conftest_mlflow/conftest_triton) live in
+#: tests/support/ and are imported by module name from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,15 +41,6 @@ def sigkill_when(argv: list[str], ready: Callable[[], bool], env: dict | None = 
         return err.read().decode("utf-8", "replace")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _probe_journals(tmp_path_factory):
-    """train.schedule=auto searches of the tests keep their probe journals in the session's temp folder, not in a
-    system-wide one another test session (or a user's run) could share."""
-    os.environ["EMBEDFORGE_TRAIN_WORK_DIR"] = str(tmp_path_factory.mktemp("train_work"))
-    yield
-    os.environ.pop("EMBEDFORGE_TRAIN_WORK_DIR", None)
-
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EMBEDFORGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -57,7 +53,7 @@ TINY_TOPICS = [
 
 @pytest.fixture(scope="session")
 def base_model() -> str:
-    from embedforge.encode import resolve_model_path
+    from embedforge.retrieval.encode import resolve_model_path
 
     return resolve_model_path("all-MiniLM-L6-v2")
 
@@ -82,8 +78,8 @@ def shared_data() -> Path:
 # ------------------------------------------------------------------ real upstream artifacts, built once
 @pytest.fixture(scope="session")
 def chunks_dir(tmp_path_factory, tiny_corpus, base_model) -> Path:
-    from embedforge import ingest
     from embedforge.config import IngestConfig
+    from embedforge.stages import ingest
 
     out = tmp_path_factory.mktemp("artifacts") / "chunks"
     ingest.run(tiny_corpus, out, IngestConfig(), base_model=base_model)
@@ -92,8 +88,8 @@ def chunks_dir(tmp_path_factory, tiny_corpus, base_model) -> Path:
 
 @pytest.fixture(scope="session")
 def pairs_dir(tmp_path_factory, chunks_dir, base_model) -> Path:
-    from embedforge import sdg
     from embedforge.config import SdgConfig
+    from embedforge.stages import sdg
 
     out = tmp_path_factory.mktemp("artifacts") / "pairs"
     sdg.run(chunks_dir, out, SdgConfig(), base_model=base_model)
@@ -102,8 +98,8 @@ def pairs_dir(tmp_path_factory, chunks_dir, base_model) -> Path:
 
 @pytest.fixture(scope="session")
 def mined_dir(tmp_path_factory, chunks_dir, pairs_dir, base_model) -> Path:
-    from embedforge import mine
     from embedforge.config import MineConfig
+    from embedforge.stages import mine
 
     out = tmp_path_factory.mktemp("artifacts") / "mined"
     mine.run(chunks_dir, pairs_dir, out, MineConfig(**MINE_AS_HUMAN), base_model=base_model)
@@ -114,8 +110,9 @@ def mined_dir(tmp_path_factory, chunks_dir, pairs_dir, base_model) -> Path:
 def auto_trained(tmp_path_factory, mined_dir, base_model) -> Path:
     """A model folder (with its train manifest) of a small real ``train.schedule=auto`` run: 24 mined rows, 2
     folds, 2 candidates, so its result records a search (trials, probe steps and seconds)."""
-    from embedforge import contracts, train
+    from embedforge import contracts
     from embedforge.config import PromptsConfig, TrainConfig
+    from embedforge.stages import train
 
     root = tmp_path_factory.mktemp("auto_trained")
     rows = [r.model_copy(update={"negatives": r.negatives[:1]}) for r in contracts.read_train_examples(mined_dir)[:24]]
@@ -134,8 +131,8 @@ MINE_AS_HUMAN = {"offline_num_negatives": 4, "offline_consistency_rank": 0}
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, mined_dir, base_model) -> Path:
-    from embedforge import train
     from embedforge.config import PromptsConfig, TrainConfig
+    from embedforge.stages import train
 
     out = tmp_path_factory.mktemp("artifacts") / "model"
     train.run(mined_dir, out, TrainConfig(epochs=1, batch_size=16), base_model=base_model,

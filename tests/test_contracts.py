@@ -10,7 +10,14 @@ import pytest
 
 from embedforge import contracts
 from embedforge.contracts import (
-    RESULT_TYPES, Decision, EvaluationResult, IngestResult, StageTimer, TrainResult, read_manifest, read_result,
+    RESULT_TYPES,
+    Decision,
+    EvaluationResult,
+    IngestResult,
+    StageTimer,
+    TrainResult,
+    read_manifest,
+    read_result,
 )
 from embedforge.errors import InputError
 
@@ -73,12 +80,12 @@ RESULT_FILE_NAMES = {"MANIFEST", "EVALUATION_FILE", "REGISTRY_FILE", "DECISION_F
 #: module -> the result-file names it may use: the stage that writes the report, and why else.
 ALLOWED = {
     "evaluate.py": {"EVALUATION_FILE"},  # writes evaluation.json
-    "registry.py": {"REGISTRY_FILE"},  # writes registry.json
+    "register.py": {"REGISTRY_FILE"},  # writes registry.json
     "gate.py": {"DECISION_FILE"},  # writes decision.json
     "promote.py": {"PROMOTION_FILE"},  # writes promotion.json
     "validate.py": {"VALIDATION_FILE"},  # writes validation.json
     "export.py": {"PARITY_FILE"},  # writes parity.json
-    "triton.py": {"MANIFEST", "PARITY_FILE"},  # names the files NOT copied into the Triton repository
+    "repository.py": {"MANIFEST", "PARITY_FILE"},  # names the files NOT copied into the Triton repository
 }
 
 

@@ -1,4 +1,4 @@
-"""Metric/param names per logging target (KFP run metrics, MLflow, manifest counts)."""
+"""Metric/param names per logging target (KFP run metrics, manifest counts)."""
 
 import re
 
@@ -15,13 +15,6 @@ KFP_NAME = re.compile(r"^[a-zA-Z]([-_a-zA-Z0-9]{0,62}[a-zA-Z0-9])?$")
 ])
 def test_for_kfp(raw, want):
     assert names.for_kfp(raw) == want and KFP_NAME.match(want)
-
-
-@pytest.mark.parametrize("raw, want", [
-    ("ndcg@10", "ndcg_at_10"), ("a b/c:d.e-f", "a b/c:d.e-f"), ("weird#name!", "weird_name_"), ("/x/", "x"),
-])
-def test_for_mlflow(raw, want):
-    assert names.for_mlflow(raw) == want
 
 
 @pytest.mark.parametrize("raw, want", [("llm.qa.requests", "llm_qa_requests"), ("pairs file.jsonl", "pairs_file_jsonl"),

@@ -1,8 +1,7 @@
 """KFP component: BEIR evaluation of the base vs the fine-tuned model on the held-out eval split."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -46,10 +45,11 @@ def evaluate(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import evaluate as stage
         from embedforge.components._inputs import local_path
+
         from embedforge.config import EvaluateConfig, ModelConfig
         from embedforge.names import for_kfp
+        from embedforge.stages import evaluate as stage
 
         manifest = stage.run(
             chunks.path, pairs.path, local_path(base_model_artifact, base_model), model.path, evaluation.path, EvaluateConfig.model_validate(config),

@@ -1,8 +1,7 @@
 """KFP component: export the fine-tuned model to one ONNX graph (pooling + normalisation inside), parity-checked."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -30,8 +29,8 @@ def export(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import export as stage
         from embedforge.config import ExportConfig
+        from embedforge.stages import export as stage
 
         manifest = stage.run(model.path, chunks.path, onnx_model.path, ExportConfig.model_validate(config))
         result = manifest.result

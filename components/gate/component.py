@@ -1,8 +1,7 @@
 """KFP component: decide promotion (beats base by a margin AND beats the current champion on the same eval set)."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -44,14 +43,15 @@ def gate(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         import os
 
-        from embedforge import gate as stage
         from embedforge.components._inputs import local_path
+
         from embedforge.config import EvaluateConfig, GateConfig
+        from embedforge.stages import gate as stage
 
         os.makedirs(decision.path, exist_ok=True)
         result = stage.run(evaluation.path, registry.path, chunks.path, pairs.path, decision.path,
                            GateConfig.model_validate(config), EvaluateConfig.model_validate(evaluate_config),
-                           tracking_uri, external_dir=local_path(eval_beir_artifact, "") or None)
+                           tracking_uri, external_dir=local_path(eval_beir_artifact, "") or None).result
         decision.metadata["promote"] = result.promote
         decision.metadata["reason"] = result.reason
         print(result.reason)

@@ -1,8 +1,7 @@
 """KFP component: ingest a corpus folder (or BEIR corpus.jsonl) into sentence chunks with a document split."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -32,9 +31,10 @@ def ingest(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import ingest as stage
         from embedforge.components._inputs import local_path
+
         from embedforge.config import IngestConfig
+        from embedforge.stages import ingest as stage
 
         manifest = stage.run(local_path(corpus_artifact, corpus_path), chunks.path, IngestConfig.model_validate(config),
                              base_model=local_path(base_model_artifact, base_model))

@@ -1,8 +1,7 @@
 """KFP component: mine hard negatives for the train-split pairs with the base model and FAISS."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -36,9 +35,10 @@ def mine(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import mine as stage
         from embedforge.components._inputs import local_path
+
         from embedforge.config import MineConfig, ModelConfig
+        from embedforge.stages import mine as stage
 
         manifest = stage.run(chunks.path, pairs.path, mined.path, MineConfig.model_validate(config),
                              base_model=local_path(base_model_artifact, base_model),

@@ -1,8 +1,7 @@
 """KFP component: set the champion alias on the new version and write the Triton model repository."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -10,7 +9,6 @@ def promote(
     decision: dsl.Input[dsl.Artifact],
     registry: dsl.Input[dsl.Artifact],
     onnx_model: dsl.Input[dsl.Model],
-    config: dict,
     triton_config: dict,
     tracking_uri: str,
     triton_repo: dsl.Output[dsl.Artifact],
@@ -18,13 +16,12 @@ def promote(
 ):
     """Move the registered model's alias to the gated version and publish it as a Triton model version.
 
-    Refuses (fails) when ``decision.json`` says not to promote.
+    Refuses (fails) when ``decision.json`` says not to promote; the alias is the one the gate decided on.
 
     Args:
         decision: Gate output folder (``decision.json``).
         registry: Register output folder (``registry.json``).
         onnx_model: Export output folder (``model.onnx`` + tokenizer files).
-        config: ``GateConfig`` fields (the alias to set).
         triton_config: ``TritonConfig`` fields (model_name, max_batch_size, instance_kind, max_queue_delay_us;
             repository_dir + server_url: publish into the live repository and roll out before the alias moves).
         tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
@@ -38,12 +35,12 @@ def promote(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         import os
 
-        from embedforge import promote as stage
-        from embedforge.config import GateConfig, TritonConfig
+        from embedforge.config import TritonConfig
+        from embedforge.stages import promote as stage
 
         os.makedirs(triton_repo.path, exist_ok=True)
         manifest = stage.run(decision.path, registry.path, onnx_model.path, triton_repo.path,
-                             GateConfig.model_validate(config), TritonConfig.model_validate(triton_config), tracking_uri)
+                             TritonConfig.model_validate(triton_config), tracking_uri)
         promotion = manifest.result
         metrics.log_metric("promoted_version", int(promotion.version))
         metrics.log_metric(promotion.metric, promotion.value)

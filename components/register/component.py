@@ -1,8 +1,7 @@
 """KFP component: log the pipeline run to MLflow and register the fine-tuned model as a new version."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -58,9 +57,9 @@ def register(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         import os
 
-        from embedforge import registry as stage
         from embedforge.config import RegisterConfig
-        from embedforge.provenance import effective_params
+        from embedforge.registry.provenance import effective_params
+        from embedforge.stages import register as stage
 
         base_model = base_model_uri or base_model
         params = effective_params(base_model, prompts, {

@@ -1,8 +1,7 @@
 """KFP component: the run report (``report.html``) as a KFP HTML output, also attached to the MLflow run."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -31,7 +30,7 @@ def report(
         tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
         html: Output file: the self-contained report.
     """
-    from embedforge import report as stage
+    from embedforge.stages import report as stage
 
     artifacts = {"ingest": chunks.path, "validate": validation.path, "train": model.path,
                  "evaluate": evaluation.path, "register": registry.path, "gate": decision.path}

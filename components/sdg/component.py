@@ -1,8 +1,7 @@
 """KFP component: synthetic (or bring-your-own) query/positive pairs from the ingested chunks."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -37,9 +36,10 @@ def sdg(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import sdg as stage
         from embedforge.components._inputs import local_path
+
         from embedforge.config import ModelConfig, SdgConfig
+        from embedforge.stages import sdg as stage
 
         manifest = stage.run(chunks.path, pairs.path, SdgConfig.model_validate(config),
                              pairs_file=local_path(pairs_artifact, pairs_file) or None,

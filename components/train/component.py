@@ -1,8 +1,7 @@
 """KFP component: contrastive fine-tuning of the base model on mined training rows."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -24,7 +23,7 @@ def train(
         config: ``TrainConfig`` fields (epochs, batch_size, learning_rate, temperature, warmup_ratio, ...;
             ``processes``: 0 = one torchrun worker per visible GPU, the global batch split over them; ``nodes`` > 1:
             a Kubeflow Trainer TrainJob of that many nodes is submitted, awaited and deleted, see
-            ``embedforge.trainjob``).
+            ``embedforge.cluster.trainjob``).
         prompts: ``PromptsConfig`` fields (``query``, ``document``): prefixes used in training and saved in the
             model's ``config_sentence_transformers.json``.
         model: Output folder: the fine-tuned model (``SentenceTransformer(model.path)`` loads it) +
@@ -39,21 +38,16 @@ def train(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import train as stage
         from embedforge.components._inputs import local_path
+
         from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
+        from embedforge.stages import train as stage
 
         cfg = TrainConfig.model_validate(config)
         model_cfg = ModelConfig.model_validate(model_config or {})
         base_model = local_path(base_model_artifact, base_model)
-        if cfg.nodes > 1:  # beyond one machine: a TrainJob does the training, this step stages, waits, collects
-            from embedforge import trainjob
-
-            manifest = trainjob.run(mined.path, model.path, cfg, base_model=base_model,
-                                    prompts=PromptsConfig.model_validate(prompts), model_cfg=model_cfg)
-        else:
-            manifest = stage.launch(mined.path, model.path, cfg, base_model=base_model,
-                                    prompts=PromptsConfig.model_validate(prompts), model_cfg=model_cfg)
+        manifest = stage.run(mined.path, model.path, cfg, base_model=base_model,
+                             prompts=PromptsConfig.model_validate(prompts), model_cfg=model_cfg)
         model.metadata["framework"] = "sentence-transformers"
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)

@@ -1,8 +1,7 @@
 """KFP component: Great Expectations data-quality gate over the pairs, before mining and training."""
 
-from kfp import dsl
-
 from embedforge.components._common import BASE_IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -28,8 +27,8 @@ def validate(
     from embedforge.errors import reported_stage_errors
 
     with reported_stage_errors():  # the runner shows the stage's error as one line
-        from embedforge import validate as stage
         from embedforge.config import ValidateConfig
+        from embedforge.stages import validate as stage
 
         manifest = stage.run(chunks.path, pairs.path, validation.path, ValidateConfig.model_validate(config))
         for name, value in manifest.counts.items():

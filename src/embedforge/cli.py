@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-from rich.markup import escape
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from embedforge.config import PipelineConfig, load_config
@@ -23,7 +23,7 @@ from embedforge.errors import EmbedforgeError, describe_os_error
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with config sections (see README).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with config sections (see docs/configuration.md).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config field: KEY=VALUE, e.g. train.epochs=2.")]
 OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="More KEY=VALUE overrides.", show_default=False)]
 BaseModelOpt = Annotated[Optional[str], typer.Option("--base-model", help="Base model folder or HF id (default: bundled all-MiniLM-L6-v2).")]
@@ -71,10 +71,16 @@ def run(
                                                          "stages are reused, not run again (same config and inputs only).")] = False,
 ) -> None:
     """Run the whole pipeline on this machine (kfp.local) and write the results to --out."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
+    from embedforge.local.runner import run_pipeline
     from embedforge.pipelines.pipeline import STAGES
-    from embedforge.runner import run_pipeline
     from embedforge.sample_corpus import SAMPLE_CORPUS
 
     cfg = _guard(lambda: _config(config, set_, overrides, base_model))
@@ -158,7 +164,7 @@ def compile_(
                                         "or 'pvc' (paths on the data volume).")] = "artifacts",
 ) -> None:
     """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
-    from embedforge.components._common import BASE_IMAGE, is_digest_pinned
+    from embedforge.cluster.image import BASE_IMAGE, is_digest_pinned
     from embedforge.pipelines.inputs import INPUT_ROUTES
     from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline
 
@@ -198,7 +204,7 @@ def submit(
     """Submit a run to Kubeflow Pipelines (token from $KF_PIPELINES_TOKEN, never printed); print its URL."""
     import tempfile
 
-    from embedforge import submit as kfp_submit
+    from embedforge.cluster import submit as kfp_submit
 
     with tempfile.TemporaryDirectory(prefix="embedforge-submit-") as tmp:
         if package is None:
@@ -232,7 +238,7 @@ def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Op
 def ingest(corpus: Path = typer.Option(..., help="Corpus folder or corpus.jsonl."), out: Dir = ..., base_model: BaseModelOpt = None,
            config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Chunk a corpus and split it by document."""
-    from embedforge import ingest as stage
+    from embedforge.stages import ingest as stage
 
     _stage(lambda c: stage.run(corpus, out, c.ingest, base_model=c.base_model), config, set_, base_model)
 
@@ -241,7 +247,7 @@ def ingest(corpus: Path = typer.Option(..., help="Corpus folder or corpus.jsonl.
 def sdg(chunks: Dir = ..., out: Dir = ..., pairs: Optional[Path] = typer.Option(None, help="Bring-your-own pairs JSONL."),
         base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Generate (or import) query/positive pairs."""
-    from embedforge import sdg as stage
+    from embedforge.stages import sdg as stage
 
     _stage(lambda c: stage.run(chunks, out, c.sdg, pairs_file=str(pairs) if pairs else None, base_model=c.base_model, model_cfg=c.model), config, set_, base_model)
 
@@ -249,7 +255,7 @@ def sdg(chunks: Dir = ..., out: Dir = ..., pairs: Optional[Path] = typer.Option(
 @app.command()
 def validate(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Run the Great Expectations suite over the pairs."""
-    from embedforge import validate as stage
+    from embedforge.stages import validate as stage
 
     _stage(lambda c: stage.run(chunks, pairs, out, c.validate_), config, set_)
 
@@ -257,7 +263,7 @@ def validate(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., config: Config
 @app.command()
 def mine(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Mine hard negatives with FAISS."""
-    from embedforge import mine as stage
+    from embedforge.stages import mine as stage
 
     _stage(lambda c: stage.run(chunks, pairs, out, c.mine, base_model=c.base_model, model_cfg=c.model), config, set_, base_model)
 
@@ -265,9 +271,9 @@ def mine(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., base_model: BaseMo
 @app.command()
 def train(mined: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune the bi-encoder contrastively."""
-    from embedforge import train as stage
+    from embedforge.stages import train as stage
 
-    _stage(lambda c: stage.launch(mined, out, c.train, base_model=c.base_model, prompts=c.prompts, model_cfg=c.model), config, set_, base_model)
+    _stage(lambda c: stage.run(mined, out, c.train, base_model=c.base_model, prompts=c.prompts, model_cfg=c.model), config, set_, base_model)
 
 
 @app.command()
@@ -275,7 +281,7 @@ def evaluate(chunks: Dir = ..., pairs: Dir = ..., model: Dir = ..., out: Dir = .
              eval_beir: Optional[Path] = typer.Option(None, help="External BEIR folder."), base_model: BaseModelOpt = None,
              config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """BEIR metrics, base vs fine-tuned."""
-    from embedforge import evaluate as stage
+    from embedforge.stages import evaluate as stage
 
     _stage(lambda c: stage.run(chunks, pairs, c.base_model, model, out, c.evaluate,
                                base_embeddings_dir=str(mined) if mined else None,
@@ -286,7 +292,7 @@ def evaluate(chunks: Dir = ..., pairs: Dir = ..., model: Dir = ..., out: Dir = .
 @app.command()
 def export(model: Dir = ..., chunks: Dir = ..., out: Dir = ..., config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Export to ONNX (pooling + normalisation in the graph) with a parity check."""
-    from embedforge import export as stage
+    from embedforge.stages import export as stage
 
     _stage(lambda c: stage.run(model, chunks, out, c.export), config, set_)
 
@@ -299,7 +305,7 @@ def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validatio
              pairs: Optional[Path] = typer.Option(None, help="SDG output (its counts become sdg_* metrics)."),
              tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Log the run to MLflow and register a new model version."""
-    from embedforge import registry as stage
+    from embedforge.stages import register as stage
 
     _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register_, tracking_uri, params=c.to_dict(),
                                pairs_dir=pairs), config, set_)
@@ -309,7 +315,7 @@ def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validatio
 def gate(evaluation: Dir = ..., registry: Dir = ..., chunks: Dir = ..., pairs: Dir = ..., out: Dir = ...,
          tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Decide promotion: beats base by the margin and the current champion."""
-    from embedforge import gate as stage
+    from embedforge.stages import gate as stage
 
     _stage(lambda c: stage.run(evaluation, registry, chunks, pairs, out, c.gate, c.evaluate, tracking_uri), config, set_)
 
@@ -318,9 +324,9 @@ def gate(evaluation: Dir = ..., registry: Dir = ..., chunks: Dir = ..., pairs: D
 def promote(decision: Dir = ..., registry: Dir = ..., onnx: Dir = ..., out: Dir = ..., tracking_uri: TrackingOpt = "",
             config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Set the champion alias and write the Triton model repository."""
-    from embedforge import promote as stage
+    from embedforge.stages import promote as stage
 
-    _stage(lambda c: stage.run(decision, registry, onnx, out, c.gate, c.triton, tracking_uri), config, set_)
+    _stage(lambda c: stage.run(decision, registry, onnx, out, c.triton, tracking_uri), config, set_)
 
 
 
@@ -329,7 +335,7 @@ def rollback(model: str = typer.Option(..., "--model", help="Registered model na
              to: Optional[str] = typer.Option(None, "--to", help="Version to serve (default: the 'previous' alias)."),
              tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Move the champion alias back and make Triton serve that version (triton.repository_dir / server_url)."""
-    from embedforge import rollback as stage
+    from embedforge.serving import rollback as stage
 
     _stage(lambda c: stage.run(model, c.triton, tracking_uri, to, alias=c.gate.alias), config, set_)
 
@@ -340,7 +346,7 @@ def embed(texts: list[str] = typer.Argument(..., help="Texts to embed."),
           input_type: str = typer.Option("query", "--input-type", help="query or passage: which saved prompt."),
           model: str = typer.Option("embedforge_embedder", "--model", help="Triton model (ensemble) name.")) -> None:
     """Embed texts with the served model; prints {"embeddings": [[...], ...], ...} as JSON."""
-    from embedforge.client import embed as call
+    from embedforge.serving.client import embed as call
 
     if input_type not in ("query", "passage"):
         _fail(f"--input-type {input_type!r}: use query or passage")

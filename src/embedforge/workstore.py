@@ -2,7 +2,7 @@
 
 Two users: the LLM pair generator (a unit = a document/bundle; one folder per split under ``sdg.llm.work_dir``)
 and train's schedule search (a unit = one probe; one folder per search under ``train.work_dir``,
-:mod:`embedforge.train.probe_journal`). Folder layout::
+:mod:`embedforge.stages.train.probe_journal`). Folder layout::
 
     state.json       identity of the work (fingerprint of the settings + hash of the inputs; written once)
     plan.json        the units and their inputs, in processing order (the generator's)
@@ -51,8 +51,8 @@ def _append_line(fd: int, obj: dict[str, Any]) -> None:
     os.fsync(fd)
 
 
-def _read_lines(path: Path, repair_tail: bool) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line is cut off (when ``repair_tail``), a bad middle line raises."""
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a torn last line is cut off (in the file too), a bad middle line raises."""
     if not path.is_file():
         return []
     raw = path.read_bytes()
@@ -72,12 +72,11 @@ def _read_lines(path: Path, repair_tail: bool) -> list[dict[str, Any]]:
                 raise ValueError("no trailing newline")
         except ValueError:
             if is_last or (n == len(lines) - 1 and not lines[-1]):
-                if repair_tail:
-                    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(line))
-                    with path.open("r+b") as fh:
-                        fh.truncate(offset)
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(line))
+                with path.open("r+b") as fh:
+                    fh.truncate(offset)
+                    fh.flush()
+                    os.fsync(fh.fileno())
                 break
             raise InputError(f"{path}:{n}: corrupt record; delete the work folder {path.parent} to start over") from None
         out.append(obj)
@@ -173,13 +172,13 @@ class ResultStore:
                             self.folder, ", ".join(changed) or "state", stale)
                 self._set_aside(stale)
         write_json(state_path, self.state)
-        for rec in _read_lines(self.folder / RESULTS_FILE, repair_tail=True):
+        for rec in _read_lines(self.folder / RESULTS_FILE):
             uid = rec.get("unit_id")
             if uid in self.completed:
                 log.warning("%s: unit %s recorded twice; keeping the first", self.folder / RESULTS_FILE, uid)
                 continue
             self.completed[uid] = rec
-        _read_lines(self.folder / FAILURES_FILE, repair_tail=True)
+        _read_lines(self.folder / FAILURES_FILE)
         self.resumed = len(self.completed)
         if self.resumed:
             log.info("resuming: %d %s already done in %s", self.resumed, self.what, self.folder)
@@ -219,9 +218,6 @@ class ResultStore:
     def add_failure(self, record: dict[str, Any]) -> None:
         assert self._fd_failures is not None, "ResultStore used outside its context"
         _append_line(self._fd_failures, record)
-
-    def failures(self) -> list[dict[str, Any]]:
-        return _read_lines(self.folder / FAILURES_FILE, repair_tail=False)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.folder / SUMMARY_FILE, summary)

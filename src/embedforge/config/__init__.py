@@ -8,9 +8,8 @@ Secrets never live here: an LLM endpoint's API key is read from the environment 
 
 from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
 from embedforge.config.llm import LlmSdgConfig, LlmStageSettings
-from embedforge.config.loading import load_config, parse_overrides
-from embedforge.config.train import LoraConfig, ScheduleConfig, TrainConfig, TrainJobConfig
-from embedforge.config.stages import (
+from embedforge.config.loading import load_config, parse_overrides, write_config
+from embedforge.config.pipeline import (
     CPU_PROFILE,
     CPU_PROFILE_BYO,
     GPU_PROFILE,
@@ -27,10 +26,17 @@ from embedforge.config.stages import (
     TritonConfig,
     ValidateConfig,
 )
+from embedforge.config.train import (
+    LoraConfig,
+    ScheduleConfig,
+    TrainConfig,
+    TrainJobConfig,
+)
 
 __all__ = [
     "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "GPU_PROFILE", "EvaluateConfig", "ExportConfig",
     "GateConfig", "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "LoraConfig", "MineConfig", "ModelConfig",
     "PipelineConfig", "PromptsConfig", "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig",
     "TrainJobConfig", "TritonConfig", "ValidateConfig", "load_config", "parse_overrides",
+    "write_config",
 ]

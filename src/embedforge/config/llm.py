@@ -14,8 +14,12 @@ class LlmStageSettings(StageConfig):
     """Sampling and transport settings of one LLM SDG stage (artifacts, qa, judge)."""
 
     model: str = Field("", description="Model of this stage; empty = sdg.llm.model.")
-    temperature: float = Field(0.2, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature of this stage's "
+                               "requests; 0 = (near-)greedy, the most repeatable replies (the local backend then "
+                               "decodes greedily).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: tokens are drawn from the smallest "
+                         "set whose probabilities sum to this; 1 = no cut-off. The local backend ignores it at "
+                         "temperature 0.")
     max_tokens: int = Field(1024, ge=16, le=131072, description="Completion token cap; a reply cut by it fails validation.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds (retried like a 5xx).")
 
@@ -39,16 +43,19 @@ class LlmSdgConfig(StageConfig):
     judge: LlmStageSettings = Field(default_factory=lambda: LlmStageSettings(temperature=0.0, max_tokens=512))
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = Field(
         "auto", description="auto: JSON schema, falling back to json_object, then prompt-only when the endpoint refuses.")
-    prompt_version: str = Field("v1", description="Version of the prompt templates (embedforge.sdg.llm.prompts).")
+    prompt_version: str = Field("v1", description="Version of the prompt templates (embedforge.stages.sdg.llm.prompts).")
     max_artifacts_per_type: int = Field(2, ge=1, le=20, description="Items kept per artifact type.")
     num_pairs: int = Field(7, ge=1, le=50, description="QA pairs asked for per document/bundle.")
     query_type_counts: dict[LlmQueryType, int] = Field(
         default_factory=lambda: {"multi_hop": 3, "structural": 2, "contextual": 2},
         description="Pairs per query type; must sum to num_pairs.")
     reasoning_types: list[str] = Field(
-        default_factory=lambda: ["factual", "relational", "inferential", "temporal", "procedural", "causal"], min_length=1)
+        default_factory=lambda: ["factual", "relational", "inferential", "temporal", "procedural", "causal"],
+        min_length=1, description="Reasoning types the QA prompt offers; every pair must be labelled with one of "
+        "them (compared lower-cased, spaces and hyphens as underscores), else the reply fails validation.")
     min_complexity: int = Field(2, ge=1, le=5, description="Pairs the model rates below this complexity are dropped.")
-    max_hops: int = Field(3, ge=1, le=3)
+    max_hops: int = Field(3, ge=1, le=3, description="Most reasoning hops (hop_contexts) a question may chain: the "
+                          "prompt asks for 1 to this many and a reply's further hops are dropped.")
     max_segments: int = Field(12, ge=1, le=200, description="Chunks per prompt; longer documents are split into windows.")
     bundle_size: int = Field(1, ge=1, le=3, description="Documents per prompt: 1 = per document, 2-3 = cross-document bundles.")
     bundle_strategy: Literal["similar", "random"] = Field("similar", description="similar: bundle nearest documents (dedup model); random: seeded shuffle.")
@@ -58,8 +65,11 @@ class LlmSdgConfig(StageConfig):
     judge_threshold: float = Field(7.0, ge=0.0, le=10.0, description="Pairs whose overall judge score is below this are dropped.")
     max_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once.")
     max_retries: int = Field(5, ge=0, le=50, description="Retries of a 429/5xx/timeout/connection error per request.")
-    backoff_base_s: float = Field(1.0, gt=0)
-    backoff_max_s: float = Field(60.0, gt=0)
+    backoff_base_s: float = Field(1.0, gt=0, description="Exponential backoff between retries, in seconds: retry n "
+                                  "(from 0) waits between half and all of min(backoff_max_s, backoff_base_s x 2^n), "
+                                  "at random; a server's Retry-After replaces it.")
+    backoff_max_s: float = Field(60.0, gt=0, description="Cap in seconds of the exponential backoff step (the wait "
+                                 "is half to all of it); a server's Retry-After is not capped.")
     request_budget: int = Field(0, ge=0, description="Max HTTP requests per run (retries included); 0 = unlimited.")
     max_units: int = Field(0, ge=0, description="Process at most this many documents/bundles per split; 0 = all (for trials).")
     max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Fail the stage when more documents than this fraction failed.")

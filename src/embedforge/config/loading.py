@@ -1,4 +1,5 @@
-"""``load_config``: defaults < YAML file < ``KEY=VALUE`` overrides, errors naming the dotted field."""
+"""``load_config``: defaults < YAML file < ``KEY=VALUE`` overrides, errors naming the dotted field; and
+:func:`write_config`, the one way a config is written for another process to ``load_config`` it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from embedforge.config.stages import PipelineConfig
+from embedforge.config.pipeline import PipelineConfig
 from embedforge.errors import ConfigError
 
 
@@ -72,3 +73,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         )
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
 
+
+
+def write_config(path: str | Path, cfg: PipelineConfig) -> Path:
+    """Write ``cfg`` as YAML that :func:`load_config` reads back unchanged (``to_dict``: by alias, no nulls).
+
+    The train stage hands its workers (torchrun processes, TrainJob nodes) their settings this way: one writer,
+    one reader, the same typed config on both sides.
+    """
+    path = Path(path)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

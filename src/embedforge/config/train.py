@@ -1,6 +1,6 @@
 """The train stage's configuration: ``TrainConfig`` and the models it holds (TrainJob, auto schedule, LoRA).
 
-Kept apart from :mod:`embedforge.config.stages` because it is the largest stage config and the one most options
+Kept apart from :mod:`embedforge.config.pipeline` because it is the largest stage config and the one most options
 are added to; ``PipelineConfig`` imports it from here.
 """
 
@@ -23,8 +23,10 @@ class TrainJobConfig(StageConfig):
     namespace: str = Field("", description="Namespace of the TrainJob; empty: the train step's own namespace.")
     gpus_per_node: int = Field(1, ge=0, description="GPUs per node (also torchrun processes per node; 0: CPU, one "
                                "process per node).")
-    cpu_per_node: str = Field("8", min_length=1)
-    memory_per_node: str = Field("32Gi", min_length=1)
+    cpu_per_node: str = Field("8", min_length=1, description="CPU of each node as a Kubernetes quantity (e.g. 8 or "
+                              "7500m), both request and limit of the node's container.")
+    memory_per_node: str = Field("32Gi", min_length=1, description="Memory of each node as a Kubernetes quantity "
+                                 "(e.g. 32Gi), both request and limit of the node's container.")
     shared_pvc: str = Field("embedforge-data", min_length=1, description="ReadWriteMany claim mounted by the train "
                             "step and every node: the step stages the mined rows there and reads the model back.")
     shared_mount: str = Field("/data", min_length=1, description="Where the train step and the nodes mount it.")
@@ -34,7 +36,7 @@ class TrainJobConfig(StageConfig):
 
 
 class ScheduleConfig(StageConfig):
-    """How train picks learning rate, temperature and length (embedforge.train.schedule)."""
+    """How train picks learning rate, temperature and length (embedforge.stages.train.schedule)."""
 
     mode: Literal["fixed", "auto"] = Field(
         "fixed", description="fixed: train.learning_rate/temperature/epochs as given; auto: probe a few settings on "
@@ -66,10 +68,11 @@ class ScheduleConfig(StageConfig):
 
 class LoraConfig(StageConfig):
     enabled: bool = Field(False, description="Train low-rank adapters (peft LoRA) instead of every weight; they are "
-                          "merged into the base weights when the model is saved (embedforge.train.lora).")
+                          "merged into the base weights when the model is saved (embedforge.stages.train.lora).")
     r: int = Field(16, ge=1, description="Adapter rank.")
     alpha: float = Field(32.0, gt=0, description="Scaling numerator: the update is (alpha / r) x B A.")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability on each adapter's input during "
+                           "training (peft lora_dropout); 0 = none.")
     target_modules: list[str] | Literal["auto"] = Field(
         "auto", description="Module names to adapt; auto: every linear layer of the transformer's attention and MLP "
         "blocks (peft's 'all-linear').")
@@ -78,12 +81,12 @@ class LoraConfig(StageConfig):
 class TrainConfig(StageConfig):
     nodes: int = Field(1, ge=1, description="Machines to train on. 1: in the train step's own pod (processes "
                        "workers there); > 1: the train step submits a Kubeflow Trainer TrainJob of this many nodes "
-                       "(see train.trainjob and embedforge.trainjob).")
+                       "(see train.trainjob and embedforge.cluster.trainjob).")
     trainjob: TrainJobConfig = Field(default_factory=TrainJobConfig)
     epochs: float = Field(3.0, gt=0, description="Passes over the mined rows; fractions allowed.")
     positives_per_query: int = Field(8, ge=0, description="Rows (positives) of one query trained per epoch at most, "
                                      "a different seeded window of its positives each epoch; 0 = all rows every "
-                                     "epoch (embedforge.train.positives).")
+                                     "epoch (embedforge.stages.train.positives).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
     learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, then "
@@ -92,77 +95,85 @@ class TrainConfig(StageConfig):
         "linear", description="Decay after the warm-up: linear to 0 (default, as sentence-transformers' trainer), or "
         "cosine.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on weight matrices (0: none, "
-                                "as sentence-transformers' trainer; 0.01 with a cosine decay measured 0.1-0.4 points "
-                                "lower, docs/benchmarks.md).")
+                                "as sentence-transformers' trainer; a small decay gave no quality gain).")
     layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: layer k of L trains at "
-                               "learning_rate x layer_decay^(L - k), embeddings (k = 0) lowest (embedforge.train."
+                               "learning_rate x layer_decay^(L - k), embeddings (k = 0) lowest (embedforge.stages.train."
                                "layer_decay); 1 = one learning rate for all.")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the run's optimizer steps (rounded) over "
+                                "which the learning rate rises linearly from 0 to learning_rate, before "
+                                "lr_schedule's decay; 0 = no warm-up.")
     temperature: float = Field(0.05, gt=0, le=1, description="InfoNCE temperature (1/scale).")
     symmetric_loss: bool = Field(False, description="Also rank each positive against the batch's anchors (document "
-                                 "to query) and average both directions (embedforge.train.losses).")
+                                 "to query) and average both directions (embedforge.stages.train.losses).")
     hardness: float = Field(0.0, ge=0, le=20, description="Hardness weighting: alpha x stop-grad(cosine) added to "
-                            "every negative's logit, so harder negatives weigh more (embedforge.train.losses); 0 = "
+                            "every negative's logit, so harder negatives weigh more (embedforge.stages.train.losses); 0 = "
                             "off.")
     grade_power: float = Field(0.0, ge=0, le=4, description="Graded judgements in the loss: a row whose positive "
-                               "has relevance grade g weighs g^grade_power in the batch's mean (embedforge.train."
+                               "has relevance grade g weighs g^grade_power in the batch's mean (embedforge.stages.train."
                                "losses); 0 = every row alike. Ungraded rows are grade 1.")
     soup: int = Field(1, ge=1, le=16, description="Model soup: train this many runs from the base weights, seeds "
                       "seed, seed+1000, ... (own batch orders and dropout; far apart, so that neighbouring seeds' "
-                      "soups share no run), and save the average of their weights (embedforge.train.soup). n x the "
+                      "soups share no run), and save the average of their weights (embedforge.stages.train.soup). n x the "
                       "training time.")
     average_last: float = Field(0.0, ge=0, lt=1, description="Tail averaging: save the uniform average of the "
                                 "weights at up to 10 evenly spaced steps of this last fraction of the run (the last "
-                                "step included; embedforge.train.soup.tail_steps) instead of the last step's; 0 = off. "
+                                "step included; embedforge.stages.train.soup.tail_steps) instead of the last step's; 0 = off. "
                                 "Free in time, one CPU copy of the weights.")
-    max_seq_length: int = Field(256, ge=8)
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_length: int = Field(256, ge=8, description="Longest input in tokens (prompt and special tokens "
+                                "included); longer texts are truncated. Capped at what the base model's position "
+                                "embeddings allow and saved with the model, so export, evaluation and Triton "
+                                "truncate alike.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this total L2 norm before every "
+                                 "optimizer step (torch clip_grad_norm_).")
     micro_batch_tokens: int | None = Field(
         None, ge=64, description="Padded tokens per forward pass (texts x longest text); texts are length-sorted "
         "inside the contrastive batch and the loss still sees the whole batch. Unset: 262144 on CUDA (each tower "
         "in one or two forwards: fewer kernel launches), 4096 on CPU (little padding).")
     processes: int = Field(1, ge=0, description="Training processes on this machine, one per GPU, the global batch "
-                           "split over them (torchrun, embedforge.train.distributed): 1 = this process only; 0 = one "
-                           "per visible GPU. Worth it when one step is compute-bound (large models or batches); "
-                           "docs/benchmarks.md compares.")
+                           "split over them (torchrun, embedforge.stages.train.distributed): 1 = this process only; 0 = one "
+                           "per visible GPU. Worth it when one step is compute-bound (large models or batches).")
     compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
                           "kernels and less Python per step on a GPU, after a one-off compilation at the start of "
-                          "the run; worth it for long runs of plain steps (BERT-base, batch 128: +23 % tokens/s on "
-                          "an H100). Not with the cached step of a 1B model: every chunk length recompiles, and two "
-                          "steps had not compiled in minutes (docs/benchmarks.md).")
+                          "the run; worth it for long runs of plain steps. Not with the cached step of a large "
+                          "model: every chunk length recompiles, so compiling can take longer than the steps it "
+                          "speeds up.")
     base_weight: float | None = Field(
         None, ge=0.0, lt=1.0, description="WiSE-FT: save (1 - w) x fine-tuned + w x base weights (0 = the plain "
-        "fine-tuned model). Unset: the base weight of the pair policy (embedforge.sdg.policy) of the source kind "
+        "fine-tuned model). Unset: the base weight of the pair policy (embedforge.contracts.policy) of the source kind "
         "that made most rows, as the mine stage recorded it: 0.5 for the offline generator, else 0.")
     packing: Literal["auto", "on", "off"] = Field(
-        "auto", description="Sequence packing in the training forward (embedforge.train.packing): each "
+        "auto", description="Sequence packing in the training forward (embedforge.stages.train.packing): each "
         "micro-batch's texts concatenated into one row, attention kept per text, so no FLOPs go to padding. "
         "auto: on for models that support it (Llama/Qwen/Mistral-style decoders) on CUDA; on: wherever supported.")
     work_dir: str = Field("", description="Folder for what must outlive an interrupted train step — a preempted pod, "
                           "a KFP retry, `embedforge run --resume` — so its rerun does not start over: the schedule "
                           "search's finished probes and the final run's checkpoints (one subfolder each, named by a "
-                          "hash of rows, settings and base model; removed when the step saves its model). Empty: "
-                          "$EMBEDFORGE_TRAIN_WORK_DIR (the compiled Kubernetes pipeline: the data volume), else the "
-                          "system temp folder; `embedforge run` uses <out>/train_work.")
+                          "hash of rows, settings and base model; removed when the step saves its model). `embedforge "
+                          "run` uses <out>/train_work, the compiled Kubernetes pipeline the data volume; empty: a "
+                          "private folder (mode 0700) of this user in the system temp folder.")
     checkpoint_minutes: float = Field(30.0, ge=0, description="Save the final run's state (weights, optimizer, "
                                       "learning-rate schedule, random streams, loss history) to train.work_dir at "
                                       "most this often; a rerun of the interrupted step continues from the last one "
                                       "and trains the model an uninterrupted run trains (with train.sharding=fsdp "
                                       "every process writes and reads its own shards). 0: never. Not with "
                                       "train.soup > 1.")
-    seed: int = 13
+    seed: int = Field(13, description="Seed of the run: the random streams (Python, NumPy, torch; rank r of a "
+                      "multi-process run adds r for dropout), the batch order and positive windows, and the auto "
+                      "schedule's held-out queries and folds. Soup run k uses seed + 1000 x k.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype of the forward passes: auto = bf16 on a CUDA device that supports it, "
+        "else fp32; fp16 (CUDA only) adds loss scaling. The dtype of the weights themselves is weights_dtype.")
     cached: bool | None = Field(
-        None, description="Cached contrastive batches (GradCache, embedforge.train.cached): the batch is embedded "
+        None, description="Cached contrastive batches (GradCache, embedforge.stages.train.cached): the batch is embedded "
         "without gradients chunk by chunk, the loss's embedding gradients cached, then each chunk re-forwarded and "
         "back-propagated, so memory is that of one chunk whatever the batch; same gradients, one extra forward. "
         "Unset (auto): off on CPU; on CUDA for the steps whose tokens would not fit the device in a plain step "
-        "(embedforge.train.memory estimates activation bytes per token from the model); elsewhere for steps of "
+        "(embedforge.stages.train.memory estimates activation bytes per token from the model); elsewhere for steps of "
         "more than 4 chunks of tokens.")
     cache_chunk_tokens: int | None = Field(
         None, ge=64, description="Padded tokens per chunk of a cached step. Unset: on CUDA the plain step's capacity "
-        "on the card (embedforge.train.memory; one chunk's activations are alive at a time, and larger chunks are "
+        "on the card (embedforge.stages.train.memory; one chunk's activations are alive at a time, and larger chunks are "
         "faster), 16384 where that is unknown or under 1024; the micro-batch budget on CPU.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute each transformer layer's activations in backward instead of keeping them "
@@ -174,12 +185,12 @@ class TrainConfig(StageConfig):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     sharding: Literal["none", "fsdp"] = Field(
         "none", description="With processes > 1: none = every process holds the whole model and the gradients are "
-        "all-reduced; fsdp = FSDP2 (embedforge.train.fsdp) shards weights, gradients and optimizer states over the "
+        "all-reduced; fsdp = FSDP2 (embedforge.stages.train.fsdp) shards weights, gradients and optimizer states over the "
         "processes, for models that do not fit one device with their optimizer; its steps are always cached.")
 
     def resolved_cache_chunk_tokens(self, device_type: str, capacity: int | None = None) -> int:
         """``cache_chunk_tokens``, or its default for the device type; ``capacity``: the plain step's capacity in
-        tokens on this device (:func:`embedforge.train.memory.plain_step_tokens`), None when unknown."""
+        tokens on this device (:func:`embedforge.stages.train.memory.plain_step_tokens`), None when unknown."""
         if self.cache_chunk_tokens is not None:
             return self.cache_chunk_tokens
         if device_type != "cuda":

@@ -115,3 +115,26 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def fingerprint(arguments: dict[str, Any], inputs: list[Path | None]) -> str:
+    """sha256 of the pipeline arguments and of every input file's relative path and content."""
+    h = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode("utf-8"))
+    for path in inputs:
+        h.update(b"\0input\0" + str(path).encode("utf-8"))
+        if path is not None:
+            _add_content(h, path)
+    return h.hexdigest()
+
+
+def content_sha256(path: Path) -> str:
+    """sha256 of a file's content, or of a folder's files (relative paths and contents), wherever it lies."""
+    h = hashlib.sha256()
+    _add_content(h, path)
+    return h.hexdigest()
+
+
+def _add_content(h, path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(b"\0" + f.relative_to(path).as_posix().encode("utf-8") + b"\0" if path.is_dir() else b"\0")
+        with f.open("rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())

@@ -16,7 +16,14 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from embedforge.contracts.files import (
-    DECISION_FILE, EVALUATION_FILE, MANIFEST, PROMOTION_FILE, REGISTRY_FILE, VALIDATION_FILE, read_json, sha256_file,
+    DECISION_FILE,
+    EVALUATION_FILE,
+    MANIFEST,
+    PROMOTION_FILE,
+    REGISTRY_FILE,
+    VALIDATION_FILE,
+    read_json,
+    sha256_file,
     write_json,
 )
 from embedforge.contracts.results import RESULT_TYPES, StageResult

@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedforge.contracts.files import CHUNKS_FILE, PAIRS_FILE, TRAIN_FILE, iter_jsonl, read_records
+from embedforge.contracts.files import (
+    CHUNKS_FILE,
+    PAIRS_FILE,
+    TRAIN_FILE,
+    iter_jsonl,
+    read_records,
+)
 
 Split = Literal["train", "eval"]
 

