@@ -44,8 +44,8 @@ test: install-test ## run the test suite (what CI runs)
 test-slow: install-test ## slow suites on ../shared/data (dev collections)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-compile: install ## write pipelines/embedforge.yaml (Kubernetes variant)
-	$(VENV)/bin/embedforge compile --output pipelines/embedforge.yaml
+compile: install ## write pipelines/embedforge.yaml (Kubernetes variant; the reference image name, not published)
+	$(VENV)/bin/embedforge compile --image ghcr.io/embedforge/embedforge:$(TAG)-gpu --output pipelines/embedforge.yaml
 
 # Generated from the code: the config reference from the pydantic field descriptions, each component's README from
 # its docstring and signature; tests/test_docs.py fails when a committed copy is stale.

@@ -22,8 +22,11 @@ and the LLM API key from a Kubernetes Secret (never a parameter).
 """
 
 
+import ast
 import inspect
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from embedforge.components._common import BASE_IMAGE
@@ -94,6 +97,39 @@ class KubernetesSettings:
     triton_url: str = "http://triton-replicas.embedforge.svc.cluster.local:8000"
     # Every step's container image (embedforge compile --image REGISTRY/embedforge@sha256:...).
     image: str = BASE_IMAGE
+    # Where GPU steps (mine, train, evaluate) may run: node labels they must match (`--gpu-node-selector KEY=VALUE`)
+    # and taints they tolerate (`--gpu-toleration KEY[=VALUE]:EFFECT`; default: the NVIDIA device plugin's taint).
+    gpu_node_selector: tuple[tuple[str, str], ...] = ()
+    gpu_tolerations: tuple[str, ...] = ("nvidia.com/gpu:NoSchedule",)
+    # The ConfigMap (manifests/base/pipeline-config.yaml) whose MLFLOW_TRACKING_URI every MLflow step reads when the
+    # run's tracking_uri parameter is empty.
+    config_map: str = "embedforge-config"
+    # uid/gid every step runs as (the image's user; manifests give the data volumes to it).
+    run_as: int = 1000
+
+
+#: Step -> the longest it may run, in seconds (then Kubernetes ends the pod and the run fails with a timeout).
+STEP_TIMEOUTS = {"ingest": 2 * 3600, "sdg": 24 * 3600, "validate": 1800, "mine": 6 * 3600, "train": 48 * 3600,
+                 "evaluate": 6 * 3600, "export": 2 * 3600, "register": 3600, "gate": 3 * 3600, "promote": 3600,
+                 "report": 1800}
+#: Steps that are pure functions of their inputs, so running one again after a lost pod is safe. register (it
+#: creates a version; recovery cleans up after it) and promote (it moves the alias) are not retried; train has its
+#: own retry with its work folder.
+IDEMPOTENT = ("ingest", "sdg", "validate", "mine", "evaluate", "export", "gate", "report")
+#: Scratch space (/tmp, an emptyDir) per step: what the step may write outside its outputs.
+SCRATCH = {"ingest": "10Gi", "sdg": "10Gi", "validate": "2Gi", "mine": "20Gi", "train": "50Gi", "evaluate": "20Gi",
+           "export": "20Gi", "register": "20Gi", "gate": "20Gi", "promote": "10Gi", "report": "2Gi"}
+
+
+def parse_toleration(spec: str) -> dict[str, str]:
+    """``KEY[=VALUE]:EFFECT`` -> the keyword arguments of ``kfp.kubernetes.add_toleration``."""
+    what, sep, effect = spec.rpartition(":")
+    if not sep or not what or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        raise ValueError(f"toleration {spec!r}: expected KEY[=VALUE]:EFFECT, EFFECT one of NoSchedule, "
+                         "PreferNoSchedule, NoExecute (e.g. nvidia.com/gpu:NoSchedule)")
+    key, eq, value = what.partition("=")
+    return {"key": key, "operator": "Equal", "value": value, "effect": effect} if eq else {
+        "key": key, "operator": "Exists", "effect": effect}
 
 
 def _stage_args(cfg: PipelineConfig) -> dict[str, dict]:
@@ -198,7 +234,7 @@ def _steps(given: Inputs, p: dict) -> dict:
     base = _artifacts(base_model_artifact=given.base_model_files)
     external = _artifacts(eval_beir_artifact=given.eval_beir_data)
     ingest_task = ingest(corpus_path=given.corpus_path, base_model=base_model, config=p["ingest_config"],
-                         **_artifacts(corpus_artifact=given.corpus), **base)
+                         tracking_uri=tracking_uri, **_artifacts(corpus_artifact=given.corpus), **base)
     chunks = ingest_task.outputs["chunks"]
     sdg_task = sdg(chunks=chunks, pairs_file=given.pairs_file, base_model=base_model, config=p["sdg_config"],
                    **_artifacts(pairs_artifact=given.pairs), **base, **loaded_as)
@@ -302,12 +338,63 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
         task.set_cpu_request("100m").set_memory_request("256Mi")
     for task in (register_task, gate_task, promote_task, report_task):
         task.set_caching_options(False)  # they read/write the live registry
+    named = {"ingest": ingest_task, "sdg": sdg_task, "validate": validate_task, "mine": mine_task, "train": train_task,
+             "evaluate": evaluate_task, "export": export_task, "register": register_task, "gate": gate_task,
+             "promote": promote_task, "report": report_task}
+    for name, task in named.items():
+        kubernetes.set_timeout(task, STEP_TIMEOUTS[name])
+        kubernetes.set_security_context(task, run_as_user=k8s.run_as, run_as_group=k8s.run_as, run_as_non_root=True)
+        # the image's root filesystem may be read-only: /tmp and the caches under $HOME are emptyDirs of bounded size
+        kubernetes.empty_dir_mount(task, volume_name="tmp", mount_path="/tmp", size_limit=SCRATCH[name])
+        kubernetes.empty_dir_mount(task, volume_name="cache", mount_path="/home/embedforge/.cache", size_limit="5Gi")
+        if name in IDEMPOTENT:
+            task.set_retry(num_retries=1, backoff_duration="30s")
+    for task in stand_ins:
+        kubernetes.set_timeout(task, 600)
+        kubernetes.set_security_context(task, run_as_user=k8s.run_as, run_as_group=k8s.run_as, run_as_non_root=True)
+    for task in (ingest_task, register_task, gate_task, promote_task, report_task):
+        # an empty tracking_uri parameter: the cluster's MLflow from the ConfigMap (ingest checks it is set)
+        kubernetes.use_config_map_as_env(task, config_map_name=k8s.config_map,
+                                         config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"},
+                                         optional=True)
+    for task in (mine_task, train_task, evaluate_task):  # GPU steps: only on GPU nodes, through their taints
+        for key, value in k8s.gpu_node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for spec in k8s.gpu_tolerations:
+            kubernetes.add_toleration(task, **parse_toleration(spec))
+    for task in (validate_task, register_task, promote_task, report_task):  # small steps: bounded memory
+        task.set_memory_limit("8Gi")
 
 
 def compile_pipeline(path: str, kubernetes: bool = True, k8s: KubernetesSettings = KubernetesSettings(),
                      inputs: str = ARTIFACTS) -> str:
-    """Write the pipeline YAML (the Kubernetes variant, inputs as artifacts, by default) and return its path."""
+    """Write the pipeline YAML (the Kubernetes variant, inputs as artifacts, by default) and return its path.
+
+    The same code and settings always give the same bytes: KFP's header comment lists dict defaults in the order
+    of a protobuf Struct, which changes between processes, so the header's dicts are rewritten with sorted keys.
+    """
     from kfp import compiler
 
     compiler.Compiler().compile(build_pipeline(kubernetes=kubernetes, k8s=k8s, inputs=inputs), package_path=path)
+    text = Path(path).read_text(encoding="utf-8")
+    Path(path).write_text(_sorted_header(text), encoding="utf-8")
     return path
+
+
+_DICT_DEFAULT = re.compile(r"^(#\s+\w+: dict \[Default: )(\{.*\})(\])$")
+
+
+def _sorted_header(text: str) -> str:
+    """``text`` with every ``# name: dict [Default: {...}]`` header line's dict printed with sorted keys."""
+    def sort(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: sort(value[k]) for k in sorted(value)}
+        return [sort(v) for v in value] if isinstance(value, list) else value
+
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break  # the header comment ends at the first YAML line
+        if m := _DICT_DEFAULT.match(line):
+            lines[i] = f"{m.group(1)}{sort(ast.literal_eval(m.group(2)))}{m.group(3)}"
+    return "\n".join(lines)

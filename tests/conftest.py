@@ -25,6 +25,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def on_ci() -> bool:
+    """Whether this is a CI run (``CI=true``, as .ci/run and CI services set it)."""
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def require(available: bool, what: str, install: str) -> None:
+    """Skip the calling test (or, at module level, the module) when ``what`` is missing — on a developer's machine.
+
+    Under CI a missing tool is an error, not a skip: a green CI must mean the test ran.
+    """
+    if available:
+        return
+    if on_ci():
+        pytest.fail(f"{what} is missing on CI: {install}", pytrace=False)
+    pytest.skip(f"{what} is not installed ({install})", allow_module_level=True)
+
+
 def sigkill_when(argv: list[str], ready: Callable[[], bool], env: dict | None = None, timeout_s: float = 600) -> str:
     """Run ``argv`` in a process group of its own and SIGKILL the whole group — a preempted pod: no clean-up, no
     flush, child processes too — as soon as ``ready()`` holds (or it ended, or ``timeout_s`` passed); its stderr."""

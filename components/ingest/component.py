@@ -13,6 +13,7 @@ def ingest(
     metrics: dsl.Output[dsl.Metrics],
     corpus_artifact: dsl.Input[dsl.Dataset] = None,
     base_model_artifact: dsl.Input[dsl.Model] = None,
+    tracking_uri: str = "",
 ):
     """Read documents, chunk them by sentences and split them train/eval by document.
 
@@ -26,6 +27,9 @@ def ingest(
         corpus_artifact: The corpus as an imported artifact (``--inputs artifacts``); overrides ``corpus_path``.
         base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
+        tracking_uri: The run's MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` (on Kubernetes from the
+            ``embedforge-config`` ConfigMap). Checked here, in the first step, so a run without an MLflow store fails
+            at once instead of after training, at register.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -34,8 +38,10 @@ def ingest(
         from embedforge.components._inputs import local_path
 
         from embedforge.config import IngestConfig
+        from embedforge.registry.mlflow import resolve_tracking_uri
         from embedforge.stages import ingest as stage
 
+        resolve_tracking_uri(tracking_uri)  # no MLflow store configured: one line now, not after training
         manifest = stage.run(local_path(corpus_artifact, corpus_path), chunks.path, IngestConfig.model_validate(config),
                              base_model=local_path(base_model_artifact, base_model))
         for name, value in manifest.counts.items():

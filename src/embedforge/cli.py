@@ -158,25 +158,53 @@ def compile_(
     train_gpus: Annotated[int, typer.Option("--train-gpus", min=1, help="GPUs for the train step; more than 1 "
                                             "trains data-parallel under torchrun (sets train.processes=0).")] = 1,
     image: Annotated[Optional[str], typer.Option("--image", help="Container image of every step, e.g. "
-                                                 "REGISTRY/embedforge@sha256:... (default: the components' base image).")] = None,
+                                                 "REGISTRY/embedforge@sha256:... (required for Kubernetes unless "
+                                                 "$EMBEDFORGE_IMAGE is set).")] = None,
     inputs: Annotated[str, typer.Option("--inputs", help="How corpus, pairs, external BEIR set and base model "
                                         "enter (Kubernetes variant): 'artifacts' (URIs imported as KFP artifacts) "
                                         "or 'pvc' (paths on the data volume).")] = "artifacts",
+    gpu_node_selector: Annotated[Optional[list[str]], typer.Option(
+        "--gpu-node-selector", help="KEY=VALUE node label the GPU steps (mine, train, evaluate) must match "
+        "(repeatable), e.g. nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3.")] = None,
+    gpu_toleration: Annotated[Optional[list[str]], typer.Option(
+        "--gpu-toleration", help="KEY[=VALUE]:EFFECT taint the GPU steps tolerate (repeatable; default "
+        "nvidia.com/gpu:NoSchedule).")] = None,
 ) -> None:
     """Compile the pipeline to a KFP YAML package (for the KFP UI/API or `kfp run create`)."""
-    from embedforge.cluster.image import BASE_IMAGE, is_digest_pinned
+    from embedforge.cluster.image import BASE_IMAGE, DEFAULT_IMAGE, is_digest_pinned
     from embedforge.pipelines.inputs import INPUT_ROUTES
-    from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline
+    from embedforge.pipelines.pipeline import (
+        KubernetesSettings,
+        compile_pipeline,
+        parse_toleration,
+    )
 
     if inputs not in INPUT_ROUTES:
         _fail(f"--inputs must be one of {', '.join(INPUT_ROUTES)}, got {inputs!r}")
+    if not local and image is None and "EMBEDFORGE_IMAGE" not in os.environ:
+        _fail(f"compile for Kubernetes needs --image: the default {DEFAULT_IMAGE} is not published; build and push "
+              "yours (make images REGISTRY=your.registry/team PUSH=1) and pass --image "
+              "your.registry/team/embedforge@sha256:... (--local compiles without one)")
     image = image or BASE_IMAGE
     if not local and not is_digest_pinned(image):
         console.print(f"[yellow]image {escape(image)} is not pinned by digest: a rebuilt image under the same tag "
                       "reuses cached steps; pass --image REGISTRY/embedforge@sha256:...[/]")
     output.parent.mkdir(parents=True, exist_ok=True)
-    compile_pipeline(str(output), kubernetes=not local, k8s=KubernetesSettings(train_gpus=train_gpus, image=image),
-                     inputs=inputs)
+    selectors = []
+    for item in gpu_node_selector or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            _fail(f"--gpu-node-selector {item!r}: expected KEY=VALUE")
+        selectors.append((key, value))
+    tolerations = tuple(gpu_toleration) if gpu_toleration else KubernetesSettings.gpu_tolerations
+    for spec in tolerations:
+        try:
+            parse_toleration(spec)
+        except ValueError as exc:
+            _fail(f"--gpu-toleration: {exc}")
+    settings = KubernetesSettings(train_gpus=train_gpus, image=image, gpu_node_selector=tuple(selectors),
+                                  gpu_tolerations=tolerations)
+    compile_pipeline(str(output), kubernetes=not local, k8s=settings, inputs=inputs)
     console.print(f"wrote {output}")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -25,7 +26,7 @@ OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "ku
 PIPELINE_YAML = REPO / "pipelines" / "embedforge.yaml"
 NAMESPACE = "embedforge"
 
-pytestmark = pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl (with kustomize) not installed")
+require(shutil.which("kubectl") is not None, "kubectl (with kustomize)", "install kubectl >= 1.14")
 
 
 def render(overlay: str) -> list[dict]:
@@ -192,6 +193,9 @@ def test_pipeline_role_is_least_privilege():
             rule["verbs"]) or rule["apiGroups"] != [""], rule
         if "secrets" in rule["resources"] or "configmaps" in rule["resources"]:
             assert rule.get("resourceNames") and rule["verbs"] == ["get"], rule
+    leases = [r for r in role["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]  # the promotion lock
+    assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                       "verbs": ["create", "get", "update", "delete"]}]
     binding = by_kind(render("prod"), "RoleBinding")["embedforge-pipeline"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "embedforge-pipeline", "namespace": NAMESPACE}]
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embedforge.cluster.image import DEFAULT_IMAGE
+
 FAST = [
     "train.epochs=1", "train.batch_size=16", "evaluate.k_values=[1,5,10]", "export.parity_samples=16",
     "validate.min_train_pairs=5", "validate.min_eval_pairs=2",
@@ -23,8 +25,13 @@ FAST = [
 
 
 def _cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    if args[0] == "compile" and "--image" not in args and "--local" not in args and "--no-image" not in args:
+        args = (*args, "--image", DEFAULT_IMAGE)  # what `make compile` writes the reference YAML with
+    args = tuple(a for a in args if a != "--no-image")
     e = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     e.pop("MLFLOW_TRACKING_URI", None)
+    if "EMBEDFORGE_IMAGE" not in (env or {}):
+        e.pop("EMBEDFORGE_IMAGE", None)
     return subprocess.run([sys.executable, "-m", "embedforge.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=e, timeout=1500)
 
@@ -67,8 +74,20 @@ def test_committed_pipeline_yaml_is_up_to_date(tmp_path):
     out = tmp_path / "fresh.yaml"
     r = _cli("compile", "--output", str(out))
     assert r.returncode == 0, r.stderr
-    assert list(yaml.safe_load_all(out.read_text())) == list(yaml.safe_load_all(committed.read_text())), (
-        "pipelines/embedforge.yaml is stale: run `make compile` and commit it")
+    assert out.read_bytes() == committed.read_bytes(), "pipelines/embedforge.yaml is stale: run `make compile` and commit it"
+
+
+def test_compiling_twice_gives_the_same_bytes(tmp_path):
+    """Two compiles in two processes (other hash seeds, so other dict orders inside KFP) write identical files:
+    a diff of the committed YAML shows only real changes."""
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"p{seed}.yaml"
+        r = _cli("compile", "--output", str(out), env={"PYTHONHASHSEED": seed})
+        assert r.returncode == 0, r.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert b"gate_config: dict [Default: {'alias': 'champion', 'eval_set': 'auto'," in outs[0]  # keys sorted
 
 
 def test_compile_for_several_training_gpus_starts_one_worker_per_gpu(tmp_path):
@@ -290,3 +309,93 @@ def test_every_step_that_loads_the_base_model_gets_the_model_section():
     for name in ("sdg", "mine", "train", "evaluate", "register"):
         given = tasks[name]["inputs"]["parameters"]["model_config"]
         assert given == {"componentInputParameter": "model_config"}, name
+
+
+def _platform(path: Path) -> dict:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_every_step_is_bounded_runs_as_the_image_user_and_retries_only_when_safe(tmp_path):
+    """Each step: a deadline, uid/gid 1000 (non-root), a size-limited /tmp and cache (a read-only root filesystem
+    works), retries only for steps that are pure functions of their inputs; small steps have memory limits."""
+    from embedforge.pipelines.pipeline import IDEMPOTENT, STEP_TIMEOUTS
+
+    out = tmp_path / "p.yaml"
+    assert _cli("compile", "--output", str(out)).returncode == 0
+    spec, execs = _platform(out)
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():  # promote sits in the gate condition's sub-DAG
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    for step, seconds in STEP_TIMEOUTS.items():
+        ex = execs[f"exec-{step}"]
+        assert int(ex["activeDeadlineSeconds"]) == seconds, step
+        assert ex["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, step
+        mounts = {m["mountPath"]: m for m in ex["emptyDirMounts"]}
+        assert mounts["/tmp"]["sizeLimit"] and mounts["/home/embedforge/.cache"]["sizeLimit"], step
+        retry = tasks[step].get("retryPolicy", {}).get("maxRetryCount", 0)
+        assert (retry > 0) == (step in IDEMPOTENT or step == "train"), (step, retry)
+    assert "retryPolicy" not in tasks["register"] and "retryPolicy" not in tasks["promote"]
+    containers = spec["deploymentSpec"]["executors"]
+    for step in ("validate", "register", "promote", "report"):
+        assert containers[f"exec-{step}"]["container"]["resources"]["memoryLimit"] == 8 * 2**30 / 1e9, step  # 8Gi in GB
+
+
+def test_gpu_steps_tolerate_the_gpu_taint_and_match_the_given_node_labels(tmp_path):
+    out = tmp_path / "p.yaml"
+    r = _cli("compile", "--output", str(out), "--gpu-node-selector", "nvidia.com/gpu.product=H100",
+             "--gpu-toleration", "dedicated=ml:NoSchedule", "--gpu-toleration", "nvidia.com/gpu:NoSchedule")
+    assert r.returncode == 0, r.stderr
+    _, execs = _platform(out)
+    for step in ("mine", "train", "evaluate"):
+        ex = execs[f"exec-{step}"]
+        assert ex["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "H100"}, step
+        assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in ex["tolerations"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in ex["tolerations"]
+    for step in ("ingest", "validate", "export", "register", "gate", "promote", "report"):
+        assert "tolerations" not in execs[f"exec-{step}"] and "nodeSelector" not in execs[f"exec-{step}"], step
+    bad = _cli("compile", "--output", str(tmp_path / "q.yaml"), "--gpu-toleration", "nvidia.com/gpu")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --gpu-toleration:")
+
+
+def test_mlflow_steps_read_the_tracking_uri_from_the_config_map_and_ingest_checks_it_first(tmp_path):
+    """An empty tracking_uri parameter falls back to the ConfigMap's MLFLOW_TRACKING_URI; with neither, the run
+    fails in its first step (ingest) with one line, not after training."""
+    out = tmp_path / "p.yaml"
+    assert _cli("compile", "--output", str(out)).returncode == 0
+    spec, execs = _platform(out)
+    for step in ("ingest", "register", "gate", "promote", "report"):
+        cm = execs[f"exec-{step}"]["configMapAsEnv"][0]
+        assert cm["configMapName"] == "embedforge-config" and cm["optional"] is True, step
+        assert cm["keyToEnv"] == [{"configMapKey": "MLFLOW_TRACKING_URI", "envVar": "MLFLOW_TRACKING_URI"}], step
+    ingest_inputs = spec["root"]["dag"]["tasks"]["ingest"]["inputs"]["parameters"]
+    assert ingest_inputs["tracking_uri"] == {"componentInputParameter": "tracking_uri"}
+
+
+def test_ingest_fails_first_without_an_mlflow_store(tmp_path, tiny_corpus, base_model, monkeypatch):
+    from embedforge.components.ingest.component import ingest
+    from kfp import dsl
+
+    from embedforge.errors import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    chunks = dsl.Dataset(uri=str(tmp_path / "chunks"))
+    with pytest.raises(ConfigError, match="no MLflow tracking URI"):
+        ingest.python_func(corpus_path=str(tiny_corpus), base_model=base_model, config={}, chunks=chunks,
+                           metrics=dsl.Metrics(uri=str(tmp_path / "m")), tracking_uri="")
+    assert not (tmp_path / "chunks").exists()  # nothing was read or written
+
+
+def test_compile_for_kubernetes_needs_an_image_and_submit_refuses_the_unpublished_default(tmp_path):
+    """Nothing is published under the default image: compiling for a cluster without --image is one line, and
+    submitting a package that names it (the reference YAML in pipelines/) is refused before any request."""
+    r = _cli("compile", "--output", str(tmp_path / "p.yaml"), "--no-image")
+    assert r.returncode == 1 and not (tmp_path / "p.yaml").exists()
+    assert r.stderr.strip().splitlines()[-1].startswith("error: compile for Kubernetes needs --image")
+    committed = Path(__file__).resolve().parents[2] / "pipelines" / "embedforge.yaml"
+    r = _cli("submit", "--host", "http://127.0.0.1:9", "--package", str(committed), "--param", "corpus_uri=s3://b/c")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"runs the image {DEFAULT_IMAGE}, which is not published" in r.stderr.strip().splitlines()[-1]
+    pinned = "registry.example/team/embedforge@sha256:" + "ab" * 32
+    r = _cli("compile", "--output", str(tmp_path / "q.yaml"), "--image", pinned)
+    assert r.returncode == 0 and pinned in (tmp_path / "q.yaml").read_text() and DEFAULT_IMAGE not in (tmp_path / "q.yaml").read_text()

@@ -122,7 +122,8 @@ class Pipeline:
 def _compile(tmp_path: Path, *args: str) -> Pipeline:
     out = tmp_path / "p.yaml"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "embedforge.cli", "compile", "--output", str(out), *args],
+    image = () if "--local" in args else ("--image", "registry.example/team/embedforge@sha256:" + "0f" * 32)
+    r = subprocess.run([sys.executable, "-m", "embedforge.cli", "compile", "--output", str(out), *image, *args],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     return Pipeline(out.read_text())
@@ -174,7 +175,8 @@ def test_walker_flags_a_step_reading_a_path_without_the_volume(tmp_path):
 
 def test_compile_names_the_routes_on_a_bad_inputs_value(tmp_path):
     r = subprocess.run([sys.executable, "-m", "embedforge.cli", "compile", "--output", str(tmp_path / "p.yaml"),
-                        "--inputs", "nfs"], capture_output=True, text=True, timeout=300)
+                        "--inputs", "nfs", "--image", "registry.example/team/embedforge:1"], capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 1 and "--inputs must be one of artifacts, pvc" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr and not (tmp_path / "p.yaml").exists()
 
@@ -206,8 +208,8 @@ def test_a_step_reads_the_imported_artifact_and_falls_back_when_it_is_the_absent
     def imported(corpus_uri: str, base_model_id: str) -> dsl.Dataset:
         corpus_in = dsl.importer(artifact_uri=corpus_uri, artifact_class=dsl.Dataset, reimport=False)
         return ingest(corpus_path="", base_model=base_model_id, config=PipelineConfig().to_dict()["ingest"],
-                      corpus_artifact=corpus_in.output, base_model_artifact=no_model().outputs["absent"]
-                      ).outputs["chunks"]
+                      corpus_artifact=corpus_in.output, base_model_artifact=no_model().outputs["absent"],
+                      tracking_uri="sqlite:///unused.db").outputs["chunks"]  # ingest only checks one is set
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
                raise_on_error=True)

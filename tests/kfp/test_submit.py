@@ -95,11 +95,16 @@ def kfp_api(request):
     server.server_close()
 
 
+#: An image as `make images PUSH=1` prints it (submit refuses the unpublished default).
+PUBLISHED = "registry.example/team/embedforge@sha256:" + "0f" * 32
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
-    from embedforge.pipelines.pipeline import compile_pipeline
+    from embedforge.pipelines.pipeline import KubernetesSettings, compile_pipeline
 
-    return Path(compile_pipeline(str(tmp_path_factory.mktemp("pkg") / "embedforge.yaml")))
+    return Path(compile_pipeline(str(tmp_path_factory.mktemp("pkg") / "embedforge.yaml"),
+                                 k8s=KubernetesSettings(image=PUBLISHED)))
 
 
 def _submit(*args: str, token: str | None = TOKEN, home: Path | None = None) -> subprocess.CompletedProcess:
@@ -189,7 +194,8 @@ def test_params_are_checked_against_the_package_before_anything_is_sent(kfp_api,
 
 
 def test_without_a_package_it_compiles_the_requested_variant(kfp_api, tmp_path):
-    r = _submit("--host", kfp_api.url, "--inputs", "pvc", "--param", "corpus_path=/data/docs", home=tmp_path)
+    r = _submit("--host", kfp_api.url, "--inputs", "pvc", "--image", PUBLISHED, "--param", "corpus_path=/data/docs",
+                home=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = kfp_api.runs.values()
     assert "corpus_path" in run["pipeline_spec"]["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]

@@ -56,7 +56,8 @@ def test_ingest_errors_input_config_and_os(capsys, tmp_path, base_model):
 
     def run(corpus: Path, config: dict, out: Path):
         return _fail(capsys, ingest.python_func, corpus_path=str(corpus), base_model=base_model, config=config,
-                     chunks=dsl.Dataset(uri=str(out)), metrics=dsl.Metrics(uri=str(tmp_path / "m")))
+                     chunks=dsl.Dataset(uri=str(out)), metrics=dsl.Metrics(uri=str(tmp_path / "m")),
+                     tracking_uri="sqlite:///unused.db")
 
     exc, line = run(tmp_path / "no-such-corpus", {}, tmp_path / "c1")
     _assert_one_line(exc, line, InputError, "InputError", "no-such-corpus")

@@ -242,7 +242,8 @@ def test_component_writes_artifact_and_metrics(tiny_corpus, tmp_path, base_model
 
     chunks = dsl.Dataset(uri=str(tmp_path / "chunks"))
     metrics = dsl.Metrics(uri=str(tmp_path / "metrics"))
-    component.python_func(corpus_path=str(tiny_corpus), base_model=base_model, config={}, chunks=chunks, metrics=metrics)
+    component.python_func(corpus_path=str(tiny_corpus), base_model=base_model, config={}, chunks=chunks, metrics=metrics,
+                          tracking_uri="sqlite:///unused.db")
     assert (Path(chunks.path) / CHUNKS_FILE).read_bytes() == (chunks_dir / CHUNKS_FILE).read_bytes()
     assert metrics.metadata["documents"] == 16 and metrics.metadata["chunks"] == read_manifest(chunks_dir).counts["chunks"]
 

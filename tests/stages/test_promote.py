@@ -6,6 +6,8 @@ champion moves during the rollout (then the servers go back to what the registry
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,10 +250,14 @@ def v1_served_v2_gated(tmp_path, model_name, tiny_model, tiny_onnx_dir, export_d
     return server, cfg, gated, (reg2, dec2, onnx_b)
 
 
-def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
+def test_a_concurrent_promotion_waits_for_the_lock_then_finds_the_champion_moved(
         tmp_path, model_name, tiny_onnx_dir, mlflow_uri, v1_served_v2_gated, monkeypatch):
-    """Runs B (v2) and C (v3) are gated against v1; C's promotion finishes while B's rollout is running. B's
-    swap must fail, and the replica must end up serving v3, the version the registry names."""
+    """Runs B (v2) and C (v3) are both gated against v1. C, another process, starts promoting while B's rollout
+    runs: it waits for the promotion lock instead of interleaving (no second rollout into the live repository,
+    no alias move between B's compare and B's set), then its compare sees v2 and it refuses. Serving ends on v2."""
+    import subprocess
+    import sys
+
     from embedforge.serving import rollout as serving
     from embedforge.stages import promote
 
@@ -259,20 +265,35 @@ def test_champion_moved_during_the_rollout_puts_serving_back_on_it(
     reg3, dec3, d3 = gated("c", tiny_onnx_dir)
     assert d3.champion_version == "1" and d3.promote
     real_roll_out = serving.roll_out
+    script = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
+              "from embedforge.config import TritonConfig; from embedforge.stages import promote;"
+              f"promote.run({str(dec3)!r}, {str(reg3)!r}, {str(tiny_onnx_dir)!r}, {str(tmp_path / 'artifact-c')!r},"
+              f"TritonConfig.model_validate_json({cfg.model_dump_json()!r}), {mlflow_uri!r})")
+    started: list[subprocess.Popen] = []
 
-    def roll_out_while_c_promotes(urls, repo, name, version, **kw):
+    def roll_out_while_c_starts(urls, repo, name, version, **kw):
         result = real_roll_out(urls, repo, name, version, **kw)
-        if version == "2":  # B's rollout is done; C completes its whole promotion before B swaps
-            monkeypatch.setattr(serving, "roll_out", real_roll_out)
-            promote.run(dec3, reg3, tiny_onnx_dir, tmp_path / "artifact-c", cfg, mlflow_uri)
+        if version == "2":  # B has rolled out v2 and holds the lock; C starts now and must wait for it
+            c = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+            started.append(c)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and c.poll() is None and not any(
+                    f.name.startswith(".embedforge-promote-") for f in Path(cfg.repository_dir).iterdir()):
+                time.sleep(0.2)
+            time.sleep(5)  # C is importing and then blocks on the lock; it must not finish while B holds it
+            assert c.poll() is None, c.communicate()[0]
         return result
 
-    monkeypatch.setattr(serving, "roll_out", roll_out_while_c_promotes)
-    with pytest.raises(promote.PromotionConflict, match="another run promoted v3 meanwhile"):
-        promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", cfg, mlflow_uri)
+    monkeypatch.setattr(serving, "roll_out", roll_out_while_c_starts)
+    promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", cfg, mlflow_uri)
+    (c,) = started
+    out, _ = c.communicate(timeout=600)
+    assert c.returncode != 0 and "another run promoted v2 meanwhile; re-run the gate" in out, out[-3000:]
+    assert "waiting for the promotion lock" in out
     client = _client(mlflow_uri)
-    assert client.get_model_version_by_alias(model_name, "champion").version == "3"
-    assert server.ready() == all_on("3")
+    assert client.get_model_version_by_alias(model_name, "champion").version == "2"
+    assert server.ready() == all_on("2") and not (Path(cfg.repository_dir) / "embedder" / "3").exists()
 
 
 def test_champion_removed_during_the_rollout_puts_serving_back(tmp_path, model_name, mlflow_uri,

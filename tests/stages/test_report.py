@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
 from embedforge.contracts import (
     Decision,
@@ -200,10 +201,9 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="Debian's chromium + chromium-driver are not installed "
-                           "(apt-get install -y chromium chromium-driver)")
 def test_the_report_renders_in_headless_chromium(tmp_path, run_artifacts):
+    require(CHROMIUM is not None and CHROMEDRIVER is not None, "Debian's chromium + chromium-driver",
+            "apt-get install -y chromium chromium-driver")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extras")
     from selenium.webdriver.common.by import By
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import require
 from mlflow_server import MlflowServer, PostgresCluster, S3Store, postgres_bin_dir
 
 ONNX_DIM = 8
@@ -238,9 +239,8 @@ def production_mlflow(tmp_path_factory) -> ProductionMlflow:
     from mlflow.server.auth.client import AuthServiceClient
 
     bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin: "
-                    "apt-get update && apt-get install -y postgresql")
+    require(bin_dir is not None, "PostgreSQL binaries (/usr/lib/postgresql/*/bin)",
+            "apt-get update && apt-get install -y postgresql")
     root = tmp_path_factory.mktemp("prod-mlflow")
     pg_root = Path(tempfile.mkdtemp(prefix="embedforge-pg-"))  # reachable by the postgres user, unlike tmp_path
     pg = PostgresCluster(pg_root, bin_dir).start()

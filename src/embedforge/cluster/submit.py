@@ -22,6 +22,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel
 
+from embedforge.cluster.image import check_published
 from embedforge.errors import ConfigError, EmbedforgeError, InputError
 from embedforge.redact import redact
 
@@ -76,6 +77,17 @@ def package_parameters(package: Path) -> dict[str, dict]:
                          "write one with `embedforge compile`") from None
     return {name: {"required": not d.get("isOptional", False) and "defaultValue" not in d,
                    "type": d.get("parameterType")} for name, d in declared.items()}
+
+
+def package_images(package: Path) -> set[str]:
+    """Every container image the package's steps run."""
+    try:
+        spec = next(yaml.safe_load_all(package.read_text()))
+        executors = spec["deploymentSpec"]["executors"]
+    except (OSError, yaml.YAMLError, StopIteration, KeyError, TypeError) as exc:
+        raise InputError(f"{package}: not a compiled KFP pipeline package ({type(exc).__name__}); "
+                         "write one with `embedforge compile`") from None
+    return {e["container"]["image"] for e in executors.values() if "container" in e}
 
 
 def check_params(package: Path, params: dict[str, Any]) -> None:
@@ -145,6 +157,8 @@ def submit(host: str, package: Path, params: dict[str, Any], experiment: str = "
     if not host.startswith(("http://", "https://")):
         raise ConfigError(f"--host {redact(host)}: give the KFP API URL with its scheme, e.g. http://localhost:8888")
     check_params(package, params)
+    for image in sorted(package_images(package)):
+        check_published(image, str(package))
     # kfp prints "Experiment details: URL" / "Run details: URL": to stderr, so stdout holds only what we print
     with contextlib.redirect_stdout(sys.stderr):
         client = _client(host, os.environ.get(token_env), namespace)

@@ -58,6 +58,7 @@ def run(model_name: str, triton: TritonConfig, tracking_uri: str = "", to_versio
     from mlflow.exceptions import MlflowException
 
     from embedforge.registry.aliases import PREVIOUS_ALIAS, current_champion, move_alias
+    from embedforge.registry.lock import promotion_lock
     from embedforge.registry.mlflow import (
         client_for,
         mlflow_error,
@@ -66,34 +67,35 @@ def run(model_name: str, triton: TritonConfig, tracking_uri: str = "", to_versio
     from embedforge.serving import rollout as serving
 
     if not triton.repository_dir:
-        raise InputError("rollback needs triton.repository_dir (--repository-dir): the model repository Triton serves")
+        raise InputError("rollback needs triton.repository_dir (--set triton.repository_dir=DIR): the model repository Triton serves")
     uri = resolve_tracking_uri(tracking_uri)
-    client = client_for(uri)
-    try:
-        current = current_champion(client, model_name, alias)
-        target = str(to_version) if to_version else current_champion(client, model_name, PREVIOUS_ALIAS)
-        if target is None:
-            raise InputError(f"{model_name} has no {PREVIOUS_ALIAS!r} alias to roll back to; pass --to VERSION")
-        client.get_model_version(model_name, target)  # raises for an unknown version
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise InputError(f"{model_name} has no version {to_version}: pass --to with a registered version "
-                             f"(the champion is v{current})") from None
-        raise mlflow_error(f"read versions of {model_name!r}", uri, exc) from None
-    if target == current:
-        log.info("%s@%s is already v%s: re-checking that it is served", model_name, alias, target)
+    with promotion_lock(model_name, uri, triton.repository_dir):  # no promotion moves the alias meanwhile
+        client = client_for(uri)
+        try:
+            current = current_champion(client, model_name, alias)
+            target = str(to_version) if to_version else current_champion(client, model_name, PREVIOUS_ALIAS)
+            if target is None:
+                raise InputError(f"{model_name} has no {PREVIOUS_ALIAS!r} alias to roll back to; pass --to VERSION")
+            client.get_model_version(model_name, target)  # raises for an unknown version
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise InputError(f"{model_name} has no version {to_version}: pass --to with a registered version "
+                                 f"(the champion is v{current})") from None
+            raise mlflow_error(f"read versions of {model_name!r}", uri, exc) from None
+        if target == current:
+            log.info("%s@%s is already v%s: re-checking that it is served", model_name, alias, target)
 
-    rollout = serving.serve(triton, target)
-    try:
-        move_alias(client, model_name, alias, target, current)
-        client.set_model_version_tag(model_name, target, "rolled_back_at",
-                                     dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        if current and current != target:
-            client.set_model_version_tag(model_name, current, "rolled_back_to", f"v{target}")
-    except MlflowException as exc:
-        if current:
-            serving.restore(triton, current)
-        raise mlflow_error(f"move alias {alias!r} of {model_name!r} to v{target}", uri, exc) from None
+        rollout = serving.serve(triton, target)
+        try:
+            move_alias(client, model_name, alias, target, current)
+            client.set_model_version_tag(model_name, target, "rolled_back_at",
+                                         dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+            if current and current != target:
+                client.set_model_version_tag(model_name, current, "rolled_back_to", f"v{target}")
+        except MlflowException as exc:
+            if current:
+                serving.restore(triton, current)
+            raise mlflow_error(f"move alias {alias!r} of {model_name!r} to v{target}", uri, exc) from None
     log.info("%s@%s -> v%s (was v%s); served: %s", model_name, alias, target, current,
              "yes" if rollout else "repository only")
     return RollbackResult(model_name=model_name, alias=alias, version=target, rolled_back_from=current,

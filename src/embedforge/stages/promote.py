@@ -50,6 +50,7 @@ from embedforge.contracts import (
 )
 from embedforge.errors import InputError
 from embedforge.registry.aliases import PromotionConflict, check_champion, move_alias
+from embedforge.registry.lock import promotion_lock
 
 log = logging.getLogger(__name__)
 
@@ -108,61 +109,63 @@ def run(
     alias = decision.alias or GateConfig().alias  # the alias the gate read the champion from
 
     uri = resolve_tracking_uri(tracking_uri, recorded=reg.tracking_uri)
-    client = client_for(uri)
-    expected = str(decision.champion_version) if decision.champion_version else None
-    try:
-        check_champion(client, model_name, alias, expected, version)
-    except MlflowException as exc:
-        raise mlflow_error(f"read alias {alias!r} of {model_name!r}", uri, exc) from None
-    params = {"registered_model": model_name, "registered_version": version,
-              "mlflow_run_id": reg.run_id, "alias": alias}
-    version_dir = write_model_repository(onnx_dir, out_dir, cfg, version, parameters=params)
-    served_before = _served(cfg)
-    rollout = _publish(onnx_dir, cfg, version, params) if cfg.repository_dir else None
+    # no other promotion or rollback of this model reads or writes the alias or the live repository meanwhile
+    with promotion_lock(model_name, uri, cfg.repository_dir):
+        client = client_for(uri)
+        expected = str(decision.champion_version) if decision.champion_version else None
+        try:
+            check_champion(client, model_name, alias, expected, version)
+        except MlflowException as exc:
+            raise mlflow_error(f"read alias {alias!r} of {model_name!r}", uri, exc) from None
+        params = {"registered_model": model_name, "registered_version": version,
+                  "mlflow_run_id": reg.run_id, "alias": alias}
+        version_dir = write_model_repository(onnx_dir, out_dir, cfg, version, parameters=params)
+        served_before = _served(cfg)
+        rollout = _publish(onnx_dir, cfg, version, params) if cfg.repository_dir else None
 
-    promoted_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    try:
-        previous = check_champion(client, model_name, alias, expected, version)
-        move_alias(client, model_name, alias, version, previous)
-    except (MlflowException, PromotionConflict) as exc:
-        if cfg.repository_dir:
-            _restore_registry_state(client, model_name, alias, cfg, served_before)
-        if isinstance(exc, PromotionConflict):
-            raise
-        raise mlflow_error(f"set alias {alias!r} of {model_name!r} to version {version}", uri, exc) from None
-    try:
-        tags = {
+        promoted_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        try:
+            previous = check_champion(client, model_name, alias, expected, version)
+            move_alias(client, model_name, alias, version, previous)
+        except (MlflowException, PromotionConflict) as exc:
+            if cfg.repository_dir:
+                _restore_registry_state(client, model_name, alias, cfg, served_before)
+            if isinstance(exc, PromotionConflict):
+                raise
+            raise mlflow_error(f"set alias {alias!r} of {model_name!r} to version {version}", uri, exc) from None
+        try:
+            tags = {
+                "promoted_at": promoted_at,
+                "promoted_alias": alias,
+                "promoted_metric": decision.metric,
+                "promoted_metric_value": f"{decision.challenger:.6f}",
+                "promoted_over": f"v{previous}" if previous and previous != version else "none",
+            }
+            if rollout is not None:
+                tags["served_by"] = ", ".join(f"{r.url} ({cfg.model_name} v{version})" for r in rollout.replicas)
+            for key, value in tags.items():
+                client.set_model_version_tag(model_name, version, key, value)
+        except MlflowException as exc:
+            raise mlflow_error(f"tag {model_name!r} version {version}", uri, exc) from None
+        log.info("%s@%s -> version %s (was %s)", model_name, alias, version, previous or "unset")
+
+        record = PromotionRecord(**{
+            "promoted": True,
+            "alias": alias,
+            "version": version,
+            "previous_version": previous,
+            "model_name": model_name,
+            "triton_model_name": cfg.model_name,
+            "triton_repo": str(out_dir),
+            "triton_version_dir": str(version_dir),
+            "metric": decision.metric,
+            "value": decision.challenger,
             "promoted_at": promoted_at,
-            "promoted_alias": alias,
-            "promoted_metric": decision.metric,
-            "promoted_metric_value": f"{decision.challenger:.6f}",
-            "promoted_over": f"v{previous}" if previous and previous != version else "none",
-        }
-        if rollout is not None:
-            tags["served_by"] = ", ".join(f"{r.url} ({cfg.model_name} v{version})" for r in rollout.replicas)
-        for key, value in tags.items():
-            client.set_model_version_tag(model_name, version, key, value)
-    except MlflowException as exc:
-        raise mlflow_error(f"tag {model_name!r} version {version}", uri, exc) from None
-    log.info("%s@%s -> version %s (was %s)", model_name, alias, version, previous or "unset")
-
-    record = PromotionRecord(**{
-        "promoted": True,
-        "alias": alias,
-        "version": version,
-        "previous_version": previous,
-        "model_name": model_name,
-        "triton_model_name": cfg.model_name,
-        "triton_repo": str(out_dir),
-        "triton_version_dir": str(version_dir),
-        "metric": decision.metric,
-        "value": decision.challenger,
-        "promoted_at": promoted_at,
-        "reason": decision.reason,
-        "published_to": cfg.repository_dir or None,
-        "rollout": rollout.as_dict() if rollout is not None else None,
-    })
-    write_json(out_dir / PROMOTION_FILE, record.model_dump(mode="json"))
+            "reason": decision.reason,
+            "published_to": cfg.repository_dir or None,
+            "rollout": rollout.as_dict() if rollout is not None else None,
+        })
+        write_json(out_dir / PROMOTION_FILE, record.model_dump(mode="json"))
     return timer.write_manifest(
         out_dir,
         counts={"version": int(version), "version_files": len(list(version_dir.iterdir()))},
