@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # A non-editable install: reinstall when the code changes.
 SOURCES     := $(shell find src components pipelines -name '*.py' -o -name '*.rst' -o -name '*.md' 2>/dev/null)
 
-.PHONY: help install install-test demo test test-slow compile docs manifests images lock clean
+.PHONY: help install install-test demo test test-slow compile docs manifests images e2e lock clean
 
 help: ## this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,17 +55,23 @@ docs: install ## regenerate docs/configuration.md and components/*/README.md
 manifests: ## render both Kubernetes overlays (manifests/overlays/dev, prod) with kustomize
 	@for o in dev prod; do echo "# ---- manifests/overlays/$$o"; kubectl kustomize manifests/overlays/$$o || exit 1; done
 
-# Container images (needs docker with BuildKit). REGISTRY/embedforge:$(TAG)-cpu and -gpu; PUSH=1 pushes them and
-# prints the digests to pin with `embedforge compile --image REGISTRY/embedforge@sha256:...`.
+# Container images, built by images/build.sh from a staged context (docker's classic builder or BuildKit):
+# REGISTRY/embedforge:$(TAG)-cpu and -gpu, REGISTRY/embedforge-mlflow:$(TAG). BASE=: another base image (images/base.sh
+# makes a local Debian one where no registry is reachable); WHEELS=: a folder of wheels pip may use (default: pip's
+# find-links folder, e.g. the CPU torch wheel); PUSH=1 pushes them and prints the digests to pin with
+# `embedforge compile --image REGISTRY/embedforge@sha256:...`.
 REGISTRY    ?= ghcr.io/embedforge
 TAG         ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-DOCKER      ?= docker
-images: ## build the CPU and GPU images (REGISTRY=..., TAG=..., PUSH=1 to push)
-	@for v in cpu gpu; do \
-	  $(DOCKER) build -f images/Dockerfile --build-arg VARIANT=$$v -t $(REGISTRY)/embedforge:$(TAG)-$$v . || exit 1; \
-	  if [ -n "$(PUSH)" ]; then $(DOCKER) push $(REGISTRY)/embedforge:$(TAG)-$$v || exit 1; \
-	    $(DOCKER) inspect --format '{{index .RepoDigests 0}}' $(REGISTRY)/embedforge:$(TAG)-$$v; fi; \
-	done
+IMAGES      ?= cpu gpu mlflow
+images: ## build the component (cpu, gpu) and MLflow images (BASE=, WHEELS=, REGISTRY=, TAG=, PUSH=1, IMAGES=)
+	BASE="$(BASE)" WHEELS="$(WHEELS)" REGISTRY="$(REGISTRY)" TAG="$(TAG)" PUSH="$(PUSH)" sh images/build.sh $(IMAGES)
+
+# The production path in containers: a local Debian base (cached), the CPU component, MLflow and local Triton images,
+# then the compiled pipeline step by step in them (tests/e2e). Needs root (debootstrap) and a running docker.
+E2E_REGISTRY ?= embedforge.local
+e2e: install-test ## build the images here and run the compiled pipeline container by container (tests/e2e)
+	BASE="$$(sh images/base.sh)" WHEELS="$(WHEELS)" REGISTRY=$(E2E_REGISTRY) TAG=dev sh images/build.sh cpu mlflow triton-local
+	HF_HUB_OFFLINE=1 E2E_REGISTRY=$(E2E_REGISTRY) E2E_TAG=dev $(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 lock: ## re-resolve images/constraints-{cpu,gpu}.txt with pip (commit the result)
 	python3 images/lock.py

@@ -255,6 +255,18 @@ def test_prod_triton_has_a_gpu_and_rwx_repository():
         "ReadWriteMany"]
 
 
+def test_prod_triton_survives_a_rollout_and_a_drain():
+    """Two replicas, replaced one at a time (old pod first: its GPU is freed), one kept through voluntary
+    disruptions by a PodDisruptionBudget that selects the Triton pods."""
+    docs = render("prod")
+    triton = by_kind(docs, "Deployment")["triton"]
+    assert triton["spec"]["replicas"] >= 2
+    assert triton["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    pdb = by_kind(docs, "PodDisruptionBudget")["triton"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
+
+
 def test_triton_grpc_repository_api_is_locked():
     for o in OVERLAYS:
         c = _container(render(o), "triton")

@@ -316,3 +316,22 @@ def test_champion_removed_during_the_rollout_puts_serving_back(tmp_path, model_n
     with pytest.raises(promote.PromotionConflict, match=f"{model_name}@champion was removed meanwhile"):
         promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", cfg, mlflow_uri)
     assert server.ready() == all_on("1")
+
+
+def test_the_live_repository_keeps_champion_previous_and_the_newest_versions(
+        tmp_path, model_name, tiny_onnx_dir, mlflow_uri, v1_served_v2_gated):
+    """After each promotion older versions are deleted: the champion, the previous one (rollback's target) and
+    triton.keep_versions more stay; the version being served is never deleted."""
+    from embedforge.stages import promote
+
+    server, cfg, gated, (reg2, dec2, onnx_b) = v1_served_v2_gated
+    live = Path(cfg.repository_dir)
+    promote.run(dec2, reg2, onnx_b, tmp_path / "artifact-b", cfg.model_copy(update={"keep_versions": 0}), mlflow_uri)
+    assert {p.name for p in (live / "embedder").iterdir() if p.is_dir()} == {"1", "2"}  # v2 champion, v1 previous
+    reg3, dec3, d3 = gated("c", tiny_onnx_dir, finetuned=0.99)
+    assert d3.promote and d3.champion_version == "2"
+    promote.run(dec3, reg3, tiny_onnx_dir, tmp_path / "artifact-c", cfg.model_copy(update={"keep_versions": 0}),
+                mlflow_uri)
+    for name in ("embedder", "embedder_onnx", "embedder_tokenizer"):
+        assert {p.name for p in (live / name).iterdir() if p.is_dir()} == {"2", "3"}, name
+    assert server.ready() == all_on("3")

@@ -74,10 +74,14 @@ class MlflowServer:
             proxied either way, so clients need no store credentials.
         app_name: ``basic-auth`` for MLflow's HTTP basic authentication.
         env: Extra environment for the server only (S3 endpoint and keys, auth config).
+        image: Run the server in this container image (images/Dockerfile.mlflow) instead of this venv: host
+            network, uid 1000, read-only root filesystem; ``mounts`` (host paths) are mounted read-only at the same
+            path. Secrets reach the container by name (``docker run -e NAME``), never on a command line.
     """
 
     def __init__(self, root: str | Path, startup_timeout_s: float = 240.0, backend_store_uri: str = "",
-                 artifacts_destination: str = "", app_name: str = "", env: dict[str, str] | None = None):
+                 artifacts_destination: str = "", app_name: str = "", env: dict[str, str] | None = None,
+                 image: str = "", mounts: tuple[str, ...] = ()):
         self.root = Path(root)
         self.backend_store_uri = backend_store_uri or f"sqlite:///{(self.root / 'mlflow.db').resolve()}"
         self.artifacts_destination = artifacts_destination or str((self.root / "artifacts").resolve())
@@ -88,13 +92,21 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log_path = self.root / "server.log"
         self.proc: subprocess.Popen | None = None
+        self.image, self.mounts = image, mounts
+        self.container = f"embedforge-mlflow-{self.port}" if image else ""
         self._started_at = 0.0
         self._ready = False
 
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
+        prefix = [sys.executable, "-m", "mlflow", "server"]
+        if self.image:
+            prefix = ["docker", "run", "--rm", "--name", self.container, "--network", "host", "--user", "1000:1000",
+                      "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--tmpfs", "/home/mlflow:rw,uid=1000,gid=1000",
+                      *[a for k in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", *self.extra_env) for a in ("-e", k)],
+                      *[a for m in self.mounts for a in ("-v", f"{m}:{m}:ro")], self.image]
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
+            *prefix,
             "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1",
@@ -129,6 +141,8 @@ class MlflowServer:
         return self.uri
 
     def stop(self) -> None:
+        if self.container:
+            subprocess.run(["docker", "rm", "-f", self.container], capture_output=True, timeout=60)
         if self.proc is not None:
             _stop(self.proc)
 

@@ -230,6 +230,9 @@ class TritonConfig(StageConfig):
         "has the server load the new version, waits until it is ready and checks one served embedding against the "
         "exported model before it moves the alias; on failure the version is taken out of repository_dir again.")
     ready_timeout_s: float = Field(180.0, gt=0, description="How long promote waits for the served version.")
+    keep_versions: int = Field(3, ge=0, description="After a promotion, the live repository keeps the new champion, "
+                               "the previous one (what `embedforge rollback` goes back to) and this many more of the "
+                               "newest versions; older version folders are deleted (none of them is served).")
     replica_urls: list[str] = Field(
         default_factory=list, description="HTTP endpoints of every Triton replica (one per pod). Promote and "
         "rollback load the version on each and probe each; empty: server_url alone (or, with discover_replicas, "

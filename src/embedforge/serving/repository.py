@@ -378,3 +378,20 @@ def served_version(repo_dir: str | Path, model_name: str) -> str | None:
         return None
     versions = list(validate_config(path.read_text(encoding="utf-8")).version_policy.specific.versions)
     return str(versions[0]) if len(versions) == 1 else None
+
+
+def prune_versions(repo_dir: str | Path, model_name: str, keep: set[str], keep_newest: int) -> list[str]:
+    """Delete the version folders of ``model_name``'s three models except ``keep`` and the ``keep_newest`` newest
+    others, so a repository promoted into for months does not grow without bound; the served version is always
+    kept. Returns the versions deleted, oldest first."""
+    repo_dir = Path(repo_dir)
+    names = ModelNames.of(model_name).all()
+    keep = {str(int(v)) for v in keep if v} | ({served} if (served := served_version(repo_dir, model_name)) else set())
+    present = sorted({p.name for n in names if (repo_dir / n).is_dir() for p in (repo_dir / n).iterdir()
+                      if p.is_dir() and p.name.isdigit()}, key=int)
+    others = [v for v in present if v not in keep]
+    doomed = others[: max(0, len(others) - keep_newest)]
+    for v in doomed:
+        for name in names:
+            shutil.rmtree(repo_dir / name / v, ignore_errors=True)
+    return doomed

@@ -94,7 +94,7 @@ def run(
         mlflow_error,
         resolve_tracking_uri,
     )
-    from embedforge.serving.repository import write_model_repository
+    from embedforge.serving.repository import prune_versions, write_model_repository
 
     timer = StageTimer("promote")
     out_dir = Path(out_dir)
@@ -148,6 +148,11 @@ def run(
         except MlflowException as exc:
             raise mlflow_error(f"tag {model_name!r} version {version}", uri, exc) from None
         log.info("%s@%s -> version %s (was %s)", model_name, alias, version, previous or "unset")
+        if cfg.repository_dir:  # still under the lock: no other promotion is staging a version meanwhile
+            pruned = prune_versions(cfg.repository_dir, cfg.model_name, {version, previous or ""}, cfg.keep_versions)
+            if pruned:
+                log.info("deleted versions %s of %s from %s (triton.keep_versions=%d)", ", ".join(pruned),
+                         cfg.model_name, cfg.repository_dir, cfg.keep_versions)
 
         record = PromotionRecord(**{
             "promoted": True,
