@@ -25,21 +25,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from conftest import require
 from kfp_containers import CompiledPipeline
-from mlflow_server import (
-    MlflowServer,
-    PostgresCluster,
-    S3Store,
-    answers,
-    free_port,
-    postgres_bin_dir,
-)
+from mlflow_server import answers, free_port, postgres_bin_dir, production_mlflow
 
 from embedforge.sample_corpus import SAMPLE_CORPUS
 
@@ -78,42 +70,10 @@ def images():
 @pytest.fixture(scope="module")
 def prod_mlflow(images, tmp_path_factory):
     """MLflow in its image on PostgreSQL + S3 with basic auth; yields (uri, pipeline user, password, admin pw)."""
-    import secrets
-
-    from mlflow.server.auth.client import AuthServiceClient
-
     bin_dir = postgres_bin_dir()
     require(bin_dir is not None, "PostgreSQL binaries", "apt-get install -y postgresql")
-    root = tmp_path_factory.mktemp("mlflow")
-    pg_root = Path(tempfile.mkdtemp(prefix="embedforge-pg-"))
-    pg = PostgresCluster(pg_root, bin_dir).start()
-    s3 = S3Store().start()
-    admin_password = secrets.token_urlsafe(16)
-    auth_ini = root / "basic_auth.ini"
-    auth_ini.write_text("[mlflow]\ndefault_permission = READ\nadmin_username = admin\n"
-                        f"database_uri = {pg.create_database('mlflow_auth')}\n"
-                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    os.chmod(auth_ini, 0o644)
-    server = MlflowServer(
-        root / "server", backend_store_uri=pg.sqlalchemy_uri(), artifacts_destination=f"s3://{s3.bucket}/mlflow",
-        app_name="basic-auth", image=MLFLOW_IMAGE, mounts=(str(auth_ini),),
-        env={**s3.server_env, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
-             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
-    ).start()
-    try:
-        uri = server.wait_ready()
-        user, password = "embedforge-pipeline", secrets.token_urlsafe(16)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-            mp.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
-            auth = AuthServiceClient(uri)
-            auth.create_user(user, password)
-        yield uri, user, password, admin_password
-    finally:
-        server.stop()
-        s3.stop()
-        pg.stop()
-        shutil.rmtree(pg_root, ignore_errors=True)
+    with production_mlflow(tmp_path_factory.mktemp("mlflow"), bin_dir, image=MLFLOW_IMAGE) as prod:
+        yield prod.uri, prod.username, prod.password, prod.admin_password
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ import json
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import require
-from mlflow_server import MlflowServer, PostgresCluster, S3Store, postgres_bin_dir
+from mlflow_server import MlflowServer, ProductionMlflow, postgres_bin_dir
+from mlflow_server import production_mlflow as production_mlflow_server
 
 ONNX_DIM = 8
 VOCAB = 30522  # all-MiniLM-L6-v2's vocabulary, so real token ids index the table
@@ -213,19 +213,6 @@ def evaluation_dir_factory():
 
 
 # ------------------------------------------------------------------- production-shaped stores (PostgreSQL + S3)
-@dataclass
-class ProductionMlflow:
-    """``mlflow server --app-name basic-auth`` on PostgreSQL with artifacts proxied to S3 (moto)."""
-
-    uri: str
-    username: str
-    password: str
-    admin_password: str
-    postgres: PostgresCluster
-    s3: S3Store
-    artifacts_prefix: str
-
-
 @pytest.fixture(scope="session")
 def production_mlflow(tmp_path_factory) -> ProductionMlflow:
     """A real PostgreSQL cluster (Debian's ``postgresql`` binaries, throwaway, free port), an S3 bucket on
@@ -234,39 +221,8 @@ def production_mlflow(tmp_path_factory) -> ProductionMlflow:
 
     Skipped only when the PostgreSQL binaries are absent (``apt-get install -y postgresql``).
     """
-    import secrets
-
-    from mlflow.server.auth.client import AuthServiceClient
-
     bin_dir = postgres_bin_dir()
     require(bin_dir is not None, "PostgreSQL binaries (/usr/lib/postgresql/*/bin)",
             "apt-get update && apt-get install -y postgresql")
-    root = tmp_path_factory.mktemp("prod-mlflow")
-    pg_root = Path(tempfile.mkdtemp(prefix="embedforge-pg-"))  # reachable by the postgres user, unlike tmp_path
-    pg = PostgresCluster(pg_root, bin_dir).start()
-    s3 = S3Store().start()
-    admin_password = secrets.token_urlsafe(16)
-    auth_ini = root / "basic_auth.ini"
-    auth_ini.write_text("[mlflow]\ndefault_permission = READ\nadmin_username = admin\n"
-                        f"database_uri = {pg.create_database('mlflow_auth')}\n"
-                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    prefix = "mlflow"
-    server = MlflowServer(
-        root / "server", backend_store_uri=pg.sqlalchemy_uri(), artifacts_destination=f"s3://{s3.bucket}/{prefix}",
-        app_name="basic-auth",
-        env={**s3.server_env, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
-             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
-    ).start()
-    try:
-        uri = server.wait_ready()
-        user, password = "embedforge-pipeline", secrets.token_urlsafe(16)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-            mp.setenv("MLFLOW_TRACKING_PASSWORD", admin_password)
-            AuthServiceClient(uri).create_user(user, password)
-        yield ProductionMlflow(uri, user, password, admin_password, pg, s3, prefix)
-    finally:
-        server.stop()
-        s3.stop()
-        pg.stop()
-        shutil.rmtree(pg_root, ignore_errors=True)
+    with production_mlflow_server(tmp_path_factory.mktemp("prod-mlflow"), bin_dir) as prod:
+        yield prod

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -304,3 +307,61 @@ class S3Store:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
+
+
+# --------------------------------------------------------------------- the prod overlay's MLflow, on this machine
+@dataclass
+class ProductionMlflow:
+    """``mlflow server --app-name basic-auth`` on PostgreSQL with artifacts proxied to S3 (moto)."""
+
+    uri: str
+    username: str
+    password: str
+    admin_password: str
+    postgres: PostgresCluster
+    s3: S3Store
+    artifacts_prefix: str
+
+
+@contextlib.contextmanager
+def production_mlflow(root: Path, bin_dir: Path, image: str = "") -> Iterator[ProductionMlflow]:
+    """A throwaway PostgreSQL cluster and S3 bucket on localhost and ``mlflow server`` using them with basic auth
+    (in this venv, or in ``image``), and a non-admin pipeline user created through the auth API. The S3 keys go to
+    the server's environment only (proxied artifacts: clients need none)."""
+    import secrets
+
+    from mlflow.server.auth.client import AuthServiceClient
+
+    root.mkdir(parents=True, exist_ok=True)
+    pg_root = Path(tempfile.mkdtemp(prefix="embedforge-pg-"))  # reachable by the postgres user, unlike pytest's
+    pg = PostgresCluster(pg_root, bin_dir).start()
+    s3 = S3Store().start()
+    admin_password = secrets.token_urlsafe(16)
+    auth_ini = root / "basic_auth.ini"
+    auth_ini.write_text("[mlflow]\ndefault_permission = READ\nadmin_username = admin\n"
+                        f"database_uri = {pg.create_database('mlflow_auth')}\n"
+                        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    os.chmod(auth_ini, 0o644)  # the server's container user reads it
+    prefix = "mlflow"
+    server = MlflowServer(
+        root / "server", backend_store_uri=pg.sqlalchemy_uri(), artifacts_destination=f"s3://{s3.bucket}/{prefix}",
+        app_name="basic-auth", image=image, mounts=(str(auth_ini),) if image else (),
+        env={**s3.server_env, "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
+    ).start()
+    try:
+        uri = server.wait_ready()
+        user, password = "embedforge-pipeline", secrets.token_urlsafe(16)
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_password)
+        try:
+            AuthServiceClient(uri).create_user(user, password)
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        yield ProductionMlflow(uri, user, password, admin_password, pg, s3, prefix)
+    finally:
+        server.stop()
+        s3.stop()
+        pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
