@@ -65,14 +65,14 @@ MOVED: dict[str, str] = {
 _SHADOWED = {old for old in MOVED if old in {"embedforge.retrieval", "embedforge.registry", "embedforge.serving"}}
 
 
+#: The old paths a finder resolves, longest first (so ``embedforge.sdg.llm.pipeline`` wins over ``embedforge.sdg``).
+_PREFIXES = sorted((old for old in MOVED if old not in _SHADOWED), key=len, reverse=True)
+
+
 def new_name(old: str) -> str | None:
     """The new dotted path for ``old`` (an old module or anything below one), or None if it did not move."""
-    if old in MOVED and old not in _SHADOWED:
-        return MOVED[old]
-    for prefix in sorted(MOVED, key=len, reverse=True):
-        if prefix in _SHADOWED:
-            continue
-        if old.startswith(prefix + "."):
+    for prefix in _PREFIXES:
+        if old == prefix or old.startswith(prefix + "."):
             return MOVED[prefix] + old[len(prefix):]
     return None
 

@@ -97,9 +97,10 @@ class CompiledPipeline:
     def _run_dag(self, dag: dict, params: dict[str, Any], artifacts: dict[str, Path]) -> None:
         tasks = dag["tasks"]
         done: set[str] = set()
+        # a sub-DAG's tasks may name tasks of the enclosing DAG: those have run already
+        needs = {n: set(t.get("dependentTasks", [])) & tasks.keys() for n, t in tasks.items()}
         while len(done) < len(tasks):
-            ready = [n for n, t in sorted(tasks.items()) if n not in done
-                     and set(t.get("dependentTasks", [])) <= done | {d for d in t.get("dependentTasks", []) if d not in tasks}]
+            ready = [n for n in sorted(tasks) if n not in done and needs[n] <= done]
             if not ready:
                 raise RuntimeError(f"DAG cycle or unknown dependency among {sorted(set(tasks) - done)}")
             for name in ready:

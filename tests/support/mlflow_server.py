@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 
 def free_port() -> int:
@@ -352,13 +353,8 @@ def production_mlflow(root: Path, bin_dir: Path, image: str = "") -> Iterator[Pr
     try:
         uri = server.wait_ready()
         user, password = "embedforge-pipeline", secrets.token_urlsafe(16)
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_password)
-        try:
+        with mock.patch.dict(os.environ, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_password):
             AuthServiceClient(uri).create_user(user, password)
-        finally:
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         yield ProductionMlflow(uri, user, password, admin_password, pg, s3, prefix)
     finally:
         server.stop()

@@ -67,26 +67,28 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
-def package_parameters(package: Path) -> dict[str, dict]:
-    """The pipeline's parameters as the package declares them: name -> ``{"required": bool, "type": ...}``."""
+def _section(package: Path, *keys: str) -> Any:
+    """``spec[keys[0]][keys[1]]...`` of the package's pipeline spec; a file that is not one is one InputError."""
     try:
-        spec = next(yaml.safe_load_all(package.read_text()))
-        declared = spec["root"]["inputDefinitions"]["parameters"]
+        node = next(yaml.safe_load_all(package.read_text()))
+        for key in keys:
+            node = node[key]
     except (OSError, yaml.YAMLError, StopIteration, KeyError, TypeError) as exc:
         raise InputError(f"{package}: not a compiled KFP pipeline package ({type(exc).__name__}); "
                          "write one with `embedforge compile`") from None
+    return node
+
+
+def package_parameters(package: Path) -> dict[str, dict]:
+    """The pipeline's parameters as the package declares them: name -> ``{"required": bool, "type": ...}``."""
+    declared = _section(package, "root", "inputDefinitions", "parameters")
     return {name: {"required": not d.get("isOptional", False) and "defaultValue" not in d,
                    "type": d.get("parameterType")} for name, d in declared.items()}
 
 
 def package_images(package: Path) -> set[str]:
     """Every container image the package's steps run."""
-    try:
-        spec = next(yaml.safe_load_all(package.read_text()))
-        executors = spec["deploymentSpec"]["executors"]
-    except (OSError, yaml.YAMLError, StopIteration, KeyError, TypeError) as exc:
-        raise InputError(f"{package}: not a compiled KFP pipeline package ({type(exc).__name__}); "
-                         "write one with `embedforge compile`") from None
+    executors = _section(package, "deploymentSpec", "executors")
     return {e["container"]["image"] for e in executors.values() if "container" in e}
 
 

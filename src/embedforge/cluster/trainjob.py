@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 from embedforge.config import (
     ModelConfig,
-    PipelineConfig,
     PromptsConfig,
     TrainConfig,
+    train_worker_config,
     write_config,
 )
 from embedforge.contracts import Manifest, TrainResult, has_manifest, read_manifest
@@ -284,8 +284,7 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
         # the nodes train, they never submit a job themselves; the train step's work folder goes on the shared
         # volume, where a resubmitted job's nodes find the probes and checkpoint this one left (embedforge.stages.train.work)
         node_cfg = cfg.model_copy(update={"nodes": 1, "work_dir": cfg.work_dir or str(shared / "train_work")})
-        write_config(work / "train.yaml", PipelineConfig(base_model=base_model, prompts=prompts or PromptsConfig(),
-                                                         model=model_cfg or ModelConfig(), train=node_cfg))
+        write_config(work / "train.yaml", train_worker_config(node_cfg, base_model, prompts, model_cfg))
         job = build_trainjob(name, cfg, image or default_image(cfg), str(work / "mined"), str(work / "model"),
                              str(work / "train.yaml"))
         try:

@@ -8,7 +8,12 @@ Secrets never live here: an LLM endpoint's API key is read from the environment 
 
 from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
 from embedforge.config.llm import LlmSdgConfig, LlmStageSettings
-from embedforge.config.loading import load_config, parse_overrides, write_config
+from embedforge.config.loading import (
+    load_config,
+    parse_overrides,
+    train_worker_config,
+    write_config,
+)
 from embedforge.config.pipeline import (
     CPU_PROFILE,
     CPU_PROFILE_BYO,
@@ -38,5 +43,5 @@ __all__ = [
     "GateConfig", "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "LoraConfig", "MineConfig", "ModelConfig",
     "PipelineConfig", "PromptsConfig", "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig",
     "TrainJobConfig", "TritonConfig", "ValidateConfig", "load_config", "parse_overrides",
-    "write_config",
+    "train_worker_config", "write_config",
 ]

@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from embedforge.config.pipeline import PipelineConfig
+from embedforge.config.pipeline import ModelConfig, PipelineConfig, PromptsConfig
+from embedforge.config.train import TrainConfig
 from embedforge.errors import ConfigError
 
 
@@ -73,6 +74,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         )
         raise ConfigError(f"invalid configuration{f' in {path}' if path else ''}: {problems}") from None
 
+
+
+def train_worker_config(train: TrainConfig, base_model: str, prompts: PromptsConfig | None = None,
+                        model: ModelConfig | None = None) -> PipelineConfig:
+    """The config a training worker (a torchrun process, a TrainJob node) loads: the train stage's sections."""
+    return PipelineConfig(base_model=base_model, prompts=prompts or PromptsConfig(), model=model or ModelConfig(),
+                          train=train)
 
 
 def write_config(path: str | Path, cfg: PipelineConfig) -> Path:

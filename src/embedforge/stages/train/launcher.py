@@ -25,9 +25,9 @@ from embedforge import contracts
 from embedforge.config import (
     DEFAULT_BASE_MODEL,
     ModelConfig,
-    PipelineConfig,
     PromptsConfig,
     TrainConfig,
+    train_worker_config,
     write_config,
 )
 from embedforge.contracts import Manifest
@@ -46,13 +46,6 @@ def resolved_processes(cfg: TrainConfig) -> int:
     if cfg.device == "cpu" or not torch.cuda.is_available():
         return 1
     return 1 if cfg.device.startswith("cuda:") else max(1, torch.cuda.device_count())
-
-
-def worker_config(cfg: TrainConfig, base_model: str, prompts: PromptsConfig | None,
-                  model_cfg: ModelConfig | None) -> PipelineConfig:
-    """The config a worker process loads: this stage's sections of a :class:`PipelineConfig`."""
-    return PipelineConfig(base_model=base_model, prompts=prompts or PromptsConfig(), model=model_cfg or ModelConfig(),
-                          train=cfg)
 
 
 def worker_command(n: int, mined_dir: str | Path, out_dir: str | Path, config_file: Path) -> list[str]:
@@ -83,11 +76,10 @@ def run(mined_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, base_model
 
         return trainjob.run(mined_dir, out_dir, cfg, base_model=base_model, prompts=prompts, model_cfg=model_cfg)
     n = resolved_processes(cfg)
-    if n <= 1 or distributed.from_env().enabled:
-        manifest = run_process(mined_dir, out_dir, cfg, base_model=base_model, prompts=prompts, model_cfg=model_cfg)
-        return manifest if manifest is not None else contracts.read_manifest(out_dir)
+    if n <= 1 or distributed.from_env().enabled:  # (already a torchrun rank: ranks other than 0 get None)
+        return run_process(mined_dir, out_dir, cfg, base_model=base_model, prompts=prompts, model_cfg=model_cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        config_file = write_config(Path(tmp) / "train.yaml", worker_config(cfg, base_model, prompts, model_cfg))
+        config_file = write_config(Path(tmp) / "train.yaml", train_worker_config(cfg, base_model, prompts, model_cfg))
         cmd = worker_command(n, mined_dir, out_dir, config_file)
         log.info("train: %d processes: %s", n, " ".join(cmd))
         returncode, tail = _relay(cmd)
