@@ -92,6 +92,13 @@ def test_missing_or_bad_metric_is_an_input_error():
         decide({M: float("nan")}, {M: 0.5}, None, _cfg())
 
 
+def test_a_rerun_challenger_decides_against_the_champion_only():
+    from embedforge.stages.gate import decide
+
+    d = decide({M: 0.70}, {M: 0.60}, {M: 0.65}, _cfg(), champion_version="1", challenger_rerun={M: 0.64})
+    assert d.promote is False and d.margin == pytest.approx(0.10) and d.champion_margin == pytest.approx(-0.01)
+
+
 def test_negative_min_improvement_is_rejected():
     from embedforge.config import load_config
     from embedforge.errors import ConfigError
@@ -178,6 +185,36 @@ def test_champion_is_downloaded_and_reevaluated(tmp_path, model_name, tiny_model
     if not promoted:
         assert "does not beat champion v1" in d.reason and d.champion_margin < 0
     assert read_result(tmp_path / "decision", Decision).champion_metrics[M] == pytest.approx(real)
+
+
+def test_numbers_from_another_device_kind_are_not_compared_with_the_champion(
+        tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir, chunks_dir, pairs_dir, champion_metrics,
+        mlflow_uri):
+    """evaluate ran on a GPU, the gate runs on a CPU: the challenger is re-evaluated here next to the champion.
+
+    Challenger and champion are the same model, so on one device they tie and the challenger is not promoted —
+    even though evaluate (on "cuda") recorded a value above the champion's.
+    """
+    from conftest_mlflow import write_evaluation
+
+    real = champion_metrics[M]
+    _register(tmp_path, "champ", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+              write_evaluation, {M: real}, {M: real - 0.1})
+    _set_alias(mlflow_uri, model_name, "1")
+    ev = write_evaluation(tmp_path / "evaluation-gpu", {M: real + 0.00002}, {M: real - 0.1}, device="cuda")
+    _, reg = _register(tmp_path, "c", mlflow_uri, model_name, tiny_model, tiny_onnx_dir, validation_dir,
+                       lambda out, *a: ev, None, None)
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.device == "cpu" and d.challenger_rerun[M] == pytest.approx(real, abs=1e-9)
+    assert d.champion_value == pytest.approx(real, abs=1e-9) and d.champion_margin == pytest.approx(0, abs=1e-9)
+    assert d.promote is False and "both re-evaluated here" in d.reason
+    # the base comparison keeps evaluate's own numbers (computed next to the base model's)
+    assert d.challenger == pytest.approx(real + 0.00002) and d.margin == pytest.approx(0.10002)
+
+    # numbers from the gate's own device kind: no second evaluation
+    same = write_evaluation(tmp_path / "evaluation-cpu", {M: 0.95}, {M: 0.5}, device="cpu")
+    d = _gate(tmp_path, same, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.challenger_rerun is None and d.promote is True
 
 
 def test_component_returns_the_bool(tmp_path, model_name, tiny_model, tiny_onnx_dir, validation_dir,

@@ -160,8 +160,8 @@ def tiny_onnx_dir(tmp_path_factory, base_model) -> Path:
     return make_onnx_dir(tmp_path_factory.mktemp("export") / "onnx", Path(base_model))
 
 
-def write_evaluation(out: Path, finetuned: dict, base: dict, external: dict | None = None) -> Path:
-    """An evaluate-shaped folder whose result holds the given numbers."""
+def write_evaluation(out: Path, finetuned: dict, base: dict, external: dict | None = None, device: str = "") -> Path:
+    """An evaluate-shaped folder whose result holds the given numbers (computed on ``device``, as recorded)."""
     from embedforge.contracts import (
         EVALUATION_FILE,
         EvaluationResult,
@@ -175,7 +175,7 @@ def write_evaluation(out: Path, finetuned: dict, base: dict, external: dict | No
     if external:
         ext = ExternalEvaluation(**{"delta": {}, "counts": {"queries": 3}, **external})
     ev = EvaluationResult(primary_metric="ndcg@10", base=base, finetuned=finetuned, delta={}, external=ext,
-                          counts={"queries": 12, "corpus": 40})
+                          counts={"queries": 12, "corpus": 40}, device=device)
     write_json(out / EVALUATION_FILE, ev.model_dump(mode="json"))
     StageTimer("evaluate").write_manifest(out, result=ev)
     return out

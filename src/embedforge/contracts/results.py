@@ -189,6 +189,8 @@ class EvaluationResult(StageResult):
     counts: dict[str, int] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)
     reused_base_embeddings: bool = False
+    device: str = Field("", description="Device kind the numbers were computed on (cpu, cuda, mps): the gate "
+                        "compares only numbers computed on one device kind, so rounding cannot decide a tie.")
 
 
 class RankedHit(BaseModel):
@@ -264,6 +266,10 @@ class Decision(StageResult):
     alias: str | None = None
     eval_set: str = Field("held_out", description="Which numbers were compared: held_out, or external:<path>.")
     champion_metrics: dict[str, float] | None = Field(None, description="The champion re-evaluated on this run's set.")
+    challenger_rerun: dict[str, float] | None = Field(
+        None, description="The challenger re-evaluated by the gate next to the champion, when evaluate computed its "
+        "numbers on another device kind; the champion comparison then uses these.")
+    device: str = Field("", description="Device kind the gate re-evaluated on (empty: no re-evaluation).")
 
 
 class PromotionRecord(StageResult):

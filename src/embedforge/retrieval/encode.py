@@ -64,6 +64,12 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
+def device_kind(model) -> str:
+    """The kind of device (``cpu``, ``cuda``, ``mps``) ``model`` computes on: numbers computed on different kinds
+    differ in the last digits (other kernels, other summation order), so comparisons must not mix them."""
+    return str(model.device.type)
+
+
 def load_model(name_or_path: str, device: str = "auto", model: "ModelConfig | None" = None) -> "SentenceTransformer":
     """The embedder of ``name_or_path`` (:func:`embedforge.retrieval.loading.load`: the folder's pooling, else the
     architecture's), cached per (model, device, ``model`` settings)."""

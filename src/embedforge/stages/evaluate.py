@@ -174,7 +174,7 @@ def run(
     Raises:
         InputError: No eval pairs, unreadable inputs, or a bad ``eval_beir`` folder.
     """
-    from embedforge.retrieval.encode import load_model, resolve_model_path
+    from embedforge.retrieval.encode import device_kind, load_model, resolve_model_path
 
     timer = StageTimer("evaluate")
     chunks_dir, pairs_dir, out_dir = Path(chunks_dir), Path(pairs_dir), Path(out_dir)
@@ -233,6 +233,7 @@ def run(
         counts=counts,
         models={"base": base_model, "base_path": resolve_model_path(base_model), "finetuned": str(finetuned_dir)},
         reused_base_embeddings=base_emb is not None,
+        device=device_kind(finetuned),
     )
     log.info("%s: base %.4f -> fine-tuned %.4f", cfg.primary_metric, base_metrics[cfg.primary_metric],
              ft_metrics[cfg.primary_metric])

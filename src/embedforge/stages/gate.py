@@ -5,7 +5,9 @@ its inputs: the fine-tuned and base metrics from ``evaluation.json``; the champi
 model's ``cfg.alias`` points at, if any, and not the challenger itself) is downloaded from MLflow and
 re-evaluated on THE SAME eval set (the ``chunks`` + ``pairs`` artifacts) with
 :func:`embedforge.retrieval.ranking.evaluate_model`, so challenger and champion are compared on equal terms even when
-the champion was trained and evaluated on other data.
+the champion was trained and evaluated on other data. When evaluate computed its numbers on another device kind
+than the gate's (``evaluation.json``'s ``device``: a GPU evaluate pod, a CPU gate), the challenger is downloaded
+and re-evaluated here too, so the champion comparison never mixes devices and rounding cannot decide a tie.
 
 Rule (``g`` = gain in the metric's good direction, i.e. ``value - other`` or ``other - value`` when
 ``greater_is_better`` is False):
@@ -77,6 +79,7 @@ def decide(
     cfg: GateConfig,
     champion_version: str | None = None,
     challenger_version: str | None = None,
+    challenger_rerun: dict[str, Any] | None = None,
 ) -> Decision:
     """Decide whether the fine-tuned (challenger) model should be promoted.
 
@@ -87,6 +90,9 @@ def decide(
         cfg: Metric, ``min_improvement`` (absolute gain over base), ``greater_is_better``, alias name.
         champion_version: Registry version of the champion (for the record and the reason).
         challenger_version: Registry version of the challenger (for the record).
+        challenger_rerun: The challenger's metrics computed next to the champion's (same process, same device
+            kind) when ``finetuned`` came from another device kind; the champion comparison uses them, the base
+            comparison keeps ``finetuned`` (computed next to ``base``).
 
     Returns:
         A :class:`Decision`; ``promote`` is True only when the challenger beats base by at least
@@ -99,8 +105,9 @@ def decide(
     c = _value(finetuned, m, "fine-tuned")
     b = _value(base, m, "base")
     ch = _value(champion, m, f"champion v{champion_version}" if champion_version else "champion") if champion is not None else None
+    c_vs_ch = _value(challenger_rerun, m, "fine-tuned (re-evaluated)") if challenger_rerun is not None else c
     margin = _gain(c, b, gib)
-    ch_margin = _gain(c, ch, gib) if ch is not None else None
+    ch_margin = _gain(c_vs_ch, ch, gib) if ch is not None else None
     direction = "" if gib else " (lower is better)"
     ch_name = f"champion v{champion_version}" if champion_version else "the champion"
 
@@ -118,9 +125,14 @@ def decide(
     elif not beats_champion:
         reason = (f"not promoted: {head} beats base {b:.4f} by {margin:+.4f} but does not beat "
                   f"{ch_name} {ch:.4f} (gain {ch_margin:+.4f})")
+        if challenger_rerun is not None:
+            reason += f"; both re-evaluated here, fine-tuned {c_vs_ch:.4f}"
     else:
         reason = f"promoted: {head} beats base {b:.4f} by {margin:+.4f} (required {cfg.min_improvement:.4f})"
-        reason += f" and {ch_name} {ch:.4f} by {ch_margin:+.4f}" if ch is not None else " and there is no champion yet"
+        reason += (f" and {ch_name} {ch:.4f} by {ch_margin:+.4f}" if ch is not None
+                   else " and there is no champion yet")
+        if challenger_rerun is not None:
+            reason += f" (both re-evaluated here, fine-tuned {c_vs_ch:.4f})"
     return Decision(
         promote=beats_base and beats_champion,
         reason=reason,
@@ -234,22 +246,40 @@ def run(
         champion_version = None
 
     finetuned, base, external = pick_eval_set(evaluation, cfg)
-    champion_metrics = None
+    champion_metrics = challenger_rerun = None
+    device = ""
     if champion_version is not None:
-        log.info("re-evaluating champion %s v%s on the same eval set (%s)", model_name, champion_version,
-                 external or "held-out split")
+        from embedforge.retrieval.encode import pick_device
+
+        device = pick_device("auto")
+        # evaluate's numbers come from its own device (a GPU pod on Kubernetes); a champion re-evaluated on
+        # another kind differs in the last digits, so then the challenger is re-evaluated here too and the two are
+        # compared on one device.
+        rerun = bool(evaluation.device) and evaluation.device != device
+        where = external_dir or external if external else None
+        log.info("re-evaluating champion %s v%s on the same eval set (%s)%s", model_name, champion_version,
+                 external or "held-out split",
+                 f", and the challenger v{challenger_version} (evaluate ran on {evaluation.device}, this is "
+                 f"{device})" if rerun else "")
         with tempfile.TemporaryDirectory(prefix="embedforge-champion-") as tmp:
-            try:
-                model_dir = download_version(client, uri, model_name, champion_version, tmp)
-            except MlflowException as exc:
-                raise mlflow_error(f"download {model_name} v{champion_version}", uri, exc) from None
-            champion_metrics = evaluate_champion(model_dir, chunks_dir, pairs_dir, eval_cfg,
-                                                 external=external_dir or external if external else None)
+            versions = [champion_version, challenger_version] if rerun else [champion_version]
+            metrics = []
+            for version in versions:
+                try:
+                    model_dir = download_version(client, uri, model_name, version, Path(tmp) / f"v{version}")
+                except MlflowException as exc:
+                    raise mlflow_error(f"download {model_name} v{version}", uri, exc) from None
+                metrics.append(evaluate_champion(model_dir, chunks_dir, pairs_dir, eval_cfg, external=where))
+            champion_metrics = metrics[0]
+            challenger_rerun = metrics[1] if rerun else None
 
     decision = decide(finetuned, base, champion_metrics, cfg,
-                      champion_version=champion_version, challenger_version=challenger_version)
+                      champion_version=champion_version, challenger_version=challenger_version,
+                      challenger_rerun=challenger_rerun)
     decision.model_name = model_name
     decision.champion_metrics = champion_metrics
+    decision.challenger_rerun = challenger_rerun
+    decision.device = device
     if external is not None:
         decision.eval_set = f"external:{external}"
         decision.reason += f" (on the external collection {Path(external).name})"
