@@ -54,6 +54,7 @@ from embedforge.pipelines.inputs import (
 from kfp import dsl
 
 from embedforge.config import PipelineConfig
+from embedforge.serving.client import ADMIN_KEY_ENV
 
 PIPELINE_NAME = "embedforge"
 
@@ -93,8 +94,11 @@ class KubernetesSettings:
     model_repo_pvc: str = "embedforge-model-repository"
     model_repo_mount: str = "/models"
     # The headless Service (manifests/base/triton.yaml): its name resolves to every Triton pod, so promote and
-    # rollback load and probe the version on each replica (triton.discover_replicas).
-    triton_url: str = "http://triton-replicas.embedforge.svc.cluster.local:8000"
+    # rollback load and probe the version on each replica (triton.discover_replicas). A short name: the overlays
+    # deploy Triton into the namespace the pipeline's pods run in, whichever that is.
+    triton_url: str = "http://triton-replicas:8000"
+    # The key that unlocks Triton's repository API (manifests/base/triton.yaml), for promote.
+    triton_admin_secret: str = "embedforge-triton-admin"
     # Every step's container image (embedforge compile --image REGISTRY/embedforge@sha256:...).
     image: str = BASE_IMAGE
     # Where GPU steps (mine, train, evaluate) may run: node labels they must match (`--gpu-node-selector KEY=VALUE`)
@@ -308,6 +312,9 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
     # The LLM key (sdg.generator=llm) comes from a Secret, as an env var: never a pipeline parameter.
     kubernetes.use_secret_as_env(sdg_task, secret_name=k8s.llm_secret,
                                  secret_key_to_env={k8s.llm_secret_key: k8s.llm_key_env}, optional=True)
+    # Triton's admin key: promote loads and unloads models through the restricted repository API.
+    kubernetes.use_secret_as_env(promote_task, secret_name=k8s.triton_admin_secret,
+                                 secret_key_to_env={"admin-key": ADMIN_KEY_ENV}, optional=True)
     # MLflow credentials (if the tracking server needs them) likewise.
     for task in (register_task, gate_task, promote_task, report_task):
         kubernetes.use_secret_as_env(

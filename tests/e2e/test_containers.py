@@ -14,6 +14,10 @@ volumes, Secrets and ConfigMap only, no network for steps that need none. Then, 
 3. run C promotes a damaged model by an operator's mistake (the gate told that lower is better);
 4. the rollback pod of docs/kubernetes.md (its command, env and mounts, taken from that page) puts v1 back.
 
+The shared volumes start as many storage classes make them, ``root:0755``, and the manifests' volume-init Job
+(its container, capabilities and command as rendered) gives them to uid 1000; Triton runs with the manifests'
+restriction of its repository API to the admin key, which promote and the rollback pod get from the Secret.
+
 Marked ``e2e``: ``make e2e`` runs it (CI too); it needs docker and the images.
 """
 
@@ -46,6 +50,7 @@ TRITON_IMAGE = f"{REGISTRY}/embedforge-triton-local:{TAG}"
 MODEL = "embedforge-embedder"
 SERVED = "embedder"
 NETWORKED = ("register", "gate", "promote", "report")  # they talk to MLflow / Triton; the rest get no network
+ADMIN_KEY = "e2e-admin-" + "5f" * 12  # the Secret embedforge-triton-admin's admin-key
 
 
 def _docker(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -77,16 +82,49 @@ def prod_mlflow(images, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def triton(images, tmp_path_factory):
-    """tritonserver in its image, explicit model control, serving a repository folder; yields (url, folder)."""
-    repo = _chown(tmp_path_factory.mktemp("models"))
+def volumes(images, tmp_path_factory) -> dict[str, Path]:
+    """The two shared volumes, made ``root:0755`` as a storage class may make them, then handed to uid 1000 by
+    the volume-init Job's container exactly as the manifests render it (root, only CHOWN/FOWNER, read-only root)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("volumes")
+    vols = {"embedforge-data": root / "data", "embedforge-model-repository": root / "models"}
+    for path in vols.values():
+        path.mkdir(mode=0o755)
+        assert path.stat().st_uid == 0 and oct(path.stat().st_mode & 0o7777) == "0o755"
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "manifests" / "overlays" / "prod")],
+                              capture_output=True, text=True, check=True).stdout
+    job = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Job")
+    spec = job["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    sc = c["securityContext"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]}
+    mounts = [a for m in c["volumeMounts"] for a in ("-v", f"{vols[claims[m['name']]]}:{m['mountPath']}")]
+    caps = [a for cap in sc["capabilities"]["add"] for a in ("--cap-add", cap)]
+    r = _docker("run", "--rm", "--network", "none", "--user", str(sc["runAsUser"]), "--read-only",
+                "--cap-drop", "ALL", *caps, "--security-opt", "no-new-privileges", *mounts,
+                "--entrypoint", c["command"][0], MLFLOW_IMAGE, *c["command"][1:], *c["args"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    for path in vols.values():
+        assert (path.stat().st_uid, path.stat().st_gid) == (1000, 1000) and path.stat().st_mode & 0o2775 == 0o2775
+    return vols
+
+
+@pytest.fixture(scope="module")
+def triton(images, volumes):
+    """tritonserver in its image, explicit model control, its repository API restricted to the admin key as
+    manifests/base/triton.yaml starts it, serving the model-repository volume; yields (url, folder)."""
+    from embedforge.serving.client import ADMIN_HEADER
+
+    repo = volumes["embedforge-model-repository"]
     port, grpc = free_port(), free_port()
     name = f"embedforge-triton-{port}"
     r = _docker("run", "-d", "--rm", "--name", name, "--network", "host", "--user", "1000:1000", "--read-only",
                 "--tmpfs", "/tmp:rw,mode=1777", "--tmpfs", "/home/triton:rw,uid=1000,gid=1000",
                 "-v", f"{repo}:/models", TRITON_IMAGE, "--model-repository=/models", "--model-control-mode=explicit",
                 f"--http-port={port}", f"--grpc-port={grpc}", "--http-address=127.0.0.1", "--allow-metrics=false",
-                "--strict-readiness=false", "--exit-timeout-secs=5")
+                "--strict-readiness=false", "--exit-timeout-secs=5",
+                f"--http-restricted-api=model-repository,model-config,shared-memory:{ADMIN_HEADER}={ADMIN_KEY}")
     assert r.returncode == 0, r.stderr
     url = f"http://127.0.0.1:{port}"
     try:
@@ -102,7 +140,10 @@ def triton(images, tmp_path_factory):
 def _served(url: str) -> set[tuple[str, str]]:
     import urllib.request
 
-    req = urllib.request.Request(f"{url}/v2/repository/index", data=b"{}", method="POST")
+    from embedforge.serving.client import ADMIN_HEADER
+
+    req = urllib.request.Request(f"{url}/v2/repository/index", data=b"{}", method="POST",
+                                 headers={ADMIN_HEADER: ADMIN_KEY})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return {(m["name"], m["version"]) for m in json.loads(resp.read()) if m.get("state") == "READY"}
 
@@ -117,7 +158,7 @@ def _alias(uri: str, user: str, password: str, alias: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def pipeline(images, tmp_path_factory, tiny_corpus, prod_mlflow, triton):
+def pipeline(images, tmp_path_factory, tiny_corpus, prod_mlflow, triton, volumes):
     """Compile the Kubernetes variant for the component image and return ``run(tag, **overrides)``."""
     from embedforge.config import PipelineConfig
 
@@ -128,10 +169,12 @@ def pipeline(images, tmp_path_factory, tiny_corpus, prod_mlflow, triton):
     r = subprocess.run([sys.executable, "-m", "embedforge.cli", "compile", "--inputs", "pvc", "--image", IMAGE,
                         "--output", str(package)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    data = work / "data"
+    data = volumes["embedforge-data"]
+    # the inputs, put on the volume by their owner (uid 1000), as a data team would
     shutil.copytree(SAMPLE_CORPUS, data / "sample")  # what `make demo` trains on: enough eval queries to gain
     shutil.copytree(tiny_corpus, data / "tiny")      # 16 documents: quick runs for the damaged models
-    _chown(data)
+    for sub in ("sample", "tiny"):
+        _chown(data / sub)
     base = PipelineConfig().resolved(cuda_available=False)[0].to_dict()  # the CPU profile, as `make demo` runs
     small = {
         "train_config": {**base["train"], "device": "cpu", "work_dir": "/data/train_work"},
@@ -147,7 +190,8 @@ def pipeline(images, tmp_path_factory, tiny_corpus, prod_mlflow, triton):
     def run(tag: str, corpus: str = "sample", **overrides) -> dict:
         runner = CompiledPipeline(
             package, work / tag, pvcs={"embedforge-data": data, "embedforge-model-repository": models},
-            secrets={"embedforge-mlflow": {"username": user, "password": password}},
+            secrets={"embedforge-mlflow": {"username": user, "password": password},
+                     "embedforge-triton-admin": {"admin-key": ADMIN_KEY}},
             config_maps={"embedforge-config": {"MLFLOW_TRACKING_URI": uri}}, networked=NETWORKED)
         args = {**small, **(tiny if corpus == "tiny" else {}),
                 "corpus_path": f"/data/{corpus}", "tracking_uri": ""}  # tracking URI: from the ConfigMap
@@ -179,7 +223,8 @@ def test_compiled_pipeline_in_containers_promotes_serves_refuses_a_worse_model_a
     assert r.returncode == 0, r.stderr
     vectors = json.loads(r.stdout)["embeddings"]
     assert len(vectors) == 1 and len(vectors[0]) == 384
-    assert password not in "".join(run.log for run in runs.values())  # the Secret's value is never printed
+    logs = "".join(run.log for run in runs.values())
+    assert password not in logs and ADMIN_KEY not in logs  # the Secrets' values are never printed
 
     # 2. a damaged model (learning rate 0.05): registered, not promoted; serving and alias stay on v1
     runs = pipeline("b", "tiny", train_config={"learning_rate": 0.05, "warmup_ratio": 0.0})
@@ -197,7 +242,9 @@ def test_compiled_pipeline_in_containers_promotes_serves_refuses_a_worse_model_a
     pod = _rollback_pod()
     command = [_local(a, uri, url) for a in pod["command"]] + ["--set", f"triton.model_name={SERVED}",
                                                                "--set", "triton.discover_replicas=false"]
-    env = {e["name"]: {"username": user, "password": password}[e["valueFrom"]["secretKeyRef"]["key"]]
+    secrets = {"embedforge-mlflow": {"username": user, "password": password},
+               "embedforge-triton-admin": {"admin-key": ADMIN_KEY}}
+    env = {e["name"]: secrets[e["valueFrom"]["secretKeyRef"]["name"]][e["valueFrom"]["secretKeyRef"]["key"]]
            for e in pod["env"]}
     mounts = {m["mountPath"] for m in pod["volumeMounts"]}
     assert mounts == {"/models", "/tmp"} and pod["securityContext"]["readOnlyRootFilesystem"] is True
@@ -213,12 +260,11 @@ def test_compiled_pipeline_in_containers_promotes_serves_refuses_a_worse_model_a
 def _rollback_pod() -> dict:
     """The container of the rollback pod in docs/kubernetes.md (its --overrides JSON)."""
     text = (REPO / "docs" / "kubernetes.md").read_text()
-    block = text[text.index("kubectl -n embedforge run rollback"):]
+    block = text[text.index("kubectl -n $NS run rollback"):]
     overrides = re.search(r"--overrides='(.*?)'\n", block, re.S).group(1).replace("'$IMG'", "IMG")
     return json.loads(overrides)["spec"]["containers"][0]
 
 
 def _local(arg: str, mlflow_uri: str, triton_url: str) -> str:
     """The page's in-cluster Service URLs -> this machine's servers."""
-    return (arg.replace("http://mlflow.embedforge.svc.cluster.local:5000", mlflow_uri)
-               .replace("http://triton-replicas.embedforge.svc.cluster.local:8000", triton_url))
+    return arg.replace("http://mlflow:5000", mlflow_uri).replace("http://triton-replicas:8000", triton_url)

@@ -24,7 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 OVERLAYS = sorted(p.name for p in (MANIFESTS / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 PIPELINE_YAML = REPO / "pipelines" / "embedforge.yaml"
-NAMESPACE = "embedforge"
+#: Where each overlay deploys: the namespace its KFP runs the pipeline's pods in (standalone KFP: its own,
+#: `kubeflow`; multi-user Kubeflow: the profile's, manifests/profile/embedforge.yaml).
+NAMESPACES = {"dev": "kubeflow", "prod": "embedforge", "prod-standalone": "kubeflow"}
+NAMESPACE = NAMESPACES["prod"]
 
 require(shutil.which("kubectl") is not None, "kubectl (with kustomize)", "install kubectl >= 1.14")
 
@@ -75,8 +78,14 @@ def secrets_used(obj) -> set[str]:
     return found
 
 
-def test_there_are_dev_and_prod_overlays():
-    assert {"dev", "prod"} <= set(OVERLAYS)
+def test_there_are_dev_and_prod_overlays_for_both_kfp_modes():
+    assert set(OVERLAYS) == set(NAMESPACES)
+
+
+def test_the_multi_user_profile_names_the_prod_namespace():
+    profile = yaml.safe_load((MANIFESTS / "profile" / "embedforge.yaml").read_text())
+    assert profile["kind"] == "Profile" and profile["apiVersion"] == "kubeflow.org/v1"
+    assert profile["metadata"]["name"] == NAMESPACES["prod"] and profile["spec"]["owner"]["kind"] == "User"
 
 
 # -------------------------------------------------------------------------------------------- schemas
@@ -106,10 +115,16 @@ def test_strict_validation_catches_a_misspelt_field():
 
 
 # --------------------------------------------------------------------------------------------- policy
+#: The one container allowed to run as root: it gives the volume roots to uid 1000 (base/volume-init.yaml).
+VOLUME_INIT = "Job/embedforge-volume-init"
+
+
 def test_every_container_is_restricted_bounded_and_probed(overlay):
     name, docs = overlay
     problems = []
     for workload, spec in pod_specs(docs).items():
+        if workload == VOLUME_INIT:
+            continue  # checked below, against its own, narrower rule
         pod_sc = spec.get("securityContext", {})
         for c in spec.get("initContainers", []) + spec["containers"]:
             where = f"overlays/{name} {workload} container {c['name']}"
@@ -144,12 +159,23 @@ def test_every_container_is_restricted_bounded_and_probed(overlay):
     assert pod_specs(docs) and not problems, "\n".join(problems)
 
 
-def test_every_namespaced_object_lands_in_the_namespace(overlay):
+def test_every_object_lands_in_the_pipeline_namespace_and_none_creates_or_relabels_one(overlay):
+    """KFP owns the namespace (standalone) or the profile controller makes it (multi-user): an overlay that
+    applied a Namespace would relabel KFP's or fight the controller."""
     name, docs = overlay
-    cluster_scoped = {"Namespace"}
-    stray = [f"{d['kind']}/{d['metadata']['name']}" for d in docs
-             if d["kind"] not in cluster_scoped and d["metadata"].get("namespace") != NAMESPACE]
-    assert not stray, f"overlays/{name}: not in namespace {NAMESPACE}: {stray}"
+    stray = [f"{d['kind']}/{d['metadata']['name']}" for d in docs if d["metadata"].get("namespace") != NAMESPACES[name]]
+    assert not stray, f"overlays/{name}: not in namespace {NAMESPACES[name]}: {stray}"
+    assert not by_kind(docs, "Namespace")
+
+
+def test_in_kfps_own_namespace_no_policy_touches_kfps_pods():
+    """prod-standalone shares `kubeflow` with KFP: its policies must not isolate KFP's API server, UI, MinIO,
+    database or the Argo pods of other pipelines."""
+    policies = list(by_kind(render("prod-standalone"), "NetworkPolicy").values())
+    for labels in ({"app": "ml-pipeline"}, {"app": "ml-pipeline-ui"}, {"app": "minio"}, {"app": "mysql"},
+                   {"workflows.argoproj.io/workflow": "other-pipeline-x7k2"}, {}):
+        pod = {"ns": "kubeflow", "labels": labels}
+        assert admits(policies, pod, 8888, {"ns": "elsewhere", "ns_labels": {}, "labels": {}}), labels
 
 
 def test_no_secret_comes_from_the_repository(overlay):
@@ -180,7 +206,8 @@ def test_every_secret_used_is_documented_with_its_create_command():
     for o in OVERLAYS:
         used |= secrets_used(render(o))
     used |= secrets_used(list(yaml.safe_load_all(PIPELINE_YAML.read_text())))
-    assert {"embedforge-llm", "embedforge-mlflow", "embedforge-mlflow-store", "embedforge-mlflow-auth"} <= used
+    assert {"embedforge-llm", "embedforge-mlflow", "embedforge-mlflow-store", "embedforge-mlflow-auth",
+            "embedforge-triton-admin"} <= used
     undocumented = [s for s in sorted(used) if not re.search(rf"create secret generic {re.escape(s)}\b", section)]
     assert not undocumented, f"docs/kubernetes.md lacks `kubectl create secret generic` for {undocumented}"
 
@@ -196,8 +223,10 @@ def test_pipeline_role_is_least_privilege():
     leases = [r for r in role["rules"] if r["apiGroups"] == ["coordination.k8s.io"]]  # the promotion lock
     assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                        "verbs": ["create", "get", "update", "delete"]}]
-    binding = by_kind(render("prod"), "RoleBinding")["embedforge-pipeline"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "embedforge-pipeline", "namespace": NAMESPACE}]
+    for o in OVERLAYS:
+        binding = by_kind(render(o), "RoleBinding")["embedforge-pipeline"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "embedforge-pipeline",
+                                        "namespace": NAMESPACES[o]}], o
 
 
 def test_every_claim_names_a_storage_class(overlay):
@@ -267,12 +296,24 @@ def test_prod_triton_survives_a_rollout_and_a_drain():
     assert pdb["spec"]["selector"]["matchLabels"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
 
 
-def test_triton_grpc_repository_api_is_locked():
+def test_triton_repository_api_is_locked_on_both_protocols_by_the_admin_secret():
     for o in OVERLAYS:
         c = _container(render(o), "triton")
         cmd = " ".join(c.get("command", []) + c.get("args", []))
-        assert re.search(r"--grpc-restricted-protocol=\S*model-repository", cmd), o
+        for flag in ("--http-restricted-api", "--grpc-restricted-protocol"):
+            assert re.search(rf"{flag}=\S*model-repository\S*:embedforge-admin-key=\$\$\{{EMBEDFORGE_TRITON_ADMIN_KEY",
+                             cmd), (o, flag)
         assert "--model-control-mode=explicit" in cmd
+        assert _env(c)["EMBEDFORGE_TRITON_ADMIN_KEY"] == {"secretKeyRef": {"name": "embedforge-triton-admin",
+                                                                            "key": "admin-key"}}
+    # the promote step gets the same key under the name embedforge.serving.client reads
+    from embedforge.serving.client import ADMIN_KEY_ENV
+
+    platform = list(yaml.safe_load_all(PIPELINE_YAML.read_text()))[1]
+    promote = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-promote"]
+    assert any(e["secretName"] == "embedforge-triton-admin"
+               and e["keyToEnv"] == [{"secretKey": "admin-key", "envVar": ADMIN_KEY_ENV}]
+               for e in promote["secretAsEnv"]), promote["secretAsEnv"]
 
 
 # ------------------------------------------------------------------------- NetworkPolicy semantics
@@ -308,33 +349,53 @@ def _step_labels() -> dict[str, dict]:
     return {name.removeprefix("exec-"): ex.get("podMetadata", {}).get("labels", {}) for name, ex in executors.items()}
 
 
-def test_prod_network_policies_admit_exactly_the_intended_traffic():
-    docs = render("prod")
+@pytest.mark.parametrize("name", ["prod", "prod-standalone"])
+def test_prod_network_policies_admit_exactly_the_intended_traffic(name):
+    docs = render(name)
+    ns = NAMESPACES[name]
     policies = list(by_kind(docs, "NetworkPolicy").values())
     ports = {p["name"]: p["containerPort"] for p in _container(docs, "triton")["ports"]}
     mlflow_port = _container(docs, "mlflow")["ports"][0]["containerPort"]
     deployments = by_kind(docs, "Deployment")
-    triton = {"ns": NAMESPACE, "labels": deployments["triton"]["spec"]["template"]["metadata"]["labels"]}
-    mlflow = {"ns": NAMESPACE, "labels": deployments["mlflow"]["spec"]["template"]["metadata"]["labels"]}
-    home = {"kubernetes.io/metadata.name": NAMESPACE}
+    triton = {"ns": ns, "labels": deployments["triton"]["spec"]["template"]["metadata"]["labels"]}
+    mlflow = {"ns": ns, "labels": deployments["mlflow"]["spec"]["template"]["metadata"]["labels"]}
+    home = {"kubernetes.io/metadata.name": ns}
     steps = _step_labels()
-    promote = {"ns": NAMESPACE, "ns_labels": home, "labels": steps["promote"]}
-    register = {"ns": NAMESPACE, "ns_labels": home, "labels": steps["register"]}
-    stranger = {"ns": NAMESPACE, "ns_labels": home, "labels": {"app": "something-else"}}
+    promote = {"ns": ns, "ns_labels": home, "labels": steps["promote"]}
+    register = {"ns": ns, "ns_labels": home, "labels": steps["register"]}
+    stranger = {"ns": ns, "ns_labels": home, "labels": {"app": "something-else"}}
     app = {"ns": "shop", "ns_labels": {"kubernetes.io/metadata.name": "shop", "embedforge.io/inference-client": "true"},
            "labels": {"app": "shop"}}
     other_ns = {"ns": "elsewhere", "ns_labels": {"kubernetes.io/metadata.name": "elsewhere"}, "labels": {}}
 
-    assert admits(policies, triton, ports["grpc"], app)
-    assert not admits(policies, triton, ports["http"], app), "apps must not reach the HTTP repository API"
+    # applications: inference over gRPC and HTTP (the repository API there needs the admin key they lack)
+    assert admits(policies, triton, ports["grpc"], app) and admits(policies, triton, ports["http"], app)
     assert admits(policies, triton, ports["http"], promote)
     assert not admits(policies, triton, ports["http"], register), "only promote loads models"
     assert not admits(policies, triton, ports["grpc"], other_ns)
     assert not admits(policies, triton, ports["http"], stranger)
     for step in steps:
-        assert admits(policies, mlflow, mlflow_port, {"ns": NAMESPACE, "ns_labels": home, "labels": steps[step]}), step
+        assert admits(policies, mlflow, mlflow_port, {"ns": ns, "ns_labels": home, "labels": steps[step]}), step
+        # nothing connects to a step
+        assert not admits(policies, {"ns": ns, "labels": steps[step]}, 8080, stranger), step
     assert not admits(policies, mlflow, mlflow_port, app)
     assert not admits(policies, mlflow, mlflow_port, stranger)
+
+    # a multi-node TrainJob: its pods (labelled by embedforge.cluster.trainjob) reach each other on any port
+    from embedforge.cluster.trainjob import POD_LABEL
+
+    node = {"ns": ns, "ns_labels": home, "labels": {POD_LABEL: "true", "jobset.sigs.k8s.io/jobset-name": "t1"}}
+    assert admits(policies, node, 29500, node) and admits(policies, node, 41234, node)
+    assert not admits(policies, node, 29500, stranger)
+
+    # the rollback pod of docs/kubernetes.md passes with its labels
+    rollback = {"ns": ns, "ns_labels": home, "labels": _rollback_pod_labels()}
+    assert admits(policies, triton, ports["http"], rollback) and admits(policies, mlflow, mlflow_port, rollback)
+
+
+def _rollback_pod_labels() -> dict[str, str]:
+    labels = re.search(r"kubectl -n \S+ run rollback .*?--labels=(\S+)", _deploy_section(), re.S).group(1)
+    return dict(kv.split("=") for kv in labels.split(","))
 
 
 def test_evaluator_admits_everything_without_policies():
@@ -344,34 +405,42 @@ def test_evaluator_admits_everything_without_policies():
 
 
 # ------------------------------------------------------------------------- Triton flags, on a real server
-def _triton_argv(overlay: str) -> list[str]:
-    """The Triton container's argv as the pod runs it: kubelet turns ``$$`` into ``$``, then ``sh -c`` expands."""
+def _triton_argv(overlay: str, admin_key: str | None) -> subprocess.CompletedProcess:
+    """The Triton container's argv as the pod runs it (kubelet turns ``$$`` into ``$``, then ``sh -c`` expands),
+    with the admin Secret's value in the environment as the pod spec maps it (None: the Secret is missing)."""
     c = _container(render(overlay), "triton")
     assert c["command"] == ["/bin/sh", "-c"] and len(c["args"]) == 1, c
     script = c["args"][0].replace("$$", "$").replace("exec tritonserver", "exec printf '%s\\n'", 1)
-    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
-    return r.stdout.splitlines()
+    env = {"PATH": "/usr/bin:/bin"} | ({"EMBEDFORGE_TRITON_ADMIN_KEY": admin_key} if admin_key is not None else {})
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env)
 
 
-def test_manifest_flags_lock_the_grpc_repository_api_on_a_real_tritonserver(tmp_path):
+def test_triton_refuses_to_start_without_the_admin_secret():
+    r = _triton_argv("prod", None)
+    assert r.returncode != 0 and "embedforge-triton-admin" in r.stderr
+
+
+def test_manifest_flags_lock_the_repository_api_on_a_real_tritonserver(tmp_path, monkeypatch):
     """Start the real tritonserver (PyPI nvidia-pytriton, via tests/support/triton_server.py) with the manifest's
-    restriction flag: gRPC inference-side calls work, the gRPC repository API is refused without the header
-    (whose value is random per start), and the HTTP repository API the promote step uses stays open."""
+    flags: over gRPC and HTTP, health and inference-side calls work without the key, the repository API is refused
+    without it and answers with it — over HTTP through embedforge's own client (what promote and rollback use)."""
     triton_server = pytest.importorskip("triton_server", reason="needs tests/support/triton_server.py (real tritonserver)")
     grpcclient = pytest.importorskip("tritonclient.grpc")
     from mlflow_server import free_port
     from tritonclient.utils import InferenceServerException
 
-    argv = _triton_argv("prod")
-    restricted = [a for a in argv if a.startswith("--grpc-restricted-protocol=")]
-    assert len(restricted) == 1 and "--load-model=*" in argv, argv
-    key, _, value = restricted[0].split(":", 1)[1].partition("=")
-    assert len(value) == 32 and value != _triton_argv("prod")[argv.index(restricted[0])].rpartition("=")[2]
+    from embedforge.serving.client import ADMIN_HEADER, ADMIN_KEY_ENV, http_client
+
+    key = "s3cr3t-" + "a1" * 12
+    argv = _triton_argv("prod", key).stdout.splitlines()
+    restricted = [a for a in argv if a.startswith(("--grpc-restricted-protocol=", "--http-restricted-api="))]
+    assert len(restricted) == 2 and "--load-model=*" in argv, argv
+    assert all(a.endswith(f":{ADMIN_HEADER}={key}") for a in restricted), restricted
 
     grpc_port = free_port()
     server = triton_server.TritonServer(
         tmp_path / "repo", triton_server.ensure_runtime(), log_dir=tmp_path,
-        extra_args=("--allow-grpc=true", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}", restricted[0]),
+        extra_args=("--allow-grpc=true", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}", *restricted),
     ).start()
     try:
         client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
@@ -380,8 +449,17 @@ def test_manifest_flags_lock_the_grpc_repository_api_on_a_real_tritonserver(tmp_
                      lambda: client.unload_model("embedforge_embedder")):
             with pytest.raises(InferenceServerException):
                 call()
-        # with the header (Triton prefixes the key) the call goes through: a restriction, not an outage
-        assert client.get_model_repository_index(headers={f"triton-grpc-protocol-{key}": value}) is not None
-        assert server.ready() == []  # HTTP repository API (what promote uses) answers
+        # with the header (Triton prefixes the key over gRPC) the call goes through: a restriction, not an outage
+        assert client.get_model_repository_index(headers={f"triton-grpc-protocol-{ADMIN_HEADER}": key}) is not None
+
+        http = http_client(server.url)
+        assert http.is_server_live()
+        with pytest.raises(InferenceServerException):
+            http.get_model_repository_index()
+        with pytest.raises(InferenceServerException):
+            http.get_model_repository_index(headers={ADMIN_HEADER: "guess"})
+        assert http.get_model_repository_index(headers={ADMIN_HEADER: key}) == []
+        monkeypatch.setenv(ADMIN_KEY_ENV, key)
+        assert server.ready() == []  # the tests' own helper sends the key from the environment, as promote does
     finally:
         server.stop()

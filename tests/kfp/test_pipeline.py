@@ -63,7 +63,7 @@ def test_compiled_yaml_has_gate_gpu_and_secret_refs_only(tmp_path):
     promote_pvc = execs["exec-promote"]["pvcMount"][0]
     assert (promote_pvc["constant"], promote_pvc["mountPath"]) == ("embedforge-model-repository", "/models")
     triton_default = spec["root"]["inputDefinitions"]["parameters"]["triton_config"]["defaultValue"]
-    assert triton_default["repository_dir"] == "/models" and triton_default["server_url"].startswith("http://triton-replicas.") and triton_default["discover_replicas"] is True
+    assert triton_default["repository_dir"] == "/models" and triton_default["server_url"] == "http://triton-replicas:8000" and triton_default["discover_replicas"] is True
     text = out.read_text()
     assert "api_key\":" not in text.lower().replace(" ", "") and "REPLACE_ME" not in text
 

@@ -188,8 +188,13 @@ def test_generated_trainjob_is_a_valid_trainjob():
     assert trainer["command"] == ["torchrun", "-m", "embedforge.stages.train"]
     assert trainer["args"] == ["--mined", "/shared/m", "--out", "/shared/o", "--config", "/shared/t.yaml"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
-    pod = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
-    pod = pod["template"]["spec"]["template"]["spec"]
+    template = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    template = template["template"]["spec"]["template"]
+    # the label the prod NetworkPolicy trainjob-pod-to-pod admits between a TrainJob's nodes
+    from embedforge.cluster.trainjob import POD_LABEL
+
+    assert template["metadata"]["labels"] == {POD_LABEL: "true"}
+    pod = template["spec"]
     claim = {v["name"]: v for v in pod["volumes"]}["embedforge-shared"]["persistentVolumeClaim"]["claimName"]
     assert claim == "team-rwx"
     assert {"name": "embedforge-shared", "mountPath": "/shared"} in pod["containers"][0]["volumeMounts"]

@@ -122,6 +122,35 @@ def test_exactly_the_chosen_version_is_served(tmp_path, tiny_onnx_dir, export_di
     np.testing.assert_allclose(embed(server.url, TEXTS[:1], model="embedder"), v1, atol=1e-6)
 
 
+def test_the_repository_api_needs_the_admin_key_and_inference_does_not(tmp_path, tiny_onnx_dir, triton, triton_cfg,
+                                                                       monkeypatch):
+    """Triton started as manifests/base/triton.yaml starts it: the repository API behind a header value."""
+    from embedforge.errors import ServingError
+    from embedforge.serving import rollout as serving
+    from embedforge.serving.client import ADMIN_HEADER, ADMIN_KEY_ENV, embed
+    from embedforge.serving.repository import write_model_repository
+
+    key = "k3y-" + "9" * 20
+    live = tmp_path / "models"
+    restricted = f"model-repository,model-config,shared-memory:{ADMIN_HEADER}={key}"
+    server = triton(live, extra_args=(f"--http-restricted-api={restricted}",))
+    cfg = triton_cfg(live, server)
+    write_model_repository(tiny_onnx_dir, live, cfg, 1, serve=False)
+
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    with pytest.raises(ServingError, match=ADMIN_KEY_ENV):
+        serving.serve(cfg, "1")  # promote without the key cannot load anything
+    monkeypatch.setenv(ADMIN_KEY_ENV, "wrong")
+    with pytest.raises(ServingError, match=ADMIN_KEY_ENV):
+        serving.serve(cfg, "1")
+    monkeypatch.setenv(ADMIN_KEY_ENV, key)
+    assert serving.serve(cfg, "1").probe_cosine > 0.999
+    assert server.ready() == all_on("1")
+    monkeypatch.delenv(ADMIN_KEY_ENV)
+    assert embed(server.url, TEXTS[:2], model="embedder").shape[0] == 2  # applications need no key
+    assert key not in server.log()
+
+
 def test_a_poll_mode_server_is_waited_for(tmp_path, tiny_onnx_dir, export_dir, triton, triton_cfg):
     """A server in poll mode refuses explicit loads: the rollout waits for its scan to serve exactly v2."""
     from embedforge.serving import rollout as serving

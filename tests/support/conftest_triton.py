@@ -22,8 +22,9 @@ def triton_runtime() -> Runtime:
 def triton(triton_runtime, tmp_path):
     started: list[TritonServer] = []
 
-    def start(repository, poll_secs: int = 0) -> TritonServer:
-        server = TritonServer(repository, triton_runtime, log_dir=tmp_path, poll_secs=poll_secs).start()
+    def start(repository, poll_secs: int = 0, extra_args: tuple[str, ...] = ()) -> TritonServer:
+        server = TritonServer(repository, triton_runtime, log_dir=tmp_path, poll_secs=poll_secs,
+                              extra_args=extra_args).start()
         started.append(server)
         return server
 

@@ -152,7 +152,10 @@ class TritonServer:
         """Sorted ``(model, version)`` pairs the server reports READY (of ``names``, if given)."""
         import json
 
-        req = urllib.request.Request(f"{self.url}/v2/repository/index", data=b"{}", method="POST")
+        from embedforge.serving.client import admin_headers
+
+        req = urllib.request.Request(f"{self.url}/v2/repository/index", data=b"{}", method="POST",
+                                     headers=admin_headers() or {})
         with urllib.request.urlopen(req, timeout=10) as resp:
             index = json.loads(resp.read())
         return sorted((m["name"], m["version"]) for m in index

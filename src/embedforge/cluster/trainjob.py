@@ -63,6 +63,8 @@ KIND = "TrainJob"
 ENTRY_MODULE = "embedforge.stages.train"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 _SHARED_VOLUME = "embedforge-shared"
+#: Label of every pod of a TrainJob this module submits (manifests/components/prod/networkpolicies.yaml).
+POD_LABEL = "embedforge.io/trainjob"
 
 
 class TrainJobError(ConfigError):
@@ -92,7 +94,10 @@ def build_trainjob(name: str, cfg: TrainConfig, image: str, mined_dir: str, out_
         "manager": "embedforge",
         "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
             "name": "node",
-            "template": {"spec": {"template": {"spec": {
+            "template": {"spec": {"template": {
+                # what the prod NetworkPolicy trainjob-pod-to-pod admits between nodes (rendezvous, NCCL)
+                "metadata": {"labels": {POD_LABEL: "true"}},
+                "spec": {
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                 "volumes": [{"name": _SHARED_VOLUME, "persistentVolumeClaim": {"claimName": tj.shared_pvc}},
                             # NCCL needs more shared memory than a container's default 64 MiB /dev/shm

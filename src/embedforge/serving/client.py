@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import urlparse
@@ -24,6 +25,19 @@ from embedforge.errors import ServingError
 
 DEFAULT_MODEL = "embedforge_embedder"
 InputType = Literal["query", "passage"]
+#: The request header Triton checks before it serves its model-repository, model-config and shared-memory APIs
+#: (``--http-restricted-api`` / ``--grpc-restricted-protocol`` in manifests/base/triton.yaml): those APIs load code
+#: into the server, so only promote and rollback, which hold the key, may call them; inference stays open.
+ADMIN_HEADER = "embedforge-admin-key"
+#: Where promote and rollback read the key: the ``admin-key`` of the Secret ``embedforge-triton-admin`` on
+#: Kubernetes; unset locally, where the test and embedded servers do not restrict their APIs.
+ADMIN_KEY_ENV = "EMBEDFORGE_TRITON_ADMIN_KEY"
+
+
+def admin_headers() -> dict[str, str] | None:
+    """The header that unlocks the repository API, or None when no key is configured."""
+    key = os.environ.get(ADMIN_KEY_ENV, "")
+    return {ADMIN_HEADER: key} if key else None
 
 
 def http_client(url: str, timeout_s: float = 60.0):
@@ -58,7 +72,7 @@ def embed(url: str, texts: Sequence[str], input_type: InputType = "query", model
     """Embeddings of ``texts`` from the Triton server at ``url``.
 
     Args:
-        url: The server's HTTP endpoint, e.g. ``http://triton.embedforge.svc.cluster.local:8000``.
+        url: The server's HTTP endpoint, e.g. ``http://triton:8000``.
         texts: Raw texts (no prompt: the server prepends the one saved for ``input_type``).
         input_type: ``query`` or ``passage`` (the document prompt).
         model: The ensemble's name (``triton.model_name``).

@@ -118,7 +118,9 @@ def reference_embedding(repository_dir: str | Path, model_name: str, version: st
 
 def _served_versions(client, names: tuple[str, ...]) -> dict[str, set[str]]:
     ready: dict[str, set[str]] = {n: set() for n in names}
-    for m in client.get_model_repository_index():
+    from embedforge.serving.client import admin_headers
+
+    for m in client.get_model_repository_index(headers=admin_headers()):
         if m.get("name") in ready and m.get("state") == "READY" and m.get("version"):
             ready[m["name"]].add(str(m["version"]))
     return ready
@@ -127,12 +129,18 @@ def _served_versions(client, names: tuple[str, ...]) -> dict[str, set[str]]:
 def _load(client, names: tuple[str, ...], where: str) -> str:
     from tritonclient.utils import InferenceServerException
 
+    from embedforge.serving.client import ADMIN_KEY_ENV, admin_headers
+
     for name in names:
         try:
-            client.load_model(name)
+            client.load_model(name, headers=admin_headers())
         except InferenceServerException as exc:
             if "polling is enabled" in str(exc):
                 return "poll"  # the server rescans its repository itself
+            if "restricted" in str(exc).lower() or "unauthor" in str(exc).lower():
+                raise ServingError(f"{where}: the server refused its repository API to this process: set "
+                                   f"{ADMIN_KEY_ENV} to the server's admin key (Kubernetes: the Secret "
+                                   "embedforge-triton-admin, key admin-key)") from None
             raise ServingError(f"{where}: the server could not load {name!r}: {exc.message()}") from None
     return "explicit"
 
@@ -233,7 +241,7 @@ def reload(urls: str | list[str], model_name: str, timeout_s: float = 30.0) -> l
 
 def unload(urls: str | list[str], model_name: str, timeout_s: float = 30.0) -> None:
     """Best effort: unload ``model_name``'s three models everywhere (no version was served before)."""
-    from embedforge.serving.client import http_client
+    from embedforge.serving.client import admin_headers, http_client
     from embedforge.serving.repository import ModelNames
 
     for url in [urls] if isinstance(urls, str) else urls:
@@ -241,7 +249,7 @@ def unload(urls: str | list[str], model_name: str, timeout_s: float = 30.0) -> N
             client = http_client(url, timeout_s)
             try:
                 for name in reversed(ModelNames.of(model_name).all()):
-                    client.unload_model(name)
+                    client.unload_model(name, headers=admin_headers())
             finally:
                 client.close()
         except Exception as exc:  # noqa: BLE001
