@@ -52,8 +52,8 @@ compile: install ## write pipelines/embedforge.yaml (Kubernetes variant; the ref
 docs: install ## regenerate docs/configuration.md and components/*/README.md
 	$(PY) docs/generate.py
 
-manifests: ## render both Kubernetes overlays (manifests/overlays/dev, prod) with kustomize
-	@for o in dev prod; do echo "# ---- manifests/overlays/$$o"; kubectl kustomize manifests/overlays/$$o || exit 1; done
+manifests: ## render the Kubernetes overlays (manifests/overlays/dev, prod, prod-standalone) with kustomize
+	@for o in dev prod prod-standalone; do echo "# ---- manifests/overlays/$$o"; kubectl kustomize manifests/overlays/$$o || exit 1; done
 
 # Container images, built by images/build.sh from a staged context (docker's classic builder or BuildKit):
 # REGISTRY/embedforge:$(TAG)-cpu and -gpu, REGISTRY/embedforge-mlflow:$(TAG). BASE=: another base image (images/base.sh

@@ -12,6 +12,10 @@
 #   PUSH=1         push each image and print its digest (what `embedforge compile --image` wants)
 #   DOCKER         the docker command (default docker)
 # The build runs with --network host (pip and apt reach their indexes through this machine's network).
+# Base images are built FROM a digest: a base given by tag (BASE=, or the Dockerfile's default) is pulled and
+# replaced by its registry digest (repo@sha256:...), so a tag moved upstream cannot change a rebuild silently; a
+# local-only base (images/base.sh) has no registry digest and is used by name. Every image records its base in the
+# OCI labels org.opencontainers.image.base.name (the reference built FROM) and .base.digest (the base's image ID).
 set -eu
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$HERE")"
@@ -35,6 +39,13 @@ stage() {  # stage CONTEXT: the files of the repository the images copy, plus im
   fi
 }
 
+resolve_base() {  # resolve_base REF: REF by registry digest where the registry knows one, else REF
+  case "$1" in *@sha256:*) echo "$1"; return ;; esac
+  $DOCKER image inspect "$1" >/dev/null 2>&1 || $DOCKER pull -q "$1" >/dev/null 2>&1 || true
+  digest="$($DOCKER image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$1" 2>/dev/null | head -n1)"
+  echo "${digest:-$1}"
+}
+
 CTX="$(mktemp -d "${TMPDIR:-/tmp}/embedforge-image.XXXXXX")"
 trap 'rm -rf "$CTX"' EXIT
 stage "$CTX"
@@ -45,8 +56,12 @@ for image in "$@"; do
     triton-local) file=images/Dockerfile.triton-local; name="$REGISTRY/embedforge-triton-local:$TAG"; args="" ;;
     *) echo "images/build.sh: unknown image '$image' (cpu, gpu, mlflow, triton-local)" >&2; exit 2 ;;
   esac
+  base="$(resolve_base "${BASE:-$(sed -n 's/^ARG BASE=//p' "$CTX/$file" | head -n1)}")"
+  base_id="$($DOCKER image inspect --format '{{.Id}}' "$base" 2>/dev/null || echo unknown)"
   # shellcheck disable=SC2086  # args is empty or one option pair
-  $DOCKER build --network host -f "$CTX/$file" ${BASE:+--build-arg BASE="$BASE"} $args -t "$name" "$CTX" >&2
+  $DOCKER build --network host -f "$CTX/$file" --build-arg BASE="$base" $args \
+    --label org.opencontainers.image.base.name="$base" --label org.opencontainers.image.base.digest="$base_id" \
+    -t "$name" "$CTX" >&2
   if [ -n "${PUSH:-}" ]; then
     $DOCKER push "$name" >&2
     $DOCKER inspect --format '{{index .RepoDigests 0}}' "$name"

@@ -70,6 +70,12 @@ def images():
             "apt-get install -y docker.io && dockerd &")
     missing = [i for i in (IMAGE, MLFLOW_IMAGE, TRITON_IMAGE) if _docker("image", "inspect", i).returncode != 0]
     require(not missing, f"the images {missing}", "make e2e builds them (images/base.sh, images/build.sh)")
+    # each image records the base it was built FROM (images/build.sh), and that base exists as recorded
+    for image in (IMAGE, MLFLOW_IMAGE, TRITON_IMAGE):
+        labels = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout) or {}
+        base, base_id = labels.get("org.opencontainers.image.base.name"), labels.get("org.opencontainers.image.base.digest")
+        assert base and base_id and base_id.startswith("sha256:"), (image, labels)
+        assert _docker("image", "inspect", "--format", "{{.Id}}", base).stdout.strip() == base_id, image
 
 
 @pytest.fixture(scope="module")
