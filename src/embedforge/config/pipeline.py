@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
-from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
+from embedforge import names
+from embedforge.config.base import (
+    DEFAULT_BASE_MODEL,
+    MAX_BATCH,
+    MAX_SEED,
+    StageConfig,
+    each_within,
+    http_url,
+)
 from embedforge.config.llm import LlmSdgConfig
 from embedforge.config.train import TrainConfig
+
+#: Largest cut-off k of the evaluation (results ranked per query).
+MAX_K = 100_000
+#: Largest batch or sequence of a TensorRT optimisation profile's (batch, sequence) shapes.
+MAX_SHAPE = 1 << 20
+#: Names that become a folder, an MLflow registry name or alias: checked at load (embedforge.names).
+TritonModelName = Annotated[str, AfterValidator(names.triton_model_name)]
+RegistryModelName = Annotated[str, AfterValidator(names.registry_model_name)]
+RegistryAlias = Annotated[str, AfterValidator(names.registry_alias)]
+ExperimentName = Annotated[str, AfterValidator(names.experiment_name)]
+#: The metrics evaluate computes, as the first part of ``metric@k`` (gate.metric, evaluate.primary_metric).
+METRICS = ("ndcg", "recall", "map", "precision", "mrr")
 
 
 class IngestConfig(StageConfig):
     sentences_per_chunk: int = Field(5, ge=1, le=100, description="Sentences per chunk.")
-    min_chunk_chars: int = Field(50, ge=1, description="Chunks shorter than this are merged into the previous one or dropped.")
+    min_chunk_chars: int = Field(50, ge=1, le=100_000, description="Chunks shorter than this are merged into the previous one or dropped.")
     max_chunk_tokens: int = Field(256, ge=16, le=8192, description="Hard cap in tokens of the base model's tokenizer.")
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation.")
-    seed: int = Field(13, description="Seed of the document-level train/eval split.")
+    seed: int = Field(13, ge=0, le=MAX_SEED, description="Seed of the document-level train/eval split.")
     extensions: list[str] = Field(
         default_factory=lambda: [".txt", ".md", ".rst", ".html", ".htm"], description="File suffixes read from a "
         "corpus folder (case-insensitive, leading dot optional); other files are skipped. .html/.htm, .md and .rst "
@@ -27,6 +47,11 @@ class IngestConfig(StageConfig):
         200_000, ge=10_000, le=10_000_000, description="Longest document in characters: a longer one becomes "
         "several documents (sections, cut at paragraph breaks where possible) that the train/eval split treats "
         "apart. Plain-text files are read in blocks of at most 200k characters whatever this is.")
+    follow_external_symlinks: bool = Field(
+        False, description="Read a corpus folder's symbolic links to files outside that folder. Off: they are "
+        "skipped and counted (external_symlinks_skipped in the ingest manifest), so a link cannot pull a file "
+        "from elsewhere on the machine into the corpus unnoticed. Links to files inside the folder are always "
+        "read; linked folders are never entered.")
 
 
 class SdgConfig(StageConfig):
@@ -39,11 +64,11 @@ class SdgConfig(StageConfig):
                                    "from the training positive (so the model must match meaning, not copy words).")
     title_strip: bool = Field(True, description="Offline: remove a title that the document repeats (heading or first "
                               "sentence) from the training positive of its title query.")
-    min_query_words: int = Field(4, ge=1, description="Offline: fewest words of an inverse-cloze query sentence, "
+    min_query_words: int = Field(4, ge=1, le=64, description="Offline: fewest words of an inverse-cloze query sentence, "
                                  "and of the chunk text left without it; a repeated title is cut from its training "
                                  "positive only when at least this many words remain.")
-    max_pairs: int = Field(20000, ge=1, description="Upper bound on pairs generated (train+eval).")
-    seed: int = Field(13, description="Seed of pair generation: offline sentence picks, positive removal and each "
+    max_pairs: int = Field(20000, ge=1, le=10_000_000, description="Upper bound on pairs generated (train+eval).")
+    seed: int = Field(13, ge=0, le=MAX_SEED, description="Seed of pair generation: offline sentence picks, positive removal and each "
                       "document's order under max_pairs (seeded per chunk or document, so independent of the "
                       "others); LLM: the bundle order of bundle_strategy=random and the retry jitter.")
     byo_split: Literal["majority", "any_eval", "train_positives"] = Field(
@@ -60,19 +85,26 @@ class SdgConfig(StageConfig):
 
 
 class ValidateConfig(StageConfig):
-    min_query_chars: int = Field(3, ge=1, description="Shortest query in characters; a shorter one fails the "
+    min_query_chars: int = Field(3, ge=1, le=10_000, description="Shortest query in characters; a shorter one fails the "
                                  "query_length check.")
-    max_query_chars: int = Field(2000, ge=10, description="Longest query in characters; a longer one fails the "
+    max_query_chars: int = Field(2000, ge=10, le=1_000_000, description="Longest query in characters; a longer one fails the "
                                  "query_length check.")
-    min_train_pairs: int = Field(10, ge=1, description="Fewest train-split pairs; with fewer the run fails before "
+    min_train_pairs: int = Field(10, ge=1, le=1_000_000_000, description="Fewest train-split pairs; with fewer the run fails before "
                                  "mining (check min_train_pairs).")
-    min_eval_pairs: int = Field(5, ge=0, description="Fewest eval-split pairs; with fewer the run fails before "
+    min_eval_pairs: int = Field(5, ge=0, le=1_000_000_000, description="Fewest eval-split pairs; with fewer the run fails before "
                                 "mining (check min_eval_pairs). 0 = no minimum here (evaluate still needs one eval "
                                 "pair).")
     unique_queries: bool = Field(True, description="Fail on a query repeated within a split, compared lower-cased "
                                  "with whitespace collapsed (check unique_queries_per_split). Bring-your-own pairs "
                                  "never fail it: sdg merges lines that share a query.")
-    max_examples: int = Field(5, ge=1, description="Example rows kept per failed check in validation.json (the error line quotes two).")
+    max_examples: int = Field(5, ge=1, le=1000, description="Example rows kept per failed check in validation.json (the error line quotes two).")
+
+    @model_validator(mode="after")
+    def _length_range(self) -> ValidateConfig:
+        if self.min_query_chars > self.max_query_chars:
+            raise ValueError(f"min_query_chars ({self.min_query_chars}) is above max_query_chars "
+                             f"({self.max_query_chars}): no query could pass")
+        return self
 
 
 class MineConfig(StageConfig):
@@ -89,7 +121,7 @@ class MineConfig(StageConfig):
     skip_top: int = Field(0, ge=0, le=64, description="Mined candidates skipped before the negatives are taken "
                           "(sentence-transformers' range_min): the few best unjudged documents are the likeliest "
                           "to be relevant ones nobody judged (false negatives). 0 = none.")
-    candidates: int = Field(50, ge=1, description="Nearest neighbours searched per query.")
+    candidates: int = Field(50, ge=1, le=10_000, description="Nearest neighbours searched per query.")
     max_positives_per_pair: int = Field(200, ge=1, le=1000, description="Training rows per pair at most (one per "
                                         "top-grade positive); train samples train.positives_per_query of a query's "
                                         "rows per epoch, a different window each epoch.")
@@ -100,7 +132,7 @@ class MineConfig(StageConfig):
     margin_reference: Literal["positive", "best_positive"] = Field(
         "best_positive", description="Score the margin multiplies: each example's own positive, or the best-scoring positive "
         "of the query (pairs with several positives).")
-    batch_size: int = Field(64, ge=1, description="Texts per encoding batch when the base model embeds the corpus "
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="Texts per encoding batch when the base model embeds the corpus "
                             "chunks, the train queries and the positives' own texts.")
     use_gpu: bool = Field(True, description="Use faiss GPU resources when faiss-gpu and a GPU are present.")
     offline_num_negatives: int = Field(
@@ -108,7 +140,7 @@ class MineConfig(StageConfig):
         "titles). 0 = in-batch negatives only: a generated query's base-model neighbours are mostly relevant too, "
         "so mined ones would mostly be false negatives.")
     offline_consistency_rank: int = Field(
-        10, ge=0, description="Round-trip consistency filter for the OFFLINE generator's pairs: keep a pair only if "
+        10, ge=0, le=10_000, description="Round-trip consistency filter for the OFFLINE generator's pairs: keep a pair only if "
         "the base model ranks its positive within this many results of the corpus, the pair's own documents left "
         "out (0 = off). Drops generated queries too vague to find their passage.")
 
@@ -136,7 +168,7 @@ class EvaluateConfig(StageConfig):
         "precision, mrr) is computed, together with extra_k; primary_metric and gate.metric must use one of them, "
         "and the largest sets how deep each query's ranking is retrieved.")
     extra_k: list[int] = Field(default_factory=list, description="Additional cut-offs.")
-    batch_size: int = Field(64, ge=1, description="Texts per encoding batch on a GPU; on CPU at most 32 (larger "
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="Texts per encoding batch on a GPU; on CPU at most 32 (larger "
                             "CPU batches only add padding).")
     primary_metric: str = Field(
         "ndcg@10", description="Headline metric: logged as base -> fine-tuned, recorded in evaluation.json, tagged "
@@ -149,9 +181,8 @@ class EvaluateConfig(StageConfig):
 
     @field_validator("k_values", "extra_k")
     @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(k < 1 for k in v):
-            raise ValueError("every k must be >= 1")
+    def _k_range(cls, v: list[int]) -> list[int]:
+        each_within(v, 1, MAX_K, "k")
         return v
 
 
@@ -161,7 +192,7 @@ class ExportConfig(StageConfig):
     parity_min_cosine: float = Field(0.999, gt=0, le=1, description="Lowest cosine allowed between the ONNX "
                                      "Runtime and PyTorch embeddings of any parity chunk; below it export fails "
                                      "(ParityError; details in parity.json).")
-    parity_samples: int = Field(64, ge=1, description="Corpus chunks embedded by both PyTorch and ONNX Runtime for "
+    parity_samples: int = Field(64, ge=1, le=100_000, description="Corpus chunks embedded by both PyTorch and ONNX Runtime for "
                                 "the parity check, spread evenly over text length (every chunk when there are "
                                 "fewer).")
     exporter: Literal["auto", "torchscript", "dynamo"] = Field(
@@ -174,7 +205,7 @@ class ExportConfig(StageConfig):
                                    "model_fp16.onnx's and PyTorch's embeddings of any parity chunk "
                                    "(parity_fp16.json); below it export fails.")
     external_data_mb: int = Field(
-        1024, ge=0, description="Graphs whose weights exceed this many MB keep them in <graph>.onnx.data beside "
+        1024, ge=0, le=1_000_000, description="Graphs whose weights exceed this many MB keep them in <graph>.onnx.data beside "
         "the graph (an ONNX protobuf file stops at 2 GB: a 1B model needs it); 0: always.")
     tensorrt_plan: bool = Field(
         False, description="Also build model.plan (TensorRT engine, FP16, one optimisation profile from "
@@ -183,23 +214,30 @@ class ExportConfig(StageConfig):
     tensorrt_opt_shape: tuple[int, int] = Field((16, 128), description="(batch, sequence) TensorRT optimises for.")
     tensorrt_max_shape: tuple[int, int] = Field((64, 256), description="(batch, sequence) of the profile's maximum.")
 
+    @field_validator("tensorrt_min_shape", "tensorrt_opt_shape", "tensorrt_max_shape")
+    @classmethod
+    def _shape_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        each_within(v, 1, MAX_SHAPE, "batch and sequence of a shape")
+        return v
+
 
 class RegisterConfig(StageConfig):
-    model_name: str = Field("embedforge-embedder", min_length=1, description="MLflow registered model each run's "
-                            "model becomes a new version of; the gate reads its champion alias, promote moves it.")
-    experiment: str = Field("embedforge", min_length=1, description="MLflow experiment that holds the register "
-                            "step's run (parameters, metrics, model, evaluation and validation reports); created "
-                            "when missing.")
+    model_name: RegistryModelName = Field(
+        "embedforge-embedder", description="MLflow registered model each run's model becomes a new version of; the "
+        "gate reads its champion alias, promote moves it. Letters, digits, '_', '.' and '-'.")
+    experiment: ExperimentName = Field("embedforge", description="MLflow experiment that holds the register "
+                                       "step's run (parameters, metrics, model, evaluation and validation "
+                                       "reports); created when missing.")
     tracking_uri: str = Field("", description="Empty: $MLFLOW_TRACKING_URI, else sqlite under the output folder.")
 
 
 class GateConfig(StageConfig):
     metric: str = Field("ndcg@10", description="Metric the gate compares, as metric@k (ndcg, recall, map, precision "
                         "or mrr); evaluate must compute its k (evaluate.k_values or extra_k).")
-    min_improvement: float = Field(0.0, ge=0.0, description="Absolute gain over the base model required to promote (the fine-tuned model must also strictly beat base).")
+    min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="Absolute gain over the base model required to promote (the fine-tuned model must also strictly beat base).")
     greater_is_better: bool = Field(True, description="Direction of gate.metric: true = a higher value is better "
                                     "(every metric evaluate computes); false reverses every gain the gate computes.")
-    alias: str = Field("champion", min_length=1, description="MLflow alias of the registered model that marks the "
+    alias: RegistryAlias = Field("champion", description="MLflow alias of the registered model that marks the "
                        "champion: the gate compares with the version it points at, promote moves it to the new "
                        "version, rollback moves it back.")
     eval_set: Literal["auto", "held_out", "external"] = Field(
@@ -210,15 +248,16 @@ class GateConfig(StageConfig):
 
 
 class TritonConfig(StageConfig):
-    model_name: str = Field("embedforge_embedder", pattern=r"^[A-Za-z0-9_.-]+$", description="Name of the "
-                            "ensemble Triton serves (text in, embeddings out) that clients request; its two steps "
-                            "are published as <name>_tokenizer and <name>_onnx.")
-    max_batch_size: int = Field(64, ge=1, description="max_batch_size of the three models' config.pbtxt: the most "
+    model_name: TritonModelName = Field(
+        "embedforge_embedder", description="Name of the ensemble Triton serves (text in, embeddings out) that "
+        "clients request; its two steps are published as <name>_tokenizer and <name>_onnx. A folder name of the "
+        "model repository: letters, digits, '_', '.' and '-', not starting with '.' or '-'.")
+    max_batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="max_batch_size of the three models' config.pbtxt: the most "
                                 "texts one request may carry and the largest batch the dynamic batcher forms.")
     instance_kind: Literal["KIND_GPU", "KIND_CPU", "KIND_AUTO"] = Field(
         "KIND_AUTO", description="Where Triton runs the embedder's instance: KIND_GPU, KIND_CPU, or KIND_AUTO (a GPU "
         "when the server has one, else the CPU). The tokenizer always runs on the CPU.")
-    max_queue_delay_us: int = Field(2000, ge=0, description="Microseconds the dynamic batcher of the tokenizer and "
+    max_queue_delay_us: int = Field(2000, ge=0, le=60_000_000, description="Microseconds the dynamic batcher of the tokenizer and "
                                     "the embedder may hold a request to batch it with later ones "
                                     "(max_queue_delay_microseconds); 0 = no waiting, only requests already queued "
                                     "are batched.")
@@ -229,8 +268,8 @@ class TritonConfig(StageConfig):
         "", description="Triton HTTP endpoint (e.g. http://triton.embedforge.svc.cluster.local:8000). Set: promote "
         "has the server load the new version, waits until it is ready and checks one served embedding against the "
         "exported model before it moves the alias; on failure the version is taken out of repository_dir again.")
-    ready_timeout_s: float = Field(180.0, gt=0, description="How long promote waits for the served version.")
-    keep_versions: int = Field(3, ge=0, description="After a promotion, the live repository keeps the new champion, "
+    ready_timeout_s: float = Field(180.0, gt=0, le=86_400, description="How long promote waits for the served version.")
+    keep_versions: int = Field(3, ge=0, le=1000, description="After a promotion, the live repository keeps the new champion, "
                                "the previous one (what `embedforge rollback` goes back to) and this many more of the "
                                "newest versions; older version folders are deleted (none of them is served).")
     replica_urls: list[str] = Field(
@@ -250,13 +289,33 @@ class TritonConfig(StageConfig):
         "(optimization.execution_accelerators.gpu_execution_accelerator 'tensorrt').")
     tensorrt_precision: Literal["FP32", "FP16"] = Field(
         "FP16", description="With tensorrt: precision_mode of ORT's TensorRT accelerator, FP16 or FP32 kernels.")
-    tensorrt_workspace_bytes: int = Field(1 << 30, ge=1 << 20, description="With tensorrt: "
+    tensorrt_workspace_bytes: int = Field(1 << 30, ge=1 << 20, le=1 << 40, description="With tensorrt: "
                                           "max_workspace_size_bytes, the scratch GPU memory in bytes TensorRT may "
                                           "use for its engines (default 1 GiB).")
     tensorrt_min_shape: tuple[int, int] = Field((1, 1), description="(batch, sequence) of the TensorRT profile minimum.")
     tensorrt_opt_shape: tuple[int, int] = Field((16, 128), description="(batch, sequence) TensorRT optimises for.")
     tensorrt_max_shape: tuple[int, int] = Field((64, 256), description="(batch, sequence) of the profile maximum.")
+
+    @field_validator("tensorrt_min_shape", "tensorrt_opt_shape", "tensorrt_max_shape")
+    @classmethod
+    def _shape_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        each_within(v, 1, MAX_SHAPE, "batch and sequence of a shape")
+        return v
     tensorrt_cache_dir: str = Field("", description="Engine cache folder on the server (empty: no cache).")
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, v: str) -> str:
+        if v:
+            http_url(v)
+        return v
+
+    @field_validator("replica_urls")
+    @classmethod
+    def _replica_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            http_url(url)
+        return v
 
     @model_validator(mode="after")
     def _server_needs_repository(self) -> TritonConfig:
@@ -319,12 +378,15 @@ class PipelineConfig(StageConfig):
         return data
 
     @model_validator(mode="after")
-    def _gate_metric_is_evaluated(self) -> "PipelineConfig":
-        name, _, k = self.gate.metric.partition("@")
-        if name not in {"ndcg", "recall", "map", "precision", "mrr"} or not k.isdigit():
-            raise ValueError(f"gate.metric {self.gate.metric!r} must look like 'ndcg@10' (ndcg|recall|map|precision|mrr)")
-        if int(k) not in self.evaluate.all_k:
-            raise ValueError(f"gate.metric uses k={k}, which evaluate.k_values/extra_k do not compute")
+    def _metrics_are_evaluated(self) -> PipelineConfig:
+        """gate.metric and evaluate.primary_metric name a metric evaluate computes (else the gate or the report
+        would fail after training)."""
+        for setting, metric in (("gate.metric", self.gate.metric), ("evaluate.primary_metric", self.evaluate.primary_metric)):
+            name, _, k = metric.partition("@")
+            if name not in METRICS or not k.isdigit():
+                raise ValueError(f"{setting} {metric!r} must look like 'ndcg@10' ({'|'.join(METRICS)})")
+            if int(k) not in self.evaluate.all_k:
+                raise ValueError(f"{setting} uses k={k}, which evaluate.k_values/extra_k do not compute")
         return self
 
     def to_dict(self) -> dict[str, Any]:

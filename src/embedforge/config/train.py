@@ -6,33 +6,36 @@ are added to; ``PipelineConfig`` imports it from here.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from embedforge.config.base import StageConfig
+from embedforge import names
+from embedforge.config.base import MAX_SEED, MAX_TOKENS, StageConfig, each_within
 
 
 class TrainJobConfig(StageConfig):
     """How the train step runs a multi-node job (``train.nodes`` > 1) as a Kubeflow Trainer TrainJob."""
 
-    runtime: str = Field("torch-distributed", min_length=1, description="The ClusterTrainingRuntime the TrainJob "
+    runtime: Annotated[str, AfterValidator(names.k8s_name)] = Field("torch-distributed", description="The ClusterTrainingRuntime the TrainJob "
                          "references (Kubeflow Trainer's torchrun runtime installs as `torch-distributed`).")
     image: str = Field("", description="Image of the training nodes; empty: the image the train step runs in "
                        "($EMBEDFORGE_IMAGE, set by the compiled pipeline).")
-    namespace: str = Field("", description="Namespace of the TrainJob; empty: the train step's own namespace.")
-    gpus_per_node: int = Field(1, ge=0, description="GPUs per node (also torchrun processes per node; 0: CPU, one "
+    namespace: Annotated[str, AfterValidator(lambda v: names.k8s_label(v) if v else v)] = Field(
+        "", description="Namespace of the TrainJob; empty: the train step's own namespace.")
+    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs per node (also torchrun processes per node; 0: CPU, one "
                                "process per node).")
-    cpu_per_node: str = Field("8", min_length=1, description="CPU of each node as a Kubernetes quantity (e.g. 8 or "
+    cpu_per_node: Annotated[str, AfterValidator(names.k8s_quantity)] = Field("8", description="CPU of each node as a Kubernetes quantity (e.g. 8 or "
                               "7500m), both request and limit of the node's container.")
-    memory_per_node: str = Field("32Gi", min_length=1, description="Memory of each node as a Kubernetes quantity "
+    memory_per_node: Annotated[str, AfterValidator(names.k8s_quantity)] = Field("32Gi", description="Memory of each node as a Kubernetes quantity "
                                  "(e.g. 32Gi), both request and limit of the node's container.")
-    shared_pvc: str = Field("embedforge-data", min_length=1, description="ReadWriteMany claim mounted by the train "
+    shared_pvc: Annotated[str, AfterValidator(names.k8s_name)] = Field("embedforge-data", description="ReadWriteMany claim mounted by the train "
                             "step and every node: the step stages the mined rows there and reads the model back.")
-    shared_mount: str = Field("/data", min_length=1, description="Where the train step and the nodes mount it.")
-    timeout_s: float = Field(86400.0, gt=0, description="Fail (and delete the TrainJob) when it has not finished "
+    shared_mount: str = Field("/data", pattern=r"^/", description="Where the train step and the nodes mount it "
+                              "(an absolute path).")
+    timeout_s: float = Field(86400.0, gt=0, le=30 * 86400, description="Fail (and delete the TrainJob) when it has not finished "
                              "by then: a job stuck Pending (no GPUs, no quota) fails clearly instead of hanging.")
-    poll_s: float = Field(10.0, gt=0, description="Seconds between status reads.")
+    poll_s: float = Field(10.0, gt=0, le=3600, description="Seconds between status reads.")
 
 
 class ScheduleConfig(StageConfig):
@@ -49,7 +52,7 @@ class ScheduleConfig(StageConfig):
                           "every candidate is probed again with them, on top of this budget.")
     holdout: float = Field(0.15, gt=0, lt=0.5, description="auto: fraction of the train queries held out to score the "
                            "probes (never the eval split the gate uses).")
-    min_holdout_queries: int = Field(8, ge=2, description="auto: fewer held-out queries than this (small pair sets): "
+    min_holdout_queries: int = Field(8, ge=2, le=1_000_000, description="auto: fewer held-out queries than this (small pair sets): "
                                      "the fixed schedule is used.")
     candidates: list[tuple[float, float]] = Field(
         default_factory=lambda: [(1.0, 1.0), (1.67, 1.0), (0.67, 1.0)],
@@ -62,15 +65,21 @@ class ScheduleConfig(StageConfig):
     confidence: float = Field(0.95, ge=0, lt=1, description="auto: a probe replaces the fixed settings only if its "
                               "held-out gain over their probe has a paired bootstrap interval (this confidence, "
                               "Bonferroni over the checkpoints compared) above 0; 0 = the best mean wins.")
-    max_pool: int = Field(3000, ge=10, description="auto: texts ranked for each held-out query at most (its own "
+    max_pool: int = Field(3000, ge=10, le=10_000_000, description="auto: texts ranked for each held-out query at most (its own "
                           "positives and negatives first, then other rows' texts).")
+
+    @field_validator("candidates")
+    @classmethod
+    def _factor_range(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        each_within((f for pair in v for f in pair), 0, 100, "candidate factor", low_open=True)
+        return v
 
 
 class LoraConfig(StageConfig):
     enabled: bool = Field(False, description="Train low-rank adapters (peft LoRA) instead of every weight; they are "
                           "merged into the base weights when the model is saved (embedforge.stages.train.lora).")
-    r: int = Field(16, ge=1, description="Adapter rank.")
-    alpha: float = Field(32.0, gt=0, description="Scaling numerator: the update is (alpha / r) x B A.")
+    r: int = Field(16, ge=1, le=4096, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, le=1e6, description="Scaling numerator: the update is (alpha / r) x B A.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability on each adapter's input during "
                            "training (peft lora_dropout); 0 = none.")
     target_modules: list[str] | Literal["auto"] = Field(
@@ -79,22 +88,22 @@ class LoraConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    nodes: int = Field(1, ge=1, description="Machines to train on. 1: in the train step's own pod (processes "
+    nodes: int = Field(1, ge=1, le=1024, description="Machines to train on. 1: in the train step's own pod (processes "
                        "workers there); > 1: the train step submits a Kubeflow Trainer TrainJob of this many nodes "
                        "(see train.trainjob and embedforge.cluster.trainjob).")
     trainjob: TrainJobConfig = Field(default_factory=TrainJobConfig)
-    epochs: float = Field(3.0, gt=0, description="Passes over the mined rows; fractions allowed.")
-    positives_per_query: int = Field(8, ge=0, description="Rows (positives) of one query trained per epoch at most, "
+    epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the mined rows; fractions allowed.")
+    positives_per_query: int = Field(8, ge=0, le=1_000_000, description="Rows (positives) of one query trained per epoch at most, "
                                      "a different seeded window of its positives each epoch; 0 = all rows every "
                                      "epoch (embedforge.stages.train.positives).")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    batch_size: int = Field(32, ge=2, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
-    learning_rate: float = Field(3e-5, gt=0, description="AdamW peak learning rate (after linear warm-up, then "
+    batch_size: int = Field(32, ge=2, le=65536, description="Rows per step; each anchor is contrasted with every positive and hard negative of the batch.")
+    learning_rate: float = Field(3e-5, gt=0, le=1.0, description="AdamW peak learning rate (after linear warm-up, then "
                                  "lr_schedule's decay).")
     lr_schedule: Literal["cosine", "linear"] = Field(
         "linear", description="Decay after the warm-up: linear to 0 (default, as sentence-transformers' trainer), or "
         "cosine.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on weight matrices (0: none, "
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW decoupled weight decay on weight matrices (0: none, "
                                 "as sentence-transformers' trainer; a small decay gave no quality gain).")
     layer_decay: float = Field(1.0, gt=0, le=1, description="Layer-wise learning-rate decay: layer k of L trains at "
                                "learning_rate x layer_decay^(L - k), embeddings (k = 0) lowest (embedforge.stages.train."
@@ -119,17 +128,17 @@ class TrainConfig(StageConfig):
                                 "weights at up to 10 evenly spaced steps of this last fraction of the run (the last "
                                 "step included; embedforge.stages.train.soup.tail_steps) instead of the last step's; 0 = off. "
                                 "Free in time, one CPU copy of the weights.")
-    max_seq_length: int = Field(256, ge=8, description="Longest input in tokens (prompt and special tokens "
+    max_seq_length: int = Field(256, ge=8, le=1 << 20, description="Longest input in tokens (prompt and special tokens "
                                 "included); longer texts are truncated. Capped at what the base model's position "
                                 "embeddings allow and saved with the model, so export, evaluation and Triton "
                                 "truncate alike.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this total L2 norm before every "
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="Gradients are clipped to this total L2 norm before every "
                                  "optimizer step (torch clip_grad_norm_).")
     micro_batch_tokens: int | None = Field(
-        None, ge=64, description="Padded tokens per forward pass (texts x longest text); texts are length-sorted "
+        None, ge=64, le=MAX_TOKENS, description="Padded tokens per forward pass (texts x longest text); texts are length-sorted "
         "inside the contrastive batch and the loss still sees the whole batch. Unset: 262144 on CUDA (each tower "
         "in one or two forwards: fewer kernel launches), 4096 on CPU (little padding).")
-    processes: int = Field(1, ge=0, description="Training processes on this machine, one per GPU, the global batch "
+    processes: int = Field(1, ge=0, le=1024, description="Training processes on this machine, one per GPU, the global batch "
                            "split over them (torchrun, embedforge.stages.train.distributed): 1 = this process only; 0 = one "
                            "per visible GPU. Worth it when one step is compute-bound (large models or batches).")
     compile: bool = Field(False, description="torch.compile the encoder's forward (dynamic shapes): fewer, fused "
@@ -151,13 +160,13 @@ class TrainConfig(StageConfig):
                           "hash of rows, settings and base model; removed when the step saves its model). `embedforge "
                           "run` uses <out>/train_work, the compiled Kubernetes pipeline the data volume; empty: a "
                           "private folder (mode 0700) of this user in the system temp folder.")
-    checkpoint_minutes: float = Field(30.0, ge=0, description="Save the final run's state (weights, optimizer, "
+    checkpoint_minutes: float = Field(30.0, ge=0, le=7 * 24 * 60, description="Save the final run's state (weights, optimizer, "
                                       "learning-rate schedule, random streams, loss history) to train.work_dir at "
                                       "most this often; a rerun of the interrupted step continues from the last one "
                                       "and trains the model an uninterrupted run trains (with train.sharding=fsdp "
                                       "every process writes and reads its own shards). 0: never. Not with "
                                       "train.soup > 1.")
-    seed: int = Field(13, description="Seed of the run: the random streams (Python, NumPy, torch; rank r of a "
+    seed: int = Field(13, ge=0, le=MAX_SEED, description="Seed of the run: the random streams (Python, NumPy, torch; rank r of a "
                       "multi-process run adds r for dropout), the batch order and positive windows, and the auto "
                       "schedule's held-out queries and folds. Soup run k uses seed + 1000 x k.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -172,7 +181,7 @@ class TrainConfig(StageConfig):
         "(embedforge.stages.train.memory estimates activation bytes per token from the model); elsewhere for steps of "
         "more than 4 chunks of tokens.")
     cache_chunk_tokens: int | None = Field(
-        None, ge=64, description="Padded tokens per chunk of a cached step. Unset: on CUDA the plain step's capacity "
+        None, ge=64, le=MAX_TOKENS, description="Padded tokens per chunk of a cached step. Unset: on CUDA the plain step's capacity "
         "on the card (embedforge.stages.train.memory; one chunk's activations are alive at a time, and larger chunks are "
         "faster), 16384 where that is unknown or under 1024; the micro-batch budget on CPU.")
     gradient_checkpointing: bool = Field(

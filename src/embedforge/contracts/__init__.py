@@ -47,6 +47,8 @@ from embedforge.contracts.files import (  # noqa: F401
     content_sha256,
     fingerprint,
     iter_jsonl,
+    iter_text_lines,
+    not_utf8,
     read_json,
     read_records,
     sha256_file,

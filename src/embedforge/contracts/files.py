@@ -55,12 +55,46 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def not_utf8(path: str | Path, line: int, data: bytes, at: int) -> InputError:
+    """The error for a file that is not UTF-8: ``FILE:LINE: not UTF-8 text (byte 0xE9 at column 35)`` and what to
+    do. ``data`` is the line's (or the whole file's) bytes, ``at`` the offset of the bad byte in it; ``line`` the
+    number of the line ``data`` starts on."""
+    line += data.count(b"\n", 0, at)
+    column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+    return InputError(f"{path}:{line}: not UTF-8 text (byte 0x{data[at]:02x} at column {column}): re-encode the "
+                      f"file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {Path(path).name} > fixed.{Path(path).name})")
+
+
+def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a UTF-8 text file (a BOM on the first line is dropped); a line that is not
+    UTF-8 raises InputError naming the file, the line and the byte (:func:`not_utf8`), never UnicodeDecodeError."""
+    path = Path(path)
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bom = 3 if n == 1 and raw.startswith(b"\xef\xbb\xbf") else 0
+                raise not_utf8(path, n, raw, exc.start + bom) from None
+            yield n, line
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path} does not exist") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, 1, data, exc.start) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
 
@@ -75,25 +109,19 @@ def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict[str, Any]])
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)``; a malformed line raises InputError naming file and line."""
+    """Yield ``(line_number, object)``; a malformed line — not UTF-8, not JSON, not an object — raises InputError
+    naming file and line."""
     path = Path(path)
-    try:
-        fh = path.open(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path} does not exist") from None
-    except (OSError, UnicodeError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
-    with fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            yield n, obj
+    for n, line in iter_text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
 
 
 def read_records(path: str | Path, model: type[R]) -> list[R]:

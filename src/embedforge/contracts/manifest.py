@@ -1,7 +1,7 @@
 """``manifest.json``: the versioned, typed record every stage writes last into its artifact folder.
 
 A manifest carries the schema version, the stage, counts, timings, the upstream inputs with the sha256 of their
-manifests, the effective config and the stage's typed result (:mod:`embedforge.contracts.results`). It is written
+manifests, the effective config (credentials redacted) and the stage's typed result (:mod:`embedforge.contracts.results`). It is written
 atomically after everything else, so a folder with a valid manifest is a finished artifact. Readers check the
 schema version first: an artifact written by an older embedforge fails with one line saying which stage to
 re-run, never with a ``KeyError`` deep inside a later stage.
@@ -28,6 +28,7 @@ from embedforge.contracts.files import (
 )
 from embedforge.contracts.results import RESULT_TYPES, StageResult
 from embedforge.errors import InputError
+from embedforge.redact import redact_tree
 
 #: 2: the stage's result is a typed ``result`` field (1 carried it as untyped top-level extras).
 SCHEMA_VERSION = 2
@@ -81,7 +82,8 @@ class StageTimer:
             mp = Path(p) / MANIFEST if Path(p).is_dir() else Path(p)
             if mp.is_file():
                 input_sha[name] = sha256_file(mp)
-        cfg = config.model_dump(mode="json") if isinstance(config, BaseModel) else (config or {})
+        # credentials a setting may carry (a URL's password, an api_key= parameter) are never written
+        cfg = redact_tree(config.model_dump(mode="json") if isinstance(config, BaseModel) else (config or {}))
         m = Manifest[expected](
             stage=self.stage,
             counts=counts or {},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from embedforge.contracts import (
     Chunk,
     atomic_write_text,
     iter_jsonl,
+    iter_text_lines,
     write_jsonl,
 )
 from embedforge.errors import InputError
@@ -80,19 +82,22 @@ def load_beir_folder(beir_dir: str | Path, split: str = "test") -> BeirCollectio
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     unknown_q: set[str] = set()
     unknown_d: set[str] = set()
-    with qrels_path.open(encoding="utf-8", newline="") as fh:
-        for n, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_MINIMAL), start=1):
+    for n, line in iter_text_lines(qrels_path):
+        for row in csv.reader([line.rstrip("\r\n")], delimiter="\t", quoting=csv.QUOTE_MINIMAL):
             if not row or not "".join(row).strip():
                 continue
             if len(row) < 3:
                 raise InputError(f"{qrels_path}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
             qid, did, score = row[0].strip(), row[1].strip(), row[2].strip()
             try:
-                grade = int(float(score))
+                value = float(score)
             except ValueError:
                 if n == 1:  # the header line
                     continue
                 raise InputError(f"{qrels_path}:{n}: score {score!r} is not a number") from None
+            if not math.isfinite(value):
+                raise InputError(f"{qrels_path}:{n}: score {score!r} is not a finite number; use integer grades")
+            grade = int(value)
             if qid not in queries:
                 unknown_q.add(qid)
                 continue

@@ -8,7 +8,8 @@ blocks (indented blocks, fenced blocks, symbol-dense lines — kept whole, never
 the ingest chunker, the offline generator and the LLM generator all see one document structure.
 
 :func:`normalize_ws` is the key of exact-duplicate chunk detection; :func:`query_key` the key under which two
-queries count as the same (de-duplication in SDG, uniqueness in validation).
+queries count as the same (de-duplication in SDG, uniqueness in validation); :func:`is_blank` says whether a text
+shows nothing at all (Unicode spaces and zero-width characters included).
 """
 
 from __future__ import annotations
@@ -59,6 +60,31 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
 def normalize_ws(text: str) -> str:
     """Collapse all whitespace runs to one space and strip (the key of exact-duplicate detection)."""
     return " ".join(text.split())
+
+
+# Characters that show nothing but are not whitespace to str.isspace(): format characters (category Cf: zero-width
+# space U+200B, joiners, word joiner U+2060, the BOM U+FEFF, soft hyphen ...) and letters/symbols drawn as blanks.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})
+_BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _invisible(ch: str) -> bool:
+    import unicodedata
+
+    return ch in _BLANK_LOOKING or (not ch.isspace() and unicodedata.category(ch) in _INVISIBLE_CATEGORIES)
+
+
+def visible_text(text: str) -> str:
+    """``text`` without the characters that show nothing and are not whitespace (zero-width space U+200B, joiners,
+    BOM U+FEFF, control characters, blank-looking fillers such as U+3164); whitespace is kept."""
+    return "".join(ch for ch in text if not _invisible(ch))
+
+
+def is_blank(text: str) -> bool:
+    """True when ``text`` shows nothing: empty, or only whitespace (NBSP U+00A0, EM SPACE U+2003 ... included),
+    control and format characters (zero-width space U+200B, BOM U+FEFF) and blank-looking fillers (U+3164, U+2800).
+    Such a query is as empty as ``""``."""
+    return not visible_text(text).strip()
 
 
 def looks_like_code(line: str) -> bool:

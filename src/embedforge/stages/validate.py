@@ -6,7 +6,7 @@ The pairs (``pairs.jsonl``) become a pandas DataFrame with derived columns, vali
 check                       expectation                                       column(s)
 ==========================  ================================================  ==============================
 query_not_null              expect_column_values_to_not_be_null               query
-query_not_blank             expect_column_values_to_not_match_regex           query (not whitespace only)
+query_not_blank             expect_column_values_to_not_match_regex           query_visible (not whitespace only)
 query_length                expect_column_value_lengths_to_be_between         query (min/max_query_chars)
 unique_query_ids            expect_column_values_to_be_unique                 query_id
 unique_queries_per_split    expect_compound_columns_to_be_unique              split, query_key (if unique_queries)
@@ -17,7 +17,10 @@ min_train_pairs             expect_table_row_count_to_be_between              ro
 min_eval_pairs              expect_table_row_count_to_be_between              rows with split == "eval"
 ==========================  ================================================  ==============================
 
-``query_key`` is the query lower-cased with whitespace collapsed; ``positives_resolve`` is True when every
+``query_key`` is the query lower-cased with whitespace collapsed; ``query_visible`` is the query without the
+characters that show nothing and are not whitespace (:func:`~embedforge.retrieval.text.visible_text`: zero-width
+space, BOM, control characters ...), so a query of Unicode blanks alone (NBSP, EM SPACE, U+200B, U+FEFF) fails
+``query_not_blank`` like an empty one (:func:`~embedforge.retrieval.text.is_blank`); ``positives_resolve`` is True when every
 positive chunk id / document id exists in the chunks and nothing is left in ``meta.unresolved`` (BYO pairs);
 ``no_eval_positive_in_train`` is False for a train pair with a positive document of the eval split. A repeated
 query's example in ``unique_queries_per_split`` names the first pair with that query. Bring-your-own pairs never fail
@@ -54,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["query_id", "query", "split", "source", "query_key", "has_positive", "positives_resolve",
+COLUMNS = ["query_id", "query", "split", "source", "query_key", "query_visible", "has_positive", "positives_resolve",
            "no_eval_positive_in_train", "detail", "same_query_as"]
 
 
@@ -71,7 +74,7 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    from embedforge.retrieval.text import query_key
+    from embedforge.retrieval.text import is_blank, query_key, visible_text
 
     chunk_doc = {c.chunk_id: c.doc_id for c in chunks}
     doc_split: dict[str, str] = {}
@@ -89,6 +92,9 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
         docs = set(p.positive_doc_ids) | {chunk_doc[c] for c in p.positive_chunk_ids if c in chunk_doc}
         eval_docs = sorted(d for d in docs if doc_split.get(d) == "eval")
         detail = []
+        if isinstance(p.query, str) and p.query.strip() and is_blank(p.query):  # no plain whitespace: say what it is
+            chars = sorted({f"U+{ord(ch):04X}" for ch in p.query})
+            detail.append(f"only invisible characters: {', '.join(chars[:4])}")
         if not has_positive:
             detail.append(f"no {'chunk' if p.relevance == 'chunk' else 'document'} positive")
         if missing:
@@ -103,6 +109,7 @@ def pairs_frame(pairs: list[Pair], chunks: list[Chunk]) -> "pd.DataFrame":
             "split": p.split,
             "source": p.source,
             "query_key": key,
+            "query_visible": visible_text(p.query) if isinstance(p.query, str) else p.query,
             "has_positive": has_positive,
             "positives_resolve": not missing and not unresolved,
             "no_eval_positive_in_train": not (p.split == "train" and eval_docs),
@@ -118,7 +125,7 @@ def _suite(cfg: ValidateConfig) -> list[tuple[str, Any]]:
     E = gx.expectations
     checks: list[tuple[str, Any]] = [
         ("query_not_null", E.ExpectColumnValuesToNotBeNull(column="query")),
-        ("query_not_blank", E.ExpectColumnValuesToNotMatchRegex(column="query", regex=r"^\s*$")),
+        ("query_not_blank", E.ExpectColumnValuesToNotMatchRegex(column="query_visible", regex=r"^\s*$")),
         ("query_length", E.ExpectColumnValueLengthsToBeBetween(column="query", min_value=cfg.min_query_chars,
                                                                max_value=cfg.max_query_chars)),
         ("unique_query_ids", E.ExpectColumnValuesToBeUnique(column="query_id")),

@@ -223,8 +223,10 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
 
     Returns:
         The manifest; counts: documents, chunks, train_documents, eval_documents, train_chunks, eval_chunks,
-        duplicate_chunks_dropped, skipped_files, empty_documents, short_documents, duplicate_documents (every
-        chunk a duplicate of an earlier document's, so the document is absent from the output).
+        duplicate_chunks_dropped, skipped_files, external_symlinks_skipped (links to files outside the corpus
+        folder, not read unless ``follow_external_symlinks``), empty_documents, short_documents,
+        duplicate_documents (every chunk a duplicate of an earlier document's, so the document is absent from the
+        output).
 
     Raises:
         InputError: missing/empty corpus, unreadable file, malformed corpus line, all documents empty.
@@ -234,7 +236,9 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
     from tqdm.auto import tqdm
 
     timer = StageTimer("ingest")
-    docs, skipped, kind = iter_documents(corpus, cfg.extensions, cfg.section_chars)
+    scan: dict[str, int] = {}
+    docs, skipped, kind = iter_documents(corpus, cfg.extensions, cfg.section_chars,
+                                         follow_external_symlinks=cfg.follow_external_symlinks, stats=scan)
     chunker = Chunker(cfg, load_tokenizer(base_model))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,6 +295,7 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
         "eval_chunks": sum(n for s, n in chunk_splits if s == "eval"),
         "duplicate_chunks_dropped": dropped,
         "skipped_files": skipped,
+        "external_symlinks_skipped": scan.get("external_symlinks_skipped", 0),
         "empty_documents": empty,
         "short_documents": short,
         "duplicate_documents": len(chunked) - len(doc_splits),

@@ -15,20 +15,25 @@ title): a chunk's document is then a readable unit, and the document-level train
 of one huge file in different splits instead of all of it in one.
 
 Every file must be UTF-8 (a BOM is allowed); a bad file or line raises :class:`~embedforge.errors.InputError`
-naming it.
+naming it (and, for bytes that are not UTF-8, the line and column). A symbolic link in a corpus folder to a
+file outside that folder is skipped and counted unless ``ingest.follow_external_symlinks`` is set; linked folders
+are never entered.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from embedforge.contracts import iter_jsonl
+from embedforge.contracts import iter_jsonl, iter_text_lines
 from embedforge.errors import InputError
 from embedforge.retrieval.text import FENCE, indent, normalize_ws, split_sections
+
+log = logging.getLogger(__name__)
 
 BEIR_CORPUS = "corpus.jsonl"
 #: Longest document in characters by default (``ingest.section_chars``); a longer one is split into sections (about
@@ -143,6 +148,17 @@ def _html_normalise(raw: str) -> tuple[str, str]:
     return title, "\n\n".join(cleaned)
 
 
+def _not_utf8(path: Path) -> InputError:
+    """The error for a corpus file that is not UTF-8, naming its first bad line and byte (the file is scanned
+    again, line by line, only on this error path)."""
+    try:
+        for _ in iter_text_lines(path):
+            pass
+    except InputError as exc:
+        return InputError(f"{exc} or remove it from the corpus")
+    return InputError(f"{path} is not UTF-8 text: re-encode it as UTF-8 or remove it from the corpus")
+
+
 def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -150,26 +166,20 @@ def _read_text(path: Path) -> str:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}; check that the file exists and is readable") from None
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(
-            f"{path} is not UTF-8 text (invalid byte at offset {exc.start}); re-encode it "
-            f"(e.g. iconv -f latin1 -t utf-8) or remove it from the corpus"
-        ) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _text_blocks(path: Path, size: int = SECTION_CHARS) -> Iterator[str]:
     """A UTF-8 text file (BOM allowed) in blocks of ``size`` characters, read incrementally."""
-    done = 0
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
             while block := fh.read(size):
-                done += len(block)
                 yield block
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}; check that the file exists and is readable") from None
     except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text (invalid byte after character {done}); re-encode it "
-                         "(e.g. iconv -f latin1 -t utf-8) or remove it from the corpus") from None
+        raise _not_utf8(path) from None
 
 
 def sectioned(doc_id: str, title: str, blocks: Iterable[str], section_chars: int = SECTION_CHARS
@@ -218,26 +228,45 @@ def read_file(path: Path, doc_id: str) -> Document:
     return Document(doc_id=doc_id, title=title, text=text)
 
 
-def _folder_documents(root: Path, extensions: list[str], section_chars: int = SECTION_CHARS
+def outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (a symbolic link, typically) resolves to a file outside the folder ``root``."""
+    try:
+        return not path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return True
+
+
+def _folder_documents(root: Path, extensions: list[str], section_chars: int = SECTION_CHARS,
+                      follow_external_symlinks: bool = False, stats: dict[str, int] | None = None
                       ) -> tuple[Iterator[Document], int]:
     from tqdm.auto import tqdm
 
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     files: list[Path] = []
-    skipped = 0
-    for p in sorted(root.rglob("*")):
+    skipped = external = 0
+    for p in sorted(root.rglob("*")):  # linked folders are listed, never entered
         if not p.is_file():
             continue
         rel = p.relative_to(root)
         if any(part.startswith(".") for part in rel.parts):
             continue  # hidden files/folders (.git, .DS_Store) are not documents and not worth counting
-        if p.suffix.lower() in exts:
-            files.append(p)
-        else:
+        if p.suffix.lower() not in exts:
             skipped += 1
+        elif p.is_symlink() and not follow_external_symlinks and outside(p, root):
+            external += 1  # a link must not pull a file from elsewhere on the machine into the corpus unnoticed
+        else:
+            files.append(p)
+    if stats is not None:
+        stats["external_symlinks_skipped"] = external
+    if external:
+        log.warning(
+            "%s: skipped %d symbolic link(s) to files outside the corpus folder (set "
+            "ingest.follow_external_symlinks=true to read them)", root, external)
     if not files:
+        links = (f"; {external} symbolic link(s) to files outside it were skipped (set "
+                 "ingest.follow_external_symlinks=true to read them)") if external else ""
         raise InputError(
-            f"corpus folder {root} holds no supported files ({', '.join(sorted(exts))}); add documents, "
+            f"corpus folder {root} holds no supported files ({', '.join(sorted(exts))}){links}; add documents, "
             f"set ingest.extensions, or point at a BEIR corpus.jsonl"
         )
     docs = (d for p in tqdm(files, desc="ingest: files", unit="file", disable=None)
@@ -272,7 +301,8 @@ def _beir_documents(path: Path, section_chars: int = SECTION_CHARS) -> Iterator[
         raise InputError(f"{path} holds no documents; each line must be a JSON object with \"_id\", \"title\", \"text\"")
 
 
-def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int = SECTION_CHARS
+def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int = SECTION_CHARS,
+                   follow_external_symlinks: bool = False, stats: dict[str, int] | None = None
                    ) -> tuple[Iterator[Document], int, str]:
     """Read a corpus folder or BEIR corpus, one document at a time.
 
@@ -280,6 +310,8 @@ def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int
         corpus: A folder of documents, a BEIR ``corpus.jsonl``, or a folder holding ``corpus.jsonl``.
         extensions: File suffixes read from a folder.
         section_chars: Longest document in characters; a longer one becomes sections.
+        follow_external_symlinks: Read a folder's symbolic links to files outside it (else they are skipped).
+        stats: Filled with ``external_symlinks_skipped`` (links not read) when given.
 
     Returns:
         (documents in deterministic order, read as iterated; number of skipped files; "folder"|"beir").
@@ -299,5 +331,5 @@ def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int
         return _beir_documents(path, section_chars), 0, "beir"
     if (path / BEIR_CORPUS).is_file():
         return _beir_documents(path / BEIR_CORPUS, section_chars), 0, "beir"
-    docs, skipped = _folder_documents(path, extensions, section_chars)
+    docs, skipped = _folder_documents(path, extensions, section_chars, follow_external_symlinks, stats)
     return docs, skipped, "folder"

@@ -45,12 +45,13 @@ import argparse
 import bisect
 import csv
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedforge.contracts import Chunk, Pair, iter_jsonl, write_jsonl
+from embedforge.contracts import Chunk, Pair, iter_jsonl, iter_text_lines, write_jsonl
 from embedforge.errors import InputError
 from embedforge.retrieval.text import normalize_ws, query_key
 
@@ -379,20 +380,22 @@ def pairs_from_beir_qrels(beir_dir: str | Path, split: str = "train") -> list[di
             raise InputError(f"{qpath}:{n}: each line needs \"_id\" and a string \"text\"")
         queries[str(obj["_id"])] = obj["text"]
     positives: OrderedDict[str, dict[str, int]] = OrderedDict()
-    with rpath.open(encoding="utf-8", newline="") as fh:
-        for n, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or (n == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}):
-                continue
-            if len(row) < 3:
-                raise InputError(f"{rpath}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
-            try:
-                score = float(row[2])
-            except ValueError:
-                raise InputError(f"{rpath}:{n}: score {row[2]!r} is not a number") from None
-            qid, did = row[0].strip(), row[1].strip()
-            if score > 0:
-                grades = positives.setdefault(qid, {})
-                grades[did] = max(int(score), grades.get(did, 1))
+    for n, line in iter_text_lines(rpath):  # a byte that is not UTF-8 fails naming the line
+        row = next(csv.reader([line], delimiter="\t"), [])
+        if not row or (n == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}):
+            continue
+        if len(row) < 3:
+            raise InputError(f"{rpath}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
+        try:
+            score = float(row[2])
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise InputError(f"{rpath}:{n}: score {row[2]!r} is not a number") from None
+        qid, did = row[0].strip(), row[1].strip()
+        if score > 0:
+            grades = positives.setdefault(qid, {})
+            grades[did] = max(int(score), grades.get(did, 1))
     missing = [q for q in positives if q not in queries]
     if missing:
         log.warning("%s: %d judged queries are missing from %s and were skipped (e.g. %s)",

@@ -9,9 +9,11 @@ Methods
       copied from. Eval ICT pairs therefore **mask their source chunk** (``Pair.exclude_chunk_ids``) and are judged
       per document: the query must find its document through the document's *other* chunks (relevance
       ``document``). Only documents of a single chunk keep the plain, lexically easy chunk-level eval pair.
-      Eligible sentences: prose (not a heading or code line), ``min_query_words`` .. ``MAX_QUERY_WORDS`` words,
-      ending with ``. ! ?``, leaving at least ``min_query_words`` words of context in the chunk.
-    * **Title queries**: a meaningful document title (>= 2 words, not file-name-like, not the whole text) is a
+      Eligible sentences: prose (not a heading or code line), ``min_query_words`` .. ``MAX_QUERY_WORDS`` words and
+      ``MIN_QUERY_CHARS`` .. ``MAX_QUERY_CHARS`` characters, ending with ``. ! ?``, leaving at least
+      ``min_query_words`` words of context in the chunk.
+    * **Title queries**: a meaningful document title (>= 2 words, at most ``MAX_QUERY_WORDS`` words and
+      ``MAX_QUERY_CHARS`` characters, not file-name-like, not the whole text) is a
       query whose positive is the whole document (``relevance="document"``, ``positive_doc_ids``). Where the
       document repeats its title (a heading, or the first sentence of an abstract) a *training* title pair instead
       names that chunk with the title cut out (``positive_text``; ``title_strip``), for the same reason inverse
@@ -37,9 +39,11 @@ from collections import OrderedDict
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from embedforge.config import ValidateConfig
 from embedforge.contracts import Chunk, Pair
 from embedforge.contracts.policy import SOURCE_PREFIX
 from embedforge.retrieval.text import (
+    is_blank,
     join_segments,
     looks_like_code,
     normalize_ws,
@@ -52,10 +56,22 @@ if TYPE_CHECKING:
     from embedforge.contracts import Split
 
 MAX_QUERY_WORDS = 64
+#: Longest query in characters the generator makes: the validate stage's defaults (validate.min_query_chars,
+#: validate.max_query_chars) bound what it accepts, and a generated query must never be refused by them — a
+#: 100 KB title or a 64-"word" sentence of URLs would otherwise end the run at validation.
+MIN_QUERY_CHARS = ValidateConfig.model_fields["min_query_chars"].default
+MAX_QUERY_CHARS = min(1000, ValidateConfig.model_fields["max_query_chars"].default)
 SOURCE_ICT = f"{SOURCE_PREFIX}ict"
 SOURCE_TITLE = f"{SOURCE_PREFIX}title"
 _ENDS_SENTENCE = re.compile(r"[.!?][\"'”’)\]]*$")
 _FILENAME_LIKE = re.compile(r"^[\w.\-/\\]+$")
+
+
+def query_fits(query: str) -> bool:
+    """Whether ``query`` is a query the validate stage accepts with its default settings: not blank (Unicode
+    spaces and zero-width characters count as blank) and :data:`MIN_QUERY_CHARS` .. :data:`MAX_QUERY_CHARS`
+    characters long."""
+    return not is_blank(query) and MIN_QUERY_CHARS <= len(query) <= MAX_QUERY_CHARS
 
 
 def meaningful_title(title: str, doc_id: str, doc_text: str) -> bool:
@@ -100,6 +116,7 @@ class OfflineGenerator:
             "title_pairs": 0,
             "title_stripped": 0,
             "titles_not_meaningful": 0,
+            "titles_too_long": 0,
             "duplicate_queries_skipped": 0,
             "pairs_over_cap_dropped": 0,
         }
@@ -114,6 +131,7 @@ class OfflineGenerator:
             if (
                 s.kind == "prose"
                 and cfg.min_query_words <= n_words <= MAX_QUERY_WORDS
+                and query_fits(s.text)
                 and _ENDS_SENTENCE.search(s.text)
                 and not looks_like_code(s.text)
             ):
@@ -155,6 +173,9 @@ class OfflineGenerator:
         doc_text = normalize_ws(" ".join(c.text for c in chunks))
         if not meaningful_title(title, doc_id, doc_text):
             self._stats["titles_not_meaningful"] += 1
+            return None
+        if not query_fits(normalize_ws(title)) or len(title.split()) > MAX_QUERY_WORDS:
+            self._stats["titles_too_long"] += 1  # a heading-less page's first paragraph, a mangled <title> ...
             return None
         if split == "train" and self.cfg.title_strip:
             stripped = _strip_title(title, chunks, self.cfg.min_query_words)

@@ -33,16 +33,16 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from embedforge.errors import ConfigError, EmbedforgeError
+from embedforge.redact import redact
+from embedforge.stages.sdg.llm.aio import run_sync
 from embedforge.stages.sdg.llm.backends import Backend, FatalEndpointError, RequestError
 from embedforge.stages.sdg.llm.client import (
     BudgetExhausted,
@@ -71,26 +71,17 @@ if TYPE_CHECKING:
 __all__ = ["LlmGenerator", "LlmSdgError", "default_work_dir"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class LlmSdgError(EmbedforgeError):
-    """Too many documents failed; their failures are in ``failures.jsonl`` of the work folder."""
+    """Too many documents failed (over ``max_failed_fraction``, or ``max_consecutive_failures`` in a row without a
+    reply); their failures are in ``failures.jsonl`` of the work folder."""
 
 
 def default_work_dir(chunks: list[Chunk], state: dict[str, Any]) -> Path:
     """``<tmp>/embedforge-sdg-llm/<hash of corpus + settings>`` — stable across reruns of the same inputs."""
     key = fingerprint_hash({"chunks": chunks_fingerprint(chunks), **state})[:16]
     return Path(tempfile.gettempdir()) / "embedforge-sdg-llm" / key
-
-
-def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as ex:  # called from inside an event loop (e.g. a notebook)
-        return ex.submit(asyncio.run, coro).result()
 
 
 class LlmGenerator:
@@ -127,7 +118,8 @@ class LlmGenerator:
         Raises:
             ConfigError: bad endpoint credentials/model/URL, incompatible saved state with resume=always,
                 or a work folder locked by another run.
-            LlmSdgError: more than ``max_failed_fraction`` of the documents failed (results so far are kept).
+            LlmSdgError: more than ``max_failed_fraction`` of the documents failed, or ``max_consecutive_failures``
+                in a row got no reply from the endpoint (results so far are kept).
         """
         if not chunks:
             return []
@@ -138,7 +130,7 @@ class LlmGenerator:
         folder = root / split
         with ResultStore(folder, state, self.llm.resume) as store:
             units = self._plan(store, chunks)
-            run = _run_coro(self._run(units, store, max_pairs))
+            run = run_sync(self._run(units, store, max_pairs))
             records = [store.completed[u.unit_id] for u in units if u.unit_id in store.completed]
             pairs, counters = assemble_pairs(records, units, self.llm, split, self.embedder)
             counters.update(run)
@@ -197,14 +189,16 @@ class LlmGenerator:
         counters = {"llm.units_attempted": 0, "llm.units_completed": 0, "llm.units_failed": 0,
                     "llm.units_skipped": 0}
         fatal: list[BaseException] = []
+        stop: list[LlmSdgError] = []  # the endpoint gave no reply for max_consecutive_failures units in a row
+        streak = 0
         bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="llm sdg", unit="doc", disable=None,
                    leave=False)
         kept = sum(_kept(r, self.llm) for r in store.completed.values())  # pairs passing the judge so far
         done = len(store.completed)
 
         async def worker(queue: asyncio.Queue[Unit]) -> None:
-            nonlocal kept, done
-            while not queue.empty() and not fatal and not client.budget_exhausted:
+            nonlocal kept, done, streak
+            while not queue.empty() and not fatal and not stop and not client.budget_exhausted:
                 unit = queue.get_nowait()
                 counters["llm.units_attempted"] += 1
                 try:
@@ -217,7 +211,12 @@ class LlmGenerator:
                     counters["llm.units_failed"] += 1
                     if isinstance(exc, FatalEndpointError):
                         fatal.append(exc)
+                    # a reply that fails validation shows the endpoint works; only "no reply" counts
+                    streak = 0 if isinstance(exc, StructuredOutputError) else streak + 1
+                    if self.llm.max_consecutive_failures and streak >= self.llm.max_consecutive_failures and not stop:
+                        stop.append(self._dead_endpoint(streak, exc, store))
                     continue
+                streak = 0
                 store.add_result(record)
                 counters["llm.units_completed"] += 1
                 kept += _kept(record, self.llm)
@@ -225,7 +224,7 @@ class LlmGenerator:
                 bar.update(1)
 
         try:
-            while todo and not fatal and not client.budget_exhausted:
+            while todo and not fatal and not stop and not client.budget_exhausted:
                 if max_pairs is not None and kept >= max_pairs:
                     break
                 if max_pairs is None:
@@ -249,21 +248,34 @@ class LlmGenerator:
         out = {**client.stats(), **counters}
         if fatal:
             self._merge(out)
-            raise ConfigError(str(fatal[0])) from None
+            raise ConfigError(redact(str(fatal[0]))) from None
+        if stop:
+            self._merge(out)
+            raise stop[0]
         return out
+
+    def _dead_endpoint(self, streak: int, exc: RequestError, store: ResultStore) -> LlmSdgError:
+        """The one-line error that stops a run whose endpoint stopped answering: the endpoint (redacted), the
+        last error, where the failures are listed and what to do."""
+        last = " ".join(redact(str(exc)).split())[:300]
+        return LlmSdgError(
+            f"sdg.llm: {streak} documents/bundles in a row got no usable reply from sdg.llm.base_url "
+            f"{redact(self.llm.base_url)} (last error, at {exc.stage or '?'}: {last}); stopped instead of trying "
+            f"the rest (sdg.llm.max_consecutive_failures={self.llm.max_consecutive_failures}). Check the endpoint, "
+            f"then rerun: finished documents are kept (failures: {store.folder / 'failures.jsonl'})")
 
     def _record_failure(self, store: ResultStore, unit: Unit, exc: RequestError) -> None:
         rec: dict[str, Any] = {
             "unit_id": unit.unit_id, "doc_ids": unit.doc_ids, "chunk_ids": unit.chunk_ids,
-            "stage": exc.stage, "kind": exc.kind, "error": str(exc)[:2000], "at": time.time(),
+            "stage": exc.stage, "kind": exc.kind, "error": redact(str(exc))[:2000], "at": time.time(),
         }
         if isinstance(exc, StructuredOutputError):
-            rec["raw_excerpt"] = exc.raw[:2000]
+            rec["raw_excerpt"] = redact(exc.raw[:2000])
             rec["finish_reason"] = exc.finish_reason
         if isinstance(exc, BudgetExhausted):
             rec["kind"] = "budget_exhausted"
         store.add_failure(rec)
-        log.warning("document(s) %s failed at %s: %s", ", ".join(unit.doc_ids), rec["stage"], str(exc)[:300])
+        log.warning("document(s) %s failed at %s: %s", ", ".join(unit.doc_ids), rec["stage"], rec["error"][:300])
 
     def _merge(self, counters: dict[str, float]) -> None:
         """Add this split's counters to the totals (gauges keep their maximum)."""

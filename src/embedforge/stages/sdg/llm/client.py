@@ -11,13 +11,16 @@ Error policy of one request:
 ==========================================  =================================================================
 429                                         wait ``Retry-After`` (``retry-after-ms``/seconds/HTTP date) or
                                             backoff; all new requests also wait until then; retried
-5xx, 408, 409, timeout, connection error,   exponential backoff with jitter, retried up to ``max_retries``
-unparseable HTTP body
+5xx, 408, 409, timeout (``timeout_s``: a    exponential backoff with jitter, retried up to ``max_retries``
+total deadline per request), connection
+error, unparseable HTTP body
 400/422 naming response_format/schema       (structured_output=auto) fall back json_schema -> json_object
                                             with schema -> json_object -> prompt-only, remembered per model
 401, 403, 404                               :class:`FatalEndpointError`: the run stops (bad key/model/URL)
 other 4xx                                   :class:`RequestFailed` for that document
 budget spent                                :class:`BudgetExhausted` (no request sent)
+max_consecutive_failures documents in a     the generator stops the run, naming the endpoint and the last
+row failed without a reply                  error (``embedforge.stages.sdg.llm.LlmGenerator``)
 ==========================================  =================================================================
 """
 
@@ -32,8 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from embedforge.errors import ConfigError
-from embedforge.redact import redact
 from embedforge.stages.sdg.llm.backends import (
     MODES,
     Backend,
@@ -299,6 +300,4 @@ def make_backend(cfg: LlmSdgConfig) -> Backend:
                  f" or ${cfg.fallback_api_key_env}" if cfg.fallback_api_key_env else "")
     else:
         log.info("API key taken from $%s", source)
-    if not cfg.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"sdg.llm.base_url {redact(cfg.base_url)!r} must start with http:// or https://")
-    return OpenAIBackend(cfg.base_url, key)
+    return OpenAIBackend(cfg.endpoint_url(), key)  # $sdg.llm.base_url_env when set (a URL with credentials)

@@ -4,16 +4,23 @@ retries). HTTP errors become the exceptions of :mod:`embedforge.stages.sdg.llm.b
 connection errors and unparseable bodies are :class:`Retryable` (with ``Retry-After`` when the server sent it);
 a refused ``response_format`` is :class:`UnsupportedFormat`; 401/403/404 are :class:`FatalEndpointError`; any
 other 4xx is :class:`RequestFailed`.
+
+A request's ``timeout_s`` is a total deadline, from sending it to the last byte of the reply: the SDK's own
+timeout restarts with every byte read, so a server that trickles its reply would hold a request for as long as it
+likes. Every text a server sent back passes through :func:`~embedforge.redact.redact` before it reaches a message
+(the API key, registered with it when read, is hidden even when an error body echoes the header).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from embedforge.redact import redact
+from embedforge.redact import add_secret, looks_secret, redact
 from embedforge.stages.sdg.llm.backends import (
     MODES,
     Completion,
@@ -32,11 +39,29 @@ MAX_RETRY_AFTER_S = 600.0
 
 
 def resolve_api_key(cfg: LlmSdgConfig) -> tuple[str | None, str | None]:
-    """``(key, env var name it came from)`` from ``api_key_env``, else ``fallback_api_key_env``."""
+    """``(key, env var name it came from)`` from ``api_key_env``, else ``fallback_api_key_env``. The key is
+    registered with :func:`~embedforge.redact.add_secret`, so no message of this process can show it."""
     for name in (cfg.api_key_env, cfg.fallback_api_key_env):
         if name and os.environ.get(name):
+            add_secret(os.environ[name])
             return os.environ[name], name
     return None, None
+
+
+def client_args(url: str) -> dict[str, Any]:
+    """``base_url`` (and ``default_query``) of the SDK client for an endpoint URL: query parameters of the URL
+    (``?api_key=...``, ``?api-version=...``) are sent with every request — the SDK would otherwise glue the request
+    path after them. Credentials in the URL are registered with :func:`~embedforge.redact.add_secret`."""
+    parts = urlsplit(url)
+    if parts.password:
+        add_secret(parts.password)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for name, value in query.items():
+        if looks_secret(name):
+            add_secret(value)
+    if not query:
+        return {"base_url": url}
+    return {"base_url": urlunsplit(parts._replace(query="", fragment="")), "default_query": query}
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -70,7 +95,7 @@ class OpenAIBackend:
         from openai import AsyncOpenAI
 
         # Local servers (llama.cpp, vLLM without --api-key) need no key, the SDK needs a non-empty string.
-        self._client = AsyncOpenAI(base_url=base_url, api_key=api_key or "no-key", max_retries=0)
+        self._client = AsyncOpenAI(api_key=api_key or "no-key", max_retries=0, **client_args(base_url))
         self.base_url = redact(base_url)  # shown in messages only (the client above holds the real URL)
 
     async def chat(self, messages: list[Message], settings: StageSettings, response_format: dict | None) -> Completion:
@@ -82,17 +107,17 @@ class OpenAIBackend:
         )
         if response_format is not None:
             kwargs["response_format"] = response_format
-        try:
-            resp = await self._client.chat.completions.create(**kwargs)
-        except openai.APITimeoutError as exc:
-            raise Retryable("timeout", f"no reply within {settings.timeout_s}s") from exc
+        try:  # the deadline cancels the request (and closes its connection) however slowly bytes arrive
+            resp = await asyncio.wait_for(self._client.chat.completions.create(**kwargs), settings.timeout_s)
+        except (asyncio.TimeoutError, openai.APITimeoutError) as exc:
+            raise Retryable("timeout", f"no reply within {settings.timeout_s:g}s") from exc
         except openai.APIConnectionError as exc:
-            raise Retryable("connection", f"cannot reach {self.base_url}: {exc}") from exc
+            raise Retryable("connection", f"cannot reach {self.base_url}: {redact(str(exc))}") from exc
         except openai.APIResponseValidationError as exc:
-            raise Retryable("bad_response", f"unparseable HTTP response: {exc}") from exc
+            raise Retryable("bad_response", f"unparseable HTTP response: {redact(str(exc))[:300]}") from exc
         except openai.APIStatusError as exc:
             status = exc.status_code
-            text = _error_text(exc)
+            text = error_text(exc)
             low = text.lower()
             if response_format is not None and (
                     (status in (400, 422) and any(w in low for w in _FORMAT_WORDS))
@@ -111,8 +136,8 @@ class OpenAIBackend:
                     f"{self.base_url} answered 404 for model {settings.model!r}: check sdg.llm.base_url and the "
                     f"model name ({text})") from exc
             raise RequestFailed(f"{status}: {text}", kind="http_error") from exc
-        except (ValueError, TypeError) as exc:  # a 200 whose body the SDK could not decode
-            raise Retryable("bad_response", f"unparseable HTTP response: {exc}") from exc
+        except (ValueError, TypeError, AttributeError) as exc:  # a 200 whose body the SDK could not decode
+            raise Retryable("bad_response", f"unparseable HTTP response: {redact(str(exc))[:300]}") from exc
         if not getattr(resp, "choices", None):
             raise Retryable("bad_response", "reply has no choices")
         choice = resp.choices[0]
@@ -130,7 +155,9 @@ class OpenAIBackend:
         await self._client.close()
 
 
-def _error_text(exc: Any) -> str:
+def error_text(exc: Any) -> str:
+    """What an endpoint said in an error reply (its ``error.message`` or body), on one line, redacted, at most 500
+    characters: safe to put in a message even when the server echoes the request's credentials."""
     body = getattr(exc, "body", None)
     msg: Any = None
     if isinstance(body, dict):
@@ -139,4 +166,4 @@ def _error_text(exc: Any) -> str:
         msg = msg or body.get("message") or body.get("detail")
     elif isinstance(body, str):
         msg = body
-    return str(msg or getattr(exc, "message", exc))[:500]
+    return redact(" ".join(str(msg or getattr(exc, "message", exc)).split()))[:500]
