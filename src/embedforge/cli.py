@@ -44,12 +44,34 @@ def _guard(fn: Callable[[], Any]) -> Any:
         _fail(describe_os_error(exc) if isinstance(exc, OSError) else str(exc), getattr(exc, "exit_code", 1))
 
 
+def _output_file(path: Path, option: str, suffix: str) -> None:
+    """Make ``path``'s folder, so that a file can be written at ``path``; one line naming ``option`` otherwise.
+
+    Raises:
+        InputError: ``path`` has another suffix, is a folder, or a file stands where one of its folders must be.
+    """
+    from embedforge.errors import InputError, file_in_the_way
+
+    if path.suffix != suffix:
+        raise InputError(f"{option} {path}: must end with {suffix}: choose another {option}")
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder: choose a file name ending with {suffix} for {option}")
+    if (blocker := file_in_the_way(path.parent)) is not None:
+        raise InputError(f"{option} {path}: {blocker} is a file, not a folder: choose another {option} (or move the file)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _config(config: Optional[Path], sets: Optional[list[str]], extra: Optional[list[str]], base_model: Optional[str]) -> PipelineConfig:
     return load_config(config, [*(sets or []), *(extra or [])], base_model=base_model)
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """INFO logging to stderr, every line redacted (:class:`~embedforge.redact.RedactingFormatter`)."""
+    from embedforge.redact import RedactingFormatter
+
+    logging.basicConfig(level=logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -189,7 +211,7 @@ def compile_(
     if not local and not is_digest_pinned(image):
         console.print(f"[yellow]image {escape(image)} is not pinned by digest: a rebuilt image under the same tag "
                       "reuses cached steps; pass --image REGISTRY/embedforge@sha256:...[/]")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    _guard(lambda: _output_file(output, "--output", ".yaml"))
     selectors = []
     for item in gpu_node_selector or []:
         key, eq, value = item.partition("=")
@@ -204,7 +226,7 @@ def compile_(
             _fail(f"--gpu-toleration: {exc}")
     settings = KubernetesSettings(train_gpus=train_gpus, image=image, gpu_node_selector=tuple(selectors),
                                   gpu_tolerations=tolerations)
-    compile_pipeline(str(output), kubernetes=not local, k8s=settings, inputs=inputs)
+    _guard(lambda: compile_pipeline(str(output), kubernetes=not local, k8s=settings, inputs=inputs))
     console.print(f"wrote {output}")
 
 
@@ -253,8 +275,15 @@ def submit(
 Dir = Annotated[Path, typer.Option(help="Artifact folder.")]
 
 
-def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Optional[list[str]], base_model: Optional[str] = None) -> None:
+def _stage(fn: Callable[[PipelineConfig], Any], config: Optional[Path], sets: Optional[list[str]], base_model: Optional[str] = None,
+           out: Optional[Path] = None) -> None:
+    """Run one stage: config, then ``fn(cfg)``; its manifest as JSON on stdout. ``out``, the stage's output folder,
+    is checked first: a file where it or a folder above it must be is one line before the stage's work, not after."""
+    from embedforge.local.attempts import check_out
+
     _setup_logging()
+    if out is not None:
+        _guard(lambda: check_out(out))
     cfg = _guard(lambda: _config(config, sets, None, base_model))
     result = _guard(lambda: fn(cfg))
     if result is None:  # a torchrun worker other than rank 0
@@ -268,7 +297,7 @@ def ingest(corpus: Path = typer.Option(..., help="Corpus folder or corpus.jsonl.
     """Chunk a corpus and split it by document."""
     from embedforge.stages import ingest as stage
 
-    _stage(lambda c: stage.run(corpus, out, c.ingest, base_model=c.base_model), config, set_, base_model)
+    _stage(lambda c: stage.run(corpus, out, c.ingest, base_model=c.base_model), config, set_, base_model, out=out)
 
 
 @app.command()
@@ -277,7 +306,7 @@ def sdg(chunks: Dir = ..., out: Dir = ..., pairs: Optional[Path] = typer.Option(
     """Generate (or import) query/positive pairs."""
     from embedforge.stages import sdg as stage
 
-    _stage(lambda c: stage.run(chunks, out, c.sdg, pairs_file=str(pairs) if pairs else None, base_model=c.base_model, model_cfg=c.model), config, set_, base_model)
+    _stage(lambda c: stage.run(chunks, out, c.sdg, pairs_file=str(pairs) if pairs else None, base_model=c.base_model, model_cfg=c.model), config, set_, base_model, out=out)
 
 
 @app.command()
@@ -285,7 +314,7 @@ def validate(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., config: Config
     """Run the Great Expectations suite over the pairs."""
     from embedforge.stages import validate as stage
 
-    _stage(lambda c: stage.run(chunks, pairs, out, c.validate_), config, set_)
+    _stage(lambda c: stage.run(chunks, pairs, out, c.validate_), config, set_, out=out)
 
 
 @app.command()
@@ -293,15 +322,26 @@ def mine(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., base_model: BaseMo
     """Mine hard negatives with FAISS."""
     from embedforge.stages import mine as stage
 
-    _stage(lambda c: stage.run(chunks, pairs, out, c.mine, base_model=c.base_model, model_cfg=c.model), config, set_, base_model)
+    _stage(lambda c: stage.run(chunks, pairs, out, c.mine, base_model=c.base_model, model_cfg=c.model), config, set_, base_model, out=out)
 
 
 @app.command()
 def train(mined: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune the bi-encoder contrastively."""
     from embedforge.stages import train as stage
+    from embedforge.stages.train.work import remove_if_empty
 
-    _stage(lambda c: stage.run(mined, out, c.train, base_model=c.base_model, prompts=c.prompts, model_cfg=c.model), config, set_, base_model)
+    def run_stage(c: PipelineConfig) -> Any:
+        default = not c.train.work_dir
+        if default:  # kept work (probes, checkpoints) private to this output, not a folder other users share
+            c.train.work_dir = str(out.absolute() / ".train_work")
+        try:
+            return stage.run(mined, out, c.train, base_model=c.base_model, prompts=c.prompts, model_cfg=c.model)
+        finally:
+            if default:
+                remove_if_empty(c.train.work_dir)  # (what an interrupted run keeps stays, for the rerun)
+
+    _stage(run_stage, config, set_, base_model, out=out)
 
 
 @app.command()
@@ -314,7 +354,7 @@ def evaluate(chunks: Dir = ..., pairs: Dir = ..., model: Dir = ..., out: Dir = .
     _stage(lambda c: stage.run(chunks, pairs, c.base_model, model, out, c.evaluate,
                                base_embeddings_dir=str(mined) if mined else None,
                                eval_beir=str(eval_beir) if eval_beir else None, model_cfg=c.model),
-           config, set_, base_model)
+           config, set_, base_model, out=out)
 
 
 @app.command()
@@ -322,7 +362,7 @@ def export(model: Dir = ..., chunks: Dir = ..., out: Dir = ..., config: ConfigOp
     """Export to ONNX (pooling + normalisation in the graph) with a parity check."""
     from embedforge.stages import export as stage
 
-    _stage(lambda c: stage.run(model, chunks, out, c.export), config, set_)
+    _stage(lambda c: stage.run(model, chunks, out, c.export), config, set_, out=out)
 
 
 TrackingOpt = Annotated[str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI.")]
@@ -336,7 +376,7 @@ def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validatio
     from embedforge.stages import register as stage
 
     _stage(lambda c: stage.run(model, onnx, evaluation, validation, out, c.register_, tracking_uri, params=c.to_dict(),
-                               pairs_dir=pairs), config, set_)
+                               pairs_dir=pairs), config, set_, out=out)
 
 
 @app.command()
@@ -345,7 +385,7 @@ def gate(evaluation: Dir = ..., registry: Dir = ..., chunks: Dir = ..., pairs: D
     """Decide promotion: beats base by the margin and the current champion."""
     from embedforge.stages import gate as stage
 
-    _stage(lambda c: stage.run(evaluation, registry, chunks, pairs, out, c.gate, c.evaluate, tracking_uri), config, set_)
+    _stage(lambda c: stage.run(evaluation, registry, chunks, pairs, out, c.gate, c.evaluate, tracking_uri), config, set_, out=out)
 
 
 @app.command()
@@ -354,7 +394,7 @@ def promote(decision: Dir = ..., registry: Dir = ..., onnx: Dir = ..., out: Dir 
     """Set the champion alias and write the Triton model repository."""
     from embedforge.stages import promote as stage
 
-    _stage(lambda c: stage.run(decision, registry, onnx, out, c.triton, tracking_uri), config, set_)
+    _stage(lambda c: stage.run(decision, registry, onnx, out, c.triton, tracking_uri), config, set_, out=out)
 
 
 

@@ -98,3 +98,12 @@ def parse_stage_error(line: str) -> str | None:
     except (ValueError, KeyError, TypeError):
         return None
     return message if isinstance(message, str) else None
+
+
+class MlflowStoreError(ConfigError):
+    """A local MLflow store (a sqlite file) cannot be used: not a database, damaged, of a schema this MLflow does
+    not know, or held by another process for too long. The message names the file and what to do."""
+
+
+class OutputBusy(InputError):
+    """Another ``embedforge run`` holds the output folder (its advisory lock)."""

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -118,4 +119,12 @@ def redact_tree(obj: Any) -> Any:
     return obj
 
 
-__all__ = ["REDACTED", "add_secret", "looks_secret", "redact", "redact_tree", "secret_value"]
+class RedactingFormatter(logging.Formatter):
+    """A log formatter whose every line goes through :func:`redact`: libraries log URLs with their user-info
+    (httpx logs each request's URL at INFO), and a stage's log ends up in files and in kfp's pod logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+__all__ = ["REDACTED", "RedactingFormatter", "add_secret", "looks_secret", "redact", "redact_tree", "secret_value"]

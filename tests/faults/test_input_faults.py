@@ -197,3 +197,24 @@ def test_a_dead_endpoint_stops_the_stage_with_one_line(tmp_path, chunks_dir):
     assert line.startswith(f"error: sdg.llm: 2 documents/bundles in a row got no usable reply from sdg.llm.base_url "
                            f"{srv.base_url} (last error, at artifacts: ")
     assert sent == 2
+
+
+def test_run_keeps_url_credentials_out_of_every_file_it_writes(tmp_path, tiny_corpus):
+    """A password in ``sdg.llm.base_url`` reaches the endpoint (the stages read the URL from the environment) but
+    no file under ``--out``: not the stage logs kfp.local writes, not the manifests, not the summary."""
+    password = "pw-NEVER-WRITE-0123456789"
+    out = tmp_path / "run"
+    with FaultServer(stage_faults={"artifacts": "500"}) as srv:
+        url = srv.base_url.replace("127.0.0.1", f"bob:{password}@127.0.0.1")
+        r = _cli("run", "--corpus", str(tiny_corpus), "--out", str(out), "--set", "sdg.generator=llm",
+                 "--set", f"sdg.llm.base_url={url}", "--set", "sdg.llm.model=fault-model",
+                 "--set", "sdg.llm.max_retries=0", "--set", "sdg.llm.max_concurrency=1",
+                 "--set", "sdg.llm.max_consecutive_failures=1")
+        reached = list(srv.log)
+    assert r.returncode == 1 and "sdg" in _error_line(r.stderr), r.stderr[-2000:]
+    assert reached, "the stage sent its request to the real URL"
+    assert password not in r.stdout + r.stderr
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".log") for p in written)
+    leaked = [str(p) for p in written if password.encode() in p.read_bytes()]
+    assert not leaked, leaked

@@ -2,6 +2,11 @@
 
 Each run is one *attempt* ``<out>/runs/<UTC time>-<n>/``; ``<out>/latest`` points at the newest and
 ``<out>/summary.json`` is a copy of its summary. The MLflow store and the LLM work folder stay shared at ``<out>``.
+
+One run at a time writes to an output folder: :func:`holding_out` takes an exclusive ``flock`` on
+``<out>/.embedforge-run.lock`` for the whole run (two runs would both make the MLflow store, both point ``latest``,
+both resume the same attempt). A second run is refused at once with one line naming the holder's pid; the kernel
+releases the lock when the holder exits, however it exits, so a killed run never leaves ``--out`` locked.
 """
 
 from __future__ import annotations
@@ -9,11 +14,17 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from embedforge.contracts import write_json
-from embedforge.errors import InputError, file_in_the_way
+from embedforge.errors import InputError, OutputBusy, file_in_the_way
+from embedforge.locks import pid_lock
+
+#: The advisory lock of an output folder, held by the run writing to it (its content: that run's pid).
+RUN_LOCK = ".embedforge-run.lock"
 
 
 def default_tracking_uri(out: Path) -> str:
@@ -25,6 +36,22 @@ def check_out(out: Path) -> None:
     """``--out`` must be (or become) a folder: a regular file at it or above it is one line, not a traceback."""
     if (blocker := file_in_the_way(out)) is not None:
         raise InputError(f"--out {out}: {blocker} is a file, not a folder: choose another --out (or move the file)")
+
+
+@contextmanager
+def holding_out(out: Path) -> Iterator[None]:
+    """Hold the run lock of ``out`` (created if missing) while inside.
+
+    Raises:
+        OutputBusy: Another process holds it (the message names its pid).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+
+    def busy(pid: str) -> OutputBusy:
+        return OutputBusy(f"another embedforge run holds {out} (pid {pid}); wait for it or choose another --out")
+
+    with pid_lock(out / RUN_LOCK, busy):
+        yield
 
 
 def new_attempt(out: Path) -> Path:

@@ -45,8 +45,8 @@ def kill_mlflow_runs(kfp_root: Path, tracking_uri: str) -> list[str]:
     killed = []
     for f in kfp_root.glob(f"*/register/*/{RUN_ID_FILE}"):
         run_id = f.read_text(encoding="utf-8").strip()
-        client = client_for(tracking_uri)
         try:
+            client = client_for(tracking_uri)
             if client.get_run(run_id).info.status != "RUNNING":
                 continue
             if has_manifest(f.parent):

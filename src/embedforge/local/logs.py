@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from embedforge.errors import parse_stage_error
+from embedforge.redact import redact
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
@@ -36,10 +37,17 @@ class StageLog(io.TextIOBase):
 
     ``error_lines`` holds the one-line errors the components printed (:func:`embedforge.errors.reported_stage_errors`);
     ``traceback_lines`` the last lines of tracebacks, the fallback for a stage that died before it could print one.
+
+    Output is written line by line, each line through :func:`~embedforge.redact.redact` — to the log and to
+    ``echo`` (the console with ``-v``) — since kfp.local prints each task's executor input, which holds the
+    tracking URI and the config, and libraries log URLs with their credentials. :meth:`drain` writes a last line
+    that did not end.
     """
 
-    def __init__(self, log: Any, stages: dict[str, StageState], on_event: Callable[[str, str], None] | None = None):
+    def __init__(self, log: Any, stages: dict[str, StageState], on_event: Callable[[str, str], None] | None = None,
+                 echo: Any = None):
         self.log = log
+        self.echo = echo
         self.stages = stages
         self.on_event = on_event
         self.error_lines: list[str] = []
@@ -50,15 +58,29 @@ class StageLog(io.TextIOBase):
         return True
 
     def write(self, s: str) -> int:
-        self.log.write(s)
         self._buf += s
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
+            self._out(redact(line) + "\n")
             self._line(_ANSI.sub("", line))
         return len(s)
 
+    def drain(self) -> None:
+        """Write what is left of an unfinished last line."""
+        if self._buf:
+            self._out(redact(self._buf))
+            self._buf = ""
+        self.flush()
+
     def flush(self) -> None:
         self.log.flush()
+        if self.echo is not None:
+            self.echo.flush()
+
+    def _out(self, text: str) -> None:
+        self.log.write(text)
+        if self.echo is not None:
+            self.echo.write(text)
 
     def _line(self, line: str) -> None:
         if m := _START.search(line):
@@ -87,19 +109,3 @@ class StageLog(io.TextIOBase):
     def _emit(self, stage: str, status: str) -> None:
         if self.on_event:
             self.on_event(stage, status)
-
-
-class Tee(io.TextIOBase):
-    """Writes to every stream it was given (the log and, with ``-v``, the console)."""
-
-    def __init__(self, *streams: Any):
-        self.streams = streams
-
-    def write(self, s: str) -> int:
-        for st in self.streams:
-            st.write(s)
-        return len(s)
-
-    def flush(self) -> None:
-        for st in self.streams:
-            st.flush()

@@ -13,6 +13,9 @@ the console. ``summary.json`` is written also when a stage fails or the run is i
 running stage's processes are ended, an MLflow run it left RUNNING is marked KILLED, and nothing already produced
 is lost. ``--resume`` finishes the latest interrupted/failed attempt in a new one (:mod:`embedforge.local.resume`);
 stage temp files stay under the attempt and large outputs are hard links, not copies (:mod:`embedforge.disk`).
+
+One run at a time holds ``--out`` (:func:`embedforge.local.attempts.holding_out`), from its preflight — inputs,
+the LLM endpoint, and the MLflow store, which must read back whole (:func:`check_store`) — to its summary.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from embedforge.errors import (
 from embedforge.local.attempts import (
     check_out,
     default_tracking_uri,
+    holding_out,
     new_attempt,
     point_latest,
     write_summary,
@@ -49,7 +53,7 @@ from embedforge.local.interrupts import (
     kill_mlflow_runs,
 )
 from embedforge.local.kfp_local import program_only_python_rewrite
-from embedforge.local.logs import StageLog, StageState, Tee
+from embedforge.local.logs import StageLog, StageState
 from embedforge.local.resume import Resumable, find_resumable, reusing_finished_tasks
 from embedforge.local.summary import collect
 
@@ -82,6 +86,22 @@ def stage_temp_dir(root: Path) -> Iterator[Path]:
         else:
             os.environ["TMPDIR"] = previous
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_store(tracking_uri: str) -> None:
+    """Preflight of a run's local sqlite MLflow store, when it exists: a half-made one is made complete, a damaged
+    one (not a database, truncated, pages that do not read back) is one line naming the file — before the first
+    stage, not at register after the run trained (:func:`embedforge.registry.mlflow.ensure_sqlite_store`). A new
+    store is made by the register stage; a remote store is checked by it too.
+
+    Raises:
+        MlflowStoreError: The store cannot be used.
+    """
+    from embedforge.registry.mlflow import ensure_sqlite_store, sqlite_path
+
+    path = sqlite_path(tracking_uri)
+    if path is not None and path.exists():
+        ensure_sqlite_store(tracking_uri, check_integrity=True)
 
 
 def recover_registrations(out: Path, tracking_uri: str) -> list[str]:
@@ -127,16 +147,31 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run every stage locally; return (and write) the summary. Raises PipelineFailed after writing it.
 
-    ``resume``: reuse the finished stages of the latest interrupted/failed attempt (:mod:`embedforge.local.resume`)."""
-    from kfp import local
+    ``resume``: reuse the finished stages of the latest interrupted/failed attempt (:mod:`embedforge.local.resume`).
 
-    from embedforge.pipelines.pipeline import STAGES, build_pipeline, pipeline_arguments
-
+    Raises:
+        OutputBusy: Another run holds ``out``.
+        MlflowStoreError: The run's sqlite MLflow store is damaged (checked before the first stage).
+    """
     corpus, out = corpus.resolve(), out.resolve()
     pairs = pairs.resolve() if pairs else None
     eval_beir = eval_beir.resolve() if eval_beir else None
     check_inputs(corpus, pairs, eval_beir)
     check_out(out)
+    with holding_out(out):  # one run per --out at a time, from its first check to its summary
+        return _run_holding_out(cfg, corpus, out, pairs, eval_beir, on_event, echo_logs, resume)
+
+
+def _run_holding_out(cfg: PipelineConfig, corpus: Path, out: Path, pairs: Path | None, eval_beir: Path | None,
+                     on_event: Callable[[str, str], None] | None, echo_logs: bool, resume: bool) -> dict[str, Any]:
+    """:func:`run_pipeline` once it holds ``out``: preflight, then the stages."""
+    from kfp import local
+
+    from embedforge.pipelines.pipeline import STAGES, build_pipeline, pipeline_arguments
+
+    # credentials in sdg.llm.base_url travel in the environment the stage processes inherit, never in the
+    # arguments kfp.local writes into logs, manifests and the MLflow params
+    os.environ.update(cfg.sdg.llm.hide_url_credentials())
     if cfg.sdg.generator == "llm" and pairs is None:
         from embedforge.stages.sdg.llm.preflight import preflight
 
@@ -151,11 +186,11 @@ def run_pipeline(
     tracking_uri = default_tracking_uri(out)
     args = pipeline_arguments(cfg, str(corpus), str(pairs or ""), str(eval_beir or ""), tracking_uri)
     meta: dict[str, Any] = {"fingerprint": fingerprint(args, [corpus, pairs, eval_beir]), "pid": os.getpid()}
+    check_store(tracking_uri)  # a damaged store fails now, not at register after training
     recovered = recover_registrations(out, tracking_uri)
     resumed = find_resumable(out, meta["fingerprint"], STAGES, tracking_uri) if resume else Resumable(out)
     if resume:
         meta["resumed_from"] = str(resumed.attempt)
-    out.mkdir(parents=True, exist_ok=True)
     attempt = new_attempt(out)
     (attempt / "logs").mkdir()
     point_latest(out, attempt)
@@ -169,13 +204,12 @@ def run_pipeline(
     log_file = attempt / "logs" / "pipeline.log"
     write_summary(out, attempt, {"status": "running", "attempt": str(attempt), "log": str(log_file), **meta})
     with log_file.open("w", encoding="utf-8") as log, interruptible() as interrupted, stage_temp_dir(root):
-        tee = StageLog(log=log, stages=stages, on_event=on_event)
-        target = Tee(tee, sys.__stdout__) if echo_logs else tee
+        tee = StageLog(log=log, stages=stages, on_event=on_event, echo=sys.__stdout__ if echo_logs else None)
         for line in recovered:
             print(line, file=log)
 
         def on_reuse(task: str, old: Path) -> None:
-            print(f"Task '{task}' reused from {old} (finished there; not run again)", file=target)
+            print(f"Task '{task}' reused from {old} (finished there; not run again)", file=tee)
             if task in stages:
                 stages[task].status = "reused"
                 tee._emit(task, "reused")
@@ -186,7 +220,7 @@ def run_pipeline(
         before = set(root.glob(f"{pipeline.name}-*")) if root.exists() else set()
         try:
             with ExitStack() as ctx:
-                ctx.enter_context(redirect_stdout(target))
+                ctx.enter_context(redirect_stdout(tee))
                 ctx.enter_context(warnings.catch_warnings())
                 ctx.enter_context(program_only_python_rewrite())
                 ctx.enter_context(reusing_finished_tasks(resumed.finished, on_reuse))
@@ -207,6 +241,7 @@ def run_pipeline(
             killed = kill_mlflow_runs(root, tracking_uri)
             error = (f"interrupted by {signal.Signals(interrupted['signum']).name} during stage "
                      f"{running[0] if running else '?'}" + (f"; MLflow run {', '.join(killed)} marked KILLED" if killed else ""))
+        tee.drain()
         run_dirs = sorted(set(root.glob(f"{pipeline.name}-*")) - before)
         run_dir = run_dirs[-1] if run_dirs else None
         summary = collect(run_dir, out, attempt, stages, cfg, corpus, pairs, eval_beir, tracking_uri,

@@ -60,6 +60,7 @@ from embedforge.registry.mlflow import (
     RUN_ID_FILE,
     client_for,
     ensure_registered_model,
+    ensure_sqlite_store,
     evaluation_metrics,
     flatten_params,
     get_or_create_experiment,
@@ -127,6 +128,7 @@ def run(
 
     Raises:
         ConfigError: No tracking URI, or MLflow refused/failed a request.
+        MlflowStoreError: A local sqlite store that cannot be used (damaged, not a database).
         InputError: An input folder or file is missing.
     """
     from mlflow.exceptions import MlflowException
@@ -152,6 +154,7 @@ def run(
     primary = str(evaluation.get("primary_metric") or "")
     primary_value = numeric(evaluation["finetuned"].get(primary)) if primary else None
 
+    ensure_sqlite_store(uri, check_integrity=True)  # a damaged local store: one line naming it, not a traceback
     client = client_for(uri)
     try:
         experiment_id = get_or_create_experiment(client, cfg.experiment, uri)

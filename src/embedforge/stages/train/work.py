@@ -9,14 +9,20 @@ or TrainJob stages the same model elsewhere), the WiSE-FT weight, the number of 
 So a rerun with the same inputs finds them, and nothing of another run is ever reused. The driver deletes both
 once the step has saved its model.
 
-Where: ``train.work_dir`` — the one route: ``embedforge run`` sets ``<out>/train_work``, the compiled Kubernetes
-pipeline's default config the data volume (it outlives the pod), a TrainJob's nodes
-``train.trainjob.shared_mount``/train_work. Empty (``embedforge train`` without it): a folder of this user's in the
-system temp folder, readable by nobody else (mode 0700), since a checkpoint is loaded back into the process.
+Where: ``train.work_dir`` — the one route: ``embedforge run`` sets ``<out>/train_work``, ``embedforge train``
+``<out>/.train_work`` (removed again once empty), the compiled Kubernetes pipeline's default config the data volume
+(it outlives the pod), a TrainJob's nodes ``train.trainjob.shared_mount``/train_work. Empty (a library caller): a
+folder of this user's in the system temp folder, never a folder shared by the machine's users.
+
+Private: what is kept is read back into the process, so the folders are this user's alone — the ``run-``/``probes-``
+folders (and the root, where it is made here) are mode 0700, and a kept folder that is not (another user's, a
+link, open to others and not ours to fix) is not read (:func:`not_private`). Checkpoints are read as data only
+anyway (:mod:`embedforge.stages.train.checkpoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -94,11 +100,45 @@ def _model_sha256(path: str, stat: tuple) -> str:
 
 
 def folder(cfg: TrainConfig, kind: str, state: dict) -> Path:
-    """``<root>/<kind>-<first 16 hex digits of the sha256 of state>``."""
-    return root(cfg) / f"{kind}-{fingerprint(state, [])[:16]}"
+    """``<root>/<kind>-<first 16 hex digits of the sha256 of state>``, made private (mode 0700) where it can be; a
+    folder that cannot be made (a full or read-only volume) is left to the write that needs it, which handles it."""
+    path = root(cfg) / f"{kind}-{fingerprint(state, [])[:16]}"
+    try:
+        make_private(path)
+    except OSError:
+        pass
+    return path
+
+
+def make_private(path: Path) -> None:
+    """Create ``path`` (and a missing parent) with mode 0700; a folder of ours that exists gets mode 0700 too."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.lstat()
+    if not path.is_symlink() and st.st_uid == os.getuid() and st.st_mode & 0o077:
+        path.chmod(0o700)
+
+
+def not_private(path: Path) -> str | None:
+    """Why ``path`` is not a private folder of this user (a link, another user's, open to others); None if it is."""
+    st = path.lstat()
+    if path.is_symlink():
+        return "a link"
+    if st.st_uid != os.getuid():
+        return f"owned by uid {st.st_uid}, not this user"
+    if st.st_mode & 0o077:
+        return f"open to other users (mode {st.st_mode & 0o777:o})"
+    return None
 
 
 def discard(path: str | Path | None) -> None:
     """Delete a kept folder the step no longer needs (its model is saved)."""
     if path:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_if_empty(path: str | Path) -> None:
+    """Remove the work folder ``path`` once nothing is kept in it (``embedforge train``'s ``<out>/.train_work``)."""
+    with contextlib.suppress(OSError):
+        Path(path).rmdir()
