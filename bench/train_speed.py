@@ -63,6 +63,9 @@ MEASURED_MATMUL_TFLOPS = 790.0
 #: shape -> (transformers model type, config fields, pooling mode); ``minilm`` is the bundled model itself.
 SHAPES: dict[str, tuple[str, dict, str] | None] = {
     "minilm": None,
+    # all-MiniLM-L6-v2's architecture with random weights: its speed, where the real weights cannot travel
+    "minilm-shape": ("bert", {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                              "intermediate_size": 1536, "max_position_embeddings": 512}, "mean"),
     "bert-base": ("bert", {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                            "intermediate_size": 3072, "max_position_embeddings": 512}, "mean"),
     "llama-1b": ("llama", {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -158,21 +161,28 @@ def build_rows(data: Path, n_rows: int, seed: int, negatives: int = 4) -> list[d
     return rows
 
 
-def useful_flops(model, rows: list[dict[str, str]]) -> tuple[float, int]:
-    """Model FLOPs of one training pass over ``rows`` (forward + backward, no padding) and the token count."""
+def forward_flops(model, lengths: np.ndarray) -> float:
+    """Model FLOPs of one forward pass over texts of ``lengths`` tokens (no padding): ``2 x P x n`` for the
+    encoder's linear weights ``P`` (the pooler's not used) plus ``4 x L x a x n^2`` for attention (``a`` heads x
+    head dim, ``L`` layers). A training pass (forward + backward) is three times that."""
     import torch
 
-    tok, cap = model.tokenizer, model.max_seq_length
-    texts = [t for r in rows for t in r.values()]
-    n = np.array([len(ids) for ids in tok(texts, truncation=True, max_length=cap)["input_ids"]], dtype=np.float64)
     enc = model[0].auto_model
     cfg = enc.config
     matmul = sum(m.weight.numel() for name, m in enc.named_modules()
                  if isinstance(m, torch.nn.Linear) and "pooler" not in name)
     heads = cfg.num_attention_heads
     attn_width = heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    flops = float((6 * matmul * n + 12 * cfg.num_hidden_layers * attn_width * n**2).sum())
-    return flops, int(n.sum())
+    n = np.asarray(lengths, dtype=np.float64)
+    return float((2 * matmul * n + 4 * cfg.num_hidden_layers * attn_width * n**2).sum())
+
+
+def useful_flops(model, rows: list[dict[str, str]]) -> tuple[float, int]:
+    """Model FLOPs of one training pass over ``rows`` (forward + backward, no padding) and the token count."""
+    tok, cap = model.tokenizer, model.max_seq_length
+    texts = [t for r in rows for t in r.values()]
+    n = np.array([len(ids) for ids in tok(texts, truncation=True, max_length=cap)["input_ids"]], dtype=np.float64)
+    return 3 * forward_flops(model, n), int(n.sum())
 
 
 def peak_flops(device: str, peak: str) -> tuple[str, float | None, float | None]:

@@ -103,10 +103,18 @@ def encode(
     kind: Kind,
     batch_size: int = 64,
     show_progress: bool = False,
+    token_budget: int = 0,
 ) -> np.ndarray:
-    """Embed ``texts`` as queries or documents with the model's own prompt; returns float32 (n, dim), L2-normalised."""
+    """Embed ``texts`` as queries or documents with the model's own prompt; returns float32 (n, dim), L2-normalised.
+
+    ``token_budget`` > 0 takes :func:`encode_token_batched` (batches sized by padded tokens, bf16 on CUDA) instead
+    of ``SentenceTransformer.encode`` with ``batch_size`` texts a batch — except for a pooling that leaves the
+    prompt's tokens out, which needs sentence-transformers' own prompt bookkeeping.
+    """
     if not texts:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
+    if token_budget > 0 and all(getattr(m, "include_prompt", True) for m in model):
+        return encode_token_batched(model, texts, kind, token_budget)
     prompt = prompt_for(model, kind)
     emb = model.encode(
         texts,
@@ -117,3 +125,39 @@ def encode(
         show_progress_bar=show_progress,
     )
     return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def encode_token_batched(model: "SentenceTransformer", texts: list[str], kind: Kind, token_budget: int,
+                         max_batch: int = 4096) -> np.ndarray:
+    """Embed ``texts`` in batches sized by a token budget rather than a text count.
+
+    The texts (with the model's prompt) are tokenised once, sorted longest first, and cut into batches whose padded
+    size (texts x longest text) stays within ``token_budget``: short texts go in large batches, long ones in small
+    ones, so each forward pass does about the same work and little of it on padding. On CUDA the pass runs under
+    bf16 autocast (fp32 weights stay as loaded). The model's own modules (transformer, pooling, normalisation) run
+    unchanged, so the result matches ``SentenceTransformer.encode`` up to the precision of the pass.
+
+    Returns float32 (n, dim), L2-normalised, in the order of ``texts``.
+    """
+    import torch
+
+    prompt = prompt_for(model, kind)
+    tok = model.tokenizer
+    cap = int(model.max_seq_length or tok.model_max_length)
+    ids = tok([prompt + t for t in texts] if prompt else list(texts), truncation=True, max_length=cap,
+              padding=False, return_attention_mask=False)["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    order = np.argsort(-lengths, kind="stable")
+    device = model.device
+    out = np.empty((len(texts), embedding_dim(model)), dtype=np.float32)
+    start = 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        while start < len(order):
+            n = int(max(1, min(max_batch, token_budget // max(int(lengths[order[start]]), 1))))
+            idx = order[start:start + n]
+            batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            features = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            emb = model.forward(features)["sentence_embedding"].float()
+            out[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+            start += n
+    return out
