@@ -39,7 +39,8 @@ from mlflow_server import answers, free_port, postgres_bin_dir, production_mlflo
 
 from embedforge.sample_corpus import SAMPLE_CORPUS
 
-pytestmark = pytest.mark.e2e
+# two whole pipeline runs, container by container, on a 2-core machine: more than the suite's 1200 s per test
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3000)]
 
 REPO = Path(__file__).resolve().parents[2]
 TAG = os.environ.get("E2E_TAG", "dev")
@@ -90,7 +91,7 @@ def prod_mlflow(images, tmp_path_factory):
 @pytest.fixture(scope="module")
 def volumes(images, tmp_path_factory) -> dict[str, Path]:
     """The two shared volumes, made ``root:0755`` as a storage class may make them, then handed to uid 1000 by
-    the volume-init Job's container exactly as the manifests render it (root, only CHOWN/FOWNER, read-only root)."""
+    the volume-init Job's container exactly as the manifests render it (root, only CHOWN/FOWNER/FSETID, read-only root)."""
     import yaml
 
     root = tmp_path_factory.mktemp("volumes")

@@ -151,7 +151,8 @@ def test_out_under_a_regular_file_is_one_line(tmp_path, tiny_corpus):
         assert f"error: --out {out}: {tmp_path / 'afile'} is a file, not a folder: choose another --out" in r.stderr
     r = _cli("ingest", "--corpus", str(tiny_corpus), "--out", str(tmp_path / "afile" / "chunks"))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert f"error: {tmp_path / 'afile' / 'chunks'}: {tmp_path / 'afile'} is a file, not a folder" in r.stderr
+    assert (f"error: --out {tmp_path / 'afile' / 'chunks'}: {tmp_path / 'afile'} is a file, not a folder: choose "
+            "another --out") in r.stderr
     assert (tmp_path / "afile").read_text() == "not a folder"  # nothing already there is lost
 
 

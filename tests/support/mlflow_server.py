@@ -108,7 +108,10 @@ class MlflowServer:
             prefix = ["docker", "run", "--rm", "--name", self.container, "--network", "host", "--user", "1000:1000",
                       "--read-only", "--tmpfs", "/tmp:rw,mode=1777", "--tmpfs", "/home/mlflow:rw,uid=1000,gid=1000",
                       *[a for k in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", *self.extra_env) for a in ("-e", k)],
-                      *[a for m in self.mounts for a in ("-v", f"{m}:{m}:ro")], self.image]
+                      *[a for m in self.mounts for a in ("-v", f"{m}:{m}:ro")],
+                      # the image's health check, at the port this server listens on (the image's default is 5000)
+                      "--health-cmd", "python -c \"import urllib.request; urllib.request.urlopen("
+                      f"'http://127.0.0.1:{self.port}/health', timeout=4)\"", self.image]
         cmd = [
             *prefix,
             "--backend-store-uri", self.backend_store_uri,
