@@ -101,6 +101,8 @@ VARIANTS: dict[str, dict] = {
     "ours_2proc": {"processes": 2},
     "ours_4proc": {"processes": 4},
     "ours_cached": {"cached": True},
+    "ours_liger": {"kernels": "auto"},
+    "ours_cached_liger": {"cached": True, "kernels": "auto"},
     "ours_ckpt": {"gradient_checkpointing": True},
     "ours_bf16w": {"weights_dtype": "bf16"},
     "ours_cached_ckpt_bf16w": {"cached": True, "gradient_checkpointing": True, "weights_dtype": "bf16"},

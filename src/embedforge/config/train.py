@@ -150,6 +150,12 @@ class TrainConfig(StageConfig):
         None, ge=0.0, lt=1.0, description="WiSE-FT: save (1 - w) x fine-tuned + w x base weights (0 = the plain "
         "fine-tuned model). Unset: the base weight of the pair policy (embedforge.contracts.policy) of the source kind "
         "that made most rows, as the mine stage recorded it: 0.5 for the offline generator, else 0.")
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "none", description="Fused GPU kernels for decoder encoders (embedforge.stages.train.kernels): Liger's "
+        "RMSNorm, SwiGLU and RoPE, one pass each instead of several memory-bound ones; weights and the saved model "
+        "are unchanged. auto: on CUDA for the model types liger-kernel supports (Llama, Mistral, Qwen, Gemma ...) "
+        "when it is installed (the GPU image has it), eager elsewhere; liger: required; none: eager kernels only "
+        "(the default until auto is measured on a card with embedforge run).")
     packing: Literal["auto", "on", "off"] = Field(
         "auto", description="Sequence packing in the training forward (embedforge.stages.train.packing): each "
         "micro-batch's texts concatenated into one row, attention kept per text, so no FLOPs go to padding. "

@@ -65,7 +65,8 @@ def prepare_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, mod
                   dist: DistContext, keep_base: bool = False
                   ) -> tuple[SentenceTransformer, PromptsConfig, dict[str, torch.Tensor] | None]:
     """The model as a run trains it, before its first step: loaded (seeded by ``cfg.seed``, so every rank and every
-    call starts from the same weights and LoRA initialisation), LoRA adapters (``cfg.lora``), the memory options
+    call starts from the same weights and LoRA initialisation), fused kernels (``cfg.kernels``,
+    :mod:`.kernels`), LoRA adapters (``cfg.lora``), the memory options
     (:func:`apply_memory_options`) and, under torchrun with ``sharding=fsdp``, sharded. The final run and every
     probe of the auto schedule (:mod:`.schedule`) build it here, so a probe measures the run it stands for.
 
@@ -73,12 +74,13 @@ def prepare_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, mod
         The model; the prompts it trains with (the folder's own fill empty ones); with ``keep_base`` a CPU copy
         of the weights before training (WiSE-FT, taken before the adapters), else None.
     """
-    from embedforge.stages.train import fsdp
+    from embedforge.stages.train import fsdp, kernels
     from embedforge.stages.train.lora import add_adapters
     from embedforge.stages.train.wise_ft import snapshot_weights
 
     seed_everything(cfg.seed)
     model = load_for_training(base_model, cfg, prompts, model_cfg)
+    kernels.fuse(model, cfg.kernels, str(model.device))  # before the adapters: they wrap the fused modules' linears
     prompts = PromptsConfig.model_validate(model.prompts)
     base_state = snapshot_weights(model) if keep_base else None
     seed_everything(cfg.seed)  # the same LoRA initialisation on every rank
