@@ -4,8 +4,9 @@ The served tokenizer model (:mod:`embedforge.serving.backends.tokenizer_model`) 
 version's own ``tokenizer.json``, truncated at the trained ``max_seq_length`` counting special tokens.
 :class:`TokenCounter` repeats exactly that from the same folder (``<repo>/<name>_tokenizer/<v>/tokenizer/``, or
 an export folder), so a request's ``prompt_tokens`` is the number of tokens the embedder ran on: the sum of the
-attention masks the ensemble builds. The per-text lengths also steer the API's batching (padding). Without a tokenizer folder :class:`ApproximateCounter` estimates four
-characters per token (OpenAI's rule of thumb), capped at the model's length where that is known.
+attention masks the ensemble builds. The per-text lengths also steer the API's batching (padding). Without a
+tokenizer folder :class:`ApproximateCounter` estimates four characters per token (OpenAI's rule of thumb); the
+prompt and the truncation are then unknown, so the estimate can be off either way.
 """
 
 from __future__ import annotations
