@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -34,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: The ensemble's name on the benchmark's server.
+MODEL = "embedder"
 
 
 def _texts(n: int) -> list[str]:
@@ -51,30 +55,34 @@ def _percentiles(lat: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(arr, 50)), 2), "p99_ms": round(float(np.percentile(arr, 99)), 2)}
 
 
-def load(url: str, model: str, texts: list[str], concurrency: int, seconds: float) -> dict:
-    """Closed loop: ``concurrency`` threads, one text per request, for ``seconds``."""
-    from embedforge.serving.client import embed, http_client
-
+def closed_loop(concurrency: int, seconds: float, texts: list[str], connect: Callable[[], Any],
+                call: Callable[[Any, str], object]) -> dict:
+    """Closed loop: ``concurrency`` threads, each with its own ``connect()`` connection (anything with
+    ``close()``), send one text per request with ``call(connection, text)`` for ``seconds``. A request that raises
+    is counted as an error and its thread reconnects. Returns texts/s and p50/p99 latency of the answered ones."""
     lat: list[float] = []
     errors = [0]
     stop = time.monotonic() + seconds
     lock = threading.Lock()
 
     def worker(k: int) -> None:
-        client = http_client(url)
+        conn = connect()
         i = k
         try:
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
                 try:
-                    embed(url, [texts[i % len(texts)]], model=model, client=client)
+                    call(conn, texts[i % len(texts)])
                     with lock:
                         lat.append(time.perf_counter() - t0)
                 except Exception:  # noqa: BLE001 - counted, reported
-                    errors[0] += 1
+                    with lock:
+                        errors[0] += 1
+                    conn.close()
+                    conn = connect()
                 i += concurrency
         finally:
-            client.close()
+            conn.close()
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
     t0 = time.monotonic()
@@ -85,6 +93,14 @@ def load(url: str, model: str, texts: list[str], concurrency: int, seconds: floa
     elapsed = time.monotonic() - t0
     return {"concurrency": concurrency, "requests": len(lat), "errors": errors[0],
             "texts_per_s": round(len(lat) / elapsed, 1), **_percentiles(lat)}
+
+
+def load(url: str, model: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """Closed loop straight to Triton: one ``tritonclient.http`` connection per thread, one text per request."""
+    from embedforge.serving.client import embed, http_client
+
+    return closed_loop(concurrency, seconds, texts, lambda: http_client(url),
+                       lambda client, text: embed(url, [text], model=model, client=client))
 
 
 def in_process(model, texts: list[str], seconds: float) -> dict:
@@ -102,6 +118,34 @@ def in_process(model, texts: list[str], seconds: float) -> dict:
             "batch32_texts_per_s": round(batched, 1)}
 
 
+def serve_exported(model, base: str, texts: list[str], tmp: Path):
+    """Export ``model`` (a SentenceTransformer loaded from ``base``) to ONNX in ``tmp``, publish it as version 1 of
+    the ensemble ``MODEL`` in ``tmp/models`` and serve it on the tests' real tritonserver (the embedder through the
+    Python backend, onnxruntime threads from ``EMBEDFORGE_ORT_THREADS``). Returns ``(server, rollout)``; the caller
+    stops the server."""
+    from triton_server import TritonServer, ensure_runtime
+
+    from embedforge.config import TritonConfig
+    from embedforge.serving import rollout as serving
+    from embedforge.serving.repository import write_model_repository
+    from embedforge.stages.export import copy_tokenizer_files, export_onnx
+
+    onnx_dir = tmp / "onnx"
+    onnx_dir.mkdir()
+    export_onnx(model, onnx_dir / "model.onnx", 17, texts[:2])
+    copy_tokenizer_files(model, base, onnx_dir)
+    live = tmp / "models"
+    server = TritonServer(live, ensure_runtime(), log_dir=tmp).start()
+    try:
+        cfg = TritonConfig(model_name=MODEL, embedder_backend="python", instance_kind="KIND_CPU",
+                           repository_dir=str(live), server_url=server.url, max_batch_size=64)
+        write_model_repository(onnx_dir, live, cfg, 1, serve=False)
+        return server, serving.serve(cfg, "1")
+    except BaseException:
+        server.stop()
+        raise
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", default="1,8,32")
@@ -113,12 +157,8 @@ def main() -> None:
 
     import torch
     from sentence_transformers import SentenceTransformer
-    from triton_server import TritonServer, ensure_runtime
 
-    from embedforge.config import TritonConfig
     from embedforge.retrieval.encode import resolve_model_path
-    from embedforge.serving import rollout as serving
-    from embedforge.serving.repository import write_model_repository
 
     torch.set_num_threads(args.threads)
     os.environ["EMBEDFORGE_ORT_THREADS"] = str(args.threads)  # read by the Python-backend embedder
@@ -132,30 +172,18 @@ def main() -> None:
     print(json.dumps(result["in_process"]), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ef-serving-load-") as tmp:
-        tmp = Path(tmp)
-        onnx_dir = tmp / "onnx"
-        onnx_dir.mkdir()
-        from embedforge.stages.export import copy_tokenizer_files, export_onnx
-
-        export_onnx(model, onnx_dir / "model.onnx", 17, texts[:2])
-        copy_tokenizer_files(model, base, onnx_dir)
-        live = tmp / "models"
-        server = TritonServer(live, ensure_runtime(), log_dir=tmp).start()
+        server, rollout = serve_exported(model, base, texts, Path(tmp))
         try:
-            cfg = TritonConfig(model_name="embedder", embedder_backend="python", instance_kind="KIND_CPU",
-                               repository_dir=str(live), server_url=server.url, max_batch_size=64)
-            write_model_repository(onnx_dir, live, cfg, 1, serve=False)
-            rollout = serving.serve(cfg, "1")
             from embedforge.serving.client import embed
 
-            served = embed(server.url, texts[:8], model="embedder")
+            served = embed(server.url, texts[:8], model=MODEL)
             ref = model.encode(texts[:8], normalize_embeddings=True)
             result["served_vs_st_min_cosine"] = round(float((served * ref).sum(1).min()), 6)
             result["rollout_ready_s"] = rollout.replicas[0].ready_seconds
-            load(server.url, "embedder", texts, 4, 3.0)  # warm-up
+            load(server.url, MODEL, texts, 4, 3.0)  # warm-up
             result["triton"] = []
             for c in [int(x) for x in args.concurrency.split(",")]:
-                result["triton"].append(load(server.url, "embedder", texts, c, args.seconds))
+                result["triton"].append(load(server.url, MODEL, texts, c, args.seconds))
                 print(json.dumps(result["triton"][-1]), flush=True)
         finally:
             server.stop()

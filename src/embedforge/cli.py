@@ -422,5 +422,44 @@ def embed(texts: list[str] = typer.Argument(..., help="Texts to embed."),
     typer.echo(json.dumps({"model": model, "input_type": input_type, "dim": int(emb.shape[1]),
                            "embeddings": emb.tolist()}))
 
+
+@app.command()
+def serve(
+    url: Annotated[str, typer.Option("--url", help="Triton's HTTP endpoint, e.g. http://localhost:8000 (inference only: no admin key).")],
+    model: Annotated[str, typer.Option("--model", help="Triton model (ensemble) name, triton.model_name; clients send it as `model`.")] = "embedforge_embedder",
+    aliases: Annotated[Optional[list[str]], typer.Option("--alias", help="Another name clients may send as `model` (repeatable), e.g. the registered model's.")] = None,
+    repository: Annotated[Optional[Path], typer.Option("--repository", help="The model repository Triton serves from (read-only is enough): usage tokens "
+                                                                           "are counted with the served version's own tokenizer; without it (or --tokenizer) they are estimates.")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option("--tokenizer", help="A tokenizer folder (tokenizer.json, prompts, max_seq_length) to count usage tokens with instead.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to listen on.")] = 8080,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Rows per Triton request (default: the ensemble's max_batch_size).")] = None,
+    max_inputs: Annotated[int, typer.Option("--max-inputs", min=1, help="Most inputs in one request; more is a 413.")] = 2048,
+    max_inflight: Annotated[int, typer.Option("--max-inflight", min=1, help="Triton requests in flight at once; requests arriving meanwhile are coalesced.")] = 32,
+    window_ms: Annotated[float, typer.Option("--window-ms", min=0, help="Hold a batch that is not full this long for more requests (0: send at once).")] = 0.0,
+    max_padding: Annotated[float, typer.Option("--max-padding", help="Padding a coalesced batch may add, as a fraction of its real tokens; "
+                                                                    "negative: no limit (padding is nearly free on a GPU, as costly as real tokens on a CPU).")] = 0.25,
+    timeout_s: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds one Triton request may take.")] = 60.0,
+    refresh_s: Annotated[float, typer.Option("--refresh", min=0.001, help="Seconds between re-reads of the served version (after a promotion or rollback).")] = 10.0,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (costs throughput).")] = False,
+) -> None:
+    """Serve the OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models) in front of Triton."""
+    from embedforge.serving.openai_api import ApiSettings
+    from embedforge.serving.openai_api import serve as run_api
+
+    _setup_logging()
+
+    def start() -> None:
+        settings = ApiSettings(triton_url=url, model=model, aliases=tuple(aliases or ()),
+                               repository=str(repository) if repository else None,
+                               tokenizer=str(tokenizer) if tokenizer else None, max_batch=max_batch,
+                               max_inputs=max_inputs, max_inflight=max_inflight, window_ms=window_ms,
+                               max_padding=max_padding if max_padding >= 0 else None, timeout_s=timeout_s,
+                               refresh_s=refresh_s)
+        run_api(settings, host, port, access_log=access_log)
+
+    _guard(start)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -392,6 +392,58 @@ def test_prod_network_policies_admit_exactly_the_intended_traffic(name):
     rollback = {"ns": ns, "ns_labels": home, "labels": _rollback_pod_labels()}
     assert admits(policies, triton, ports["http"], rollback) and admits(policies, mlflow, mlflow_port, rollback)
 
+    # the OpenAI-compatible embeddings API: applications reach it, it reaches Triton's HTTP inference, nothing else
+    api_labels = deployments["embeddings-api"]["spec"]["template"]["metadata"]["labels"]
+    api = {"ns": ns, "labels": api_labels}
+    api_port = _container(docs, "embeddings-api")["ports"][0]["containerPort"]
+    api_client = {"ns": ns, "ns_labels": home, "labels": api_labels}
+    assert admits(policies, api, api_port, app)
+    assert not admits(policies, api, api_port, other_ns) and not admits(policies, api, api_port, stranger)
+    assert not admits(policies, api, api_port, promote), "pipeline steps do not call the API"
+    assert admits(policies, triton, ports["http"], api_client)
+    assert not admits(policies, triton, ports["grpc"], api_client) and not admits(policies, triton, ports["metrics"],
+                                                                                  api_client)
+    assert not admits(policies, mlflow, mlflow_port, api_client)
+
+
+def test_embeddings_api_serves_the_ensemble_from_the_component_image(overlay):
+    """Two replicas of `embedforge serve` in the component image, calling Triton's Service over HTTP for the
+    ensemble promote publishes, reading the repository read-only (usage tokens), probed on NIM's paths, behind a
+    Service on 8080."""
+    from embedforge.config import TritonConfig
+
+    _, docs = overlay
+    deployment = by_kind(docs, "Deployment")["embeddings-api"]
+    c = _container(docs, "embeddings-api")
+    assert deployment["spec"]["replicas"] == 2
+    assert c["image"].split("/")[-1].split(":")[0] == "embedforge" and c["image"].endswith("-cpu"), c["image"]
+    assert c["command"] == ["embedforge", "serve"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in c["args"])
+    # the command parses these very arguments (names, types, ranges) as the container will run them
+    from typer.main import get_command
+
+    from embedforge.cli import app
+
+    parsed = get_command(app).commands["serve"].make_context("serve", list(c["args"])).params
+    assert parsed["url"] == args["url"] and parsed["port"] == int(args["port"]) and parsed["host"] == "0.0.0.0"
+    assert str(parsed["repository"]) == args["repository"]
+    triton_http = {p["name"]: p["containerPort"] for p in _container(docs, "triton")["ports"]}["http"]
+    triton_svc = by_kind(docs, "Service")["triton"]
+    assert args["url"] == f"http://triton:{triton_http}" and any(p["port"] == triton_http
+                                                                 for p in triton_svc["spec"]["ports"])
+    assert args["model"] == TritonConfig.model_fields["model_name"].default and args["port"] == "8080"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert mounts[args["repository"]]["readOnly"] is True
+    assert volumes[mounts[args["repository"]]["name"]]["persistentVolumeClaim"]["claimName"] == \
+        "embedforge-model-repository"
+    assert c["startupProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/v1/health/live"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v1/health/ready"
+    assert "EMBEDFORGE_TRITON_ADMIN_KEY" not in _env(c), "inference needs no admin key"
+    svc = by_kind(docs, "Service")["embeddings-api"]
+    assert svc["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+
 
 def _rollback_pod_labels() -> dict[str, str]:
     labels = re.search(r"kubectl -n \S+ run rollback .*?--labels=(\S+)", _deploy_section(), re.S).group(1)

@@ -40,6 +40,19 @@ def admin_headers() -> dict[str, str] | None:
     return {ADMIN_HEADER: key} if key else None
 
 
+def parse_url(url: str) -> tuple[str, bool]:
+    """``(host:port, https?)`` of a Triton endpoint given as ``http(s)://host:port`` (or bare ``host:port``): the
+    form both ``tritonclient`` clients, sync and asyncio, take.
+
+    Raises:
+        ServingError: ``url`` is not an http(s)://host:port URL.
+    """
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ServingError(f"Triton URL {url!r} is not an http(s)://host:port URL")
+    return parsed.netloc, parsed.scheme == "https"
+
+
 def http_client(url: str, timeout_s: float = 60.0):
     """A ``tritonclient.http.InferenceServerClient`` for ``http(s)://host:port``.
 
@@ -48,22 +61,23 @@ def http_client(url: str, timeout_s: float = 60.0):
     """
     import tritonclient.http as httpclient
 
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ServingError(f"Triton URL {url!r} is not an http(s)://host:port URL")
-    return httpclient.InferenceServerClient(
-        url=parsed.netloc, ssl=parsed.scheme == "https", connection_timeout=timeout_s, network_timeout=timeout_s
-    )
+    netloc, ssl = parse_url(url)
+    return httpclient.InferenceServerClient(url=netloc, ssl=ssl, connection_timeout=timeout_s,
+                                            network_timeout=timeout_s)
 
 
-def text_inputs(texts: Sequence[str], input_type: str):
-    """The ensemble's request tensors for ``texts``."""
+def text_inputs(texts: Sequence[str], input_type: str | Sequence[str]):
+    """The ensemble's request tensors for ``texts``: ``input_type`` is one for all rows, or one per row (the
+    tokenizer model picks the prompt row by row, so queries and passages can share a request)."""
     from tritonclient.http import InferInput
 
+    kinds = [input_type] * len(texts) if isinstance(input_type, str) else list(input_type)
+    if len(kinds) != len(texts):
+        raise ValueError(f"text_inputs: {len(kinds)} input types for {len(texts)} texts")
     text = InferInput("text", [len(texts), 1], "BYTES")
     text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=object))
     kind = InferInput("input_type", [len(texts), 1], "BYTES")
-    kind.set_data_from_numpy(np.array([[input_type.encode("utf-8")]] * len(texts), dtype=object))
+    kind.set_data_from_numpy(np.array([[k.encode("utf-8")] for k in kinds], dtype=object))
     return [text, kind]
 
 
