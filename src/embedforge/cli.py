@@ -50,14 +50,13 @@ def _output_file(path: Path, option: str, suffix: str) -> None:
     Raises:
         InputError: ``path`` has another suffix, is a folder, or a file stands where one of its folders must be.
     """
-    from embedforge.errors import InputError, file_in_the_way
+    from embedforge.errors import InputError, refuse_file_in_the_way
 
     if path.suffix != suffix:
         raise InputError(f"{option} {path}: must end with {suffix}: choose another {option}")
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder: choose a file name ending with {suffix} for {option}")
-    if (blocker := file_in_the_way(path.parent)) is not None:
-        raise InputError(f"{option} {path}: {blocker} is a file, not a folder: choose another {option} (or move the file)")
+    refuse_file_in_the_way(path, option, folder=path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
 
 

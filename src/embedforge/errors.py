@@ -67,6 +67,18 @@ def file_in_the_way(path: str | Path) -> Path | None:
     return next((a for a in (p, *p.parents) if a.exists() and not a.is_dir()), None)
 
 
+def refuse_file_in_the_way(path: Path, option: str, folder: Path | None = None) -> None:
+    """One line naming ``option`` when a regular file stands where ``folder`` (default: ``path`` itself) or one of
+    its parents must be a folder: ``--out`` as a folder, ``--output``'s folder for a file.
+
+    Raises:
+        InputError: Such a file exists.
+    """
+    if (blocker := file_in_the_way(path if folder is None else folder)) is not None:
+        raise InputError(f"{option} {path}: {blocker} is a file, not a folder: choose another {option} (or move "
+                         "the file)")
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for a file-system error a user can fix: the path, what is wrong with it, and what to do."""
     if exc.filename is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.contracts import write_json
-from embedforge.errors import InputError, OutputBusy, file_in_the_way
+from embedforge.errors import OutputBusy, refuse_file_in_the_way
 from embedforge.locks import pid_lock
 
 #: The advisory lock of an output folder, held by the run writing to it (its content: that run's pid).
@@ -34,8 +34,7 @@ def default_tracking_uri(out: Path) -> str:
 
 def check_out(out: Path) -> None:
     """``--out`` must be (or become) a folder: a regular file at it or above it is one line, not a traceback."""
-    if (blocker := file_in_the_way(out)) is not None:
-        raise InputError(f"--out {out}: {blocker} is a file, not a folder: choose another --out (or move the file)")
+    refuse_file_in_the_way(out, "--out")
 
 
 @contextmanager

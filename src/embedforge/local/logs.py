@@ -61,7 +61,8 @@ class StageLog(io.TextIOBase):
         self._buf += s
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
-            self._out(redact(line) + "\n")
+            line = redact(line)  # also what the console and the summary quote from it
+            self._out(line + "\n")
             self._line(_ANSI.sub("", line))
         return len(s)
 

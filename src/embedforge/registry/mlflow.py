@@ -95,16 +95,16 @@ def local_artifact_root(uri: str) -> Path | None:
     return None
 
 
-def client_for(uri: str) -> "MlflowClient":
+def client_for(uri: str, check_integrity: bool = False) -> "MlflowClient":
     """An ``MlflowClient`` for tracking and registry at ``uri`` (never touches the process-global URI); a local
-    sqlite store is made complete first (:func:`ensure_sqlite_store`).
+    sqlite store is made complete first (:func:`ensure_sqlite_store`; ``check_integrity``: every page read too).
 
     Raises:
         MlflowStoreError: ``uri`` names a sqlite file that is not a usable MLflow store.
     """
     from mlflow import MlflowClient
 
-    ensure_sqlite_store(uri)
+    ensure_sqlite_store(uri, check_integrity)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -23,6 +23,7 @@ cancelled) is dropped from the queue, or its rows are computed and discarded whe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -47,8 +48,7 @@ class BatchStats:
     largest_batch: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"requests": self.requests, "rows": self.rows, "batches": self.batches,
-                "largest_batch": self.largest_batch}
+        return dataclasses.asdict(self)
 
 
 @dataclass

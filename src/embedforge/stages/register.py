@@ -60,7 +60,6 @@ from embedforge.registry.mlflow import (
     RUN_ID_FILE,
     client_for,
     ensure_registered_model,
-    ensure_sqlite_store,
     evaluation_metrics,
     flatten_params,
     get_or_create_experiment,
@@ -154,8 +153,7 @@ def run(
     primary = str(evaluation.get("primary_metric") or "")
     primary_value = numeric(evaluation["finetuned"].get(primary)) if primary else None
 
-    ensure_sqlite_store(uri, check_integrity=True)  # a damaged local store: one line naming it, not a traceback
-    client = client_for(uri)
+    client = client_for(uri, check_integrity=True)  # a damaged local store: one line naming it, not a traceback
     try:
         experiment_id = get_or_create_experiment(client, cfg.experiment, uri)
     except MlflowException as exc:

@@ -16,6 +16,7 @@ head) are never applied: an encoder has no such head.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from typing import TYPE_CHECKING
 
@@ -52,8 +53,6 @@ def fuse(model: "SentenceTransformer", mode: str, device: str) -> str:
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
     apply = MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
-    import inspect
-
     accepted = inspect.signature(apply).parameters
     apply(model=encoder, **{k: v for k, v in _FUSED.items() if k in accepted})
     log.info("train: Liger's fused kernels for %s (RMSNorm, SwiGLU/GeGLU, RoPE)", model_type)
