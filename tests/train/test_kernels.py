@@ -63,8 +63,8 @@ def test_fused_llama_matches_eager_on_cuda(llama_folder, tmp_path):
     texts = ["a short text", "a much longer text about the yield statement in generators " * 8]
 
     def embed_and_grads(model):
-        features = model.tokenize(texts)
-        features = {k: v.cuda() for k, v in features.items()}
+        features = model.tokenize(texts)  # sentence-transformers 6 adds non-tensor entries (e.g. the texts' task)
+        features = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in features.items()}
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             emb = model(features)["sentence_embedding"].float()
