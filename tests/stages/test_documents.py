@@ -82,6 +82,7 @@ def write_docx(path: Path) -> Path:
     p.add_run(" before it starts. Keep the key at hand, because the installer cannot continue without it.")
     d.add_heading("Configuration", level=1)
     d.add_paragraph(CONFIGURE)
+    d.add_paragraph("Raise max_connections to 2*64 on a busy server.")
     table = d.add_table(rows=2, cols=2)
     for (r, c), text in {(0, 0): "Setting", (0, 1): "Default", (1, 0): "port", (1, 1): "8080"}.items():
         table.cell(r, c).text = text
@@ -215,6 +216,8 @@ def test_docx_headings_start_chunks_and_the_title_is_its_first(files, tmp_path, 
     text = "\n\n".join(c.text for c in chunks)
     assert " ".join(INSTALL.split()) in " ".join(text.split())  # the bold run's text, without its ** markers
     assert "**" not in text and "#" not in text
+    assert "Raise max_connections to 2*64 on a busy server." in text  # markdown's escapes (max\\_connections) undone
+    assert chunks[-1].text.endswith("\n\n    | Setting | Default |\n    | port | 8080 |")  # the table: one block
     assert "port" in text and "8080" in text  # the table's cells
 
 
@@ -229,7 +232,8 @@ def test_pptx_slides_are_pages_with_bullets_and_notes(files, tmp_path, base_mode
     assert by_page[1].startswith("Widget release 2.0\n\n")
     assert "- Builds are twice as fast\n\n- Images are smaller" in by_page[1]  # bullets stay apart
     assert by_page[2].startswith("Migrating from 1.x\n\n")
-    assert "The old file is renamed, never deleted." in by_page[2]  # speaker notes are text of the slide
+    assert by_page[2].endswith("- Run the upgrade command\n\nTell customers that the upgrade keeps their settings. "
+                               "The old file is renamed, never deleted.")  # speaker notes: prose after the slide
     assert "Notes:" not in by_page[2] and "<!--" not in by_page[1]
 
 

@@ -7,7 +7,7 @@
   page is dropped. The title is the file's ``/Title`` metadata (reportlab's and some exporters' placeholder
   ``untitled`` counts as none).
 * DOCX: markitdown (mammoth): Word's Title and heading styles become markdown ``#`` headings (the first Title or
-  level-1 heading is the title), tables markdown tables.
+  level-1 heading is the title); a table becomes an indented block of its rows (one segment, kept whole).
 * PPTX: markitdown (python-pptx): one text per slide, the slide title as a ``#`` heading; each line of a text
   frame (a bullet, usually) becomes a list item, so bullets are separate segments instead of one run-on
   sentence; speaker notes follow the slide's text.
@@ -92,6 +92,9 @@ def read_document(path: Path) -> Converted:
 
 
 # ============================================================================================================ PDF
+#: Typographic ligatures PDF fonts draw as one glyph (pdfminer returns the ligature character): their letters.
+_LIGATURES = str.maketrans({"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl",
+                            "\ufb05": "st", "\ufb06": "st"})
 _PAGE_NUMBER = re.compile(r"^\s*(?:page\s+)?[-–—]?\s*\d{1,5}\s*[-–—]?(?:\s*(?:/|of)\s*\d{1,5})?\s*$", re.IGNORECASE)
 
 
@@ -165,7 +168,7 @@ def _pdf_page_text(layout) -> str:
             line_size = _font_size(line)
             if paragraphs[-1] and size and line_size and abs(line_size - size) > 0.1 * size:
                 paragraphs.append([])
-            paragraphs[-1].append(text.replace("\f", " "))
+            paragraphs[-1].append(text.replace("\f", " ").translate(_LIGATURES))
             size = line_size
     texts = ["\n".join(p) for p in paragraphs if p]
     if texts and _PAGE_NUMBER.match(texts[-1]):
@@ -191,7 +194,8 @@ _DOCX_STYLES = "p[style-name='Title'] => h1:fresh"
 _SLIDE = re.compile(r"^<!-- Slide number: (\d+) -->$", re.MULTILINE)
 _IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _LINK = re.compile(r"(?<!!)\[([^\]]*)\]\([^)]*\)")
-_EMPHASIS = re.compile(r"(\*{1,3}|_{2,3})(?=\S)(.+?)(?<=\S)\1")
+_EMPHASIS = re.compile(r"(?<![\\\w*])(\*{1,3})(?=[^\s*])(.+?)(?<=[^\s\\*])\1(?![\w*])")
+_ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~])")
 _MD_BLOCK = re.compile(r"^\s*(?:#{1,6}\s|\||[-*+]\s|\d{1,3}[.)]\s|```|~~~)")
 
 
@@ -209,29 +213,52 @@ def _read_office(data: bytes, suffix: str) -> Converted:
         markdown = converter.convert(io.BytesIO(data), StreamInfo(extension=suffix), style_map=_DOCX_STYLES).markdown
     except Exception as exc:  # a damaged part of the archive fails inside mammoth / python-pptx / lxml
         raise Unreadable(f"damaged {suffix} file ({type(exc).__name__}: {_short(exc)})") from None
-    markdown = _plain_inline(markdown)
+    markdown = _indent_tables(_plain_inline(markdown))
     if suffix == ".docx":
         return Converted(title="", pages=[markdown], paged=False, markdown=True)
     return Converted(title="", pages=_slides(markdown), paged=True, markdown=True)
 
 
 def _plain_inline(markdown: str) -> str:
-    """Markdown without images, link targets and emphasis markers: what is read, not how it is shown."""
+    """Markdown without images, link targets, emphasis markers and the backslashes markdownify puts before
+    punctuation (``max\\_tokens``, ``2\\*3``): what is read, not how it is shown."""
     markdown = _IMAGE.sub("", markdown)
     markdown = _LINK.sub(r"\1", markdown)
-    return _EMPHASIS.sub(r"\2", markdown)
+    markdown = _EMPHASIS.sub(r"\2", markdown)
+    return _ESCAPED.sub(r"\1", markdown)
+
+
+def _indent_tables(markdown: str) -> str:
+    """Markdown tables as indented blocks of their rows, without the separator row and rows of empty cells: an
+    indented block is one code segment to the splitter, so a table stays whole in one chunk (or is cut at row
+    boundaries when longer than the token cap) instead of a segment per row."""
+    out = []
+    for line in markdown.split("\n"):
+        if line.lstrip().startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if all(not c or set(c) <= set("-: ") for c in cells):
+                continue  # | --- | :--: | or a header row with nothing in it
+            out.append("    | " + " | ".join(cells) + " |")
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _slides(markdown: str) -> list[str]:
     """markitdown's PPTX markdown cut at its slide markers into one text per slide (slide n at index n - 1),
-    with each plain line a list item and the notes' ``### Notes:`` label removed."""
+    with each plain line of the slide a list item and each line of its notes a paragraph (their ``### Notes:``
+    label removed)."""
     parts = _SLIDE.split(markdown)  # [before, n1, text1, n2, text2, ...]
     slides: dict[int, str] = {}
     for number, text in zip(parts[1::2], parts[2::2]):
         lines = []
+        notes = False
         for line in text.replace("\v", "\n").split("\n"):
             if line.strip() == "### Notes:":
-                lines.append("")  # notes: a paragraph after the slide's text
+                notes = True  # the speaker notes: prose paragraphs after the slide's text
+                lines.append("")
+            elif notes:
+                lines += [line, ""]
             elif line.strip() and not _MD_BLOCK.match(line):
                 lines.append(f"- {line.strip()}")
             else:
