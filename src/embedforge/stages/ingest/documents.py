@@ -1,10 +1,10 @@
 """PDF, DOCX and PPTX files -> their text, page by page, through the optional ``documents`` extra
-(``pip install 'embedforge[documents]'``: markitdown with its pdf/docx/pptx parts; no model weights).
+(``pip install 'embedforge[documents]'``: markitdown with its docx/pptx parts, pdfminer.six; no model weights).
 
-* PDF: pdfminer.six (what markitdown's PDF converter runs), one text per page, so a page's number can follow
-  its chunks. Layout analysis puts each text box in its own paragraph, which keeps a heading on its own line
-  (the segment splitter then sees it as a heading); a line that is only a page number at the top or bottom of a
-  page is dropped. The title is the file's ``/Title`` metadata (reportlab's and some exporters' placeholder
+* PDF: pdfminer.six (what markitdown's PDF converter runs, which joins the pages), one text per page, so a page's
+  number can follow its chunks. Layout analysis puts each text box in its own paragraph, and a box is cut where
+  the font size changes, which keeps a heading on its own line (the segment splitter then sees it as a
+  heading); a line that is only a page number at the top or bottom of a page is dropped. The title is the file's ``/Title`` metadata (reportlab's and some exporters' placeholder
   ``untitled`` counts as none).
 * DOCX: markitdown (mammoth): Word's Title and heading styles become markdown ``#`` headings (the first Title or
   level-1 heading is the title); a table becomes an indented block of its rows (one segment, kept whole).
