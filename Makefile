@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml images/constraints-$(VARIANT).txt $(SOURCES)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -c images/constraints-$(VARIANT).txt ".[$(VARIANT)]"
+	$(PY) -m pip install --quiet -c images/constraints-$(VARIANT).txt ".[$(VARIANT),documents]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -10,6 +10,7 @@ tests/install/test_images.py in a fresh venv holding the CPU requirement set:
   searched on the GPU;
 - onnxruntime runs a two-node ONNX graph built here and matches numpy;
 - torch is the variant's build (CUDA or CPU); the KFP executor and the pipeline definition import;
+- the ``documents`` extra (PDF/DOCX/PPTX readers) imports and converts a minimal Word file written on the spot;
 - HOME, the caches and TMPDIR are writable (read-only root filesystems mount emptyDirs there).
 
     python images/check.py --variant cpu
@@ -98,6 +99,34 @@ def check_pipeline_imports() -> str:
     return f"kfp executor, mlflow {mlflow.__version__}, embedforge pipeline import"
 
 
+def check_documents() -> str:
+    """The ``documents`` extra converts a Word file (the smallest one Word opens, written here)."""
+    import zipfile
+
+    from embedforge.stages.ingest.documents import missing_extra, read_document
+
+    assert missing_extra() is None, f"the documents extra is incomplete: {missing_extra()} does not import"
+    parts = {
+        "[Content_Types].xml": '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+        '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+        '<Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" '
+        'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>',
+        "_rels/.rels": '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+        '<Relationship Id="rId1" Target="word/document.xml" '
+        'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"/></Relationships>',
+        "word/document.xml": '<w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+        "<w:body><w:p><w:r><w:t>Widgets ship on Mondays.</w:t></w:r></w:p></w:body></w:document>",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "check.docx"
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, xml in parts.items():
+                zf.writestr(name, xml)
+        pages = read_document(path).pages
+    assert pages == ["Widgets ship on Mondays."], pages
+    return f"documents extra: markitdown {md.version('markitdown')} reads a DOCX"
+
+
 def check_writable_dirs() -> str:
     dirs = [Path.home(), Path(tempfile.gettempdir())] + [
         Path(os.environ[k]) for k in ("HF_HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR") if k in os.environ]
@@ -113,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", choices=sorted(FAISS_DISTS), required=True)
     variant = ap.parse_args(argv).variant
     for line in (check_single_faiss(variant), check_torch(variant), check_onnxruntime(),
-                 check_model_and_index(variant), check_pipeline_imports(), check_writable_dirs()):
+                 check_model_and_index(variant), check_pipeline_imports(), check_documents(), check_writable_dirs()):
         print(f"ok  {line}")
 
 

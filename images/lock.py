@@ -1,9 +1,10 @@
 """Pin each image's requirement set: resolve it with pip and write, or check, images/constraints-<variant>.txt.
 
-The CPU image installs ``.[cpu]`` (faiss-cpu) with the CPU build of torch; the GPU image installs ``.[gpu]``
-(faiss-gpu-cu12) with PyPI's CUDA build of torch. pip resolves each set (``pip install --dry-run --report``,
-nothing installed) and every distribution it would install is pinned, so the Dockerfile's
-``pip install -c images/constraints-<variant>.txt ".[<variant>]"`` and CI's ``make install`` get exactly these
+The CPU image installs ``.[cpu,documents]`` (faiss-cpu) with the CPU build of torch; the GPU image installs
+``.[gpu,documents]`` (faiss-gpu-cu12) with PyPI's CUDA build of torch; ``documents`` is the PDF/DOCX/PPTX readers.
+pip resolves each set (``pip install --dry-run --report``, nothing installed) and every distribution it would
+install is pinned, so the Dockerfile's ``pip install -c images/constraints-<variant>.txt ".[<variant>,documents]"``
+and CI's ``make install`` get exactly these
 versions. ``--check`` resolves again *under* the constraints and fails if the result is not exactly the pinned set
 (a dependency the lock does not cover, or an edit to pyproject.toml that the lock has not seen).
 
@@ -32,10 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 TORCH_VERSION = "2.13.0"
 #: The image's Python (images/Dockerfile BASE): pip resolves markers and wheels for the interpreter it runs under.
 PYTHON_VERSION = (3, 11)
-#: variant -> (the extra that picks the FAISS build, the torch requirement, the PyTorch index the Dockerfile adds)
+#: variant -> (the extras: the one that picks the FAISS build and `documents`, the PDF/DOCX/PPTX readers; the torch
+#: requirement; the PyTorch index the Dockerfile adds)
 VARIANTS: dict[str, tuple[str, str, str]] = {
-    "cpu": ("cpu", f"torch=={TORCH_VERSION}+cpu", "https://download.pytorch.org/whl/cpu"),
-    "gpu": ("gpu", f"torch=={TORCH_VERSION}", ""),
+    "cpu": ("cpu,documents", f"torch=={TORCH_VERSION}+cpu", "https://download.pytorch.org/whl/cpu"),
+    "gpu": ("gpu,documents", f"torch=={TORCH_VERSION}", ""),
 }
 #: The project itself is installed from the build context, never pinned.
 SELF = "embedforge"

@@ -18,12 +18,13 @@ def ingest(
     """Read documents, chunk them by sentences and split them train/eval by document.
 
     Args:
-        corpus_path: Folder of .txt/.md/.rst/.html files, or a BEIR ``corpus.jsonl`` (or its folder), readable by
-            the step ("" when ``corpus_artifact`` brings it).
+        corpus_path: Folder of .txt/.md/.rst/.html/.pdf/.docx/.pptx files, or a BEIR ``corpus.jsonl`` (or its
+            folder), readable by the step ("" when ``corpus_artifact`` brings it).
         base_model: Model folder or id whose tokenizer caps chunk length.
         config: ``IngestConfig`` fields (sentences_per_chunk, min_chunk_chars, max_chunk_tokens, ...).
         chunks: Output folder: ``chunks.jsonl`` + ``manifest.json``.
-        metrics: Document and chunk counts.
+        metrics: Document and chunk counts (unreadable_files: PDF/DOCX/PPTX files skipped, named with the reason
+            in the manifest).
         corpus_artifact: The corpus as an imported artifact (``--inputs artifacts``); overrides ``corpus_path``.
         base_model_artifact: The base model folder as an imported artifact (``--inputs artifacts`` with
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.

@@ -80,7 +80,7 @@ def _setup_logging() -> None:
 def run(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: each run writes runs/<time>-<n>/ (model/, onnx/, triton/, report.html, logs/), "
                                                         "latest -> the newest, summary.json; mlflow.db and sdg_work/ are shared.")],
-    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Folder of .txt/.md/.rst/.html files or a BEIR corpus.jsonl (default: the bundled sample corpus).")] = None,
+    corpus: Annotated[Optional[Path], typer.Option("--corpus", help="Folder of .txt/.md/.rst/.html/.pdf/.docx/.pptx files or a BEIR corpus.jsonl (default: the bundled sample corpus).")] = None,
     pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Bring-your-own pairs JSONL: replaces generated pairs.")] = None,
     eval_beir: Annotated[Optional[Path], typer.Option("--eval-beir", help="Also evaluate on this BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv).")] = None,
     base_model: BaseModelOpt = None,

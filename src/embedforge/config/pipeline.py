@@ -39,10 +39,11 @@ class IngestConfig(StageConfig):
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Fraction of documents held out for evaluation.")
     seed: int = Field(13, ge=0, le=MAX_SEED, description="Seed of the document-level train/eval split.")
     extensions: list[str] = Field(
-        default_factory=lambda: [".txt", ".md", ".rst", ".html", ".htm"], description="File suffixes read from a "
-        "corpus folder (case-insensitive, leading dot optional); other files are skipped. .html/.htm, .md and .rst "
-        "are converted from markup (title and text), any other suffix is read as plain text. Not used for a BEIR "
-        "corpus.jsonl.")
+        default_factory=lambda: [".txt", ".md", ".rst", ".html", ".htm", ".pdf", ".docx", ".pptx"],
+        description="File suffixes read from a corpus folder (case-insensitive, leading dot optional); other files "
+        "are skipped. .html/.htm, .md and .rst are converted from markup (title and text); .pdf, .docx and .pptx "
+        "through the documents extra (pip install 'embedforge[documents]', in the images), PDF pages and PPTX "
+        "slides kept as chunk pages; any other suffix is read as plain text. Not used for a BEIR corpus.jsonl.")
     section_chars: int = Field(
         200_000, ge=10_000, le=10_000_000, description="Longest document in characters: a longer one becomes "
         "several documents (sections, cut at paragraph breaks where possible) that the train/eval split treats "

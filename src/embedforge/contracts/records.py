@@ -29,6 +29,8 @@ class Chunk(Record):
     title: str = ""
     position: int = Field(ge=0)
     split: Split
+    page: int | None = Field(None, ge=1, description="The page of a PDF (slide of a PPTX) the chunk comes from "
+                             "(a chunk never spans two); absent for documents without pages.")
 
 
 class Pair(Record):

@@ -32,6 +32,9 @@ class IngestResult(StageResult):
     stage: ClassVar[str] = "ingest"
     corpus_format: str = Field(description="folder or beir")
     base_model: str = Field(description="The model whose tokenizer capped chunk lengths.")
+    unreadable_files: dict[str, str] = Field(
+        default_factory=dict, description="PDF/DOCX/PPTX files skipped (path relative to the corpus folder -> why: "
+        "damaged, truncated, password-protected, no text, or the documents extra not installed).")
 
 
 class SdgResult(StageResult):

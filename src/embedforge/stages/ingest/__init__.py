@@ -2,7 +2,10 @@
 
 Inputs
     Read one document at a time by :func:`embedforge.stages.ingest.readers.iter_documents`: a folder of ``.txt``, ``.md``,
-    ``.rst``, ``.html``/``.htm`` files (``IngestConfig.extensions``), or a BEIR corpus. A document longer than
+    ``.rst``, ``.html``/``.htm`` and (with the ``documents`` extra) ``.pdf``, ``.docx``, ``.pptx`` files
+    (``IngestConfig.extensions``), or a BEIR corpus. A PDF/DOCX/PPTX file that cannot be read (damaged, truncated,
+    password-protected, no text, or the extra missing) is skipped with one log line, counted as
+    ``unreadable_files`` and named with its reason in the manifest's result. A document longer than
     ``IngestConfig.section_chars`` arrives as several documents (its sections), so it is split by
     section between train and eval. Chunks are written as they are made: memory stays bounded by the largest
     markup file (plain text is read piece by piece), not by the corpus.
@@ -12,7 +15,9 @@ Chunking
     whole, headings; a heading always starts a new chunk). Segments are packed ``sentences_per_chunk`` at a time
     (headings are free), never past ``max_chunk_tokens`` tokens of the base model's tokenizer (special tokens
     included); a segment longer than that is cut at token boundaries. A chunk shorter than ``min_chunk_chars`` is
-    merged into its neighbour (previous, else next) when the token cap allows. A document whose whole text is
+    merged into its neighbour (previous, else next) when the token cap allows. A paged document (PDF pages,
+    PPTX slides) is chunked page by page: a chunk never spans two pages and carries its page number
+    (``Chunk.page``). A document whose whole text is
     shorter than ``min_chunk_chars`` is KEPT as one chunk: dropping it would silently remove a retrievable
     document (and break qrels that point at it); it is counted as ``short_documents``. Empty documents are dropped
     (``empty_documents``).
@@ -224,12 +229,14 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
     Returns:
         The manifest; counts: documents, chunks, train_documents, eval_documents, train_chunks, eval_chunks,
         duplicate_chunks_dropped, skipped_files, external_symlinks_skipped (links to files outside the corpus
-        folder, not read unless ``follow_external_symlinks``), empty_documents, short_documents,
-        duplicate_documents (every chunk a duplicate of an earlier document's, so the document is absent from the
-        output).
+        folder, not read unless ``follow_external_symlinks``), unreadable_files (PDF/DOCX/PPTX files skipped:
+        damaged, encrypted, no text, or the ``documents`` extra missing; each with its reason in the result's
+        ``unreadable_files``), empty_documents, short_documents, duplicate_documents (every chunk a duplicate of
+        an earlier document's, so the document is absent from the output).
 
     Raises:
-        InputError: missing/empty corpus, unreadable file, malformed corpus line, all documents empty.
+        InputError: missing/empty corpus, unreadable text file, malformed corpus line, no document with text
+        (all empty or unreadable).
     """
     import json
 
@@ -237,8 +244,10 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
 
     timer = StageTimer("ingest")
     scan: dict[str, int] = {}
+    unreadable: dict[str, str] = {}
     docs, skipped, kind = iter_documents(corpus, cfg.extensions, cfg.section_chars,
-                                         follow_external_symlinks=cfg.follow_external_symlinks, stats=scan)
+                                         follow_external_symlinks=cfg.follow_external_symlinks, stats=scan,
+                                         unreadable=unreadable)
     chunker = Chunker(cfg, load_tokenizer(base_model))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +261,12 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
     with partial.open("w", encoding="utf-8") as fh:
         for doc in tqdm(docs, desc="ingest: chunking", unit="doc", disable=None):
             read += 1
-            texts = chunker.chunk(doc.text)
+            texts: list[str] = []
+            pages: list[int | None] = []
+            for page, page_text in doc.pages():
+                page_chunks = chunker.chunk(page_text)
+                texts.extend(page_chunks)
+                pages.extend([page] * len(page_chunks))
             if not texts:
                 empty += 1
                 continue
@@ -268,10 +282,17 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
                 seen.add(key)
                 chunked[doc.doc_id] += 1
                 fh.write(Chunk(chunk_id=f"{doc.doc_id}#{pos}", doc_id=doc.doc_id, text=text, title=doc.title,
-                               position=pos, split=split).model_dump_json() + "\n")
+                               position=pos, split=split, page=pages[pos]).model_dump_json(exclude_none=True) + "\n")
+    if unreadable:
+        log.warning("ingest: skipped %d unreadable file(s): %s", len(unreadable), _listing(unreadable))
     if not chunked:
         partial.unlink()
-        raise InputError(f"all {read} documents in {corpus} are empty (no text after markup removal); nothing to chunk")
+        if unreadable and not read:
+            raise InputError(f"no document in {corpus} could be read: {len(unreadable)} file(s) skipped "
+                             f"({_listing(unreadable)}); fix or replace them, or add other documents")
+        skipped_too = f", and {len(unreadable)} file(s) could not be read ({_listing(unreadable)})" if unreadable else ""
+        raise InputError(f"all {read} documents in {corpus} are empty (no text after markup removal){skipped_too}; "
+                         "nothing to chunk")
 
     splits = assign_splits(list(chunked), cfg.eval_fraction, cfg.seed)
     moved = {d for d, s in splits.items() if s != ("eval" if split_score(cfg.seed, d) < cfg.eval_fraction else "train")}
@@ -296,10 +317,18 @@ def run(corpus: str | Path, out_dir: str | Path, cfg: IngestConfig, base_model: 
         "duplicate_chunks_dropped": dropped,
         "skipped_files": skipped,
         "external_symlinks_skipped": scan.get("external_symlinks_skipped", 0),
+        "unreadable_files": len(unreadable),
         "empty_documents": empty,
         "short_documents": short,
         "duplicate_documents": len(chunked) - len(doc_splits),
     }
     log.info("ingest: %s", counts)
     return timer.write_manifest(out, counts=counts, inputs={"corpus": str(corpus)}, config=cfg,
-                                corpus_format=kind, base_model=base_model)
+                                corpus_format=kind, base_model=base_model, unreadable_files=unreadable)
+
+
+def _listing(unreadable: dict[str, str], limit: int = 5) -> str:
+    """``a.pdf (why); b.docx (why)`` for the first ``limit`` skipped files, then how many more."""
+    names = [f"{name} ({why})" for name, why in list(unreadable.items())[:limit]]
+    more = f"; and {len(unreadable) - limit} more" if len(unreadable) > limit else ""
+    return "; ".join(names) + more

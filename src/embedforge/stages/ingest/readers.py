@@ -1,5 +1,6 @@
-"""Document readers: a folder of ``.txt``/``.md``/``.rst``/``.html`` files or a BEIR ``corpus.jsonl`` ->
-:class:`Document` records (id, title, plain text with real newlines), the input of the ingest chunker.
+"""Document readers: a folder of ``.txt``/``.md``/``.rst``/``.html`` (and, with the ``documents`` extra,
+``.pdf``/``.docx``/``.pptx``) files or a BEIR ``corpus.jsonl`` -> :class:`Document` records (id, title, plain text
+with real newlines), the input of the ingest chunker.
 
 * folder, read recursively (hidden files/folders skipped): ``doc_id`` is the file path relative to the folder
   (posix); the title is the first markdown ``#`` heading (or ``=`` setext heading), the first reStructuredText
@@ -14,7 +15,13 @@ several documents, its *sections* (``<doc_id>/section-0001``, ... cut at paragra
 title): a chunk's document is then a readable unit, and the document-level train/eval split can put the parts
 of one huge file in different splits instead of all of it in one.
 
-Every file must be UTF-8 (a BOM is allowed); a bad file or line raises :class:`~embedforge.errors.InputError`
+PDF, DOCX and PPTX files are converted by :mod:`embedforge.stages.ingest.documents`. A PDF or PPTX keeps its pages
+(slides): its :class:`Document` holds them separated by :data:`PAGE_BREAK` with ``first_page`` set, so the chunker
+cuts at page boundaries and each chunk carries its page; its sections are runs of whole pages. Such a file that
+cannot be read (damaged, truncated, password-protected, empty, no text) is skipped with one log line and recorded
+in ``unreadable``; without the extra installed they are all skipped with one line saying what to install.
+
+Every text file must be UTF-8 (a BOM is allowed); a bad file or line raises :class:`~embedforge.errors.InputError`
 naming it (and, for bytes that are not UTF-8, the line and column). A symbolic link in a corpus folder to a
 file outside that folder is skipped and counted unless ``ingest.follow_external_symlinks`` is set; linked folders
 are never entered.
@@ -32,6 +39,13 @@ from typing import Iterable, Iterator
 from embedforge.contracts import iter_jsonl, iter_text_lines
 from embedforge.errors import InputError
 from embedforge.retrieval.text import FENCE, indent, normalize_ws, split_sections
+from embedforge.stages.ingest.documents import (
+    DOCUMENT_SUFFIXES,
+    EXTRA_HINT,
+    Unreadable,
+    missing_extra,
+    read_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +55,28 @@ BEIR_CORPUS = "corpus.jsonl"
 SECTION_CHARS = 200_000
 
 
+#: Between the pages of a paged document's text (the form feed: a page break in plain text).
+PAGE_BREAK = "\f"
+
+
 @dataclass
 class Document:
-    """One document: its id (relative path or BEIR ``_id``), title (may be empty) and plain text."""
+    """One document: its id (relative path or BEIR ``_id``), title (may be empty) and plain text. A paged file's
+    document (PDF, PPTX) has ``first_page``, the number of its text's first page, and its pages separated by
+    :data:`PAGE_BREAK`."""
 
     doc_id: str
     title: str
     text: str
+    first_page: int | None = None
+
+    def pages(self) -> Iterator[tuple[int | None, str]]:
+        """(page number, text) of each page; (None, the whole text) once for a document without pages."""
+        if self.first_page is None:
+            yield None, self.text
+            return
+        for number, text in enumerate(self.text.split(PAGE_BREAK), start=self.first_page):
+            yield number, text
 
 
 _RST_UNDERLINE = re.compile(r"^([=\-*~^\"'`#+:.])\1{2,}\s*$")
@@ -195,10 +224,55 @@ def sectioned(doc_id: str, title: str, blocks: Iterable[str], section_chars: int
         yield Document(doc_id=f"{doc_id}/section-{n:04d}", title=title, text=text)
 
 
-def iter_file(path: Path, doc_id: str, section_chars: int = SECTION_CHARS) -> Iterator[Document]:
-    """The documents of one file: markup files are normalised whole (:func:`read_file`), plain text is read
-    incrementally; either is split into sections when longer than ``section_chars``."""
-    if path.suffix.lower() in (".html", ".htm", ".md", ".rst"):
+def paged(doc_id: str, title: str, pages: list[str], section_chars: int = SECTION_CHARS) -> Iterator[Document]:
+    """One Document for a paged file (pages joined by :data:`PAGE_BREAK`, ``first_page`` 1), else, when longer
+    than ``section_chars``, one per run of whole pages (``<doc_id>/section-0001``..., each with its first page)."""
+    runs: list[tuple[int, list[str]]] = []
+    size = 0
+    for number, page in enumerate(pages, start=1):
+        if not runs or (runs[-1][1] and size + len(page) > section_chars):
+            runs.append((number, []))
+            size = 0
+        runs[-1][1].append(page.replace(PAGE_BREAK, "\n"))
+        size += len(page)
+    if len(runs) == 1:
+        yield Document(doc_id=doc_id, title=title, text=PAGE_BREAK.join(runs[0][1]), first_page=1)
+        return
+    for n, (first, run) in enumerate(runs, start=1):
+        yield Document(doc_id=f"{doc_id}/section-{n:04d}", title=title, text=PAGE_BREAK.join(run), first_page=first)
+
+
+def _document_file(path: Path, doc_id: str, section_chars: int, unreadable: dict[str, str] | None
+                   ) -> Iterator[Document]:
+    """The documents of a PDF/DOCX/PPTX file; nothing (one log line, an entry in ``unreadable``) when it cannot
+    be read."""
+    try:
+        converted = read_document(path)
+    except Unreadable as exc:
+        log.warning("%s: skipped: %s", path, exc)
+        if unreadable is not None:
+            unreadable[doc_id] = str(exc)
+        return
+    title, pages = converted.title, converted.pages
+    if converted.markdown:
+        normalised = [_md_normalise(p) for p in pages]
+        title = title or next((t for t, _ in normalised if t), "")
+        pages = [text for _, text in normalised]
+    if converted.paged:
+        yield from paged(doc_id, title, pages, section_chars)
+    else:
+        yield from sectioned(doc_id, title, pages, section_chars)
+
+
+def iter_file(path: Path, doc_id: str, section_chars: int = SECTION_CHARS,
+              unreadable: dict[str, str] | None = None) -> Iterator[Document]:
+    """The documents of one file: PDF/DOCX/PPTX files are converted (an unreadable one is skipped and recorded
+    in ``unreadable``), markup files are normalised whole (:func:`read_file`), plain text is read incrementally;
+    each is split into sections when longer than ``section_chars``."""
+    suffix = path.suffix.lower()
+    if suffix in DOCUMENT_SUFFIXES:
+        yield from _document_file(path, doc_id, section_chars, unreadable)
+    elif suffix in (".html", ".htm", ".md", ".rst"):
         doc = read_file(path, doc_id)
         yield from sectioned(doc_id, doc.title, [doc.text], section_chars)
     else:
@@ -237,8 +311,8 @@ def outside(path: Path, root: Path) -> bool:
 
 
 def _folder_documents(root: Path, extensions: list[str], section_chars: int = SECTION_CHARS,
-                      follow_external_symlinks: bool = False, stats: dict[str, int] | None = None
-                      ) -> tuple[Iterator[Document], int]:
+                      follow_external_symlinks: bool = False, stats: dict[str, int] | None = None,
+                      unreadable: dict[str, str] | None = None) -> tuple[Iterator[Document], int]:
     from tqdm.auto import tqdm
 
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
@@ -262,6 +336,18 @@ def _folder_documents(root: Path, extensions: list[str], section_chars: int = SE
         log.warning(
             "%s: skipped %d symbolic link(s) to files outside the corpus folder (set "
             "ingest.follow_external_symlinks=true to read them)", root, external)
+    documents = [p for p in files if p.suffix.lower() in DOCUMENT_SUFFIXES]
+    if documents and (missing := missing_extra()):
+        files = [p for p in files if p.suffix.lower() not in DOCUMENT_SUFFIXES]
+        kinds = "/".join(sorted({p.suffix.lower() for p in documents}))
+        reason = f"reading {kinds} files needs {EXTRA_HINT} ({missing} is not installed)"
+        log.warning("%s: skipped %d %s file(s): %s", root, len(documents), kinds, reason)
+        if unreadable is not None:
+            unreadable.update((p.relative_to(root).as_posix(), "the documents extra is not installed")
+                              for p in documents)
+        if not files:
+            raise InputError(f"corpus folder {root} holds only {kinds} files ({len(documents)}) and {reason}; "
+                             "install it, or add text documents")
     if not files:
         links = (f"; {external} symbolic link(s) to files outside it were skipped (set "
                  "ingest.follow_external_symlinks=true to read them)") if external else ""
@@ -270,7 +356,7 @@ def _folder_documents(root: Path, extensions: list[str], section_chars: int = SE
             f"set ingest.extensions, or point at a BEIR corpus.jsonl"
         )
     docs = (d for p in tqdm(files, desc="ingest: files", unit="file", disable=None)
-            for d in iter_file(p, p.relative_to(root).as_posix(), section_chars))
+            for d in iter_file(p, p.relative_to(root).as_posix(), section_chars, unreadable))
     return docs, skipped
 
 
@@ -302,8 +388,8 @@ def _beir_documents(path: Path, section_chars: int = SECTION_CHARS) -> Iterator[
 
 
 def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int = SECTION_CHARS,
-                   follow_external_symlinks: bool = False, stats: dict[str, int] | None = None
-                   ) -> tuple[Iterator[Document], int, str]:
+                   follow_external_symlinks: bool = False, stats: dict[str, int] | None = None,
+                   unreadable: dict[str, str] | None = None) -> tuple[Iterator[Document], int, str]:
     """Read a corpus folder or BEIR corpus, one document at a time.
 
     Args:
@@ -312,6 +398,8 @@ def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int
         section_chars: Longest document in characters; a longer one becomes sections.
         follow_external_symlinks: Read a folder's symbolic links to files outside it (else they are skipped).
         stats: Filled with ``external_symlinks_skipped`` (links not read) when given.
+        unreadable: Filled, as the documents are read, with ``doc_id -> reason`` of each PDF/DOCX/PPTX file
+            skipped because it cannot be read (or the ``documents`` extra is missing).
 
     Returns:
         (documents in deterministic order, read as iterated; number of skipped files; "folder"|"beir").
@@ -323,7 +411,8 @@ def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int
     path = Path(corpus).expanduser()
     if not path.exists():
         raise InputError(
-            f"corpus {path} does not exist; pass a folder of .txt/.md/.rst/.html files or a BEIR corpus.jsonl"
+            f"corpus {path} does not exist; pass a folder of documents (.txt/.md/.rst/.html/.pdf/.docx/.pptx) or a "
+            "BEIR corpus.jsonl"
         )
     if path.is_file():
         if path.suffix.lower() != ".jsonl":
@@ -331,5 +420,5 @@ def iter_documents(corpus: str | Path, extensions: list[str], section_chars: int
         return _beir_documents(path, section_chars), 0, "beir"
     if (path / BEIR_CORPUS).is_file():
         return _beir_documents(path / BEIR_CORPUS, section_chars), 0, "beir"
-    docs, skipped = _folder_documents(path, extensions, section_chars, follow_external_symlinks, stats)
+    docs, skipped = _folder_documents(path, extensions, section_chars, follow_external_symlinks, stats, unreadable)
     return docs, skipped, "folder"
