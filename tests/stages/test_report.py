@@ -171,6 +171,22 @@ def test_query_types_of_llm_pairs_get_their_own_table(run_artifacts):
     assert rows == {"multi_hop": (len(recs) + 1) // 2, "structural": len(recs) // 2}
 
 
+def test_matryoshka_dimensions_get_their_own_table(run_artifacts):
+    ev = read_result(run_artifacts["evaluate"], EvaluationResult)
+    full = ev.finetuned["ndcg@10"]
+    ev.by_dimension = {384: {"base": ev.base, "finetuned": ev.finetuned},
+                       96: {"base": {"ndcg@10": 0.25}, "finetuned": {"ndcg@10": round(full * 0.9, 4)}}}
+    cells = _Cells()
+    cells.feed(report.render_report(report.ReportInputs(evaluation=ev)))
+    rows = cells.tables["dimensions"]
+    assert rows[0] == ["dimensions", "base", "fine-tuned", "of full fine-tuned"]
+    assert rows[1] == ["384", f"{ev.base['ndcg@10']:.4f}", f"{full:.4f}", "100.0 %"]
+    assert rows[2][:3] == ["96", "0.2500", f"{round(full * 0.9, 4):.4f}"] and rows[2][3] == f"{100 * round(full * 0.9, 4) / full:.1f} %"
+    plain = _Cells()
+    plain.feed(report.render_report(report.ReportInputs(evaluation=read_result(run_artifacts["evaluate"], EvaluationResult))))
+    assert "dimensions" not in plain.tables
+
+
 # ------------------------------------------------------------------------------------------------ component
 def test_component_writes_the_kfp_html_and_attaches_it_to_the_mlflow_run(tmp_path, run_artifacts, mlflow_uri):
     from embedforge.components.report.component import report as component
