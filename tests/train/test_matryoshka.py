@@ -17,7 +17,11 @@ from embedforge.stages.train.batching import Batch, collate
 from embedforge.stages.train.cached import GradCache
 from embedforge.stages.train.distributed import DistContext
 from embedforge.stages.train.losses import InfoNCELoss, MatryoshkaLoss
-from embedforge.stages.train.setup import contrastive_loss, load_for_training, make_stepper
+from embedforge.stages.train.setup import (
+    contrastive_loss,
+    load_for_training,
+    make_stepper,
+)
 from embedforge.stages.train.step import Stepper, embed
 
 DIMS = [384, 128, 64]

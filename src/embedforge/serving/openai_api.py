@@ -52,7 +52,11 @@ from embedforge.serving.openai_schema import (
     parse_request,
     shorten,
 )
-from embedforge.serving.token_count import ApproximateCounter, TokenCounter, tokenizer_folder
+from embedforge.serving.token_count import (
+    ApproximateCounter,
+    TokenCounter,
+    tokenizer_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +213,11 @@ class EmbeddingService:
         from Triton's model-config API or, where that is restricted, the repository's config."""
         from tritonclient.utils import InferenceServerException
 
-        from embedforge.serving.repository import CONFIG_FILE, DIMS_PARAMETER, validate_config
+        from embedforge.serving.repository import (
+            CONFIG_FILE,
+            DIMS_PARAMETER,
+            validate_config,
+        )
 
         max_batch, dims = None, ""
         try:  # restricted on the cluster (model-config needs the admin key): then the repository's config

@@ -38,7 +38,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedforge.retrieval.dimensions import trained_dims
 from embedforge.config import TritonConfig
 from embedforge.contracts import MANIFEST, ONNX_FILE, PARITY_FILE, atomic_write_text
 from embedforge.errors import ConfigError, InputError
@@ -54,6 +53,7 @@ from embedforge.onnx.variants import (
     PLAN_FILE,
     VARIANTS_FILE,
 )
+from embedforge.retrieval.dimensions import trained_dims
 
 log = logging.getLogger(__name__)
 
