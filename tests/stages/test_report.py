@@ -171,20 +171,20 @@ def test_query_types_of_llm_pairs_get_their_own_table(run_artifacts):
     assert rows == {"multi_hop": (len(recs) + 1) // 2, "structural": len(recs) // 2}
 
 
-def test_matryoshka_dimensions_get_their_own_table(run_artifacts):
-    ev = read_result(run_artifacts["evaluate"], EvaluationResult)
-    full = ev.finetuned["ndcg@10"]
-    ev.by_dimension = {384: {"base": ev.base, "finetuned": ev.finetuned},
-                       96: {"base": {"ndcg@10": 0.25}, "finetuned": {"ndcg@10": round(full * 0.9, 4)}}}
+def test_matryoshka_dimensions_get_their_own_table():
+    """evaluation.json's by_dimension: the primary metric of both models at each width, and the share of the full
+    width's fine-tuned score each keeps; no table for a model trained without Matryoshka dimensions."""
+    base, fine = {"ndcg@10": 0.37, "recall@10": 0.43}, {"ndcg@10": 0.4, "recall@10": 0.47}
+    ev = EvaluationResult(primary_metric="ndcg@10", base=base, finetuned=fine, delta={}, by_dimension={
+        384: {"base": base, "finetuned": fine}, 96: {"base": {"ndcg@10": 0.25}, "finetuned": {"ndcg@10": 0.39}}})
     cells = _Cells()
     cells.feed(report.render_report(report.ReportInputs(evaluation=ev)))
-    rows = cells.tables["dimensions"]
-    assert rows[0] == ["dimensions", "base", "fine-tuned", "of full fine-tuned"]
-    assert rows[1] == ["384", f"{ev.base['ndcg@10']:.4f}", f"{full:.4f}", "100.0 %"]
-    assert rows[2][:3] == ["96", "0.2500", f"{round(full * 0.9, 4):.4f}"] and rows[2][3] == f"{100 * round(full * 0.9, 4) / full:.1f} %"
+    assert cells.tables["dimensions"] == [["dimensions", "base", "fine-tuned", "of full fine-tuned"],
+                                          ["384", "0.3700", "0.4000", "100.0 %"],
+                                          ["96", "0.2500", "0.3900", "97.5 %"]]
     plain = _Cells()
-    plain.feed(report.render_report(report.ReportInputs(evaluation=read_result(run_artifacts["evaluate"], EvaluationResult))))
-    assert "dimensions" not in plain.tables
+    plain.feed(report.render_report(report.ReportInputs(evaluation=ev.model_copy(update={"by_dimension": {}}))))
+    assert "dimensions" not in plain.tables and "metrics" in plain.tables
 
 
 # ------------------------------------------------------------------------------------------------ component
