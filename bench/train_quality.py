@@ -250,6 +250,9 @@ VARIANTS: dict[str, dict] = {
     "grade2": {"shipped": True, "train": {"grade_power": 2.0}},
     # ST's loss and schedule on its own rows, batched by embedforge's sampler (plan_steps) instead of its trainer's
     "st_plain": {"st": {"lr": 2e-5, "batch_size": 32, "epochs": 3, "warmup_ratio": 0.1, "plain": True}},
+    # Matryoshka embeddings: the loss also on the first 1/2 and 1/4 of MiniLM's 384 dimensions (--dims scores them)
+    "mrl": {"shipped": True, "profile": True, "train": {"matryoshka_dims": [384, 192, 96]}},
+    "mrl_fixed": {"shipped": True, "train": {"matryoshka_dims": [384, 192, 96]}},
     # seconds-long code-path checks (tiny data, CPU)
     "smoke_st": {"st": {"lr": 5e-5, "batch_size": 8, "epochs": 0.2, "warmup_ratio": 0.1}},
     "smoke_sym_soup": {"shipped": True, "train": {"epochs": 0.2, "batch_size": 8, "max_seq_length": 32,
@@ -309,18 +312,29 @@ def build_inputs(data: Path, out: Path, train_fraction: float = 0.5) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def evaluate_model(model, data: dict, batch_size: int = 128) -> dict:
+def evaluate_model(model, data: dict, batch_size: int = 128, dims: list[int] | None = None) -> dict:
     """NDCG/Recall/MAP on the test queries over the whole corpus (exact cosine, model's own prompts), and under
-    ``per_query`` each test query's nDCG@10."""
-    import torch
-    from beir.retrieval.evaluation import EvaluateRetrieval
-
+    ``per_query`` each test query's nDCG@10. ``dims``: also nDCG@10 of the first d dimensions of the same
+    embeddings, renormalised (``embedforge.retrieval.dimensions.truncate``), under ``ndcg@10_dim`` (encoded once)."""
+    from embedforge.retrieval.dimensions import truncate
     from embedforge.retrieval.encode import encode
 
     doc_ids = list(data["corpus"])
     docs = encode(model, [data["corpus"][d][1] for d in doc_ids], kind="document", batch_size=batch_size)
     qids = list(data["test_queries"])
     qs = encode(model, [data["test_queries"][q] for q in qids], kind="query", batch_size=batch_size)
+    out = _score(qs, docs, qids, doc_ids, data)
+    if dims:
+        out["ndcg@10_dim"] = {d: round(_score(truncate(qs, d), truncate(docs, d), qids, doc_ids, data)["ndcg@10"], 4)
+                              for d in dims}
+    return out
+
+
+def _score(qs: np.ndarray, docs: np.ndarray, qids: list[str], doc_ids: list[str], data: dict) -> dict:
+    """BEIR metrics of the exact cosine ranking of ``docs`` for ``qs``."""
+    import torch
+    from beir.retrieval.evaluation import EvaluateRetrieval
+
     scores = torch.from_numpy(qs) @ torch.from_numpy(docs).T
     top = torch.topk(scores, k=min(100, len(doc_ids)), dim=1)
     results = {q: {doc_ids[j]: float(s) for s, j in zip(top.values[i].tolist(), top.indices[i].tolist())}
@@ -551,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-self", action="store_true", help="drop the query's own id/text from rankings (ArguAna)")
     ap.add_argument("--st-plain", action="store_true", help="baseline in a plain loop even if `datasets` is installed")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per result here")
+    ap.add_argument("--dims", default="", help="comma list: also report nDCG@10 of every model at these prefix "
+                    "dimensions (slice + renormalise the full embeddings), e.g. 384,192,96 for the mrl variants")
     ap.add_argument("--max-seq-length", type=int, default=None, help="truncate training inputs (ST and ours alike; "
                     "reduced CPU runs)")
     args = ap.parse_args(argv)
@@ -575,9 +591,11 @@ def main(argv: list[str] | None = None) -> int:
                 model, info = run_st_baseline(data, args.base_model, spec["st"], seed, args.out, device, args.st_plain)
             else:
                 model, info = run_ours(data, args.base_model, spec, seed, args.out, device)
-            metrics = evaluate_model(model, data)
+            metrics = evaluate_model(model, data, dims=[int(d) for d in args.dims.split(",") if d])
             per_query = metrics.pop("per_query")
-            row = {"variant": name, "seed": seed, **{k: round(v, 4) for k, v in metrics.items()}, **info,
+            by_dim = metrics.pop("ndcg@10_dim", None)
+            row = {"variant": name, "seed": seed, **{k: round(v, 4) for k, v in metrics.items()},
+                   **({"ndcg@10_dim": by_dim} if by_dim else {}), **info,
                    "seconds": round(time.perf_counter() - t0, 1), "device": device,
                    "per_query": per_query}
             results.append(row)

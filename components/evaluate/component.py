@@ -64,5 +64,9 @@ def evaluate(
         for prefix, table in tables.items():
             for name, value in table.items():
                 metrics.log_metric(for_kfp(f"{prefix}_{name}"), value)
+        for dim, sides in result.by_dimension.items():  # Matryoshka prefixes, named as in MLflow
+            for side, table in sides.items():
+                for name, value in table.items():
+                    metrics.log_metric(for_kfp(f"{side}_{name}_dim_{dim}"), value)
         for name, value in manifest.counts.items():
             metrics.log_metric(name, value)

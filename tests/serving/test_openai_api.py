@@ -35,6 +35,7 @@ MAX_LEN = 24  # the served max_seq_length: long texts are cut, so usage shows th
 MAX_BATCH = 16  # the ensemble's max_batch_size: a request of 40 inputs takes 3 Triton requests
 LONG = " ".join(["the yield statement suspends a generator and hands a value back to its caller"] * 10)
 TEXTS = ["what does the yield statement do", "break out of a loop early", LONG]
+TRAINED_DIMS = [8, 4]  # what the served export records as its Matryoshka dimensions
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -90,9 +91,13 @@ def start_api():
 
 
 def _export(src: Path, out: Path, max_len: int) -> Path:
-    """An export folder of the tiny ONNX embedder (prompts "query: "/"passage: ") served at ``max_len`` tokens."""
+    """An export folder of the tiny ONNX embedder (prompts "query: "/"passage: ") served at ``max_len`` tokens,
+    recorded as trained with the Matryoshka dimensions :data:`TRAINED_DIMS`."""
+    from embedforge.retrieval.dimensions import record_trained_dims
+
     shutil.copytree(src, out)
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_len}))
+    record_trained_dims(out, TRAINED_DIMS)
     return out
 
 
@@ -273,6 +278,8 @@ def test_models_health_and_the_served_version(api):
         client.models.retrieve("gpt-4")
     raw = client.embeddings.with_raw_response.create(model=MODEL, input="x")
     assert raw.headers["x-embedforge-model-version"] == "1"
+    status, listed = _post(api.url, b"", "/v1/models", "GET")  # the width and the trained Matryoshka dimensions
+    assert status == 200 and [(m["dimensions"], m["matryoshka_dims"]) for m in listed["data"]] == [(8, TRAINED_DIMS)] * 2
     for path in ("/v1/health/live", "/v1/health/ready"):
         with urllib.request.urlopen(api.url + path, timeout=10) as resp:
             assert resp.status == 200 and json.loads(resp.read())["object"] == "health.response"

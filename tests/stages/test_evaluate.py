@@ -449,3 +449,34 @@ def test_the_model_section_decides_how_the_base_model_is_scored(chunks_dir, pair
     want = ranking.evaluate_model(load_model(base_model, model=cls), chunks, pairs, CFG)
     assert result.base == pytest.approx(want, abs=1e-5)
     assert result.base != pytest.approx(base_reencoded, abs=1e-3)
+
+
+def test_matryoshka_dims_are_scored_on_slices_of_one_encoding(tmp_path, chunks_dir, pairs_dir, model_dir, base_model,
+                                                              fixture_data, base_reencoded):
+    """A model recorded as trained with Matryoshka dimensions: evaluation.json's ``by_dimension`` holds both models'
+    metrics at each, equal to sentence-transformers' own ``truncate_dim`` encoding (slice, then normalise) at that
+    width, and the full width's equal ``base``/``finetuned``."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    from embedforge.retrieval.dimensions import record_trained_dims
+
+    mrl = tmp_path / "mrl_model"
+    shutil.copytree(model_dir, mrl)
+    record_trained_dims(mrl, [384, 128, 64])
+    out = tmp_path / "eval"
+    result = evaluate.run(chunks_dir, pairs_dir, base_model, mrl, out, CFG).result
+    on_disk = json.loads((out / contracts.EVALUATION_FILE).read_text())["by_dimension"]
+    assert sorted(on_disk, key=int) == ["64", "128", "384"]
+    assert set(result.by_dimension) == {384, 128, 64}
+    assert result.by_dimension[384] == {"base": result.base, "finetuned": result.finetuned}
+    chunks, pairs = fixture_data
+    for dim in (128, 64):
+        want_ft = ranking.evaluate_model(SentenceTransformer(str(mrl), device="cpu", truncate_dim=dim), chunks, pairs, CFG)
+        want_base = ranking.evaluate_model(SentenceTransformer(base_model, device="cpu", truncate_dim=dim), chunks, pairs,
+                                           CFG)
+        assert result.by_dimension[dim]["finetuned"] == pytest.approx(want_ft, abs=1e-4)
+        assert result.by_dimension[dim]["base"] == pytest.approx(want_base, abs=1e-4)
+    # a model without recorded dimensions: no by_dimension
+    assert evaluate.run(chunks_dir, pairs_dir, base_model, model_dir, tmp_path / "plain", CFG).result.by_dimension == {}

@@ -83,6 +83,11 @@ def test_metric_names_and_evaluation_metrics():
     assert m["delta_ndcg_at_10"] == pytest.approx(0.07)
     assert m["external_delta_ndcg_at_10"] == pytest.approx(0.04)
     assert m["count_queries"] == 12
+    dims = evaluation_metrics({"base": BASE, "finetuned": FINETUNED, "by_dimension": {
+        "128": {"base": {"ndcg@10": 0.5}, "finetuned": {"ndcg@10": 0.6}}, "64": {"finetuned": {"ndcg@10": 0.55}}}})
+    assert (dims["base_ndcg_at_10_dim_128"], dims["finetuned_ndcg_at_10_dim_128"]) == (0.5, 0.6)
+    assert dims["delta_ndcg_at_10_dim_128"] == pytest.approx(0.1) and dims["finetuned_ndcg_at_10_dim_64"] == 0.55
+    assert "delta_ndcg_at_10_dim_64" not in dims and dims["finetuned_ndcg_at_10"] == 0.62
 
 
 @pytest.mark.parametrize("text, expected", [

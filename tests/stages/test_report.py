@@ -171,6 +171,22 @@ def test_query_types_of_llm_pairs_get_their_own_table(run_artifacts):
     assert rows == {"multi_hop": (len(recs) + 1) // 2, "structural": len(recs) // 2}
 
 
+def test_matryoshka_dimensions_get_their_own_table():
+    """evaluation.json's by_dimension: the primary metric of both models at each width, and the share of the full
+    width's fine-tuned score each keeps; no table for a model trained without Matryoshka dimensions."""
+    base, fine = {"ndcg@10": 0.37, "recall@10": 0.43}, {"ndcg@10": 0.4, "recall@10": 0.47}
+    ev = EvaluationResult(primary_metric="ndcg@10", base=base, finetuned=fine, delta={}, by_dimension={
+        384: {"base": base, "finetuned": fine}, 96: {"base": {"ndcg@10": 0.25}, "finetuned": {"ndcg@10": 0.39}}})
+    cells = _Cells()
+    cells.feed(report.render_report(report.ReportInputs(evaluation=ev)))
+    assert cells.tables["dimensions"] == [["dimensions", "base", "fine-tuned", "of full fine-tuned"],
+                                          ["384", "0.3700", "0.4000", "100.0 %"],
+                                          ["96", "0.2500", "0.3900", "97.5 %"]]
+    plain = _Cells()
+    plain.feed(report.render_report(report.ReportInputs(evaluation=ev.model_copy(update={"by_dimension": {}}))))
+    assert "dimensions" not in plain.tables and "metrics" in plain.tables
+
+
 # ------------------------------------------------------------------------------------------------ component
 def test_component_writes_the_kfp_html_and_attaches_it_to_the_mlflow_run(tmp_path, run_artifacts, mlflow_uri):
     from embedforge.components.report.component import report as component

@@ -120,6 +120,16 @@ class TrainConfig(StageConfig):
     grade_power: float = Field(0.0, ge=0, le=4, description="Graded judgements in the loss: a row whose positive "
                                "has relevance grade g weighs g^grade_power in the batch's mean (embedforge.stages.train."
                                "losses); 0 = every row alike. Ungraded rows are grade 1.")
+    matryoshka_dims: list[int] = Field(
+        default_factory=list, description="Matryoshka embeddings (embedforge.stages.train.losses.MatryoshkaLoss): the "
+        "contrastive loss is also computed on the first d dimensions of every embedding (renormalised) for each d "
+        "here, and the losses summed, so that a prefix of the vector is an embedding of its own. Strictly "
+        "descending positive ints, each at most the model's dimension (checked when the model is loaded), e.g. "
+        "[768, 512, 256, 128, 64]; include the full dimension to keep training it. Empty: off. Saved with the "
+        "model; evaluate reports nDCG@10 at each, serving accepts `dimensions`.")
+    matryoshka_weights: list[float] = Field(
+        default_factory=list, description="Weight of each train.matryoshka_dims entry's loss in the sum (same "
+        "length); empty: all 1.")
     soup: int = Field(1, ge=1, le=16, description="Model soup: train this many runs from the base weights, seeds "
                       "seed, seed+1000, ... (own batch orders and dropout; far apart, so that neighbouring seeds' "
                       "soups share no run), and save the average of their weights (embedforge.stages.train.soup). n x the "
@@ -217,6 +227,29 @@ class TrainConfig(StageConfig):
         if self.micro_batch_tokens is not None:
             return self.micro_batch_tokens
         return 262144 if device_type == "cuda" else 4096
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _descending_dims(cls, v: list[int]) -> list[int]:
+        each_within(v, 1, 1 << 20, "Matryoshka dimension")
+        if any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"train.matryoshka_dims {v}: strictly descending positive ints, e.g. [384, 128, 64]")
+        return v
+
+    @field_validator("matryoshka_weights")
+    @classmethod
+    def _weight_range(cls, v: list[float]) -> list[float]:
+        each_within(v, 0, 1e6, "Matryoshka weight")
+        return v
+
+    @model_validator(mode="after")
+    def _matryoshka_weights(self) -> "TrainConfig":
+        """One weight per Matryoshka dimension, each >= 0 and not all 0."""
+        w = self.matryoshka_weights
+        if w and (len(w) != len(self.matryoshka_dims) or any(x < 0 for x in w) or not any(w)):
+            raise ValueError(f"train.matryoshka_weights {w}: one weight >= 0 per train.matryoshka_dims entry "
+                             f"({len(self.matryoshka_dims)}), not all 0; or empty for all 1")
+        return self
 
     @model_validator(mode="after")
     def _average_last_unsharded(self) -> "TrainConfig":

@@ -194,6 +194,10 @@ class EvaluationResult(StageResult):
     reused_base_embeddings: bool = False
     device: str = Field("", description="Device kind the numbers were computed on (cpu, cuda, mps): the gate "
                         "compares only numbers computed on one device kind, so rounding cannot decide a tie.")
+    by_dimension: dict[int, dict[str, dict[str, float]]] = Field(
+        default_factory=dict, description="A model trained with train.matryoshka_dims: for each of those dimensions "
+        "d, {'base': metrics, 'finetuned': metrics} of the first d dimensions of the same embeddings, renormalised "
+        "(embedforge.retrieval.dimensions.truncate); empty otherwise.")
 
 
 class RankedHit(BaseModel):

@@ -400,26 +400,32 @@ def evaluation_metrics(ev: dict[str, Any]) -> dict[str, float]:
 
     ``base.<m>`` -> ``base_<m>``, ``finetuned.<m>`` -> ``finetuned_<m>``, their difference -> ``delta_<m>``;
     ``external`` (an extra BEIR collection) -> ``external_base_<m>``, ``external_finetuned_<m>``,
-    ``external_delta_<m>``; ``counts.<c>`` -> ``count_<c>``. Non-finite values are skipped.
+    ``external_delta_<m>``; ``by_dimension.<d>`` (Matryoshka prefixes) -> ``base_<m>_dim_<d>``,
+    ``finetuned_<m>_dim_<d>``, ``delta_<m>_dim_<d>``; ``counts.<c>`` -> ``count_<c>``. Non-finite values are
+    skipped.
 
     Args:
         ev: The parsed ``evaluation.json``.
     """
     out: dict[str, float] = {}
 
-    def add_pair(prefix: str, base: Any, fine: Any) -> None:
+    def add_pair(prefix: str, base: Any, fine: Any, suffix: str = "") -> None:
         base = base if isinstance(base, dict) else {}
         fine = fine if isinstance(fine, dict) else {}
         for side, values in (("base", base), ("finetuned", fine)):
             for m, v in values.items():
                 if (x := numeric(v)) is not None:
-                    out[metric_key(f"{prefix}{side}_{m}")] = x
+                    out[metric_key(f"{prefix}{side}_{m}{suffix}")] = x
         for m in base.keys() & fine.keys():
             b, f = numeric(base[m]), numeric(fine[m])
             if b is not None and f is not None:
-                out[metric_key(f"{prefix}delta_{m}")] = f - b
+                out[metric_key(f"{prefix}delta_{m}{suffix}")] = f - b
 
     add_pair("", ev.get("base"), ev.get("finetuned"))
+    by_dimension = ev.get("by_dimension")
+    for dim, sides in (by_dimension.items() if isinstance(by_dimension, dict) else ()):
+        if isinstance(sides, dict):
+            add_pair("", sides.get("base"), sides.get("finetuned"), f"_dim_{dim}")
     ext = ev.get("external")
     if isinstance(ext, dict):
         add_pair("external_", ext.get("base"), ext.get("finetuned"))

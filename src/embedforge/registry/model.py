@@ -28,7 +28,8 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
     """Write ``dst`` as an MLflow Model (pyfunc, :mod:`embedforge.registry.pyfunc` as code) that is ALSO the
     sentence-transformers folder, then load it back and embed the input example as a self-check.
 
-    * pyfunc: signature ``text`` (string column) -> float32 ``(-1, dim)``, param ``prompt_name``; the input
+    * pyfunc: signature ``text`` (string column) -> float32 ``(-1, dim)``, params ``prompt_name`` and
+      ``dimensions`` (0: all; N: the first N, renormalised, fewer columns than the signature says); the input
       example; the ONNX file and tokenizer as its ``onnx`` artifact (``artifacts/onnx/``); requirements pinned
       to the versions installed here.
     * the sentence-transformers files sit beside ``MLmodel``, so ``SentenceTransformer(<downloaded version>)``
@@ -49,7 +50,7 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "text")]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
-        params=ParamSchema([ParamSpec("prompt_name", "string", "")]),
+        params=ParamSchema([ParamSpec("prompt_name", "string", ""), ParamSpec("dimensions", "long", 0)]),
     )
     example = pd.DataFrame({"text": ["How do I rotate the signing keys?", "Keys are rotated every 90 days."]})
     reqs = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "onnxruntime", "transformers", "numpy", "pandas")]

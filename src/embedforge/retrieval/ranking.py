@@ -312,6 +312,28 @@ def rank_queries(
     Raises:
         InputError: No usable query, an empty corpus, or ``chunk_embeddings`` of the wrong shape.
     """
+    eval_set, by_dim = rank_queries_by_dimension(model, chunks, pairs, cfg, (), chunk_embeddings, split)
+    return eval_set, by_dim[embedding_dim(model)]
+
+
+def rank_queries_by_dimension(
+    model: "SentenceTransformer",
+    chunks: Sequence[Chunk],
+    pairs: Iterable[Pair],
+    cfg: EvaluateConfig,
+    dims: Sequence[int],
+    chunk_embeddings: np.ndarray | None = None,
+    split: str | None = "eval",
+) -> tuple[EvalSet, dict[int, dict[str, dict[str, float]]]]:
+    """:func:`rank_queries` at the model's full width and at each of ``dims`` (Matryoshka prefixes): queries and
+    chunks are encoded once, at full width, and each prefix is the first ``d`` dimensions renormalised
+    (:func:`embedforge.retrieval.dimensions.truncate`, what serving returns for ``dimensions=d``).
+
+    Returns:
+        ``(eval_set, {dimension: results})``, the full width among the keys. Arguments and errors as
+        :func:`rank_queries`; a dimension outside 1..width raises InputError.
+    """
+    from embedforge.retrieval.dimensions import truncate
     from embedforge.retrieval.encode import encode
 
     chunks = list(chunks)
@@ -323,9 +345,11 @@ def rank_queries(
             f"no usable {split or 'any'}-split pairs in {PAIRS_FILE} (none, or none whose positives are in "
             f"{CHUNKS_FILE}): nothing to evaluate"
         )
+    dim = embedding_dim(model)
+    if any(not 1 <= d <= dim for d in dims):
+        raise InputError(f"dimensions {list(dims)}: each must be between 1 and the model's {dim}")
     if chunk_embeddings is None:
         chunk_embeddings = encode_chunks(model, chunks, cfg)
-    dim = embedding_dim(model)
     if chunk_embeddings.shape != (len(chunks), dim):
         raise InputError(
             f"chunk embeddings have shape {tuple(chunk_embeddings.shape)}, expected ({len(chunks)}, {dim}) "
@@ -334,8 +358,8 @@ def rank_queries(
     qids = list(eval_set.queries)
     query_emb = encode(model, [eval_set.queries[q] for q in qids], kind="query", batch_size=batch_size_for(model, cfg),
                        show_progress=True)
-    results = retrieve(chunk_embeddings, chunks, query_emb, qids, max(cfg.all_k), eval_set.document_level,
-                       eval_set.exclude)
-    return eval_set, results
-
-
+    by_dim = {}
+    for d in sorted({dim, *dims}, reverse=True):
+        q, c = (query_emb, chunk_embeddings) if d == dim else (truncate(query_emb, d), truncate(chunk_embeddings, d))
+        by_dim[d] = retrieve(c, chunks, q, qids, max(cfg.all_k), eval_set.document_level, eval_set.exclude)
+    return eval_set, by_dim

@@ -52,7 +52,11 @@ from embedforge.serving.openai_schema import (
     parse_request,
     shorten,
 )
-from embedforge.serving.token_count import ApproximateCounter, TokenCounter, tokenizer_folder
+from embedforge.serving.token_count import (
+    ApproximateCounter,
+    TokenCounter,
+    tokenizer_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +139,7 @@ class Served:
     version: str
     dim: int
     max_batch: int
+    trained_dims: tuple[int, ...] = ()
     checked_at: float = field(default_factory=time.monotonic)
 
 
@@ -202,22 +207,32 @@ class EmbeddingService:
             raise _unavailable(f"cannot reach Triton at {url}: {str(exc) or type(exc).__name__}") from None
 
     # ------------------------------------------------------------------ what is served
-    async def _max_batch(self) -> int:
-        if self.settings.max_batch:
-            return self.settings.max_batch
+    async def _served_config(self) -> tuple[int, tuple[int, ...]]:
+        """The ensemble's ``max_batch_size`` (the ``max_batch`` setting first) and the Matryoshka dimensions its
+        config names (:data:`~embedforge.serving.repository.DIMS_PARAMETER`; () for a model trained without),
+        from Triton's model-config API or, where that is restricted, the repository's config."""
         from tritonclient.utils import InferenceServerException
 
-        try:  # restricted on the cluster (model-config needs the admin key): then the repository's config
-            return int((await self.client.get_model_config(self.settings.model)).get("max_batch_size") or 1)
-        except (InferenceServerException, *_NETWORK_ERRORS):
-            pass
-        if self.settings.repository:
-            from embedforge.serving.repository import CONFIG_FILE, validate_config
+        from embedforge.serving.repository import (
+            CONFIG_FILE,
+            DIMS_PARAMETER,
+            validate_config,
+        )
 
-            path = Path(self.settings.repository) / self.settings.model / CONFIG_FILE
-            with contextlib.suppress(OSError, ConfigError):
-                return max(1, validate_config(path.read_text(encoding="utf-8")).max_batch_size)
-        return FALLBACK_MAX_BATCH
+        max_batch, dims = None, ""
+        try:  # restricted on the cluster (model-config needs the admin key): then the repository's config
+            config = await self.client.get_model_config(self.settings.model)
+            max_batch = int(config.get("max_batch_size") or 1)
+            dims = ((config.get("parameters") or {}).get(DIMS_PARAMETER) or {}).get("string_value", "")
+        except (InferenceServerException, *_NETWORK_ERRORS):
+            if self.settings.repository:
+                path = Path(self.settings.repository) / self.settings.model / CONFIG_FILE
+                with contextlib.suppress(OSError, ConfigError):
+                    conf = validate_config(path.read_text(encoding="utf-8"))
+                    max_batch = max(1, conf.max_batch_size)
+                    dims = conf.parameters[DIMS_PARAMETER].string_value if DIMS_PARAMETER in conf.parameters else ""
+        trained = tuple(int(d) for d in dims.split(",") if d.strip().isdigit())
+        return self.settings.max_batch or max_batch or FALLBACK_MAX_BATCH, trained
 
     def _load_counter(self, version: str) -> TokenCounter | ApproximateCounter:
         if self._fixed_counter is not None:
@@ -246,14 +261,16 @@ class EmbeddingService:
                                "model_not_served")
         version = str(versions[-1])
         old = self.served_now
-        max_batch = old.max_batch if old is not None and old.version == version else await self._max_batch()
+        max_batch, dims = ((old.max_batch, old.trained_dims) if old is not None and old.version == version
+                           else await self._served_config())
         if version != self._counter_version:
             self.counter = await asyncio.to_thread(self._load_counter, version)
             self._counter_version = version
             log.info("embeddings API: %s version %s (dim %s, max batch %d), usage tokens %s", name, version,
                      output["shape"][-1], max_batch, "exact" if self.counter.exact else "estimated")
         self.batcher.max_batch = max_batch
-        self.served_now = Served(version=version, dim=int(output["shape"][-1]), max_batch=max_batch)
+        self.served_now = Served(version=version, dim=int(output["shape"][-1]), max_batch=max_batch,
+                                 trained_dims=dims)
         return self.served_now
 
     async def served(self) -> Served:
@@ -356,14 +373,19 @@ def create_app(settings: ApiSettings) -> Starlette:
         body = embedding_list(shorten(vectors, req.dimensions), req.model, req.encoding_format, sum(lengths))
         return JSONResponse(body, headers={VERSION_HEADER: served.version})
 
+    def listed(names: list[str]) -> dict:
+        served = service.served_now  # as last read: listing models does not wait for Triton
+        return model_list(names, int(service.started), dimensions=served.dim if served else None,
+                          trained_dims=served.trained_dims if served else ())
+
     async def models(request: Request) -> JSONResponse:
-        return JSONResponse(model_list(ids, int(service.started)))
+        return JSONResponse(listed(ids))
 
     async def model(request: Request) -> JSONResponse:
         name = request.path_params["name"]
         if name not in ids:
             raise unknown_model(name)
-        return JSONResponse(model_list([name], int(service.started))["data"][0])
+        return JSONResponse(listed([name])["data"][0])
 
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"object": "health.response", "message": "Service is live."})

@@ -10,7 +10,9 @@ Request (``POST /v1/embeddings``, JSON object):
 * ``encoding_format``: ``float`` (default) or ``base64`` (each vector's little-endian float32 bytes, base64 encoded,
   as OpenAI sends them; the ``openai`` Python client asks for base64 and decodes it by itself).
 * ``dimensions``: keep the first N dimensions and re-normalise to unit length (Matryoshka-style truncation), 1 <= N
-  <= the model's dimension.
+  <= the model's dimension, as OpenAI accepts any N. A model trained with ``train.matryoshka_dims`` keeps its
+  quality at those N (``GET /v1/models`` lists them as ``matryoshka_dims``); other N, and any N of a model trained
+  without, lose more.
 * ``input_type`` (NIM): ``query`` (default) or ``passage``: which saved prompt the server prepends.
 * ``truncate`` (NIM): ``NONE``, ``START`` or ``END``; accepted, and every value gets the served tokenizer's
   behaviour, which keeps the start of a text and cuts the end at the model's ``max_seq_length``.
@@ -24,6 +26,7 @@ Errors are :class:`ApiError`, whose :meth:`ApiError.body` is OpenAI's ``{"error"
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -145,11 +148,11 @@ def parse_request(body: object, max_inputs: int = MAX_INPUTS) -> EmbeddingReques
 def shorten(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     """The first ``dimensions`` columns of unit ``vectors``, re-normalised to unit length (unchanged when None or
     the full width)."""
+    from embedforge.retrieval.dimensions import truncate
+
     if dimensions is None or dimensions >= vectors.shape[1]:
         return vectors
-    head = vectors[:, :dimensions].astype(np.float32)
-    norms = np.linalg.norm(head, axis=1, keepdims=True)
-    return head / np.maximum(norms, np.float32(1e-12))
+    return truncate(vectors, dimensions)
 
 
 def encode_vector(vector: np.ndarray, encoding_format: EncodingFormat) -> list[float] | str:
@@ -170,7 +173,12 @@ def embedding_list(vectors: np.ndarray, model: str, encoding_format: EncodingFor
     }
 
 
-def model_list(ids: list[str], created: int, owned_by: str = "embedforge") -> dict:
-    """OpenAI's ``GET /v1/models`` response."""
+def model_list(ids: list[str], created: int, owned_by: str = "embedforge", dimensions: int | None = None,
+               trained_dims: Sequence[int] = ()) -> dict:
+    """OpenAI's ``GET /v1/models`` response; each entry also names the served width (``dimensions``, once known)
+    and the Matryoshka dimensions the model was trained with (``matryoshka_dims``, where it was): the
+    ``dimensions`` requests that keep quality."""
+    extra = {**({"dimensions": dimensions} if dimensions else {}),
+             **({"matryoshka_dims": list(trained_dims)} if trained_dims else {})}
     return {"object": "list",
-            "data": [{"id": i, "object": "model", "created": created, "owned_by": owned_by} for i in ids]}
+            "data": [{"id": i, "object": "model", "created": created, "owned_by": owned_by, **extra} for i in ids]}

@@ -53,10 +53,14 @@ from embedforge.onnx.variants import (
     PLAN_FILE,
     VARIANTS_FILE,
 )
+from embedforge.retrieval.dimensions import trained_dims
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.pbtxt"
+#: String parameter of the ensemble's and the embedder's configs: the Matryoshka dimensions the served model was
+#: trained with, comma-separated (absent for a model trained without; :mod:`embedforge.retrieval.dimensions`).
+DIMS_PARAMETER = "matryoshka_dims"
 #: In each version folder: the config.pbtxt that serves that version (see the module docstring).
 SERVED_CONFIG = "served-config.pbtxt"
 TOKENIZER_DIR = "tokenizer"
@@ -323,6 +327,8 @@ def write_model_repository(
         raise InputError(f"{onnx_dir} has no tokenizer.json: the tokenizer model needs the fast tokenizer's file")
     params = {"embedding_dim": str(sig.dim), "normalized": "true", "precision": cfg.precision}
     params.update(_prompts(onnx_dir))
+    if dims := trained_dims(onnx_dir):  # Matryoshka: the API lists the dimensions the model was trained to serve
+        params[DIMS_PARAMETER] = ",".join(str(d) for d in dims)
     params.update(parameters or {})
     names = ModelNames.of(cfg.model_name)
     configs = {

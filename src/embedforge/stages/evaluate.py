@@ -14,6 +14,9 @@ Protocol
 - **Metrics** (``beir.retrieval.evaluation.EvaluateRetrieval``; pytrec_eval underneath): ``ndcg``, ``map``,
   ``recall``, ``precision`` (``evaluate``) and ``mrr`` (``evaluate_custom``) at every ``cfg.all_k``, keyed in
   lower case: ``"ndcg@10"``, ``"recall@10"``, ``"map@10"``, ``"precision@10"``, ``"mrr@10"``.
+- **Matryoshka**: a model trained with ``train.matryoshka_dims`` (recorded in its folder,
+  :mod:`embedforge.retrieval.dimensions`) is also scored on the first d dimensions of each trained d: the same
+  embeddings sliced and renormalised, no second encoding (``by_dimension`` in ``evaluation.json``).
 - **Reuse**: the mine stage saves the base model's chunk embeddings (``embeddings.npy`` + ``embedding_ids.json``,
   same text and kind); when their ids match the chunks they replace re-encoding the corpus with the base model.
 
@@ -67,13 +70,14 @@ from embedforge.retrieval.beir import (
     load_beir_folder,
     write_beir_split,
 )
+from embedforge.retrieval.dimensions import trained_dims
 from embedforge.retrieval.encode import embedding_dim
 from embedforge.retrieval.ranking import (
     METRIC_NAMES,
     EvalSet,
     build_eval_set,
     per_query_metrics,
-    rank_queries,
+    rank_queries_by_dimension,
     retrieval_metrics,
 )
 
@@ -169,7 +173,10 @@ def run(
     Returns:
         The manifest. ``evaluation.json`` holds ``primary_metric``, ``base``, ``finetuned``, ``delta``
         (fine-tuned minus base), ``external`` (only with ``eval_beir``: ``path``, ``base``, ``finetuned``,
-        ``delta``, ``counts``), ``counts`` and ``models``.
+        ``delta``, ``counts``), ``counts``, ``models`` and, for a model trained with Matryoshka dimensions
+        (:mod:`embedforge.retrieval.dimensions`), ``by_dimension``: both models' metrics on the first d
+        dimensions (renormalised) of the same embeddings, for each trained d (the full width's equal ``base`` and
+        ``finetuned``).
 
     Raises:
         InputError: No eval pairs, unreadable inputs, or a bad ``eval_beir`` folder.
@@ -202,12 +209,23 @@ def run(
             log.warning("%s: re-encoding the corpus with the base model", exc)
     log.info("evaluating base model %s on %d eval queries over %d chunks", base_model, len(eval_set.queries),
              len(chunks))
-    _, base_results = rank_queries(base, chunks, pairs, cfg, chunk_embeddings=base_emb)
-    base_metrics = retrieval_metrics(eval_set.qrels, base_results, cfg.all_k)
     finetuned = load_model(str(finetuned_dir))
-    log.info("evaluating fine-tuned model %s", finetuned_dir)
-    _, ft_results = rank_queries(finetuned, chunks, pairs, cfg)
+    dims = [d for d in trained_dims(finetuned_dir) if d <= embedding_dim(finetuned)]
+    if any(d > embedding_dim(base) for d in dims):  # another base width (a Dense layer): its prefixes are not scored
+        log.warning("the base model is %d wide: its metrics at %s are not computed", embedding_dim(base), dims)
+    base_dims = [d for d in dims if d <= embedding_dim(base)]
+    _, base_by_dim = rank_queries_by_dimension(base, chunks, pairs, cfg, base_dims, chunk_embeddings=base_emb)
+    base_results = base_by_dim[embedding_dim(base)]
+    base_metrics = retrieval_metrics(eval_set.qrels, base_results, cfg.all_k)
+    log.info("evaluating fine-tuned model %s%s", finetuned_dir, f" (and its first {dims} dimensions)" if dims else "")
+    _, ft_by_dim = rank_queries_by_dimension(finetuned, chunks, pairs, cfg, dims)
+    ft_results = ft_by_dim[embedding_dim(finetuned)]
     ft_metrics = retrieval_metrics(eval_set.qrels, ft_results, cfg.all_k)
+    by_dimension = {d: {"finetuned": _round(retrieval_metrics(eval_set.qrels, ft_by_dim[d], cfg.all_k)),
+                        **({"base": _round(retrieval_metrics(eval_set.qrels, base_by_dim[d], cfg.all_k))}
+                           if d in base_by_dim else {})} for d in dims}
+    for d, m in by_dimension.items():
+        log.info("%s at %d dimensions: fine-tuned %.4f", cfg.primary_metric, d, m["finetuned"][cfg.primary_metric])
 
     external_result = None
     if external is not None:
@@ -234,6 +252,7 @@ def run(
         models={"base": base_model, "base_path": resolve_model_path(base_model), "finetuned": str(finetuned_dir)},
         reused_base_embeddings=base_emb is not None,
         device=device_kind(finetuned),
+        by_dimension=by_dimension,
     )
     log.info("%s: base %.4f -> fine-tuned %.4f", cfg.primary_metric, base_metrics[cfg.primary_metric],
              ft_metrics[cfg.primary_metric])

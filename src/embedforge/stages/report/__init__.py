@@ -257,7 +257,25 @@ def _metrics(inputs: ReportInputs) -> str:
                 for m, v in x.finetuned.items()]
         out.append(f"<h3>External collection <code>{_e(x.path)}</code> ({x.counts.get('queries', '?')} queries)"
                    "</h3>" + _table(["metric", "base", "fine-tuned", "gain"], rows, "external"))
+    out.append(_dimensions(ev))
     return "".join(out)
+
+
+def _dimensions(ev: EvaluationResult) -> str:
+    """The primary metric at each Matryoshka dimension (``by_dimension``), and the share of the full width's
+    fine-tuned score each keeps; empty for a model trained without them."""
+    if not ev.by_dimension:
+        return ""
+    m = ev.primary_metric
+    full = ev.finetuned.get(m)
+    rows = []
+    for d, sides in sorted(ev.by_dimension.items(), reverse=True):
+        fine, base = sides.get("finetuned", {}).get(m), sides.get("base", {}).get(m)
+        share = f"<td class=\"num\">{100 * fine / full:.1f} %</td>" if fine is not None and full else _num(None)
+        rows.append([f"<td>{d}</td>", _num(base), _num(fine), share])
+    return (f"<h3>{_e(m)} by embedding dimension (Matryoshka)</h3><p>The first d dimensions of the same "
+            "embeddings, renormalised: what a <code>dimensions</code> request returns.</p>"
+            + _table(["dimensions", "base", "fine-tuned", "of full fine-tuned"], rows, "dimensions"))
 
 
 def _groups(recs: Sequence[QueryEvaluation]) -> list[tuple[str, Callable[[QueryEvaluation], str | None]]]:

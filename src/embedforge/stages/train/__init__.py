@@ -7,7 +7,7 @@ One concept per module:
 :mod:`.batching`       batch sampler (no text twice among a batch's anchors and positives) and collation
 :mod:`.positives`      per-epoch sampling of a query's many positives; texts never its negative (all grades)
 :mod:`.schedule`       ``train.schedule=auto``: learning rate, temperature, epochs probed on held-out train queries
-:mod:`.losses`         InfoNCE over [all positives ; all hard negatives] with false-negative masking
+:mod:`.losses`         InfoNCE over [all positives ; all hard negatives] with false-negative masking; its Matryoshka sum
 :mod:`.tokens`         tokenise each text once; token-budgeted micro-batches
 :mod:`.step`           the training-time forward ``embed`` and one optimisation step (``Stepper``)
 :mod:`.loss_log`       loss history, one device sync per window of steps

@@ -26,6 +26,7 @@ from embedforge.config import (
 )
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.contracts.positives import known_positives
+from embedforge.retrieval.dimensions import record_trained_dims
 from embedforge.stages.train.batching import epoch_batches, plan_steps, read_examples
 from embedforge.stages.train.checkpoint import Checkpoints
 from embedforge.stages.train.distributed import DistContext
@@ -111,6 +112,7 @@ def run_process(
         interpolate_weights(model, first.base_state, base_weight)
     out = Path(out_dir)
     model.save(str(out), create_model_card=False)
+    record_trained_dims(out, cfg.matryoshka_dims)  # evaluate, export and serving read them from the model
     steps_per_epoch = len(epoch_batches(examples, cfg.batch_size, cfg.seed, cfg.positives_per_query, 0))
     train_seconds = sum(r.seconds for r in runs)
     trained_rows = sum(len(rows) for r in runs for rows in r.plan[r.start:])  # a continued run: its own steps

@@ -1,5 +1,5 @@
 """Contrastive loss used by :mod:`embedforge.stages.train`: InfoNCE over in-batch and hard negatives, with masking of
-known false negatives."""
+known false negatives, and its Matryoshka form (the same loss summed over prefixes of the embeddings)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,55 @@ class InfoNCELoss(nn.Module):
     def get_config_dict(self) -> dict[str, float | bool]:
         return {"temperature": self.temperature, "scale": self.scale, "symmetric": self.symmetric,
                 "hardness": self.hardness}
+
+
+class MatryoshkaLoss(nn.Module):
+    def __init__(self, inner: InfoNCELoss, dims: Sequence[int], weights: Sequence[float] | None = None) -> None:
+        """Matryoshka representation learning: ``inner``'s loss on every prefix of the embeddings, weighted and
+        summed, so that the first ``d`` dimensions of a vector (renormalised) are an embedding of their own.
+
+        For each ``d`` of ``dims`` the anchors, positives and negatives are cut to their first ``d`` columns and
+        given to ``inner`` unchanged otherwise (mask, row weights); ``inner`` normalises them (cosine), so each
+        prefix is compared at unit length, as it is served (``dimensions``: slice, then renormalise). The result
+        is ``sum_d weights[d] x inner(prefix d)``: sentence-transformers' ``MatryoshkaLoss`` around
+        ``MultipleNegativesRankingLoss`` (``n_dims_per_step=-1``).
+
+        The loss takes embeddings, not texts, so the cached step (:mod:`embedforge.stages.train.cached`) computes
+        it once per dimension on its cached embedding tensors and back-propagates the summed gradient through the
+        same chunks: the prefixes cost a few small matrix products, no extra forward.
+
+        Args:
+            inner: The contrastive loss of one dimension.
+            dims: Prefix lengths, each at most the embedding width.
+            weights: One weight per entry of ``dims``; None: all 1.
+
+        References:
+            - Kusupati et al. 2022, "Matryoshka Representation Learning", https://arxiv.org/abs/2205.13147
+        """
+        super().__init__()
+        if not dims:
+            raise ValueError("MatryoshkaLoss needs at least one dimension")
+        weights = list(weights) if weights else [1.0] * len(dims)
+        if len(weights) != len(dims):
+            raise ValueError(f"{len(weights)} weights for {len(dims)} dimensions")
+        self.inner = inner
+        self.dims = [int(d) for d in dims]
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, anchors: Tensor, positives: Tensor, negatives: Tensor | None = None, mask: Tensor | None = None,
+                weights: Tensor | None = None) -> Tensor:
+        """``sum_d w_d x inner(anchors[:, :d], positives[:, :d], negatives[:, :d], mask, weights)``."""
+        width = anchors.size(-1)
+        if max(self.dims) > width:
+            raise ValueError(f"Matryoshka dimension {max(self.dims)} is more than the embeddings' {width}")
+        total = anchors.new_zeros((), dtype=torch.float32)
+        for d, w in zip(self.dims, self.weights):
+            cut = negatives[:, :d] if negatives is not None else None
+            total = total + w * self.inner(anchors[:, :d], positives[:, :d], cut, mask, weights)
+        return total
+
+    def get_config_dict(self) -> dict[str, object]:
+        return {**self.inner.get_config_dict(), "matryoshka_dims": self.dims, "matryoshka_weights": self.weights}
 
 
 def false_negative_mask(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
-from embedforge.errors import ConfigError
+from embedforge.errors import ConfigError, InputError
 from embedforge.stages.train.distributed import DistContext
 from embedforge.stages.train.step import Stepper
 
@@ -163,9 +163,30 @@ def make_optimizer(model: SentenceTransformer, cfg: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=fused)
 
 
+def contrastive_loss(model: SentenceTransformer, cfg: TrainConfig) -> torch.nn.Module:
+    """InfoNCE at ``cfg.temperature`` (symmetric, hardness-weighted as set), summed over the prefixes of
+    ``cfg.matryoshka_dims`` when there are any (:class:`~embedforge.stages.train.losses.MatryoshkaLoss`).
+
+    Raises:
+        InputError: A Matryoshka dimension is more than the model's embedding width.
+    """
+    from embedforge.retrieval.encode import embedding_dim
+    from embedforge.stages.train.losses import InfoNCELoss, MatryoshkaLoss
+
+    loss = InfoNCELoss(cfg.temperature, cfg.symmetric_loss, cfg.hardness)
+    if not cfg.matryoshka_dims:
+        return loss
+    width = embedding_dim(model)
+    if width and cfg.matryoshka_dims[0] > width:
+        raise InputError(f"train.matryoshka_dims {cfg.matryoshka_dims}: {cfg.matryoshka_dims[0]} is more than the "
+                         f"model's {width} dimensions; use dimensions <= {width}, e.g. [{width}, {width // 2}, "
+                         f"{width // 4}]")
+    return MatryoshkaLoss(loss, cfg.matryoshka_dims, cfg.matryoshka_weights or None)
+
+
 def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsConfig, steps: int,
                  dist: DistContext) -> Stepper:
-    """The :class:`~embedforge.stages.train.step.Stepper` of a run of ``steps`` steps: InfoNCE at ``cfg.temperature``,
+    """The :class:`~embedforge.stages.train.step.Stepper` of a run of ``steps`` steps: :func:`contrastive_loss`,
     :func:`make_optimizer`, warm-up over ``cfg.warmup_ratio`` of the steps then ``cfg.lr_schedule``'s decay, the
     precision of :func:`autocast_dtype`, the micro-batch token budget of the model's device and rows weighted by
     grade (``cfg.grade_power``)."""
@@ -174,7 +195,6 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
 
     from embedforge.stages.train import memory, packing
     from embedforge.stages.train.cached import make_grad_cache
-    from embedforge.stages.train.losses import InfoNCELoss
 
     packing.enable(model, cfg.packing)  # embed() packs the micro-batches of a model that allows it
     optimizer = make_optimizer(model, cfg)
@@ -186,7 +206,7 @@ def make_stepper(model: SentenceTransformer, cfg: TrainConfig, prompts: PromptsC
     capacity = None if total is None else memory.plain_step_tokens(model, cfg.gradient_checkpointing, total)
     return Stepper(
         model=model,
-        loss_fn=InfoNCELoss(cfg.temperature, cfg.symmetric_loss, cfg.hardness),
+        loss_fn=contrastive_loss(model, cfg),
         optimizer=optimizer,
         scheduler=scheduler,
         query_prompt=prompts.query or None,
