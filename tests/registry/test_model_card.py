@@ -65,7 +65,8 @@ def test_the_registered_folder_carries_the_card_and_the_version_its_text(registe
     records = read_per_query(run_artifacts["evaluate"])
     rows = {r[0]: r for r in (line.strip("| ").split(" | ") for line in card.splitlines())
             if r[0] in ev.finetuned and len(r) == 6}
-    assert set(rows) == set(ev.finetuned)
+    k = ev.primary_metric.partition("@")[2]
+    assert set(rows) == {m for m in ev.finetuned if m.endswith(f"@{k}")} and ev.primary_metric in rows
     for metric, (_, base, fine, gain, ci, wtl) in rows.items():
         assert float(base) == pytest.approx(ev.base[metric], abs=1e-4)
         low, high = map(float, re.findall(r"[-+]\d\.\d+", ci))

@@ -100,16 +100,20 @@ def _model_index(name: str, evaluation: EvaluationResult) -> list[dict[str, Any]
 
 
 def _metrics_table(evaluation_dir: Path, evaluation: EvaluationResult) -> list[str]:
-    """Base vs fine-tuned per metric with the 95 % interval of the gain and wins/ties/losses over the queries."""
-    from embedforge.retrieval.stats import CONFIDENCE, compare
+    """Base vs fine-tuned per metric at the primary metric's cut-off, with the 95 % interval of the gain and
+    wins/ties/losses over the queries (every cut-off's fine-tuned number is in ``model-index``)."""
+    from embedforge.retrieval.stats import BOOTSTRAP_RESAMPLES, CONFIDENCE, compare
 
     try:
         records = read_per_query(evaluation_dir)
     except InputError:
         records = []
+    k = evaluation.primary_metric.partition("@")[2]
+    shown = [m for m in evaluation.finetuned if m.partition("@")[2] == k] or list(evaluation.finetuned)
     lines = [f"| metric | base | fine-tuned | gain | {CONFIDENCE:.0%} CI of the gain | wins / ties / losses |",
              "|---|---|---|---|---|---|"]
-    for m, fine in evaluation.finetuned.items():
+    for m in shown:
+        fine = evaluation.finetuned[m]
         base = evaluation.base.get(m)
         gain = f"{fine - base:+.4f}" if base is not None else ""
         ci, wtl = "", ""
@@ -122,8 +126,9 @@ def _metrics_table(evaluation_dir: Path, evaluation: EvaluationResult) -> list[s
                      else f"| {m} |  | {fine:.4f} |  |  |  |")
     n = len(records) or evaluation.counts.get("eval_queries", 0)
     lines.append("")
-    lines.append(f"On {n} held-out queries (paired bootstrap over the queries, 2000 resamples)"
-                 if records else "No per-query records: no confidence intervals.")
+    lines.append((f"On {n} held-out queries (paired bootstrap over the queries, {BOOTSTRAP_RESAMPLES} resamples)"
+                  if records else "No per-query records: no confidence intervals.")
+                 + ("; the other cut-offs are in `model-index` above." if len(shown) < len(evaluation.finetuned) else "."))
     if evaluation.external is not None:
         ext = evaluation.external
         lines += ["", f"External collection `{Path(ext.path).name}`:", "",

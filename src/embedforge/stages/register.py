@@ -186,9 +186,9 @@ def run(
     artifact_uri = mlrun.info.artifact_uri
     log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.experiment, redact(uri))
     try:  # the train step's live run (per-step metrics) becomes this pipeline run's child
-        adopt_train_runs(client, [experiment_id], provenance["kfp_run_id"], run_id)
+        adopt_train_runs(client, [experiment_id], provenance.get("kfp_run_id", ""), run_id)
     except MlflowException as exc:
-        log.warning("could not link the train run of KFP run %s to MLflow run %s: %s", provenance["kfp_run_id"],
+        log.warning("could not link the train run of KFP run %s to MLflow run %s: %s", provenance.get("kfp_run_id"),
                     run_id, exc)
     try:
         card = build_card(model_dir, evaluation_dir, cfg.model_name, base_model=base_model, run_id=run_id,
