@@ -247,7 +247,8 @@ def _steps(given: Inputs, p: dict) -> dict:
     mine_task = mine(chunks=chunks, pairs=pairs, base_model=base_model, config=p["mine_config"],
                      **base, **loaded_as).after(validate_task)
     train_task = train(mined=mine_task.outputs["mined"], base_model=base_model, config=p["train_config"],
-                       prompts=prompts, **base, **loaded_as)
+                       prompts=prompts, tracking_uri=tracking_uri, register_config=p["register_config"],
+                       kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **base, **loaded_as)
     model = train_task.outputs["model"]
     evaluate_task = evaluate(
         chunks=chunks, pairs=pairs, mined=mine_task.outputs["mined"], model=model,
@@ -316,7 +317,7 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
     kubernetes.use_secret_as_env(promote_task, secret_name=k8s.triton_admin_secret,
                                  secret_key_to_env={"admin-key": ADMIN_KEY_ENV}, optional=True)
     # MLflow credentials (if the tracking server needs them) likewise.
-    for task in (register_task, gate_task, promote_task, report_task):
+    for task in (train_task, register_task, gate_task, promote_task, report_task):  # (train: its live run)
         kubernetes.use_secret_as_env(
             task, secret_name=k8s.mlflow_secret,
             secret_key_to_env={"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"},
@@ -359,7 +360,7 @@ def _apply_kubernetes(k8s: KubernetesSettings, inputs: str, stand_ins: tuple, in
     for task in stand_ins:
         kubernetes.set_timeout(task, 600)
         kubernetes.set_security_context(task, run_as_user=k8s.run_as, run_as_group=k8s.run_as, run_as_non_root=True)
-    for task in (ingest_task, register_task, gate_task, promote_task, report_task):
+    for task in (ingest_task, train_task, register_task, gate_task, promote_task, report_task):
         # an empty tracking_uri parameter: the cluster's MLflow from the ConfigMap (ingest checks it is set)
         kubernetes.use_config_map_as_env(task, config_map_name=k8s.config_map,
                                          config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"},

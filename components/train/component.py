@@ -14,6 +14,9 @@ def train(
     metrics: dsl.Output[dsl.Metrics],
     base_model_artifact: dsl.Input[dsl.Model] = None,
     model_config: dict = None,
+    tracking_uri: str = "",
+    register_config: dict = None,
+    kfp_run_id: str = "",
 ):
     """Fine-tune the base model with InfoNCE over in-batch and hard negatives; save a sentence-transformers folder.
 
@@ -33,6 +36,11 @@ def train(
             ``base_model_uri``); overrides ``base_model`` unless it is the "absent" stand-in.
         model_config: ``ModelConfig`` fields (the pipeline's ``model`` section: pooling, attention, padding_side,
             trust_remote_code): how the base model becomes an embedder, the same in every step that loads it.
+        tracking_uri: MLflow tracking URI of the step's live run (per-step metrics, ``train.log_every_steps``);
+            empty: ``register_config.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else no live run.
+        register_config: ``RegisterConfig`` fields: the live run goes to its ``experiment``.
+        kfp_run_id: The KFP run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``): register makes the live run a child of
+            the pipeline's MLflow run by it.
     """
 
     from embedforge.errors import reported_stage_errors
@@ -40,10 +48,18 @@ def train(
     with reported_stage_errors():  # the runner shows the stage's error as one line
         from embedforge.components._inputs import local_path
 
-        from embedforge.config import ModelConfig, PromptsConfig, TrainConfig
+        from embedforge.config import (
+            ModelConfig,
+            PromptsConfig,
+            RegisterConfig,
+            TrainConfig,
+        )
+        from embedforge.registry.live_run import use_destination
         from embedforge.stages import train as stage
 
         cfg = TrainConfig.model_validate(config)
+        mlflow_cfg = RegisterConfig.model_validate(register_config or {})
+        use_destination(tracking_uri or mlflow_cfg.tracking_uri, mlflow_cfg.experiment, kfp_run_id)
         model_cfg = ModelConfig.model_validate(model_config or {})
         base_model = local_path(base_model_artifact, base_model)
         manifest = stage.run(mined.path, model.path, cfg, base_model=base_model,

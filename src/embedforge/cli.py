@@ -64,11 +64,40 @@ def _config(config: Optional[Path], sets: Optional[list[str]], extra: Optional[l
     return load_config(config, [*(sets or []), *(extra or [])], base_model=base_model)
 
 
+#: The environment variable ``--log-level`` sets (so the stages ``embedforge run`` starts log at the same level).
+LOG_LEVEL_ENV = "EMBEDFORGE_LOG_LEVEL"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from embedforge import __version__
+
+        typer.echo(f"embedforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    log_level: Annotated[Optional[str], typer.Option("--log-level", envvar=LOG_LEVEL_ENV, case_sensitive=False,
+                                                     help=f"Log level of every command and of the stages "
+                                                          f"`run` starts: {', '.join(LOG_LEVELS)} (default INFO).")] = None,
+) -> None:
+    """Turn a folder of your own documents into an embedding model that understands them, and ship it safely."""
+    if log_level is not None:
+        if log_level.upper() not in LOG_LEVELS:
+            _fail(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+        os.environ[LOG_LEVEL_ENV] = log_level.upper()  # inherited by the stage processes of `run`
+
+
 def _setup_logging() -> None:
-    """INFO logging to stderr, every line redacted (:class:`~embedforge.redact.RedactingFormatter`)."""
+    """Logging to stderr at ``--log-level`` (default INFO), every line redacted
+    (:class:`~embedforge.redact.RedactingFormatter`)."""
     from embedforge.redact import RedactingFormatter
 
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=os.environ.get(LOG_LEVEL_ENV, "INFO"))
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,6 +143,8 @@ def run(
         def on_event(stage: str, status: str) -> None:
             if status == "running":
                 progress.update(bar, description=f"[cyan]{stage}[/]")
+            elif status.startswith("progress: "):  # train's step, loss and ETA, also without -v
+                progress.update(bar, description=f"[cyan]{stage}[/] {escape(status.removeprefix('progress: '))}")
             else:
                 done.add(stage)
                 mark = {"succeeded": "[green]✓[/]", "reused": "[green]↺[/]"}.get(status, "[red]✗[/]")
@@ -169,6 +200,36 @@ def _print_summary(summary: dict, out: Path) -> None:
     if summary.get("attempt"):
         console.print(f"outputs: {escape(summary['attempt'])} (also {escape(str(out / 'latest'))})", highlight=False)
     console.print(f"summary: {out / 'summary.json'}")
+
+
+# ------------------------------------------------------------------------------------------------ config
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overrides: OverridesArg = None,
+    base_model: BaseModelOpt = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help="The built-in defaults, before any file, override "
+                                           "or profile.")] = False,
+    profile_for: Annotated[Optional[str], typer.Option("--profile-for", help="Also apply the compute profile as "
+                                                       "`run` would on a machine with 'cpu' or 'gpu'.")] = None,
+) -> None:
+    """Print the resolved configuration (--config, --set and KEY=VALUE as `run` takes them) as YAML, every field
+    with its description; the output is itself a --config file."""
+    from embedforge.config.describe import describe_config
+
+    if defaults and (config or set_ or overrides or base_model):
+        _fail("--defaults shows the built-in configuration: leave out --config, --set, KEY=VALUE and --base-model")
+    cfg = PipelineConfig() if defaults else _guard(lambda: _config(config, set_, overrides, base_model))
+    if profile_for is not None:
+        if profile_for not in ("cpu", "gpu"):
+            _fail(f"--profile-for {profile_for!r}: use cpu or gpu")
+        cfg, _ = _guard(lambda: cfg.resolved(cuda_available=profile_for == "gpu"))
+    typer.echo(describe_config(cfg), nl=False)
 
 
 # ----------------------------------------------------------------------------------------------- compile
@@ -232,8 +293,10 @@ def compile_(
 # ------------------------------------------------------------------------------------------------ submit
 @app.command()
 def submit(
-    host: Annotated[str, typer.Option("--host", help="KFP API URL, e.g. http://localhost:8888 (kubectl "
-                                      "port-forward svc/ml-pipeline 8888:8888) or https://kubeflow.example.com/pipeline.")],
+    host: Annotated[str, typer.Option("--host", "--endpoint", envvar="KF_PIPELINES_ENDPOINT", show_envvar=True,
+                                      help="KFP API URL, e.g. http://localhost:8888 (kubectl port-forward "
+                                      "svc/ml-pipeline 8888:8888) or https://kubeflow.example.com/pipeline; "
+                                      "--endpoint and $KF_PIPELINES_ENDPOINT as with the kfp CLI.")],
     package: Annotated[Optional[Path], typer.Option("--package", help="A compiled pipeline YAML (default: compile "
                                                     "the Kubernetes variant now, with --inputs/--image).")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", help="Run parameter KEY=VALUE (repeatable), e.g. "
@@ -327,10 +390,12 @@ def mine(chunks: Dir = ..., pairs: Dir = ..., out: Dir = ..., base_model: BaseMo
 @app.command()
 def train(mined: Dir = ..., out: Dir = ..., base_model: BaseModelOpt = None, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune the bi-encoder contrastively."""
+    from embedforge.registry.live_run import use_destination
     from embedforge.stages import train as stage
     from embedforge.stages.train.work import remove_if_empty
 
     def run_stage(c: PipelineConfig) -> Any:
+        use_destination(c.register_.tracking_uri, c.register_.experiment)  # live run: with $MLFLOW_TRACKING_URI
         default = not c.train.work_dir
         if default:  # kept work (probes, checkpoints) private to this output, not a folder other users share
             c.train.work_dir = str(out.absolute() / ".train_work")
@@ -410,13 +475,14 @@ def rollback(model: str = typer.Option(..., "--model", help="Registered model na
 @app.command()
 def embed(texts: list[str] = typer.Argument(..., help="Texts to embed."),
           url: str = typer.Option(..., "--url", help="Triton HTTP endpoint, e.g. http://localhost:8000."),
-          input_type: str = typer.Option("query", "--input-type", help="query or passage: which saved prompt."),
+          input_type: str = typer.Option("query", "--input-type", help="query or document (passage, NIM's name, "
+                                         "is the same): which saved prompt."),
           model: str = typer.Option("embedforge_embedder", "--model", help="Triton model (ensemble) name.")) -> None:
     """Embed texts with the served model; prints {"embeddings": [[...], ...], ...} as JSON."""
     from embedforge.serving.client import embed as call
 
-    if input_type not in ("query", "passage"):
-        _fail(f"--input-type {input_type!r}: use query or passage")
+    if input_type not in ("query", "document", "passage"):
+        _fail(f"--input-type {input_type!r}: use query or document")
     emb = _guard(lambda: call(url, texts, input_type=input_type, model=model))
     typer.echo(json.dumps({"model": model, "input_type": input_type, "dim": int(emb.shape[1]),
                            "embeddings": emb.tolist()}))

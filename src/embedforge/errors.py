@@ -92,7 +92,13 @@ def describe_os_error(exc: OSError) -> str:
 @contextmanager
 def reported_stage_errors() -> Iterator[None]:
     """Wraps a component body: an exception is printed as one ``EMBEDFORGE-ERROR {json}`` line, then re-raised
-    (so KFP still marks the task failed and the traceback stays in the log)."""
+    (so KFP still marks the task failed and the traceback stays in the log). The body logs at
+    ``$EMBEDFORGE_LOG_LEVEL`` when set (``embedforge --log-level``)."""
+    import logging
+    import os
+
+    if (level := os.environ.get("EMBEDFORGE_LOG_LEVEL", "").upper()) in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        logging.getLogger().setLevel(level)
     try:
         yield
     except Exception as exc:

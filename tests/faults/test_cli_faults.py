@@ -31,15 +31,23 @@ def _options() -> dict[str, set[str]]:
     """Each command's option names (``--set``, ``-s`` ...)."""
     import typer
 
+    def opts(cmd) -> set[str]:
+        return {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
+
     group = typer.main.get_command(app)
-    return {name: {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
-            for name, cmd in group.commands.items()}
+    out: dict[str, set[str]] = {}
+    for name, cmd in group.commands.items():  # sub-groups (`config`) by "group command"; the global options too
+        for sub_name, sub in getattr(cmd, "commands", {name: cmd}).items():
+            out[name if sub is cmd else f"{name} {sub_name}"] = opts(sub) | opts(group)
+    return out
 
 
 def _hints() -> list[tuple[str, int, str, str | None]]:
     """(module, line, flag, command or None) for each ``--flag`` in a raised error's or ``_fail``'s message."""
     found = []
     commands = {f.__name__: c.name or f.__name__ for c in app.registered_commands if (f := c.callback)}
+    commands |= {f.__name__: f"{g.name} {c.name or f.__name__}" for g in app.registered_groups
+                 for c in g.typer_instance.registered_commands if (f := c.callback)}
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
         owner = next((cmd for prefix, cmd in COMMAND_OF.items() if rel.startswith(prefix)), None)

@@ -107,9 +107,13 @@ def package(tmp_path_factory) -> Path:
                                  k8s=KubernetesSettings(image=PUBLISHED)))
 
 
-def _submit(*args: str, token: str | None = TOKEN, home: Path | None = None) -> subprocess.CompletedProcess:
+def _submit(*args: str, token: str | None = TOKEN, home: Path | None = None, endpoint: str | None = None
+            ) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("KF_PIPELINES_TOKEN", None)
+    env.pop("KF_PIPELINES_ENDPOINT", None)
+    if endpoint is not None:
+        env["KF_PIPELINES_ENDPOINT"] = endpoint
     if token is not None:
         env["KF_PIPELINES_TOKEN"] = token
     if home is not None:
@@ -152,6 +156,22 @@ def test_submit_sends_the_compiled_pipeline_with_the_params_and_prints_the_run_u
         other = {k: v for k, v in q["headers"].items() if k != "authorization"}
         assert TOKEN not in q["path"] + q["body"] + json.dumps(other)
     assert TOKEN not in r.stdout + r.stderr
+
+
+def test_the_endpoint_is_given_as_the_kfp_cli_takes_it(kfp_api, package, tmp_path):
+    """kfp's own conventions name the API: ``--endpoint`` (as the kfp CLI) or ``$KF_PIPELINES_ENDPOINT`` (as
+    ``kfp.Client()``); the run reaches that server, and an explicit option beats the variable."""
+    r = _submit("--endpoint", kfp_api.url, "--package", str(package), "--param", "corpus_uri=s3://b/c", home=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == f"{kfp_api.url}/#/runs/details/run-1"
+    r = _submit("--package", str(package), "--param", "corpus_uri=s3://b/c", home=tmp_path, endpoint=kfp_api.url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == f"{kfp_api.url}/#/runs/details/run-2" and len(kfp_api.runs) == 2
+    r = _submit("--host", kfp_api.url, "--package", str(package), "--param", "corpus_uri=s3://b/c", home=tmp_path,
+                endpoint="http://127.0.0.1:9")  # (nothing listens there)
+    assert r.returncode == 0 and len(kfp_api.runs) == 3, r.stdout + r.stderr
+    r = _submit("--package", str(package), "--param", "corpus_uri=s3://b/c", home=tmp_path)
+    assert r.returncode == 2 and "--host" in r.stderr and "KF_PIPELINES_ENDPOINT" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("kfp_api, expect_rc", [({"final_state": "SUCCEEDED"}, 0), ({"final_state": "FAILED"}, 1)],

@@ -241,7 +241,9 @@ def test_input_type_picks_the_saved_prompt_and_truncate_is_accepted(served, api)
     client = api.client()
     query = _vectors(client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"input_type": "query"}))
     passage = _vectors(client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"input_type": "passage"}))
+    document = _vectors(client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"input_type": "document"}))
     default = _vectors(client.embeddings.create(model=MODEL, input=TEXTS))
+    np.testing.assert_allclose(document, passage, atol=0)  # one vocabulary: document; NIM's passage its alias
     np.testing.assert_allclose(query, _embed(server, TEXTS, "query"), atol=1e-6)
     np.testing.assert_allclose(passage, _embed(server, TEXTS, "passage"), atol=1e-6)
     np.testing.assert_allclose(default, query, atol=0)  # NIM's default
@@ -256,7 +258,7 @@ def test_usage_counts_the_tokens_the_served_tokenizer_makes(served, api):
 
     server, _ = served
     client = api.client()
-    for input_type in ("query", "passage"):
+    for input_type in ("query", "passage", "document"):
         got = client.embeddings.create(model=MODEL, input=TEXTS, extra_body={"input_type": input_type}).usage
         assert got.prompt_tokens == got.total_tokens == _served_token_count(server, TEXTS, input_type)
     # and that is: prompt + text, special tokens included, each cut at the served max_seq_length
@@ -311,7 +313,7 @@ def test_every_error_has_openai_shape(api):
         (lambda: emb(model=MODEL, input="x", encoding_format="int8"), 400, "encoding_format", "invalid_value",
          openai.BadRequestError),
         (lambda: emb(model=MODEL, input="x", dimensions=9), 400, "dimensions", "invalid_value", openai.BadRequestError),
-        (lambda: emb(model=MODEL, input="x", extra_body={"input_type": "document"}), 400, "input_type",
+        (lambda: emb(model=MODEL, input="x", extra_body={"input_type": "summary"}), 400, "input_type",
          "invalid_value", openai.BadRequestError),
         (lambda: emb(model=MODEL, input="x", extra_body={"truncate": "MIDDLE"}), 400, "truncate", "invalid_value",
          openai.BadRequestError),

@@ -51,33 +51,6 @@ def test_identical_runs_give_an_interval_at_zero_and_noise_one_around_zero():
 
 
 # ------------------------------------------------------------------------------------------------ real artifacts
-@pytest.fixture(scope="module")
-def run_artifacts(tmp_path_factory, chunks_dir, pairs_dir, mined_dir, model_dir, base_model, mlflow_uri,
-                  tiny_onnx_dir):
-    """Every stage artifact the report reads, made by the real stages on the shared artifacts (a small real ONNX
-    export stands in for the export stage's, which the report does not read)."""
-    from embedforge.config import (
-        EvaluateConfig,
-        GateConfig,
-        RegisterConfig,
-        ValidateConfig,
-    )
-    from embedforge.stages import evaluate, gate, validate
-    from embedforge.stages import register as registry
-
-    root = tmp_path_factory.mktemp("run")
-    validate.run(chunks_dir, pairs_dir, root / "validation", ValidateConfig())
-    evaluate.run(chunks_dir, pairs_dir, base_model, model_dir, root / "evaluation", EvaluateConfig(),
-                 base_embeddings_dir=mined_dir)
-    name = f"report-test-{root.name}"
-    registry.run(model_dir, tiny_onnx_dir, root / "evaluation", root / "validation", root / "registry",
-                 RegisterConfig(model_name=name), mlflow_uri, params={})
-    gate.run(root / "evaluation", root / "registry", chunks_dir, pairs_dir, root / "decision", GateConfig(),
-             EvaluateConfig(), mlflow_uri)
-    return {"ingest": chunks_dir, "validate": root / "validation", "train": model_dir,
-            "evaluate": root / "evaluation", "register": root / "registry", "gate": root / "decision"}
-
-
 class _Cells(HTMLParser):
     """Text of every table cell, per table class, and the SVGs' element counts."""
 

@@ -12,6 +12,8 @@
   localhost, artifacts proxied (see :class:`ProductionMlflow`).
 * ``write_evaluation`` / ``validation_dir``: evaluation.json / validation.json written by hand (the gate is a
   pure function of those numbers).
+* ``run_artifacts``: one real run's stage artifacts (validate, evaluate, register in ``mlflow_uri``, gate) on the
+  shared tiny-corpus artifacts.
 """
 
 from __future__ import annotations
@@ -190,6 +192,34 @@ def validation_dir(tmp_path) -> Path:
     (out / VALIDATION_FILE).write_text(json.dumps({"success": True, "statistics": {"evaluated_expectations": 7}}))
     StageTimer("validate").write_manifest(out, result=ValidationResult(success=True))
     return out
+
+
+@pytest.fixture(scope="session")
+def run_artifacts(tmp_path_factory, chunks_dir, pairs_dir, mined_dir, model_dir, base_model, mlflow_uri,
+                  tiny_onnx_dir):
+    """Every stage artifact of one real run after export (the report and the model card read them), made by the
+    real stages on the shared artifacts and registered in the session's MLflow server (a small real ONNX export
+    stands in for the export stage's, which neither reads)."""
+    from embedforge.config import (
+        EvaluateConfig,
+        GateConfig,
+        RegisterConfig,
+        ValidateConfig,
+    )
+    from embedforge.stages import evaluate, gate, validate
+    from embedforge.stages import register as registry
+
+    root = tmp_path_factory.mktemp("run")
+    validate.run(chunks_dir, pairs_dir, root / "validation", ValidateConfig())
+    evaluate.run(chunks_dir, pairs_dir, base_model, model_dir, root / "evaluation", EvaluateConfig(),
+                 base_embeddings_dir=mined_dir)
+    name = f"report-test-{root.name}"
+    registry.run(model_dir, tiny_onnx_dir, root / "evaluation", root / "validation", root / "registry",
+                 RegisterConfig(model_name=name), mlflow_uri, params={}, pairs_dir=pairs_dir)
+    gate.run(root / "evaluation", root / "registry", chunks_dir, pairs_dir, root / "decision", GateConfig(),
+             EvaluateConfig(), mlflow_uri)
+    return {"ingest": chunks_dir, "validate": root / "validation", "train": model_dir,
+            "evaluate": root / "evaluation", "register": root / "registry", "gate": root / "decision"}
 
 
 # Test modules use the builders through these fixtures (importing this plugin module directly would bypass

@@ -160,7 +160,8 @@ class ModelConfig(StageConfig):
 
 class PromptsConfig(StageConfig):
     query: str = Field("", description="Prefix prepended to queries (saved in the model as prompt 'query').")
-    document: str = Field("", description="Prefix prepended to passages (saved as prompt 'document').")
+    document: str = Field("", description="Prefix prepended to documents (saved in the model as prompt 'document'; "
+                          "NIM's input_type 'passage' picks it too).")
 
 
 class EvaluateConfig(StageConfig):

@@ -182,6 +182,11 @@ class TrainConfig(StageConfig):
                                       "and trains the model an uninterrupted run trains (with train.sharding=fsdp "
                                       "every process writes and reads its own shards). 0: never. Not with "
                                       "train.soup > 1.")
+    log_every_steps: int = Field(10, ge=0, le=1_000_000, description="Every this many optimizer steps (and at the "
+                                 "last) the step logs loss, learning rate, throughput (samples/s, tokens/s) and, on "
+                                 "a GPU, memory to a live MLflow run of its own (a child of the pipeline's run, in "
+                                 "register.experiment at the tracking URI; with MLflow's system metrics), and a "
+                                 "progress line with the ETA at most every 10 s. 0: no live MLflow run.")
     seed: int = Field(13, ge=0, le=MAX_SEED, description="Seed of the run: the random streams (Python, NumPy, torch; rank r of a "
                       "multi-process run adds r for dropout), the batch order and positive windows, and the auto "
                       "schedule's held-out queries and folds. Soup run k uses seed + 1000 x k.")

@@ -1,7 +1,8 @@
 """What ``embedforge run`` reads from kfp.local's output: which stage runs, ends or fails, and each failure's line.
 
 kfp.local prints "Executing task 'x'" and "Task 'x' finished with status S" around each task; the components print
-their one-line error (:func:`embedforge.errors.reported_stage_errors`). :class:`StageLog` writes everything to the
+their one-line error (:func:`embedforge.errors.reported_stage_errors`), and train its progress lines (step, loss,
+ETA), passed on as events ``progress: step S/T, loss L, ETA E``. :class:`StageLog` writes everything to the
 attempt's ``logs/pipeline.log`` and keeps the stages' states for the console and ``summary.json``.
 """
 
@@ -19,6 +20,8 @@ from embedforge.redact import redact
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([\w-]+)'")
 _END = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+#: The train step's progress line (:mod:`embedforge.stages.train.telemetry`): reported as ``progress: ...``.
+_PROGRESS = re.compile(r"train: (step \d+/\d+) \(\d+ %\), (loss [-\d.naif]+), [\d.]+ samples/s, (ETA \S+)")
 #: The last line of a Python traceback: only used when a stage died before printing its EMBEDFORGE-ERROR line.
 _TRACEBACK_LAST = re.compile(r"^((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Failed|Interrupt|Exit)): (.+)$")
 
@@ -94,6 +97,8 @@ class StageLog(io.TextIOBase):
             if st.started is not None:
                 st.seconds = round(time.time() - st.started, 2)
             self._emit(m.group(1), st.status)
+        elif m := _PROGRESS.search(line):
+            self._emit("train", f"progress: {m.group(1)}, {m.group(2)}, {m.group(3)}")
         elif (message := parse_stage_error(line)) is not None:
             self.error_lines.append(message)
         elif m := _TRACEBACK_LAST.match(line):

@@ -24,7 +24,7 @@ import numpy as np
 from embedforge.errors import ServingError
 
 DEFAULT_MODEL = "embedforge_embedder"
-InputType = Literal["query", "passage"]
+InputType = Literal["query", "document", "passage"]
 #: The request header Triton checks before it serves its model-repository, model-config and shared-memory APIs
 #: (``--http-restricted-api`` / ``--grpc-restricted-protocol`` in manifests/base/triton.yaml): those APIs load code
 #: into the server, so only promote and rollback, which hold the key, may call them; inference stays open.
@@ -88,7 +88,7 @@ def embed(url: str, texts: Sequence[str], input_type: InputType = "query", model
     Args:
         url: The server's HTTP endpoint, e.g. ``http://triton:8000``.
         texts: Raw texts (no prompt: the server prepends the one saved for ``input_type``).
-        input_type: ``query`` or ``passage`` (the document prompt).
+        input_type: ``query`` or ``document`` (``passage``, NIM's name, is the same): which saved prompt.
         model: The ensemble's name (``triton.model_name``).
         version: A specific version; empty = the one the server serves (the registry's champion).
         timeout_s: Connection and request timeout.

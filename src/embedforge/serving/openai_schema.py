@@ -13,7 +13,8 @@ Request (``POST /v1/embeddings``, JSON object):
   <= the model's dimension, as OpenAI accepts any N. A model trained with ``train.matryoshka_dims`` keeps its
   quality at those N (``GET /v1/models`` lists them as ``matryoshka_dims``); other N, and any N of a model trained
   without, lose more.
-* ``input_type`` (NIM): ``query`` (default) or ``passage``: which saved prompt the server prepends.
+* ``input_type`` (NIM): ``query`` (default) or ``document``: which saved prompt the server prepends; NIM's
+  ``passage`` is accepted as ``document``.
 * ``truncate`` (NIM): ``NONE``, ``START`` or ``END``; accepted, and every value gets the served tokenizer's
   behaviour, which keeps the start of a text and cuts the end at the model's ``max_seq_length``.
 * ``user`` and any other field: ignored.
@@ -33,7 +34,9 @@ from typing import Any, Literal
 import numpy as np
 
 EncodingFormat = Literal["float", "base64"]
-INPUT_TYPES = ("query", "passage")
+INPUT_TYPES = ("query", "document")
+#: Other names clients send for an input type (NVIDIA NIM calls documents passages).
+INPUT_TYPE_ALIASES = {"passage": "document"}
 TRUNCATE = ("NONE", "START", "END")
 #: OpenAI's cap on the inputs of one request.
 MAX_INPUTS = 2048
@@ -136,8 +139,9 @@ def parse_request(body: object, max_inputs: int = MAX_INPUTS) -> EmbeddingReques
     if dims is not None and (not _is_int(dims) or dims < 1):
         raise bad_request(f"'dimensions' {dims!r}: a positive integer, at most the model's dimension", "dimensions")
     input_type = body.get("input_type") or "query"
+    input_type = INPUT_TYPE_ALIASES.get(input_type, input_type) if isinstance(input_type, str) else input_type
     if input_type not in INPUT_TYPES:
-        raise bad_request(f"'input_type' {input_type!r}: use 'query' or 'passage'", "input_type")
+        raise bad_request(f"'input_type' {input_type!r}: use 'query' or 'document' (or NIM's 'passage')", "input_type")
     truncate = body.get("truncate") or "END"
     if not isinstance(truncate, str) or truncate.upper() not in TRUNCATE:
         raise bad_request(f"'truncate' {truncate!r}: use 'NONE', 'START' or 'END'", "truncate")

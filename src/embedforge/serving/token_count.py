@@ -20,7 +20,7 @@ from embedforge.errors import InputError
 
 #: ``input_type`` -> the keys of ``config_sentence_transformers.json``'s ``prompts`` it uses (first present wins),
 #: as the served tokenizer model chooses them.
-PROMPT_KEYS = {"query": ("query",), "passage": ("document", "passage")}
+PROMPT_KEYS = {"query": ("query",), "document": ("document", "passage"), "passage": ("document", "passage")}
 DEFAULT_MAX_LENGTH = 512
 
 

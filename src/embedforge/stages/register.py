@@ -10,10 +10,15 @@ credentials inside URLs redacted by :mod:`embedforge.redact`), the evaluation as
   -> float32 embeddings, param ``prompt_name``), an input example, and the ONNX file + tokenizer as its ``onnx``
   artifact, so ``mlflow.pyfunc.load_model("models:/<name>/<version>").predict(df)`` embeds text exactly as
   Triton will;
-* the fine-tuned sentence-transformers files beside ``MLmodel`` (the gate loads champions with them).
+* the fine-tuned sentence-transformers files beside ``MLmodel`` (the gate loads champions with them);
+* ``README.md``, the model card (:mod:`embedforge.registry.model_card`), whose text is also the version's
+  description.
 
 A version exists only with its record (committed after ``registry.json``; :mod:`embedforge.registry.recovery`).
 In a local store the model's large files are hard links to the train/export outputs (:mod:`embedforge.disk`).
+
+The train step's own MLflow run (per-step loss, learning rate, throughput, system metrics;
+:mod:`embedforge.registry.live_run`), tagged with the same KFP run id, becomes this run's child.
 
 Run and version are tagged with the KFP run id, the sha256 of the run's pairs, the base model and the code
 version (:func:`embedforge.registry.provenance.provenance_tags`); what train trained with and its cost are ``train_schedule.*``
@@ -55,6 +60,7 @@ from embedforge.contracts import (
 from embedforge.disk import link_identical
 from embedforge.errors import InputError
 from embedforge.redact import redact
+from embedforge.registry.live_run import adopt_train_runs
 from embedforge.registry.mlflow import (
     MODEL_ARTIFACT_PATH,
     RUN_ID_FILE,
@@ -71,6 +77,7 @@ from embedforge.registry.mlflow import (
     resolve_tracking_uri,
 )
 from embedforge.registry.model import save_mlflow_model
+from embedforge.registry.model_card import build_card, description, write_card
 from embedforge.registry.provenance import provenance_tags, training_record
 from embedforge.registry.recovery import commit, discard, pending_tags, recover
 
@@ -178,12 +185,20 @@ def run(
     (out_dir / RUN_ID_FILE).write_text(run_id, encoding="utf-8")
     artifact_uri = mlrun.info.artifact_uri
     log.info("MLflow run %s in experiment %s (%s)", run_id, cfg.experiment, redact(uri))
+    try:  # the train step's live run (per-step metrics) becomes this pipeline run's child
+        adopt_train_runs(client, [experiment_id], provenance.get("kfp_run_id", ""), run_id)
+    except MlflowException as exc:
+        log.warning("could not link the train run of KFP run %s to MLflow run %s: %s", provenance.get("kfp_run_id"),
+                    run_id, exc)
     try:
+        card = build_card(model_dir, evaluation_dir, cfg.model_name, base_model=base_model, run_id=run_id,
+                          validation_dir=validation_dir, pairs_dir=pairs_dir)
         log_params(client, run_id, flat_params)
         log_metrics(client, run_id, metrics)
         with tempfile.TemporaryDirectory(prefix="embedforge-mlflow-model-") as tmp:
             mlmodel_dir = save_mlflow_model(model_dir, onnx_dir, Path(tmp) / MODEL_ARTIFACT_PATH,
                                             metadata={**provenance, "run_id": run_id})
+            write_card(mlmodel_dir, card)  # replaces the card sentence-transformers may have saved
             client.log_artifacts(run_id, str(mlmodel_dir), MODEL_ARTIFACT_PATH)
         if artifact_uri.startswith("file://"):  # local store: share the bytes with the stage outputs, not copy
             link_identical(Path(urllib.parse.unquote(urllib.parse.urlsplit(artifact_uri).path)) / MODEL_ARTIFACT_PATH,
@@ -203,7 +218,7 @@ def run(
                 version_tags["base_metric_value"] = f"{b:.6f}"
         mv = client.create_model_version(
             cfg.model_name, source, run_id=run_id, tags=version_tags,
-            description=f"embedforge run {run_id}" + (f"; {primary}={primary_value:.4f}" if primary_value is not None else ""),
+            description=description(card),
         )
         client.set_tag(run_id, "embedforge.registered_version", str(mv.version))
     except MlflowException as exc:

@@ -26,6 +26,7 @@ from embedforge.config import (
 )
 from embedforge.contracts import Manifest, StageTimer, TrainExample
 from embedforge.contracts.positives import known_positives
+from embedforge.registry.live_run import LiveRun
 from embedforge.retrieval.dimensions import record_trained_dims
 from embedforge.stages.train.batching import epoch_batches, plan_steps, read_examples
 from embedforge.stages.train.checkpoint import Checkpoints
@@ -40,6 +41,7 @@ from embedforge.stages.train.setup import (
 )
 from embedforge.stages.train.soup import WeightAverage, tail_steps
 from embedforge.stages.train.step import Stepper
+from embedforge.stages.train.telemetry import Telemetry
 from embedforge.stages.train.wise_ft import interpolate_weights, resolve_base_weight
 
 log = logging.getLogger(__name__)
@@ -91,15 +93,22 @@ def run_process(
     examples = schedule.rows_for(examples, choice)  # without the augmentation rows unless the schedule kept them
     base_weight = resolve_base_weight(cfg, mined_dir)
     checkpoints = _checkpoints(examples, known, cfg, base_model, prompts, model_cfg, base_weight, dist_ctx)
+    live = LiveRun.open({"train": cfg.model_dump(mode="json"), "prompts": prompts.model_dump(), "base_model": base_model,
+                         "processes": dist_ctx.world}, base_model, enabled=dist_ctx.is_main and cfg.log_every_steps > 0)
     soup, runs = WeightAverage(), []
-    for k in range(cfg.soup):  # train.soup: runs with seeds seed, seed + 1000, ... averaged (train.soup)
-        done = _train_once(examples, known, cfg.model_copy(update={"seed": cfg.seed + 1000 * k}), base_model, prompts,
-                           model_cfg, dist_ctx, keep_base=k == 0 and base_weight > 0, checkpoints=checkpoints)
-        runs.append(done)
-        if done.model is not None and cfg.soup > 1:
-            soup.add(done.model)
-            if k < cfg.soup - 1:
-                done.model = None  # only the last run's model stays alive: it receives the average
+    try:
+        for k in range(cfg.soup):  # train.soup: runs with seeds seed, seed + 1000, ... averaged (train.soup)
+            done = _train_once(examples, known, cfg.model_copy(update={"seed": cfg.seed + 1000 * k}), base_model,
+                               prompts, model_cfg, dist_ctx, keep_base=k == 0 and base_weight > 0,
+                               checkpoints=checkpoints, live=live, step_offset=sum(len(r.plan) for r in runs))
+            runs.append(done)
+            if done.model is not None and cfg.soup > 1:
+                soup.add(done.model)
+                if k < cfg.soup - 1:
+                    done.model = None  # only the last run's model stays alive: it receives the average
+    except BaseException as exc:
+        live.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
     if not dist_ctx.is_main:  # the replicas are identical (or gathered on rank 0): rank 0 saves
         distributed.shutdown(dist_ctx)
         return None
@@ -136,6 +145,10 @@ def run_process(
         schedule=choice,
         resumed_from_step=first.start,
     )
+    live.log(sum(len(r.plan) for r in runs), {"train/final_loss": manifest.result.final_loss,
+                                              "train/seconds": manifest.result.train_seconds,
+                                              "train/examples_per_second": manifest.result.examples_per_second})
+    live.finish()
     work.discard(checkpoints.folder)  # likewise its checkpoint
     work.discard(choice.journal)  # the model is saved: its probes are in the manifest, never needed again
     distributed.shutdown(dist_ctx)
@@ -169,10 +182,11 @@ def _checkpoints(examples: list[TrainExample], known: dict[str, set[str]], cfg: 
 
 def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: TrainConfig, base_model: str,
                 prompts: PromptsConfig, model_cfg: ModelConfig | None, dist_ctx: DistContext, keep_base: bool,
-                checkpoints: Checkpoints | None = None) -> _Run:
+                checkpoints: Checkpoints | None = None, live: LiveRun | None = None, step_offset: int = 0) -> _Run:
     """Load the base model, train it on ``cfg``'s plan of batches (seeded by ``cfg.seed``) and return it with LoRA
     merged and, under FSDP, gathered on rank 0. ``keep_base``: also snapshot the untrained weights (WiSE-FT).
-    ``checkpoints``: continue from the latest one and save new ones as the run goes."""
+    ``checkpoints``: continue from the latest one and save new ones as the run goes. ``live``: the step's MLflow run
+    the per-step metrics go to (at ``step_offset`` + step)."""
     model, prompts, base_state = prepare_model(base_model, cfg, prompts, model_cfg, dist_ctx, keep_base)
     plan = plan_steps(examples, cfg.batch_size, cfg.epochs, cfg.seed, cfg.positives_per_query)
     stepper = make_stepper(model, cfg, prompts, len(plan), dist_ctx)
@@ -186,9 +200,11 @@ def _train_once(examples: list[TrainExample], known: dict[str, set[str]], cfg: T
     tail, losses = WeightAverage(), LossLog(window=max(1, len(plan) // 10))
     start = checkpoints.restore(stepper, losses, tail)
     restore_eager = compile_encoder(model) if cfg.compile else None
+    telemetry = Telemetry(stepper, examples, len(plan), start, cfg.log_every_steps, live or LiveRun(),
+                          main=dist_ctx.is_main, offset=step_offset)
     started = time.perf_counter()
     _train(stepper, examples, plan, dist_ctx, known, tail, tail_steps(len(plan), cfg.average_last), losses, start,
-           checkpoints)
+           checkpoints, telemetry)
     seconds = time.perf_counter() - started
     model.eval()
     if tail.count:
@@ -211,16 +227,17 @@ def _fresh_model(base_model: str, cfg: TrainConfig, prompts: PromptsConfig, mode
 
 def _train(stepper: Stepper, examples: list[TrainExample], plan: list[list[int]], ctx: DistContext,
            known: dict[str, set[str]], tail: WeightAverage, tail_at: set[int], losses: LossLog, start: int,
-           checkpoints: Checkpoints) -> None:
+           checkpoints: Checkpoints, telemetry: Telemetry) -> None:
     """Run the planned steps after the first ``start`` (``known``: anchor -> texts never its negative), recording
-    the loss in ``losses``, adding the weights after each step of ``tail_at`` to ``tail`` (train.average_last) and
-    letting ``checkpoints`` save the state as the run goes."""
+    the loss in ``losses``, adding the weights after each step of ``tail_at`` to ``tail`` (train.average_last),
+    letting ``checkpoints`` save the state and ``telemetry`` report as the run goes."""
     from tqdm.auto import tqdm
 
     stepper.model.train()
     bar = tqdm(plan[start:], desc="train", unit="step", disable=not ctx.is_main, initial=start, total=len(plan))
     for step, rows in enumerate(bar, start=start + 1):
         loss = stepper.step_rows(examples, rows, known)
+        telemetry.after_step(step, rows, loss)
         if losses.add(step, loss):
             bar.set_postfix(loss=f"{losses.last:.4f}", lr=f"{max(stepper.scheduler.get_last_lr()):.2e}")
         if step in tail_at:

@@ -57,7 +57,7 @@ def identity(examples: list[TrainExample], known: dict[str, set[str]], cfg: Trai
     for ex in examples:
         rows.update(json.dumps(ex.model_dump(mode="json"), sort_keys=True).encode("utf-8") + b"\n")
     rows.update(json.dumps({a: sorted(t) for a, t in sorted(known.items())}).encode("utf-8"))
-    settings = cfg.model_dump(mode="json", exclude={"work_dir", "checkpoint_minutes"})
+    settings = cfg.model_dump(mode="json", exclude={"work_dir", "checkpoint_minutes", "log_every_steps"})
     model_path = Path(base_model)
     return {
         "embedforge": embedforge.__version__,
