@@ -265,7 +265,8 @@ def encode_chunks(model: "SentenceTransformer", chunks: Sequence[Chunk], cfg: Ev
     """Document embeddings of the chunks' texts (the same text and kind the mine stage embeds)."""
     from embedforge.retrieval.encode import encode
 
-    return encode(model, [c.text for c in chunks], kind="document", batch_size=batch_size_for(model, cfg), show_progress=True)
+    return encode(model, [c.text for c in chunks], kind="document", batch_size=batch_size_for(model, cfg),
+                  show_progress=True, encoder=cfg.encode)
 
 
 def evaluate_model(
@@ -333,7 +334,7 @@ def rank_queries(
         )
     qids = list(eval_set.queries)
     query_emb = encode(model, [eval_set.queries[q] for q in qids], kind="query", batch_size=batch_size_for(model, cfg),
-                       show_progress=True)
+                       show_progress=True, encoder=cfg.encode)
     results = retrieve(chunk_embeddings, chunks, query_emb, qids, max(cfg.all_k), eval_set.document_level,
                        eval_set.exclude)
     return eval_set, results

@@ -159,13 +159,11 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
     Computed exactly as the evaluate stage computes the fine-tuned model's numbers (same function, same
     corpus, same queries) and rounded like ``evaluation.json`` (5 decimals), so equal models compare equal.
     """
-    from sentence_transformers import SentenceTransformer
-
     from embedforge.retrieval.beir import evaluate_beir_folder
-    from embedforge.retrieval.encode import pick_device
+    from embedforge.retrieval.encode import load_model
     from embedforge.retrieval.ranking import evaluate_model
 
-    model = SentenceTransformer(str(model_dir), device=pick_device("auto"))
+    model = load_model(str(model_dir))  # as evaluate loads the fine-tuned model (and keyed for its ONNX graph)
     if external is not None:
         metrics = evaluate_beir_folder(model, external, eval_cfg)
     else:
