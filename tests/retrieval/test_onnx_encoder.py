@@ -197,3 +197,57 @@ def test_without_onnxruntime_pytorch_encodes(base_model, tmp_path):
     assert "INFO encoding 2 texts with PyTorch (cpu)" in lines
     assert "shape (2, 384)" in lines
     assert not (tmp_path / "onnx").exists()
+
+
+def test_corpus_embeddings_are_computed_once_per_model_and_texts(model, base_model, tmp_path, caplog):
+    """The same texts from the same model content (here: a copy of its folder, as a champion downloaded again
+    is) are read back, not encoded again; other texts are encoded."""
+    from embedforge.retrieval.encode import encode, load_model
+
+    cfg = _onnx(tmp_path)
+    first = encode(model, TEXTS, "document", show_progress=True, encoder=cfg)
+    stored = list((tmp_path / "cache" / "embeddings").glob("*.npy"))
+    assert len(stored) == 1
+    copy = load_model(str(shutil.copytree(base_model, tmp_path / "champion")), device="cpu")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embedforge"):
+        again = encode(copy, TEXTS, "document", show_progress=True, encoder=cfg)
+        encode(copy, TEXTS, "query", show_progress=True, encoder=cfg)
+        encode(copy, TEXTS[:-1], "document", show_progress=True, encoder=cfg)
+    lines = [r.getMessage() for r in caplog.records]
+    # all-MiniLM-L6-v2 has no prompts: its queries are the same model input as its documents, so reused too
+    assert lines.count("reusing the embeddings of 21 texts computed before by this model (ONNX Runtime, fp32)") == 2
+    assert "encoding 20 texts with ONNX Runtime (CPU, " in "\n".join(lines)
+    np.testing.assert_array_equal(first, again)
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 2
+
+
+def test_embedding_cache_keeps_within_its_size(model, tmp_path):
+    from embedforge.retrieval.encode import encode
+
+    encode(model, TEXTS, "document", show_progress=True, encoder=_onnx(tmp_path, embedding_cache_mb=0))
+    assert not list((tmp_path / "cache").rglob("*.npy"))
+    cfg = _onnx(tmp_path, embedding_cache_mb=1)  # 1 MB holds 21 x 384 floats (32 kB) about 30 times
+    for i in range(40):
+        encode(model, [f"text number {i}"] + TEXTS, "document", show_progress=True, encoder=cfg)
+    kept = list((tmp_path / "cache" / "embeddings").glob("*.npy"))
+    assert 20 < len(kept) < 40 and sum(p.stat().st_size for p in kept) <= 2**20
+
+
+def test_auto_exports_only_for_an_encoding_that_repays_it(model, tmp_path, caplog):
+    """encoder=auto: a few texts are not worth an export (PyTorch encodes them), but once the graph exists they
+    run on it too."""
+    from embedforge.config import EncodeConfig
+    from embedforge.retrieval.encode import encode
+
+    auto = EncodeConfig(cache_dir=str(tmp_path / "cache"))
+    with caplog.at_level(logging.INFO, logger="embedforge"):
+        encode(model, TEXTS, "document", show_progress=True, encoder=auto)
+    assert "encoding 21 texts with PyTorch (cpu)" in [r.getMessage() for r in caplog.records]
+    assert not (tmp_path / "cache" / "onnx").exists()
+
+    encode(model, TEXTS[:2], "document", encoder=_onnx(tmp_path))  # encoder=onnx exports whatever the size
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embedforge"):
+        encode(model, TEXTS, "document", show_progress=True, encoder=auto)
+    assert any(r.getMessage().startswith("encoding 21 texts with ONNX Runtime") for r in caplog.records)

@@ -113,9 +113,11 @@ class EncodeConfig(StageConfig):
 
     encoder: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto/onnx: on a CPU, ONNX Runtime runs a graph exported from the model (the export "
-        "stage's graph, made once per model and kept in cache_dir), in length-sorted batches; auto falls back to "
-        "PyTorch in one line where onnxruntime is not importable or the model cannot be exported, onnx says so as "
-        "a warning. torch: sentence-transformers' encode. On a GPU every choice encodes with PyTorch.")
+        "stage's graph, made once per model and kept in cache_dir), in length-sorted batches; auto exports a model "
+        "only for an encoding of 1000 texts or more (smaller ones use a graph already made, else PyTorch) and "
+        "falls back to PyTorch in one line where onnxruntime is not importable or the model cannot be exported, "
+        "onnx says so as a warning. torch: sentence-transformers' encode. On a GPU every choice encodes with "
+        "PyTorch.")
     int8: bool = Field(
         False, description="ONNX Runtime only: run a copy of the graph with int8 weights (onnxruntime's dynamic "
         "quantisation) instead of fp32. Faster on a CPU, but embeddings differ more from PyTorch's; off by default "
@@ -125,6 +127,11 @@ class EncodeConfig(StageConfig):
     cache_dir: str = Field(
         "", description="Folder of the exported graphs, one per model content, ModelConfig and precision, shared "
         "by the stages of a run; `embedforge run` uses <out>/encode_cache. Empty: a temporary folder per process.")
+    embedding_cache_mb: int = Field(
+        4096, ge=0, le=10_000_000, description="ONNX Runtime only: corpus-scale embeddings are kept in "
+        "cache_dir/embeddings (keyed by model content, precision, prompt and texts) up to this many MB, least "
+        "recently used removed first, so the same texts are never embedded twice by the same model (the base "
+        "model's --eval-beir evaluation in later runs, a champion already evaluated on it). 0 = keep none.")
 
 
 class MineConfig(StageConfig):

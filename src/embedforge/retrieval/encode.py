@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 Kind = Literal["query", "document"]
 QUERY_PROMPT = "query"
 DOCUMENT_PROMPT = "document"
-#: Encodings of at least this many texts say at INFO level which path encodes them (smaller ones at DEBUG).
+#: Encodings of at least this many texts say at INFO level which path encodes them (smaller ones at DEBUG), and
+#: with ``encoder="auto"`` are worth exporting the model to ONNX for.
 LOUD_TEXTS = 1000
 _BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2"}
 
@@ -131,7 +132,8 @@ def encode(
     say = log.info if show_progress or len(texts) >= LOUD_TEXTS else log.debug
     prompt = prompt_for(model, kind)
     if encoder is not None and encoder.encoder != "torch" and device_kind(model) == "cpu":
-        emb = _encode_onnx(model, texts, prompt, batch_size, show_progress, encoder, say)
+        keep = show_progress or len(texts) >= LOUD_TEXTS
+        emb = _encode_onnx(model, texts, prompt, batch_size, show_progress, encoder, say, keep)
         if emb is not None:
             return emb
     say("encoding %s texts with PyTorch (%s)", f"{len(texts):,}", device_kind(model))
@@ -149,19 +151,43 @@ def encode(
 
 
 def _encode_onnx(model: "SentenceTransformer", texts: list[str], prompt: str, batch_size: int, show_progress: bool,
-                 cfg: EncodeConfig, say) -> np.ndarray | None:
-    """ONNX Runtime's embeddings of ``texts``, or None after one line saying why PyTorch encodes instead."""
-    from embedforge.retrieval.onnx_encoder import Unavailable, encode_onnx, runtime_for
+                 cfg: EncodeConfig, say, keep: bool) -> np.ndarray | None:
+    """ONNX Runtime's embeddings of ``texts``, or None after one line saying why PyTorch encodes instead. With
+    ``keep`` (a corpus-scale encoding) they are read from, else kept in, the embedding cache
+    (:mod:`embedforge.retrieval.embedding_cache`)."""
+    from embedforge.retrieval import embedding_cache
+    from embedforge.retrieval.onnx_encoder import (
+        Unavailable,
+        cache_root,
+        encode_onnx,
+        runtime_for,
+    )
 
     try:
-        runtime = runtime_for(model, cfg)
+        # auto exports a model only for an encoding that repays the export (a small one runs on a graph
+        # already made, else with PyTorch)
+        runtime = runtime_for(model, cfg, export=cfg.encoder == "onnx" or len(texts) >= LOUD_TEXTS)
     except Unavailable as exc:
         (log.warning if cfg.encoder == "onnx" else log.info)("ONNX Runtime cannot encode here (%s): PyTorch "
                                                              "encodes instead", exc)
         return None
+    if runtime is None:
+        return None
+    key = None
+    if keep and cfg.embedding_cache_mb > 0:
+        max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
+        key = embedding_cache.cache_key(runtime.path, runtime.precision, prompt, max_length, texts)
+        emb = embedding_cache.load(cache_root(cfg), key, len(texts))
+        if emb is not None:
+            say("reusing the embeddings of %s texts computed before by this model (ONNX Runtime, %s)",
+                f"{len(texts):,}", runtime.precision)
+            return emb
     say("encoding %s texts with ONNX Runtime (CPU, %d threads, %s)", f"{len(texts):,}", runtime.threads,
         runtime.precision)
-    return encode_onnx(runtime, model, texts, prompt, batch_size, show_progress)
+    emb = encode_onnx(runtime, model, texts, prompt, batch_size, show_progress)
+    if key is not None:
+        embedding_cache.store(cache_root(cfg), key, emb, cfg.embedding_cache_mb)
+    return emb
 
 
 def encode_token_batched(model: "SentenceTransformer", texts: list[str], kind: Kind, token_budget: int,

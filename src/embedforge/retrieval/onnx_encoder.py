@@ -54,6 +54,8 @@ _SOURCES: "weakref.WeakKeyDictionary[SentenceTransformer, tuple[str, str]]" = we
 #: Model -> why its graph could not be made (not tried again in this process).
 _FAILED: "weakref.WeakKeyDictionary[SentenceTransformer, str]" = weakref.WeakKeyDictionary()
 _SCRATCH: list[tempfile.TemporaryDirectory] = []
+#: Graph folders this process has said it uses (said once).
+_ANNOUNCED: set[Path] = set()
 
 
 class Unavailable(Exception):
@@ -154,8 +156,9 @@ def cache_root(cfg: EncodeConfig) -> Path:
     return Path(_SCRATCH[0].name)
 
 
-def graph_for(model: "SentenceTransformer", cfg: EncodeConfig) -> Path:
-    """The cached graph of ``model`` (``model_int8.onnx`` with ``cfg.int8``), exported first when missing.
+def graph_for(model: "SentenceTransformer", cfg: EncodeConfig, export: bool = True) -> Path | None:
+    """The cached graph of ``model`` (``model_int8.onnx`` with ``cfg.int8``), exported first when missing — or
+    None when it is missing and ``export`` is False.
 
     Raises:
         Unavailable: The model was not loaded by :func:`embedforge.retrieval.encode.load_model` (no folder to key
@@ -173,9 +176,12 @@ def graph_for(model: "SentenceTransformer", cfg: EncodeConfig) -> Path:
         raise Unavailable(str(exc)) from None
     folder = cache_root(cfg) / "onnx" / graph_key(source, model_json)
     if not (folder / GRAPH_FILE).is_file():
+        if not export:
+            return None
         _export(model, folder)
-    else:
+    elif folder not in _ANNOUNCED:
         log.info("reusing the ONNX graph of %s from %s", source, folder)
+    _ANNOUNCED.add(folder)
     if not cfg.int8:
         return folder / GRAPH_FILE
     if not (folder / INT8_FILE).is_file():
@@ -230,11 +236,15 @@ def _session(path: str, threads: int):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3  # warnings about unused initialisers of the traced graph are noise
+    # Idle pool threads sleep instead of spinning: on a machine whose cores are shared (other stages, other jobs)
+    # spinning threads take the cores the working ones need; each batch is long enough that waking them is cheap.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def runtime_for(model: "SentenceTransformer", cfg: EncodeConfig) -> Runtime:
-    """An ONNX Runtime session of ``model``'s cached graph with ``cfg.threads`` (0: :func:`available_cores`).
+def runtime_for(model: "SentenceTransformer", cfg: EncodeConfig, export: bool = True) -> Runtime | None:
+    """An ONNX Runtime session of ``model``'s cached graph with ``cfg.threads`` (0: :func:`available_cores`); None
+    when the graph is not cached yet and ``export`` is False.
 
     Raises:
         Unavailable: onnxruntime is not importable, or the graph cannot be made or loaded (remembered: a model
@@ -248,7 +258,9 @@ def runtime_for(model: "SentenceTransformer", cfg: EncodeConfig) -> Runtime:
         raise Unavailable(_FAILED[model])
     threads = cfg.threads or available_cores()
     try:
-        path = graph_for(model, cfg)
+        path = graph_for(model, cfg, export)
+        if path is None:
+            return None
         session = _session(str(path), threads)
     except Unavailable as exc:
         _FAILED[model] = str(exc)
