@@ -54,8 +54,8 @@ _SOURCES: "weakref.WeakKeyDictionary[SentenceTransformer, tuple[str, str]]" = we
 #: Model -> why its graph could not be made (not tried again in this process).
 _FAILED: "weakref.WeakKeyDictionary[SentenceTransformer, str]" = weakref.WeakKeyDictionary()
 _SCRATCH: list[tempfile.TemporaryDirectory] = []
-#: Graph folders this process has said it uses (said once).
-_ANNOUNCED: set[Path] = set()
+#: (model folder, graph folder) pairs this process has said it uses (said once each).
+_ANNOUNCED: set[tuple[str, Path]] = set()
 
 
 class Unavailable(Exception):
@@ -179,9 +179,9 @@ def graph_for(model: "SentenceTransformer", cfg: EncodeConfig, export: bool = Tr
         if not export:
             return None
         _export(model, folder)
-    elif folder not in _ANNOUNCED:
+    elif (source, folder) not in _ANNOUNCED:
         log.info("reusing the ONNX graph of %s from %s", source, folder)
-    _ANNOUNCED.add(folder)
+    _ANNOUNCED.add((source, folder))
     if not cfg.int8:
         return folder / GRAPH_FILE
     if not (folder / INT8_FILE).is_file():
