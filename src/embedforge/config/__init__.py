@@ -18,6 +18,7 @@ from embedforge.config.pipeline import (
     CPU_PROFILE,
     CPU_PROFILE_BYO,
     GPU_PROFILE,
+    EncodeConfig,
     EvaluateConfig,
     ExportConfig,
     GateConfig,
@@ -39,7 +40,7 @@ from embedforge.config.train import (
 )
 
 __all__ = [
-    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "GPU_PROFILE", "EvaluateConfig", "ExportConfig",
+    "CPU_PROFILE", "CPU_PROFILE_BYO", "DEFAULT_BASE_MODEL", "GPU_PROFILE", "EncodeConfig", "EvaluateConfig", "ExportConfig",
     "GateConfig", "IngestConfig", "LlmSdgConfig", "LlmStageSettings", "LoraConfig", "MineConfig", "ModelConfig",
     "PipelineConfig", "PromptsConfig", "RegisterConfig", "ScheduleConfig", "SdgConfig", "StageConfig", "TrainConfig",
     "TrainJobConfig", "TritonConfig", "ValidateConfig", "load_config", "parse_overrides",

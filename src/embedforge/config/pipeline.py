@@ -108,6 +108,33 @@ class ValidateConfig(StageConfig):
         return self
 
 
+class EncodeConfig(StageConfig):
+    """How a stage embeds whole corpora (embedforge.retrieval.encode): on a CPU through ONNX Runtime on a graph
+    exported from the model, on a GPU always with PyTorch."""
+
+    encoder: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto/onnx: on a CPU, ONNX Runtime runs a graph exported from the model (the export "
+        "stage's graph, made once per model and kept in cache_dir), in length-sorted batches; auto exports a model "
+        "only for an encoding of 1000 texts or more (smaller ones use a graph already made, else PyTorch) and "
+        "falls back to PyTorch in one line where onnxruntime is not importable or the model cannot be exported, "
+        "onnx says so as a warning. torch: sentence-transformers' encode. On a GPU every choice encodes with "
+        "PyTorch.")
+    int8: bool = Field(
+        False, description="ONNX Runtime only: run a copy of the graph with int8 weights (onnxruntime's dynamic "
+        "quantisation) instead of fp32. Faster on a CPU, but embeddings differ more from PyTorch's; off by default "
+        "(docs/benchmarks.md has its measured speed and ranking change).")
+    threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime's intra-op threads; 0 = the cores this process "
+                         "may use (its CPU affinity, capped by a cgroup CPU quota).")
+    cache_dir: str = Field(
+        "", description="Folder of the exported graphs, one per model content, ModelConfig and precision, shared "
+        "by the stages of a run; `embedforge run` uses <out>/encode_cache. Empty: a temporary folder per process.")
+    embedding_cache_mb: int = Field(
+        4096, ge=0, le=10_000_000, description="ONNX Runtime only: corpus-scale embeddings are kept in "
+        "cache_dir/embeddings (keyed by model content, precision, prompt and texts) up to this many MB, least "
+        "recently used removed first, so the same texts are never embedded twice by the same model (the base "
+        "model's --eval-beir evaluation in later runs, a champion already evaluated on it). 0 = keep none.")
+
+
 class MineConfig(StageConfig):
     """Hard-negative mining. How many negatives a pair gets, and whether the consistency filter applies, depends on
     the kind of source that made it (embedforge.contracts.policy): ``offline_*`` for the offline generator's pairs, the
@@ -136,6 +163,8 @@ class MineConfig(StageConfig):
     batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="Texts per encoding batch when the base model embeds the corpus "
                             "chunks, the train queries and the positives' own texts.")
     use_gpu: bool = Field(True, description="Use faiss GPU resources when faiss-gpu and a GPU are present.")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig, description="How the base model embeds the "
+                                 "chunks, queries and positives (ONNX Runtime or PyTorch on a CPU).")
     offline_num_negatives: int = Field(
         0, ge=0, le=64, description="Negatives per example for the OFFLINE generator's pairs (inverse cloze, "
         "titles). 0 = in-batch negatives only: a generated query's base-model neighbours are mostly relevant too, "
@@ -176,6 +205,9 @@ class EvaluateConfig(StageConfig):
         "ndcg@10", description="Headline metric: logged as base -> fine-tuned, recorded in evaluation.json, tagged "
         "on the registered version and plotted per query in the report. Must be computed: ndcg, map, recall, "
         "precision or mrr at a k of k_values or extra_k. The gate decides on gate.metric.")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig, description="How the models embed the corpus and "
+                                 "queries (ONNX Runtime or PyTorch on a CPU), here and in the gate's "
+                                 "re-evaluation of the champion.")
 
     @property
     def all_k(self) -> list[int]:

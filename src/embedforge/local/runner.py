@@ -180,6 +180,9 @@ def _run_holding_out(cfg: PipelineConfig, corpus: Path, out: Path, pairs: Path |
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
     if not cfg.train.work_dir:
         cfg.train.work_dir = str(out / "train_work")  # finished probes survive a rerun (--resume) too
+    for section in (cfg.mine, cfg.evaluate):  # one ONNX graph per model for mine, evaluate and gate, and later runs
+        if not section.encode.cache_dir:
+            section.encode.cache_dir = str(out / "encode_cache")
     import torch
 
     cfg, profile_changes = cfg.resolved(cuda_available=torch.cuda.is_available(), pairs_given=bool(pairs))

@@ -19,8 +19,8 @@ from embedforge.errors import InputError, ParityError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+from embedforge.onnx.graph import onnx_opset, tokenize_for_onnx
 from embedforge.onnx.signature import OUTPUT_NAME
-from embedforge.onnx.signature import REQUIRED_INPUTS as INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +28,6 @@ log = logging.getLogger(__name__)
 PARITY_BATCH_SIZES = (1, 7, 2, 16, 3, 32)
 
 
-
-
-def tokenize_for_onnx(model: "SentenceTransformer", texts: Sequence[str], prompt: str) -> dict[str, np.ndarray]:
-    """Tokenise like sentence-transformers: ``prompt + text``, truncated to ``max_seq_length``, padded."""
-    enc = model.tokenizer(
-        [prompt + t for t in texts], padding=True, truncation=True, max_length=model.max_seq_length,
-        return_tensors="np",
-    )
-    return {name: np.asarray(enc[name], dtype=np.int64) for name in INPUT_NAMES}
-
-
-
-def onnx_opset(path: str | Path) -> int:
-    """The default-domain opset of an ONNX model file."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 # ------------------------------------------------------------------------------------------------ parity

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 
+from embedforge.onnx.graph import save_onnx
 from embedforge.onnx.parity import check_parity
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -34,28 +35,6 @@ FP16_PARITY_FILE = "parity_fp16.json"
 PLAN_FILE = "model.plan"
 #: What the optional variants came to (``{"fp16": {...}, "tensorrt_plan": {"status": "built" | "skipped: ..."}}``).
 VARIANTS_FILE = "variants.json"
-
-
-def save_onnx(proto: Any, path: str | Path, external_data_mb: int) -> list[str]:
-    """Write ``proto`` to ``path`` and check it there; weights over ``external_data_mb`` MB go to
-    ``<path name>.data`` beside it (ONNX's external-data format: one protobuf file cannot exceed 2 GB).
-
-    Returns:
-        The names of the files written (the graph, and its data file when there is one).
-    """
-    import onnx
-
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    external = sum(t.ByteSize() for t in proto.graph.initializer) > external_data_mb * 2**20
-    if external:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)  # by path: works above 2 GB, reads the data file
-    return [path.name, data.name] if external else [path.name]
 
 
 def export_fp16(onnx_path: str | Path, out_path: str | Path, external_data_mb: int = 1024) -> list[str]:

@@ -169,8 +169,9 @@ def evaluate_beir_folder(
             excluded[q] = set(by_text.get(normalize_ws(coll.queries[q]), ()))
     log.info("BEIR %s: %d documents, %d judged queries", coll.path, len(doc_ids), len(qids))
     doc_emb = encode(model, [beir_document_text(coll.corpus[d]) for d in doc_ids], kind="document", batch_size=bs,
-                     show_progress=True)
-    query_emb = encode(model, [coll.queries[q] for q in qids], kind="query", batch_size=bs, show_progress=True)
+                     show_progress=True, encoder=cfg.encode)
+    query_emb = encode(model, [coll.queries[q] for q in qids], kind="query", batch_size=bs, show_progress=True,
+                       encoder=cfg.encode)
     index = build_index(doc_emb)
     slack = max((len(e) for e in excluded.values()), default=0)
     scores, ids = top_k(index, query_emb, min(len(doc_ids), max_k + slack))

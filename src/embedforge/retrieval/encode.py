@@ -3,6 +3,11 @@
 Prompts come from the model folder's ``config_sentence_transformers.json`` (``prompts.query`` /
 ``prompts.document``) — the single source of truth shared by mining, evaluation, export and serving.
 Embeddings are L2-normalised float32, so a dot product is a cosine similarity.
+
+Paths: on a GPU, sentence-transformers' ``encode`` (or :func:`encode_token_batched`); on a CPU, given an
+:class:`~embedforge.config.EncodeConfig` that allows it, ONNX Runtime on the model's exported graph
+(:mod:`embedforge.retrieval.onnx_encoder`), else sentence-transformers. Each large encoding says in one log line
+which path encodes it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from embedforge.config import ModelConfig
+from embedforge.config import EncodeConfig, ModelConfig
 from embedforge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 Kind = Literal["query", "document"]
 QUERY_PROMPT = "query"
 DOCUMENT_PROMPT = "document"
+#: Encodings of at least this many texts say at INFO level which path encodes them (smaller ones at DEBUG), and
+#: with ``encoder="auto"`` are worth exporting the model to ONNX for.
+LOUD_TEXTS = 1000
 _BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2"}
 
 
@@ -79,9 +87,12 @@ def load_model(name_or_path: str, device: str = "auto", model: "ModelConfig | No
 @lru_cache(maxsize=4)
 def _load_cached(name_or_path: str, device: str, model_json: str) -> "SentenceTransformer":
     from embedforge.retrieval import loading as models
+    from embedforge.retrieval.onnx_encoder import remember_source
 
-    return models.load(resolve_model_path(name_or_path), ModelConfig.model_validate_json(model_json),
-                       device=pick_device(device))
+    folder = resolve_model_path(name_or_path)
+    model = models.load(folder, ModelConfig.model_validate_json(model_json), device=pick_device(device))
+    remember_source(model, folder, model_json)  # the key of its cached ONNX graph (CPU encoding)
+    return model
 
 
 def prompt_for(model: "SentenceTransformer", kind: Kind) -> str:
@@ -104,18 +115,30 @@ def encode(
     batch_size: int = 64,
     show_progress: bool = False,
     token_budget: int = 0,
+    encoder: EncodeConfig | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` as queries or documents with the model's own prompt; returns float32 (n, dim), L2-normalised.
 
-    ``token_budget`` > 0 takes :func:`encode_token_batched` (batches sized by padded tokens, bf16 on CUDA) instead
-    of ``SentenceTransformer.encode`` with ``batch_size`` texts a batch — except for a pooling that leaves the
-    prompt's tokens out, which needs sentence-transformers' own prompt bookkeeping.
+    With ``encoder`` (``encoder.encoder`` auto or onnx) and the model on a CPU, ONNX Runtime encodes on the model's
+    cached graph (:mod:`embedforge.retrieval.onnx_encoder`), ``batch_size`` length-sorted texts a batch; where it
+    cannot, one line says why and PyTorch encodes. Without ``encoder`` (training-time models, the export's parity
+    reference) PyTorch always encodes. ``token_budget`` > 0 takes :func:`encode_token_batched` (batches sized by
+    padded tokens, bf16 on CUDA) instead of ``SentenceTransformer.encode`` with ``batch_size`` texts a batch —
+    except for a pooling that leaves the prompt's tokens out, which needs sentence-transformers' own prompt
+    bookkeeping.
     """
     if not texts:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
+    say = log.info if show_progress or len(texts) >= LOUD_TEXTS else log.debug
+    prompt = prompt_for(model, kind)
+    if encoder is not None and encoder.encoder != "torch" and device_kind(model) == "cpu":
+        keep = show_progress or len(texts) >= LOUD_TEXTS
+        emb = _encode_onnx(model, texts, prompt, batch_size, show_progress, encoder, say, keep)
+        if emb is not None:
+            return emb
+    say("encoding %s texts with PyTorch (%s)", f"{len(texts):,}", device_kind(model))
     if token_budget > 0 and all(getattr(m, "include_prompt", True) for m in model):
         return encode_token_batched(model, texts, kind, token_budget)
-    prompt = prompt_for(model, kind)
     emb = model.encode(
         texts,
         prompt=prompt or None,
@@ -125,6 +148,46 @@ def encode(
         show_progress_bar=show_progress,
     )
     return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def _encode_onnx(model: "SentenceTransformer", texts: list[str], prompt: str, batch_size: int, show_progress: bool,
+                 cfg: EncodeConfig, say, keep: bool) -> np.ndarray | None:
+    """ONNX Runtime's embeddings of ``texts``, or None after one line saying why PyTorch encodes instead. With
+    ``keep`` (a corpus-scale encoding) they are read from, else kept in, the embedding cache
+    (:mod:`embedforge.retrieval.embedding_cache`)."""
+    from embedforge.retrieval import embedding_cache
+    from embedforge.retrieval.onnx_encoder import (
+        Unavailable,
+        cache_root,
+        encode_onnx,
+        runtime_for,
+    )
+
+    try:
+        # auto exports a model only for an encoding that repays the export (a small one runs on a graph
+        # already made, else with PyTorch)
+        runtime = runtime_for(model, cfg, export=cfg.encoder == "onnx" or len(texts) >= LOUD_TEXTS)
+    except Unavailable as exc:
+        (log.warning if cfg.encoder == "onnx" else log.info)("ONNX Runtime cannot encode here (%s): PyTorch "
+                                                             "encodes instead", exc)
+        return None
+    if runtime is None:
+        return None
+    key = None
+    if keep and cfg.embedding_cache_mb > 0:
+        max_length = int(model.max_seq_length or model.tokenizer.model_max_length)
+        key = embedding_cache.cache_key(runtime.path, runtime.precision, prompt, max_length, texts)
+        emb = embedding_cache.load(cache_root(cfg), key, len(texts))
+        if emb is not None:
+            say("reusing the embeddings of %s texts computed before by this model (ONNX Runtime, %s)",
+                f"{len(texts):,}", runtime.precision)
+            return emb
+    say("encoding %s texts with ONNX Runtime (CPU, %d threads, %s)", f"{len(texts):,}", runtime.threads,
+        runtime.precision)
+    emb = encode_onnx(runtime, model, texts, prompt, batch_size, show_progress)
+    if key is not None:
+        embedding_cache.store(cache_root(cfg), key, emb, cfg.embedding_cache_mb)
+    return emb
 
 
 def encode_token_batched(model: "SentenceTransformer", texts: list[str], kind: Kind, token_budget: int,

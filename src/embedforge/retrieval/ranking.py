@@ -265,7 +265,8 @@ def encode_chunks(model: "SentenceTransformer", chunks: Sequence[Chunk], cfg: Ev
     """Document embeddings of the chunks' texts (the same text and kind the mine stage embeds)."""
     from embedforge.retrieval.encode import encode
 
-    return encode(model, [c.text for c in chunks], kind="document", batch_size=batch_size_for(model, cfg), show_progress=True)
+    return encode(model, [c.text for c in chunks], kind="document", batch_size=batch_size_for(model, cfg),
+                  show_progress=True, encoder=cfg.encode)
 
 
 def evaluate_model(
@@ -357,7 +358,7 @@ def rank_queries_by_dimension(
         )
     qids = list(eval_set.queries)
     query_emb = encode(model, [eval_set.queries[q] for q in qids], kind="query", batch_size=batch_size_for(model, cfg),
-                       show_progress=True)
+                       show_progress=True, encoder=cfg.encode)
     by_dim = {}
     for d in sorted({dim, *dims}, reverse=True):
         q, c = (query_emb, chunk_embeddings) if d == dim else (truncate(query_emb, d), truncate(chunk_embeddings, d))

@@ -19,6 +19,9 @@ Protocol
   embeddings sliced and renormalised, no second encoding (``by_dimension`` in ``evaluation.json``).
 - **Reuse**: the mine stage saves the base model's chunk embeddings (``embeddings.npy`` + ``embedding_ids.json``,
   same text and kind); when their ids match the chunks they replace re-encoding the corpus with the base model.
+  On a CPU (``cfg.encode``: ONNX Runtime) every corpus-scale encoding is also kept by model content and texts
+  (:mod:`embedforge.retrieval.embedding_cache`): the base model's ``eval_beir`` documents are embedded once per
+  ``--out``, not once per run, and the gate reads them back for a champion evaluated on them before.
 
 External collections (``eval_beir``): a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``)
 is evaluated with whole documents embedded as ``title + " " + text`` (stripped; BEIR's own ``SentenceBERT``

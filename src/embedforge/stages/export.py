@@ -46,13 +46,9 @@ manifest only on success.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import tempfile
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from embedforge.config import ExportConfig
 from embedforge.contracts import (
@@ -65,32 +61,19 @@ from embedforge.contracts import (
     read_json,
     write_json,
 )
-from embedforge.errors import ConfigError, InputError
-from embedforge.retrieval.encode import embedding_dim
-
-if TYPE_CHECKING:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-from embedforge.onnx.signature import OUTPUT_NAME
-from embedforge.onnx.signature import REQUIRED_INPUTS as INPUT_NAMES
-
-log = logging.getLogger(__name__)
-
-#: Pooling modes the graph reproduces (the padded code path of sentence-transformers' Pooling module).
-SUPPORTED_POOLING = {"mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens", "weightedmean"}
-#: Modules the graph may run after the Transformer, by class name.
-SUPPORTED_MODULES = {"Pooling", "Normalize", "Dense"}
-TORCHSCRIPT_MAX_OPSET = 20
-
-
-
-from embedforge.onnx.parity import (  # noqa: F401
-    check_parity,
+from embedforge.errors import InputError
+from embedforge.onnx.graph import (  # noqa: F401  (re-exported: the export API)
+    SUPPORTED_MODULES,
+    SUPPORTED_POOLING,
+    build_graph_module,
+    check_modules,
+    export_onnx,
     onnx_opset,
-    pick_parity_chunks,
+    pick_exporter,
+    save_onnx,
     tokenize_for_onnx,
 )
+from embedforge.onnx.parity import check_parity, pick_parity_chunks  # noqa: F401
 from embedforge.onnx.variants import (  # noqa: F401  (re-exported: the export API)
     FP16_ONNX_FILE,
     FP16_PARITY_FILE,
@@ -99,162 +82,13 @@ from embedforge.onnx.variants import (  # noqa: F401  (re-exported: the export A
     _variants,
     build_tensorrt_plan,
     export_fp16,
-    save_onnx,
 )
+from embedforge.retrieval.encode import embedding_dim
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
-# ------------------------------------------------------------------------------------------------ graph module
-def _check_modules(model: "SentenceTransformer", model_dir: str | Path) -> tuple[str, list[str]]:
-    """The pooling mode and module names; raises InputError for what the graph cannot reproduce."""
-    modules = list(model)
-    names = [type(m).__name__ for m in modules]
-    if not modules or not hasattr(modules[0], "auto_model"):
-        raise InputError(f"{model_dir}: the first module must be a Transformer (modules: {names})")
-    pooling = [m for m in modules if type(m).__name__ == "Pooling"]
-    if len(pooling) != 1:
-        raise InputError(f"{model_dir}: expected one Pooling module, found {len(pooling)} (modules: {names})")
-    unsupported = [n for n in names[1:] if n not in SUPPORTED_MODULES]
-    if unsupported:
-        raise InputError(f"{model_dir}: modules {unsupported} cannot be exported (supported after the "
-                         f"Transformer: {sorted(SUPPORTED_MODULES)})")
-    pool = pooling[0]
-    mode = pool.pooling_mode
-    modes = (mode,) if isinstance(mode, str) else tuple(mode)
-    bad = [m for m in modes if m not in SUPPORTED_POOLING]
-    if bad:
-        raise InputError(f"{model_dir}: pooling mode {bad} is not supported (supported: {sorted(SUPPORTED_POOLING)})")
-    prompts = {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if v}
-    if not getattr(pool, "include_prompt", True) and prompts:
-        raise InputError(
-            f"{model_dir}: Pooling has include_prompt=false with prompts {prompts}: the graph cannot tell prompt "
-            "tokens from text tokens; set include_prompt=true (and retrain) or drop the prompts"
-        )
-    return "+".join(modes), names
-
-
-def _needs_token_type_ids(model: "SentenceTransformer") -> bool:
-    hf = model[0].auto_model
-    takes = "token_type_ids" in inspect.signature(hf.forward).parameters
-    return takes and "token_type_ids" in getattr(model.tokenizer, "model_input_names", [])
-
-
-def build_graph_module(model: "SentenceTransformer") -> "torch.nn.Module":
-    """``forward(input_ids, attention_mask) -> embeddings``: the model's modules + L2 normalisation.
-
-    Args:
-        model: A loaded sentence-transformers model (Transformer, Pooling, optional Dense/Normalize).
-
-    Returns:
-        A ``torch.nn.Module`` in eval mode, sharing the model's weights.
-    """
-    import torch
-
-    class EmbeddingGraph(torch.nn.Module):
-        def __init__(self, st: "SentenceTransformer", token_type_ids: bool):
-            super().__init__()
-            self.stages = torch.nn.ModuleList(list(st))
-            self.token_type_ids = token_type_ids
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            features: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if self.token_type_ids:
-                features["token_type_ids"] = torch.zeros_like(input_ids)
-            for stage in self.stages:
-                features = stage(features)
-            return torch.nn.functional.normalize(features["sentence_embedding"].float(), p=2.0, dim=-1)
-
-    return EmbeddingGraph(model, _needs_token_type_ids(model)).eval()
-
-
-# ------------------------------------------------------------------------------------------------ export
-
-def _pick_exporter(cfg: ExportConfig) -> str:
-    requested = cfg.exporter
-    if requested != "auto":
-        return requested
-    try:
-        import torch.onnx.utils  # noqa: F401  (the TorchScript exporter)
-    except ImportError:
-        return "dynamo"
-    return "torchscript" if cfg.opset <= TORCHSCRIPT_MAX_OPSET else "dynamo"
-
-
-def export_onnx(model: "SentenceTransformer", path: str | Path, opset: int, sample_texts: Sequence[str],
-                exporter: str = "torchscript", external_data_mb: int = 1024) -> list[str]:
-    """Write ``model`` as one ONNX graph (see the module docstring) and check it with onnx.checker; weights over
-    ``external_data_mb`` MB go to ``model.onnx.data`` beside it (:func:`~embedforge.onnx.variants.save_onnx`).
-
-    Args:
-        model: The sentence-transformers model (moved to CPU for tracing).
-        path: Output ``model.onnx``.
-        opset: ONNX opset (>= 17).
-        sample_texts: Real texts to trace with (two of different length, so the trace sees padding).
-        exporter: "torchscript" (``dynamo=False`` + ``dynamic_axes``) or "dynamo" (``dynamic_shapes``).
-        external_data_mb: Weight size above which they are stored outside the graph file.
-
-    Returns:
-        The names of the files written.
-
-    Raises:
-        ConfigError: The exporter cannot produce the requested opset.
-    """
-    import onnx
-    import torch
-
-    path = Path(path)
-    graph = build_graph_module(model).to("cpu")
-    texts = list(sample_texts[:2]) or ["embedforge export", "a second, longer sample text for tracing padding"]
-    if len(texts) == 1:
-        texts.append(texts[0] + " " + texts[0])
-    feed = tokenize_for_onnx(model, texts, "")
-    args = tuple(torch.from_numpy(feed[n]) for n in INPUT_NAMES)
-    # The exporter writes its own external-data files past 2 GB: into a scratch folder, read back from there.
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as scratch:
-        tmp = Path(scratch) / path.name
-        _export_to(graph, args, tmp, opset, exporter, max_len=int(model.max_seq_length or 512))
-        proto = onnx.load(str(tmp))
-        dim = embedding_dim(model)
-        out = next(o for o in proto.graph.output if o.name == OUTPUT_NAME)
-        out_dims = out.type.tensor_type.shape.dim
-        if len(out_dims) == 2 and dim:  # the tracer leaves the feature axis symbolic; it is the fixed model dim
-            out_dims[0].ClearField("dim_value")
-            out_dims[0].dim_param = "batch"
-            out_dims[1].ClearField("dim_param")
-            out_dims[1].dim_value = int(dim)
-        files = save_onnx(proto, tmp, external_data_mb)
-        for name in files:
-            (Path(scratch) / name).replace(path.with_name(name))
-    got = onnx_opset(path)
-    if got != opset:
-        log.warning("asked for opset %d, the %s exporter produced opset %d", opset, exporter, got)
-    return files
-
-
-def _export_to(graph: "torch.nn.Module", args: tuple, tmp: Path, opset: int, exporter: str, max_len: int) -> None:
-    import torch
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TracerWarnings on shape-only branches and the exporter's deprecation
-        if exporter == "torchscript":
-            if opset > TORCHSCRIPT_MAX_OPSET:
-                raise ConfigError(f"export.opset={opset}: the TorchScript exporter stops at {TORCHSCRIPT_MAX_OPSET}; "
-                                  "use export.exporter=dynamo or a lower opset")
-            torch.onnx.export(
-                graph, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-        elif exporter == "dynamo":
-            batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=max_len)
-            program = torch.onnx.export(
-                graph, args, input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_shapes={n: {0: batch, 1: seq} for n in INPUT_NAMES}, opset_version=opset, dynamo=True,
-                external_data=True,
-            )
-            program.save(str(tmp), external_data=True)  # into the scratch folder; save_onnx decides for the output
-        else:
-            raise ConfigError(f"export.exporter={exporter!r}: use auto, torchscript or dynamo")
-
+log = logging.getLogger(__name__)
 
 
 def copy_tokenizer_files(model: "SentenceTransformer", model_dir: str | Path, out_dir: str | Path) -> list[str]:
@@ -317,9 +151,9 @@ def run(model_dir: str | Path, chunks_dir: str | Path, out_dir: str | Path, cfg:
         raise InputError(f"{chunks_dir / CHUNKS_FILE} holds no chunks: parity needs real texts")
     model = load_model(str(model_dir), device="cpu")
     model.eval()
-    pooling, module_names = _check_modules(model, model_dir)
+    pooling, module_names = check_modules(model, model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    exporter = _pick_exporter(cfg)
+    exporter = pick_exporter(cfg)
     samples = pick_parity_chunks(chunks, cfg.parity_samples)
     by_len = sorted(samples, key=lambda c: len(c.text))
     onnx_path = out_dir / ONNX_FILE

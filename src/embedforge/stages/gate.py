@@ -5,7 +5,9 @@ its inputs: the fine-tuned and base metrics from ``evaluation.json``; the champi
 model's ``cfg.alias`` points at, if any, and not the challenger itself) is downloaded from MLflow and
 re-evaluated on THE SAME eval set (the ``chunks`` + ``pairs`` artifacts) with
 :func:`embedforge.retrieval.ranking.evaluate_model`, so challenger and champion are compared on equal terms even when
-the champion was trained and evaluated on other data. When evaluate computed its numbers on another device kind
+the champion was trained and evaluated on other data. It encodes as evaluate does (``eval_cfg.encode``: on a CPU
+ONNX Runtime, with the run's graph and embedding cache, so a champion whose embeddings of these texts an earlier
+run computed is not encoded again). When evaluate computed its numbers on another device kind
 than the gate's (``evaluation.json``'s ``device``: a GPU evaluate pod, a CPU gate), the challenger is downloaded
 and re-evaluated here too, so the champion comparison never mixes devices and rounding cannot decide a tie.
 
@@ -159,13 +161,11 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
     Computed exactly as the evaluate stage computes the fine-tuned model's numbers (same function, same
     corpus, same queries) and rounded like ``evaluation.json`` (5 decimals), so equal models compare equal.
     """
-    from sentence_transformers import SentenceTransformer
-
     from embedforge.retrieval.beir import evaluate_beir_folder
-    from embedforge.retrieval.encode import pick_device
+    from embedforge.retrieval.encode import load_model
     from embedforge.retrieval.ranking import evaluate_model
 
-    model = SentenceTransformer(str(model_dir), device=pick_device("auto"))
+    model = load_model(str(model_dir))  # as evaluate loads the fine-tuned model (and keyed for its ONNX graph)
     if external is not None:
         metrics = evaluate_beir_folder(model, external, eval_cfg)
     else:

@@ -236,13 +236,15 @@ def _embed(model, corpus: _Corpus, pairs: list[Pair], cfg: MineConfig, out: Path
     from embedforge.retrieval.encode import encode
 
     chunk_emb = encode(model, [c.text for c in corpus.chunks], kind="document", batch_size=cfg.batch_size,
-                       show_progress=True)
+                       show_progress=True, encoder=cfg.encode)
     out.mkdir(parents=True, exist_ok=True)
     _save_embeddings(out, chunk_emb, [c.chunk_id for c in corpus.chunks])
     queries = sorted({p.query for p in pairs})
-    query_emb = encode(model, queries, kind="query", batch_size=cfg.batch_size, show_progress=True)
+    query_emb = encode(model, queries, kind="query", batch_size=cfg.batch_size, show_progress=True,
+                       encoder=cfg.encode)
     overrides = sorted({p.positive_text for p in pairs if p.positive_text})
-    override_emb = encode(model, overrides, kind="document", batch_size=cfg.batch_size) if overrides else None
+    override_emb = (encode(model, overrides, kind="document", batch_size=cfg.batch_size, encoder=cfg.encode)
+                    if overrides else None)
     return _Embedded(chunks=chunk_emb, queries=query_emb, query_row={q: i for i, q in enumerate(queries)},
                      overrides=override_emb, override_row={t: i for i, t in enumerate(overrides)})
 
