@@ -379,24 +379,45 @@ def test_the_champions_real_reevaluation_is_paired_query_by_query(
     """The real MiniLM with query/passage prompts is champion v1 and, unchanged, challenger v2, evaluated by the real
     evaluate stage against MiniLM without prompts. The gate downloads and re-evaluates the champion per query: its
     scores are evaluate's scores of the challenger, query by query, so the challenger-minus-champion interval is
-    exactly 0 over every eval query; the gain over base is evaluate's per-query records, paired. MLflow gets it all."""
+    exactly 0 over every eval query; the gain over base is evaluate's per-query records, paired. The same holds on
+    an external collection (evaluate's external_per_query.jsonl). MLflow gets it all."""
     from mlflow import MlflowClient
 
     from embedforge.config import EvaluateConfig
-    from embedforge.contracts import GainInterval, RegistryRecord, read_per_query
+    from embedforge.contracts import (
+        GainInterval,
+        RegistryRecord,
+        read_chunks,
+        read_pairs,
+        read_per_query,
+    )
+    from embedforge.retrieval.beir import write_beir_split
+    from embedforge.retrieval.ranking import build_eval_set
     from embedforge.retrieval.stats import paired_bootstrap
     from embedforge.stages import evaluate
 
+    chunks = read_chunks(chunks_dir)
+    beir = write_beir_split(tmp_path / "beir", chunks, build_eval_set(chunks, read_pairs(pairs_dir)))
     ev = tmp_path / "evaluation"
-    evaluate.run(chunks_dir, pairs_dir, base_model, saved_base_model, ev, EvaluateConfig())
-    records = read_per_query(ev)
-    n = len(records)
+    evaluate.run(chunks_dir, pairs_dir, base_model, saved_base_model, ev, EvaluateConfig(), eval_beir=beir)
     for tag in ("champ", "c"):
         _, reg = _register(tmp_path, tag, mlflow_uri, model_name, saved_base_model, tiny_onnx_dir, validation_dir,
                            lambda out, *a: ev, None, None)
         if tag == "champ":
             _set_alias(mlflow_uri, model_name, "1")
+
+    # on the external collection (gate.eval_set=auto with one): its per-query records, the champion re-ranked on it
+    external = read_per_query(ev, external=True)
     d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri)
+    assert d.eval_set == f"external:{beir}" and d.rule == "interval" and d.fallback == ""
+    assert d.vs_champion == GainInterval(mean=0.0, low=0.0, high=0.0, n=len(external)) and len(external) > 2
+    want = paired_bootstrap([r.base[M] for r in external], [r.finetuned[M] for r in external])
+    assert (d.vs_base.low, d.vs_base.high, d.vs_base.n) == (want.low, want.high, len(external))
+
+    # on the held-out split
+    records = read_per_query(ev)
+    n = len(records)
+    d = _gate(tmp_path, ev, reg, chunks_dir, pairs_dir, mlflow_uri, eval_set="held_out")
     assert d.rule == "interval" and d.fallback == "" and (d.champion_version, d.challenger_version) == ("1", "2")
     assert d.vs_champion == GainInterval(mean=0.0, low=0.0, high=0.0, n=n) and n > 2
     want = paired_bootstrap([r.base[M] for r in records], [r.finetuned[M] for r in records])

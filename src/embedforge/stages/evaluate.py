@@ -64,7 +64,8 @@ from embedforge.contracts import (
     write_jsonl,
 )
 from embedforge.errors import ConfigError, InputError
-from embedforge.retrieval.beir import (
+from embedforge.retrieval.beir import (  # noqa: F401  (evaluate_beir_folder: re-exported with the protocol)
+    evaluate_beir_folder,
     load_beir_folder,
     rank_beir_folder,
     write_beir_split,
