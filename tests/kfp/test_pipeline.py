@@ -88,7 +88,7 @@ def test_compiling_twice_gives_the_same_bytes(tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
-    assert (b"gate_config: dict [Default: {'alias': 'champion', 'bootstrap_resamples': 2000, 'confidence': 0.95, "
+    assert (b"gate_config: dict [Default: {'alias': 'champion', 'bootstrap_resamples': 2000.0, 'confidence': 0.95, "
             b"'eval_set': 'auto',") in outs[0]  # keys sorted
 
 
