@@ -1,4 +1,5 @@
-"""KFP component: decide promotion (beats base by a margin AND beats the current champion on the same eval set)."""
+"""KFP component: decide promotion (beats base by a margin AND holds up against the current champion on the same eval
+set; by default judged on paired per-query intervals)."""
 
 from embedforge.components._common import BASE_IMAGE
 from kfp import dsl
@@ -22,11 +23,13 @@ def gate(
     cannot resolve named NamedTuple outputs in conditions).
 
     Args:
-        evaluation: Evaluate output folder (``evaluation.json`` with ``base`` and ``finetuned`` metrics).
+        evaluation: Evaluate output folder (``evaluation.json`` with ``base`` and ``finetuned`` metrics, and the
+            per-query records the interval rule pairs).
         registry: Register output folder (``registry.json``: model name and the new version).
         chunks: Ingest output folder; its eval split re-evaluates the champion.
         pairs: SDG output folder (eval pairs).
-        config: ``GateConfig`` fields (metric, min_improvement, greater_is_better, alias).
+        config: ``GateConfig`` fields (rule, metric, min_improvement, confidence, non_inferiority_margin,
+            greater_is_better, alias, ...).
         evaluate_config: ``EvaluateConfig`` fields, the same the evaluate step used.
         tracking_uri: MLflow tracking URI; empty -> ``$MLFLOW_TRACKING_URI`` -> the one in ``registry.json``.
         decision: Output folder: ``decision.json`` (promote, reason, numbers) + ``manifest.json``.
@@ -54,5 +57,6 @@ def gate(
                            tracking_uri, external_dir=local_path(eval_beir_artifact, "") or None).result
         decision.metadata["promote"] = result.promote
         decision.metadata["reason"] = result.reason
+        decision.metadata["rule"] = result.rule
         print(result.reason)
         return bool(result.promote)

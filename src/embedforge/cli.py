@@ -446,7 +446,8 @@ def register(model: Dir = ..., onnx: Dir = ..., evaluation: Dir = ..., validatio
 @app.command()
 def gate(evaluation: Dir = ..., registry: Dir = ..., chunks: Dir = ..., pairs: Dir = ..., out: Dir = ...,
          tracking_uri: TrackingOpt = "", config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Decide promotion: beats base by the margin and the current champion."""
+    """Decide promotion: beats base by the margin and holds up against the current champion (by default on the
+    eval queries' paired intervals, gate.rule)."""
     from embedforge.stages import gate as stage
 
     _stage(lambda c: stage.run(evaluation, registry, chunks, pairs, out, c.gate, c.evaluate, tracking_uri), config, set_, out=out)

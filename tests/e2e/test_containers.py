@@ -187,6 +187,9 @@ def pipeline(images, tmp_path_factory, tiny_corpus, prod_mlflow, triton, volumes
         "train_config": {**base["train"], "device": "cpu", "work_dir": "/data/train_work"},
         "mine_config": {**base["mine"], "use_gpu": False},
         "register_config": {**base["register"], "model_name": MODEL},
+        # these runs test promotion mechanics (promote, refuse, operator's mistake, roll back), not statistics:
+        # the means decide, not the paired intervals a small corpus's few eval queries cannot narrow
+        "gate_config": {**base["gate"], "rule": "point"},
         "triton_config": {**base["triton"], "model_name": SERVED, "repository_dir": "/models", "server_url": url,
                           "discover_replicas": False, "instance_kind": "KIND_CPU", "embedder_backend": "python",
                           "max_batch_size": 8},

@@ -21,6 +21,7 @@ from embedforge.cluster.image import DEFAULT_IMAGE
 FAST = [
     "train.epochs=1", "train.batch_size=16", "evaluate.k_values=[1,5,10]", "export.parity_samples=16",
     "validate.min_train_pairs=5", "validate.min_eval_pairs=2",
+    "gate.rule=point",  # promotion mechanics on a tiny corpus, whose few eval queries give wide intervals
 ]
 
 
@@ -87,7 +88,8 @@ def test_compiling_twice_gives_the_same_bytes(tmp_path):
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
-    assert b"gate_config: dict [Default: {'alias': 'champion', 'eval_set': 'auto'," in outs[0]  # keys sorted
+    assert (b"gate_config: dict [Default: {'alias': 'champion', 'bootstrap_resamples': 2000.0, 'confidence': 0.95, "
+            b"'eval_set': 'auto',") in outs[0]  # keys sorted
 
 
 def test_compile_for_several_training_gpus_starts_one_worker_per_gpu(tmp_path):

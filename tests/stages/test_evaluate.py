@@ -376,9 +376,11 @@ def test_component_on_the_shared_artifacts(tmp_path, chunks_dir, pairs_dir, mine
     assert set(result["external"]) >= {"path", "base", "finetuned"} and result["external"]["counts"]["queries"] == 2
     assert 0.0 <= result["finetuned"]["ndcg@10"] <= 1.0
 
-    # The fine-tuned model's numbers are what evaluate_model gives for it (the gate's champion path).
-    ft = ranking.evaluate_model(load_model(str(model_dir)), chunks, pairs, CFG)
-    assert result["finetuned"] == pytest.approx(ft, abs=1e-5)
+    # The fine-tuned model's numbers are what the gate's champion re-evaluation gives for it, overall and per query.
+    from embedforge.stages.gate import evaluate_champion
+
+    ft = evaluate_champion(model_dir, chunks_dir, pairs_dir, CFG)
+    assert result["finetuned"] == pytest.approx(ft.metrics, abs=1e-5)
 
     qrels = (out / contracts.BEIR_DIR / "qrels" / "test.tsv").read_text().splitlines()
     assert qrels[0] == "query-id\tcorpus-id\tscore" and {r.split("\t")[0] for r in qrels[1:]} <= {p.query_id for p in pairs}
@@ -400,6 +402,16 @@ def test_component_on_the_shared_artifacts(tmp_path, chunks_dir, pairs_dir, mine
             assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
         hit_at_1 = r.finetuned_ranking[0].id in r.relevant
         assert r.finetuned["recall@1"] == pytest.approx(float(hit_at_1) / len(r.relevant))
+        assert r.finetuned == pytest.approx(ft.per_query[r.query_id], abs=1e-5)  # query by query, as the gate pairs
+
+    # external_per_query.jsonl: the same records for the external collection's judged queries (per document)
+    external = contracts.read_per_query(out, external=True)
+    assert len(external) == result["external"]["counts"]["queries"] and {r.relevance for r in external} == {"document"}
+    for who in ("base", "finetuned"):
+        for name, value in result["external"][who].items():
+            assert np.mean([getattr(r, who)[name] for r in external]) == pytest.approx(value, abs=2e-5), (who, name)
+    for r in external:
+        assert r.relevant and r.query and r.base_ranking and r.source == "" and r.query_type is None
 
     md = metrics.metadata
     assert md["finetuned_ndcg_at_10"] == result["finetuned"]["ndcg@10"]

@@ -109,6 +109,10 @@ def test_report_from_real_artifacts_shows_every_section(tmp_path, run_artifacts)
 
     # gate, loss curve, validation, per-type, top queries
     assert decision.reason in text.replace("&#x27;", "'")
+    gate_rows = {row[0]: row[1] for row in cells.tables["gate"][1:]}
+    iv = decision.vs_base  # the default rule decided on evaluate's per-query records
+    assert gate_rows["rule"] == decision.rule == "interval" and iv.n == len(per_query)
+    assert gate_rows["95% interval of the gain over base"] == f"[{iv.low:+.4f}, {iv.high:+.4f}] over {iv.n} queries"
     loss_path = re.search(r'<path class="loss" d="([^"]+)"', text).group(1)
     assert loss_path.count("L") == len(train.loss_history) - 1 >= 1
     checks = cells.tables["validation"][1:]

@@ -268,7 +268,23 @@ class RegisterConfig(StageConfig):
 class GateConfig(StageConfig):
     metric: str = Field("ndcg@10", description="Metric the gate compares, as metric@k (ndcg, recall, map, precision "
                         "or mrr); evaluate must compute its k (evaluate.k_values or extra_k).")
-    min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="Absolute gain over the base model required to promote (the fine-tuned model must also strictly beat base).")
+    rule: Literal["interval", "point"] = Field(
+        "interval", description="How the gate weighs the evidence. interval: on the eval queries' paired scores, "
+        "the lower bound of the bootstrap interval (gate.confidence) of the gain over base must be > 0 and >= "
+        "min_improvement, and that of the gain over the champion >= -non_inferiority_margin: a gain the eval set "
+        "cannot tell from noise is not promoted. point: the mean gains alone (gain over base > 0 and >= "
+        "min_improvement, over the champion > 0). Without per-query scores (an older evaluation) the gate decides "
+        "by the point rule and says so.")
+    min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="Absolute gain over the base model required to "
+                                   "promote: of the interval's lower bound (rule interval) or of the mean gain "
+                                   "(rule point); the gain must also be above 0.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of the paired bootstrap intervals of the "
+                              "interval rule (0.95: the 2.5th to 97.5th percentile of the resampled mean gains).")
+    non_inferiority_margin: float = Field(
+        0.01, ge=0.0, le=1.0, description="Interval rule: how much worse than the champion the challenger may be, "
+        "judged on the lower bound of the paired challenger-minus-champion interval (0: that bound must be >= 0).")
+    bootstrap_resamples: int = Field(2000, ge=100, le=1_000_000, description="Resamples of the eval queries behind "
+                                     "each interval (seeded: the same scores give the same interval).")
     greater_is_better: bool = Field(True, description="Direction of gate.metric: true = a higher value is better "
                                     "(every metric evaluate computes); false reverses every gain the gate computes.")
     alias: RegistryAlias = Field("champion", description="MLflow alias of the registered model that marks the "

@@ -16,8 +16,9 @@ mined          ``train.jsonl`` (``anchor, positive, negative_1..n``; sentence-tr
                ``embeddings.npy`` + ``embedding_ids.json`` (base-model chunk embeddings, reused by evaluate;
                :func:`read_embeddings`)
 model          a sentence-transformers folder
-evaluation     ``evaluation.json`` (:class:`EvaluationResult`), ``per_query.jsonl`` (:class:`QueryEvaluation`)
-               + ``beir/`` (the eval split in BEIR layout)
+evaluation     ``evaluation.json`` (:class:`EvaluationResult`), ``per_query.jsonl`` (:class:`QueryEvaluation`;
+               with an external collection also ``external_per_query.jsonl``) + ``beir/`` (the eval split in
+               BEIR layout)
 onnx           ``model.onnx``, tokenizer files, ``parity.json``
 registry       ``registry.json`` (:class:`RegistryRecord`)
 decision       ``decision.json`` (:class:`Decision`)
@@ -34,6 +35,7 @@ from embedforge.contracts.files import (  # noqa: F401
     EMBEDDING_IDS_FILE,
     EMBEDDINGS_FILE,
     EVALUATION_FILE,
+    EXTERNAL_PER_QUERY_FILE,
     MANIFEST,
     ONNX_FILE,
     PAIRS_FILE,
@@ -83,6 +85,7 @@ from embedforge.contracts.results import (  # noqa: F401
     EvaluationResult,
     ExportResult,
     ExternalEvaluation,
+    GainInterval,
     IngestResult,
     LossPoint,
     MinedPolicy,

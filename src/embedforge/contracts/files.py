@@ -24,6 +24,8 @@ EMBEDDING_IDS_FILE = "embedding_ids.json"
 EVALUATION_FILE = "evaluation.json"
 #: One :class:`~embedforge.contracts.results.QueryEvaluation` per eval query, beside ``evaluation.json``.
 PER_QUERY_FILE = "per_query.jsonl"
+#: The same records for the queries of the external ``--eval-beir`` collection.
+EXTERNAL_PER_QUERY_FILE = "external_per_query.jsonl"
 BEIR_DIR = "beir"
 ONNX_FILE = "model.onnx"
 PARITY_FILE = "parity.json"

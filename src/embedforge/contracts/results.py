@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from embedforge.contracts.files import (
+    EXTERNAL_PER_QUERY_FILE,
     PER_QUERY_FILE,
     VALIDATION_FILE,
     read_json,
@@ -207,7 +208,8 @@ class RankedHit(BaseModel):
 
 
 class QueryEvaluation(BaseModel):
-    """One eval query's scores and top rankings under both models (a line of ``per_query.jsonl``)."""
+    """One eval query's scores and top rankings under both models (a line of ``per_query.jsonl``, or of
+    ``external_per_query.jsonl`` for a query of the external collection, judged per document)."""
 
     model_config = ConfigDict(extra="forbid")
     query_id: str
@@ -253,6 +255,17 @@ class RegistryRecord(StageResult):
     primary_metric_value: float | None
 
 
+class GainInterval(BaseModel):
+    """The paired evidence of one comparison: the mean per-query gain (in the metric's good direction) and its
+    bootstrap confidence interval over the ``n`` queries both models were scored on."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: float
+    low: float
+    high: float
+    n: int = Field(ge=0, description="Queries paired.")
+
+
 class Decision(StageResult):
     """The gate's verdict and the numbers behind it (``decision.json``)."""
 
@@ -277,6 +290,17 @@ class Decision(StageResult):
         None, description="The challenger re-evaluated by the gate next to the champion, when evaluate computed its "
         "numbers on another device kind; the champion comparison then uses these.")
     device: str = Field("", description="Device kind the gate re-evaluated on (empty: no re-evaluation).")
+    rule: Literal["interval", "point"] = Field(
+        "point", description="The rule that decided: interval (on the per-query evidence) or point (the means; "
+        "also the fallback when per-query scores are missing, see fallback).")
+    fallback: str = Field("", description="Why gate.rule=interval was not applied (empty when it was, or when the "
+                          "point rule was asked for).")
+    confidence: float | None = Field(None, description="Coverage of the intervals.")
+    non_inferiority_margin: float | None = Field(None, description="How much worse than the champion the "
+                                                 "challenger may be (lower bound of vs_champion), interval rule.")
+    vs_base: GainInterval | None = Field(None, description="Paired gain of the challenger over base (None: no "
+                                         "per-query evidence or fewer than 2 queries).")
+    vs_champion: GainInterval | None = Field(None, description="Paired gain of the challenger over the champion.")
 
 
 class PromotionRecord(StageResult):
@@ -326,9 +350,11 @@ class ValidationReport(BaseModel):
     results: list[ValidationCheck] = Field(default_factory=list)
 
 
-def read_per_query(evaluation_dir: str | Path) -> list[QueryEvaluation]:
-    """The per-query records of an evaluation artifact (InputError when it has none, e.g. an older one)."""
-    return read_records(Path(evaluation_dir) / PER_QUERY_FILE, QueryEvaluation)
+def read_per_query(evaluation_dir: str | Path, external: bool = False) -> list[QueryEvaluation]:
+    """The per-query records of an evaluation artifact: of its held-out queries, or with ``external`` of the
+    external collection's (InputError when it has none, e.g. an older one)."""
+    name = EXTERNAL_PER_QUERY_FILE if external else PER_QUERY_FILE
+    return read_records(Path(evaluation_dir) / name, QueryEvaluation)
 
 
 def read_validation_report(validation_dir: str | Path) -> ValidationReport:

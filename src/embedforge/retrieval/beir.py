@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from embedforge.config import EvaluateConfig
 from embedforge.contracts import (
@@ -40,6 +40,10 @@ class BeirCollection:
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: dict[str, dict[str, int]]
+
+    def eval_set(self) -> EvalSet:
+        """Its queries and judgements as an :class:`EvalSet` (every query judged per document)."""
+        return EvalSet(queries=dict(self.queries), qrels=self.qrels, document_level=set(self.qrels))
 
 
 def load_beir_folder(beir_dir: str | Path, split: str = "test") -> BeirCollection:
@@ -130,14 +134,15 @@ def beir_document_text(doc: dict[str, str]) -> str:
     return (title + " " + doc["text"]).strip() if title else doc["text"].strip()
 
 
-def evaluate_beir_folder(
+def rank_beir_folder(
     model: "SentenceTransformer",
     beir_dir: str | Path | BeirCollection,
     cfg: EvaluateConfig,
     split: str = "test",
     ignore_identical: bool = True,
-) -> dict[str, float]:
-    """Retrieval metrics of ``model`` on an external BEIR collection (whole documents, exact search).
+) -> tuple[BeirCollection, dict[str, dict[str, float]]]:
+    """``model``'s ranking of an external BEIR collection's documents for each judged query (whole documents,
+    exact search).
 
     Args:
         model: A loaded sentence-transformers model.
@@ -147,7 +152,7 @@ def evaluate_beir_folder(
         ignore_identical: Remove documents whose (whitespace-normalised) text equals the query's from its ranking.
 
     Returns:
-        The metrics dict (same keys as :func:`evaluate_model`).
+        ``(collection, results)``: results maps query id -> {doc id: score}, ``max(cfg.all_k)`` each.
     """
     from embedforge.retrieval.encode import encode
     from embedforge.retrieval.search import build_index, top_k
@@ -179,6 +184,18 @@ def evaluate_beir_folder(
     for q, s_row, i_row in zip(qids, scores, ids):
         ranked = [(doc_ids[i], float(s)) for s, i in zip(s_row, i_row) if i >= 0 and doc_ids[i] not in excluded[q]]
         results[q] = dict(ranked[:max_k])
+    return coll, results
+
+
+def evaluate_beir_folder(
+    model: "SentenceTransformer",
+    beir_dir: str | Path | BeirCollection,
+    cfg: EvaluateConfig,
+    **options: Any,
+) -> dict[str, float]:
+    """Retrieval metrics of ``model`` on an external BEIR collection: those of :func:`rank_beir_folder`'s rankings
+    (same arguments; same keys as :func:`~embedforge.retrieval.ranking.evaluate_model`)."""
+    coll, results = rank_beir_folder(model, beir_dir, cfg, **options)
     return retrieval_metrics(coll.qrels, results, cfg.all_k)
 
 

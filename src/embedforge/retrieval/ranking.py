@@ -186,6 +186,27 @@ def per_query_metrics(
     return {q: {f"{m}@{k}": t[f"{m}@{k}"] for m in METRIC_NAMES for k in ks} for q, t in out.items()}
 
 
+@dataclass(frozen=True)
+class Scores:
+    """A model's retrieval metrics over a set of queries and each query's own (what paired comparisons need).
+
+    Attributes:
+        metrics: ``{"ndcg@10": ..., ...}`` averaged over the queries (:func:`retrieval_metrics`).
+        per_query: query id -> the same metrics of that query alone (:func:`per_query_metrics`), in the order of
+            the qrels.
+    """
+
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+
+
+def score_rankings(
+    qrels: dict[str, dict[str, int]], results: dict[str, dict[str, float]], k_values: Sequence[int]
+) -> Scores:
+    """The :class:`Scores` of ``results`` against ``qrels`` (arguments as :func:`retrieval_metrics`)."""
+    return Scores(retrieval_metrics(qrels, results, k_values), per_query_metrics(qrels, results, k_values))
+
+
 # ------------------------------------------------------------------------------------------------ retrieval
 def batch_size_for(model: "SentenceTransformer", cfg: EvaluateConfig) -> int:
     device = str(getattr(model, "device", "cpu"))
@@ -279,7 +300,8 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Retrieval metrics of ``model`` on the eval split (eval pairs as queries, all chunks as the corpus).
 
-    The metrics of :func:`rank_queries`' rankings; arguments, errors and protocol are the same.
+    The metrics of :func:`rank_queries`' rankings; arguments, errors and protocol are the same (their per-query
+    scores: :func:`score_rankings` of the same rankings).
 
     Returns:
         ``{"ndcg@10": ..., "recall@10": ..., "map@10": ..., "precision@10": ..., "mrr@10": ...}`` for every k.

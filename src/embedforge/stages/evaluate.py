@@ -33,7 +33,8 @@ without any relevant (score > 0) judgement are dropped, since no ranking can sco
 Output folder: ``evaluation.json`` (see :func:`run`), ``per_query.jsonl`` (one
 :class:`~embedforge.contracts.QueryEvaluation` per eval query: both models' scores, their top
 :data:`RANKING_DEPTH` hits, and LLM pairs' query/reasoning types; what the run report's confidence intervals,
-wins/losses and rankings are computed from), ``beir/`` (the eval split in BEIR layout: ``corpus.jsonl``
+wins/losses and rankings and the gate's paired intervals are computed from), with ``eval_beir`` also
+``external_per_query.jsonl`` (the same records for the external collection's judged queries), ``beir/`` (the eval split in BEIR layout: ``corpus.jsonl``
 of all chunks, ``queries.jsonl``, ``qrels/test.tsv``) and ``manifest.json``. In ``beir/``, a document-level
 positive is expanded to every chunk of its document: an approximation (a chunk-level tool then rewards any chunk
 of the document, and counts several chunks of it as several hits) kept so that standard BEIR tools can read it;
@@ -51,6 +52,7 @@ from embedforge.contracts import (
     BEIR_DIR,
     CHUNKS_FILE,
     EVALUATION_FILE,
+    EXTERNAL_PER_QUERY_FILE,
     PAIRS_FILE,
     PER_QUERY_FILE,
     Chunk,
@@ -68,9 +70,10 @@ from embedforge.contracts import (
     write_jsonl,
 )
 from embedforge.errors import ConfigError, InputError
-from embedforge.retrieval.beir import (
+from embedforge.retrieval.beir import (  # noqa: F401  (evaluate_beir_folder: re-exported with the protocol)
     evaluate_beir_folder,
     load_beir_folder,
+    rank_beir_folder,
     write_beir_split,
 )
 from embedforge.retrieval.dimensions import trained_dims
@@ -102,7 +105,8 @@ def per_query_records(
 
     Args:
         eval_set: The queries and qrels both models were ranked on.
-        pairs: The pairs (their ``meta.query_type`` / ``meta.reasoning_type`` and ``source`` are copied).
+        pairs: The pairs (their ``meta.query_type`` / ``meta.reasoning_type`` and ``source`` are copied); a query
+            without a pair (an external collection's) gets none.
         base_results: The base model's rankings (query id -> {id: score}).
         finetuned_results: The fine-tuned model's rankings.
         k_values: Cut-offs of the metrics.
@@ -120,11 +124,13 @@ def per_query_records(
 
     records = []
     for qid, text in eval_set.queries.items():
-        pair = by_id[qid]
+        pair = by_id.get(qid)
+        meta = pair.meta if pair is not None else {}
         records.append(QueryEvaluation(
             query_id=qid, query=text, relevance="document" if qid in eval_set.document_level else "chunk",
-            relevant=sorted(eval_set.qrels[qid]), query_type=pair.meta.get("query_type"),
-            reasoning_type=pair.meta.get("reasoning_type"), source=pair.source,
+            relevant=sorted(i for i, grade in eval_set.qrels[qid].items() if grade > 0),
+            query_type=meta.get("query_type"), reasoning_type=meta.get("reasoning_type"),
+            source=pair.source if pair is not None else "",
             base=_round(base_scores[qid]), finetuned=_round(ft_scores[qid]),
             base_ranking=top(base_results[qid]), finetuned_ranking=top(finetuned_results[qid]),
         ))
@@ -167,7 +173,8 @@ def run(
         pairs_dir: The ``pairs`` artifact (eval-split pairs are the queries).
         base_model: Base model folder or id.
         finetuned_dir: The fine-tuned sentence-transformers folder.
-        out_dir: Output folder: ``evaluation.json``, ``beir/``, ``manifest.json``.
+        out_dir: Output folder: ``evaluation.json``, ``per_query.jsonl`` (and ``external_per_query.jsonl``),
+            ``beir/``, ``manifest.json``.
         cfg: Evaluation settings.
         base_embeddings_dir: The ``mined`` artifact, whose base-model chunk embeddings are reused when their ids
             match the chunks (else the corpus is re-encoded, with a warning).
@@ -230,10 +237,13 @@ def run(
     for d, m in by_dimension.items():
         log.info("%s at %d dimensions: fine-tuned %.4f", cfg.primary_metric, d, m["finetuned"][cfg.primary_metric])
 
-    external_result = None
+    external_result = external_records = None
     if external is not None:
-        ext_base = evaluate_beir_folder(base, external, cfg)
-        ext_ft = evaluate_beir_folder(finetuned, external, cfg)
+        _, ext_base_results = rank_beir_folder(base, external, cfg)
+        _, ext_ft_results = rank_beir_folder(finetuned, external, cfg)
+        ext_base = retrieval_metrics(external.qrels, ext_base_results, cfg.all_k)
+        ext_ft = retrieval_metrics(external.qrels, ext_ft_results, cfg.all_k)
+        external_records = per_query_records(external.eval_set(), [], ext_base_results, ext_ft_results, cfg.all_k)
         external_result = ExternalEvaluation(
             path=str(eval_beir), base=_round(ext_base), finetuned=_round(ext_ft),
             delta=_round({k: ext_ft[k] - ext_base[k] for k in ext_ft}),
@@ -262,6 +272,8 @@ def run(
 
     write_beir_split(out_dir / BEIR_DIR, chunks, eval_set)
     write_jsonl(out_dir / PER_QUERY_FILE, per_query_records(eval_set, pairs, base_results, ft_results, cfg.all_k))
+    if external_records is not None:
+        write_jsonl(out_dir / EXTERNAL_PER_QUERY_FILE, external_records)
     write_json(out_dir / EVALUATION_FILE, result.model_dump(mode="json"))
     inputs: dict[str, str | Path] = {"chunks": chunks_dir, "pairs": pairs_dir, "finetuned": Path(finetuned_dir)}
     if base_embeddings_dir:

@@ -1,6 +1,6 @@
 """Run report: one self-contained ``report.html`` that says what a run did and whether the model got better.
 
-Sections: the run's status (and error), the gate's decision and why, base vs fine-tuned metrics with paired
+Sections: the run's status (and error), the gate's decision, its rule and intervals and why, base vs fine-tuned metrics with paired
 bootstrap confidence intervals over the eval queries and per-query wins/ties/losses, the distribution of
 per-query gains, results per query type (LLM pairs' ``meta.query_type`` / ``meta.reasoning_type``; the pair
 source otherwise), the training-loss curve and schedule (with ``train.schedule=auto``: what the search cost and
@@ -28,6 +28,7 @@ from pathlib import Path
 from embedforge.contracts import (
     Decision,
     EvaluationResult,
+    GainInterval,
     PromotionRecord,
     QueryEvaluation,
     RegistryRecord,
@@ -174,6 +175,13 @@ def _ci(iv: Interval | None) -> str:
     return f'<td class="num {cls}">[{iv.low:+.4f}, {iv.high:+.4f}]</td>'
 
 
+def _gain_interval(iv: GainInterval | None) -> str:
+    """A gate interval's cell: ``[low, high]`` over n queries (``–`` when the gate had none)."""
+    if iv is None:
+        return '<td class="num muted">–</td>'
+    return _ci(Interval(iv.mean, iv.low, iv.high)).replace("</td>", f" over {iv.n} queries</td>")
+
+
 def _comparison_rows(comparisons: Sequence[Comparison], label: Callable[[Comparison], str]) -> list[list[str]]:
     return [[f"<td>{_e(label(c))}</td>", _num(c.n), _num(c.base), _num(c.finetuned),
              _num(c.finetuned - c.base, signed=True), _ci(c.interval), _num(c.wins), _num(c.ties), _num(c.losses)]
@@ -217,13 +225,19 @@ def _gate(inputs: ReportInputs) -> str:
     promoted = inputs.promotion is not None and inputs.promotion.promoted
     verdict = ("promoted" if promoted else "approved for promotion") if d.promote else "not promoted"
     cls = "ok" if d.promote else "no"
+    rule = f"{d.rule}" + (f" ({d.fallback})" if d.fallback else "")
+    level = f"{d.confidence:.0%} " if d.confidence is not None else ""
     rows = [["<td>metric</td>", f"<td>{_e(d.metric)} on {_e(d.eval_set)}</td>"],
+            ["<td>rule</td>", f"<td>{_e(rule)}</td>"],
             ["<td>fine-tuned (challenger)</td>", _num(d.challenger)], ["<td>base</td>", _num(d.base_value)],
             ["<td>gain over base</td>", _num(d.margin, signed=True)],
+            [f"<td>{level}interval of the gain over base</td>", _gain_interval(d.vs_base)],
             ["<td>required gain</td>", _num(d.min_improvement)]]
     if d.champion_value is not None:
         rows += [[f"<td>champion v{_e(d.champion_version)}</td>", _num(d.champion_value)],
-                 ["<td>gain over champion</td>", _num(d.champion_margin, signed=True)]]
+                 ["<td>gain over champion</td>", _num(d.champion_margin, signed=True)],
+                 [f"<td>{level}interval of the gain over the champion</td>", _gain_interval(d.vs_champion)],
+                 ["<td>non-inferiority margin</td>", _num(d.non_inferiority_margin)]]
     if inputs.promotion is not None:
         rows.append(["<td>served as</td>", f"<td>{_e(inputs.promotion.triton_model_name)} "
                      f"v{_e(inputs.promotion.version)} (alias {_e(inputs.promotion.alias)})</td>"])
