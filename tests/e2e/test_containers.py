@@ -50,7 +50,7 @@ MLFLOW_IMAGE = f"{REGISTRY}/embedforge-mlflow:{TAG}"
 TRITON_IMAGE = f"{REGISTRY}/embedforge-triton-local:{TAG}"
 MODEL = "embedforge-embedder"
 SERVED = "embedder"
-NETWORKED = ("register", "gate", "promote", "report")  # they talk to MLflow / Triton; the rest get no network
+NETWORKED = ("train", "register", "gate", "promote", "report")  # they talk to MLflow / Triton (train: its live run); the rest get no network
 ADMIN_KEY = "e2e-admin-" + "5f" * 12  # the Secret embedforge-triton-admin's admin-key
 
 
@@ -164,6 +164,19 @@ def _alias(uri: str, user: str, password: str, alias: str) -> str | None:
     return r.stdout.strip() or None
 
 
+def _train_runs(uri: str, user: str, password: str) -> list[dict]:
+    """The train steps' live MLflow runs: their parent run and how many steps of ``train/loss`` they logged."""
+    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    code = ("import json, sys; from mlflow import MlflowClient; c = MlflowClient(sys.argv[1]);"
+            "e = c.get_experiment_by_name('embedforge');"
+            "rs = c.search_runs([e.experiment_id], \"tags.`embedforge.stage` = 'train'\") if e else [];"
+            "print(json.dumps([{'parent': r.data.tags.get('mlflow.parentRunId', ''),"
+            " 'loss_steps': len(c.get_metric_history(r.info.run_id, 'train/loss'))} for r in rs]))")
+    r = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
 @pytest.fixture(scope="module")
 def pipeline(images, tmp_path_factory, tiny_corpus, prod_mlflow, triton, volumes):
     """Compile the Kubernetes variant for the component image and return ``run(tag, **overrides)``."""
@@ -226,6 +239,8 @@ def test_compiled_pipeline_in_containers_promotes_serves_refuses_a_worse_model_a
                          "promote", "report"}
     assert runs["gate"].parameters["Output"] is True
     assert _alias(uri, user, password, "champion") == "1"
+    live = _train_runs(uri, user, password)  # the train pod's live run, made a child of register's run
+    assert len(live) == 1 and live[0]["parent"] and live[0]["loss_steps"] > 0, live
     assert {(SERVED, "1"), (f"{SERVED}_onnx", "1"), (f"{SERVED}_tokenizer", "1")} <= _served(url)
     r = subprocess.run([sys.executable, "-m", "embedforge.cli", "embed", "--url", url, "--model", SERVED,
                         "--input-type", "query", "how do I leave a loop early"], capture_output=True, text=True,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import socket
 import threading
 import time
 
@@ -117,6 +119,19 @@ def test_mlflow_failing_is_one_warning_and_training_goes_on(tmp_path, monkeypatc
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "MLflow" in r.getMessage()]
     assert len(warnings) == 1 and "cannot open a run" in warnings[0].getMessage()
     assert contracts.has_manifest(tmp_path / "a")
+
+    caplog.clear()  # a server that is not there: one warning after a bounded wait, not MLflow's minutes of retries
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    _destination(monkeypatch, closed, "unreachable")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")  # MLflow's default: minutes of backoff
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    assert train.run(small_mined, tmp_path / "c", TrainConfig(**SMALL), base_model=base_model, prompts=PROMPTS)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "MLflow" in r.getMessage()]
+    assert len(warnings) == 1 and "cannot open a run" in warnings[0].getMessage(), warnings
+    assert (os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) == ("1", "10")
+    assert contracts.has_manifest(tmp_path / "c")
 
     caplog.clear()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -36,6 +36,21 @@ DEFAULT_EXPERIMENT = "embedforge"
 STAGE_TAG, KFP_RUN_TAG, PARENT_TAG = "embedforge.stage", "embedforge.kfp_run_id", "mlflow.parentRunId"
 #: Seconds between two samples of MLflow's system metrics.
 SYSTEM_METRICS_INTERVAL_S = 10.0
+#: The live run's HTTP requests: at most this many retries and seconds a request (MLflow's defaults retry with
+#: exponential backoff for minutes, which would hold training up that long when the server is unreachable).
+HTTP_MAX_RETRIES, HTTP_TIMEOUT_S = 1, 10
+
+
+def _bound_http_requests() -> None:
+    """Cap this process's MLflow HTTP retries and request timeout (the train process talks to MLflow only through
+    its live run), keeping a smaller value the environment already sets."""
+    for env, cap in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", HTTP_MAX_RETRIES),
+                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", HTTP_TIMEOUT_S)):
+        try:
+            value = min(int(os.environ.get(env, cap)), cap)
+        except ValueError:
+            value = cap
+        os.environ[env] = str(value)
 
 
 def use_destination(tracking_uri: str = "", experiment: str = "", kfp_run_id: str = "") -> None:
@@ -65,6 +80,7 @@ class LiveRun:
         if not enabled or not uri:
             return cls()
         live = cls(uri=uri)
+        _bound_http_requests()
         try:
             from embedforge.registry.mlflow import (
                 client_for,
