@@ -24,6 +24,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# A test run started in the background by a non-interactive shell (`make test &`, nohup in a script) inherits SIGINT
+# ignored, and so would every process the tests start and then interrupt as a terminal's Ctrl-C does: those would
+# finish instead. A handled signal is reset to its default in a child at exec, so handling it here gives them back
+# their Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def on_ci() -> bool:
     """Whether this is a CI run (``CI=true``, as .ci/run and CI services set it)."""
