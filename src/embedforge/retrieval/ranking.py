@@ -56,6 +56,16 @@ class EvalSet:
     exclude: dict[str, set[str]] = field(default_factory=dict)
 
 
+#: Metrics in evaluation.json, and the gate's re-evaluation of a champion, are rounded to this many decimals, so a
+#: number read back from a report compares equal to the same number computed again.
+METRIC_DECIMALS = 5
+
+
+def round_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Every value rounded to :data:`METRIC_DECIMALS` decimals (as a plain float, for JSON and MLflow)."""
+    return {k: round(float(v), METRIC_DECIMALS) for k, v in metrics.items()}
+
+
 def build_eval_set(chunks: Sequence[Chunk], pairs: Iterable[Pair], split: str | None = "eval") -> EvalSet:
     """Queries and qrels of the pairs of ``split`` (all pairs when ``split`` is None).
 

@@ -85,6 +85,7 @@ from embedforge.retrieval.ranking import (
     per_query_metrics,
     rank_queries_by_dimension,
     retrieval_metrics,
+    round_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def per_query_records(
             relevant=sorted(i for i, grade in eval_set.qrels[qid].items() if grade > 0),
             query_type=meta.get("query_type"), reasoning_type=meta.get("reasoning_type"),
             source=pair.source if pair is not None else "",
-            base=_round(base_scores[qid]), finetuned=_round(ft_scores[qid]),
+            base=round_metrics(base_scores[qid]), finetuned=round_metrics(ft_scores[qid]),
             base_ranking=top(base_results[qid]), finetuned_ranking=top(finetuned_results[qid]),
         ))
     return records
@@ -149,10 +150,6 @@ def _no_eval_pairs_error(chunks: Sequence[Chunk], pairs: Sequence[Pair], pairs_d
                 "pairs file")
     return InputError(f"{pairs_dir / PAIRS_FILE} has {len(pairs)} pairs but none in the 'eval' split usable "
                       f"against {CHUNKS_FILE}; {hint}")
-
-
-def _round(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 5) for k, v in metrics.items()}
 
 
 def run(
@@ -231,8 +228,8 @@ def run(
     _, ft_by_dim = rank_queries_by_dimension(finetuned, chunks, pairs, cfg, dims)
     ft_results = ft_by_dim[embedding_dim(finetuned)]
     ft_metrics = retrieval_metrics(eval_set.qrels, ft_results, cfg.all_k)
-    by_dimension = {d: {"finetuned": _round(retrieval_metrics(eval_set.qrels, ft_by_dim[d], cfg.all_k)),
-                        **({"base": _round(retrieval_metrics(eval_set.qrels, base_by_dim[d], cfg.all_k))}
+    by_dimension = {d: {"finetuned": round_metrics(retrieval_metrics(eval_set.qrels, ft_by_dim[d], cfg.all_k)),
+                        **({"base": round_metrics(retrieval_metrics(eval_set.qrels, base_by_dim[d], cfg.all_k))}
                            if d in base_by_dim else {})} for d in dims}
     for d, m in by_dimension.items():
         log.info("%s at %d dimensions: fine-tuned %.4f", cfg.primary_metric, d, m["finetuned"][cfg.primary_metric])
@@ -245,8 +242,8 @@ def run(
         ext_ft = retrieval_metrics(external.qrels, ext_ft_results, cfg.all_k)
         external_records = per_query_records(external.eval_set(), [], ext_base_results, ext_ft_results, cfg.all_k)
         external_result = ExternalEvaluation(
-            path=str(eval_beir), base=_round(ext_base), finetuned=_round(ext_ft),
-            delta=_round({k: ext_ft[k] - ext_base[k] for k in ext_ft}),
+            path=str(eval_beir), base=round_metrics(ext_base), finetuned=round_metrics(ext_ft),
+            delta=round_metrics({k: ext_ft[k] - ext_base[k] for k in ext_ft}),
             counts={"queries": len(external.qrels), "corpus_docs": len(external.corpus)},
         )
     counts = {
@@ -257,9 +254,9 @@ def run(
     }
     result = EvaluationResult(
         primary_metric=cfg.primary_metric,
-        base=_round(base_metrics),
-        finetuned=_round(ft_metrics),
-        delta=_round({k: ft_metrics[k] - base_metrics[k] for k in ft_metrics}),
+        base=round_metrics(base_metrics),
+        finetuned=round_metrics(ft_metrics),
+        delta=round_metrics({k: ft_metrics[k] - base_metrics[k] for k in ft_metrics}),
         external=external_result,
         counts=counts,
         models={"base": base_model, "base_path": resolve_model_path(base_model), "finetuned": str(finetuned_dir)},

@@ -75,8 +75,6 @@ log = logging.getLogger(__name__)
 
 #: Gains within this distance of a threshold count as meeting it (float noise, e.g. 0.6 - 0.5 vs 0.1).
 EPS = 1e-9
-#: evaluation.json rounds metrics to this many decimals; the champion's re-evaluation is rounded alike.
-EVAL_DECIMALS = 5
 #: The fewest paired queries an interval is computed from.
 MIN_QUERIES = 2
 
@@ -318,7 +316,12 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
     """
     from embedforge.retrieval.beir import rank_beir_folder
     from embedforge.retrieval.encode import load_model
-    from embedforge.retrieval.ranking import Scores, rank_queries, score_rankings
+    from embedforge.retrieval.ranking import (
+        Scores,
+        rank_queries,
+        round_metrics,
+        score_rankings,
+    )
 
     model = load_model(str(model_dir))  # as evaluate loads the fine-tuned model (and keyed for its ONNX graph)
     if external is not None:
@@ -328,12 +331,8 @@ def evaluate_champion(model_dir: str | Path, chunks_dir: str | Path, pairs_dir: 
         eval_set, results = rank_queries(model, read_chunks(chunks_dir), read_pairs(pairs_dir), eval_cfg)
         qrels = eval_set.qrels
     scores = score_rankings(qrels, results, eval_cfg.all_k)
-    return Scores(metrics=_rounded(scores.metrics),
-                  per_query={q: _rounded(v) for q, v in scores.per_query.items()})
-
-
-def _rounded(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(v), EVAL_DECIMALS) for k, v in metrics.items()}
+    return Scores(metrics=round_metrics(scores.metrics),
+                  per_query={q: round_metrics(v) for q, v in scores.per_query.items()})
 
 
 def pick_eval_set(evaluation: EvaluationResult, cfg: GateConfig) -> tuple[dict, dict, str | None]:
