@@ -155,3 +155,50 @@ def test_mlflow_failing_is_one_warning_and_training_goes_on(tmp_path, monkeypatc
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("embedforge")]
     assert len(warnings) == 1 and "training goes on without live metrics" in warnings[0].getMessage(), warnings
     assert not client.get_metric_history(deleted[0], "train/loss")
+
+
+def test_a_terminated_training_process_marks_its_live_run_killed(tmp_path, small_mined, base_model):
+    """SIGTERM (what torchrun, Kubernetes and ``embedforge run`` send a worker they end) unwinds the process like
+    Ctrl-C: the live run it opened ends KILLED, not RUNNING forever, and the exit status is the shell's 143."""
+    import signal
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from embedforge.config import PipelineConfig, write_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = write_config(tmp_path / "config.yaml", PipelineConfig(
+        base_model=base_model, prompts=PROMPTS, train=TrainConfig(**{**SMALL, "epochs": 200, "log_every_steps": 1})))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "live", "KFP_RUN_ID": KFP_RUN}
+    err_file = tmp_path / "train.err"
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen([sys.executable, "-m", "embedforge.stages.train", "--mined", str(small_mined),
+                                 "--out", str(tmp_path / "model"), "--config", str(config)],
+                                env=env, stdout=err_out, stderr=subprocess.STDOUT, text=True)
+    client = None  # made once the process has made the store: a client opening it first would hold a file the
+    try:           # process's schema set-up replaces
+        deadline, run = time.monotonic() + 300, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "train: live MLflow run" not in err_file.read_text():
+                time.sleep(0.5)
+                continue
+            client = client or MlflowClient(uri)
+            experiment = client.get_experiment_by_name("live")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None and run.info.status == "RUNNING", err_file.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = err_file.read_text()
+    assert proc.returncode == 143, err[-2000:]
+    assert "train: interrupted by SIGTERM" in err
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert not (tmp_path / "model" / contracts.MANIFEST).exists()  # no model claims to be finished

@@ -49,7 +49,7 @@ class TritonPythonModel:
     def _prompt(self, input_type):
         keys = PROMPT_KEYS.get(input_type)
         if keys is None:
-            raise ValueError(f"input_type {input_type!r}: use query or passage")
+            raise ValueError(f"input_type {input_type!r}: use query or document (passage, NIM's name, is the same)")
         return next((self.prompts[k] for k in keys if k in self.prompts), "")
 
     def execute(self, requests):

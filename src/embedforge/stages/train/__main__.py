@@ -2,7 +2,10 @@
 
 :func:`embedforge.stages.train.run` starts this once per rank under torchrun (on this machine or on each node of a
 TrainJob). ``FILE`` is the config :func:`embedforge.config.write_config` wrote; its ``base_model``, ``model``, ``prompts`` and ``train`` sections are used. A
-user-fixable problem prints one line (``error: ...``) and exits with status 1.
+user-fixable problem prints one line (``error: ...``) and exits with status 1. SIGTERM (torchrun ending its workers,
+Kubernetes ending the pod, ``embedforge run`` ending its stages) is raised as ``KeyboardInterrupt`` like Ctrl-C, so
+the run unwinds: the live MLflow run is marked KILLED instead of staying RUNNING, and the exit status is 143 (130
+for Ctrl-C), as the shell reports a process the signal ended.
 """
 
 from __future__ import annotations
@@ -10,11 +13,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from embedforge.config import load_config
 from embedforge.errors import EmbedforgeError
 from embedforge.stages.train.driver import run_process
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,12 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing loads from a model hub at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         cfg = load_config(args.config)
         run_process(args.mined, args.out, cfg.train, base_model=cfg.base_model, prompts=cfg.prompts, model_cfg=cfg.model)
     except EmbedforgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        by_sigterm = exc.args == ("SIGTERM",)
+        print(f"train: interrupted by {'SIGTERM' if by_sigterm else 'Ctrl-C'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if by_sigterm else signal.SIGINT)
     return 0
 
 
