@@ -175,6 +175,25 @@ def test_judge_threshold_and_dedup_drop_pairs(few_chunks, base_model, tmp_path):
         assert gen.stats()["llm.dropped.duplicate"] > 0
 
 
+def test_dedup_encodes_through_onnx_runtime_on_a_cpu_with_the_same_result(few_chunks, base_model, tmp_path, caplog):
+    """``sdg.llm.encode`` reaches the de-duplication: with the ONNX encoder the bundling and dedup embeddings come
+    from ONNX Runtime on a graph kept in the cache folder, and the pairs kept are exactly PyTorch's."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="embedforge.retrieval")
+    kept = {}
+    for encoder in ("torch", "onnx"):
+        with FaultServer() as srv:
+            cfg = make_cfg(srv, tmp_path / encoder, base_model, dedup_threshold=0.5,
+                           encode={"encoder": encoder, "cache_dir": str(tmp_path / "cache")})
+            gen = gen_for(cfg)
+            kept[encoder] = sorted(p.query for p in gen.generate(few_chunks, "train"))
+            assert gen.stats()["llm.dropped.duplicate"] > 0
+    assert kept["onnx"] == kept["torch"] and kept["onnx"]
+    assert any("with ONNX Runtime" in r.getMessage() for r in caplog.records)
+    assert list((tmp_path / "cache").rglob("*.onnx")), "the graph is kept for the next stage"
+
+
 # ------------------------------------------------------------------------------------------ robustness
 def test_retries_429_retry_after_500_timeout_malformed(few_chunks, base_model, tmp_path):
     one_doc = [c for c in few_chunks if c.doc_id == few_chunks[0].doc_id]

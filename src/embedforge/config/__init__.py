@@ -7,6 +7,7 @@ Secrets never live here: an LLM endpoint's API key is read from the environment 
 """
 
 from embedforge.config.base import DEFAULT_BASE_MODEL, StageConfig
+from embedforge.config.encode import EncodeConfig
 from embedforge.config.llm import LlmSdgConfig, LlmStageSettings
 from embedforge.config.loading import (
     load_config,
@@ -18,7 +19,6 @@ from embedforge.config.pipeline import (
     CPU_PROFILE,
     CPU_PROFILE_BYO,
     GPU_PROFILE,
-    EncodeConfig,
     EvaluateConfig,
     ExportConfig,
     GateConfig,

@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from embedforge.config.base import StageConfig, http_url
+from embedforge.config.encode import EncodeConfig
 from embedforge.errors import ConfigError
 from embedforge.redact import redact
 
@@ -85,6 +86,9 @@ class LlmSdgConfig(StageConfig):
     bundle_strategy: Literal["similar", "random"] = Field("similar", description="similar: bundle nearest documents (dedup model); random: seeded shuffle.")
     dedup_threshold: float = Field(0.9, gt=0.0, le=1.0, description="Drop a question with cosine above this to an earlier one.")
     dedup_model: str = Field("all-MiniLM-L6-v2", description="Embedding model of dedup/bundling (the pipeline passes the base model).")
+    encode: EncodeConfig = Field(default_factory=EncodeConfig, description="How the dedup model embeds the "
+                                 "chunks (bundling) and the generated questions (de-duplication); `embedforge run` "
+                                 "shares mine's and evaluate's graph cache.")
     judge_enabled: bool = Field(True, description="Score pairs with the LLM judge.")
     judge_threshold: float = Field(7.0, ge=0.0, le=10.0, description="Pairs whose overall judge score is below this are dropped.")
     max_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at once.")

@@ -180,8 +180,8 @@ def _run_holding_out(cfg: PipelineConfig, corpus: Path, out: Path, pairs: Path |
         cfg.sdg.llm.work_dir = str(out / "sdg_work")  # resumable LLM results survive reruns into the same --out
     if not cfg.train.work_dir:
         cfg.train.work_dir = str(out / "train_work")  # finished probes survive a rerun (--resume) too
-    for section in (cfg.mine, cfg.evaluate):  # one ONNX graph per model for mine, evaluate and gate, and later runs
-        if not section.encode.cache_dir:
+    for section in (cfg.sdg.llm, cfg.mine, cfg.evaluate):  # one ONNX graph per model for sdg, mine, evaluate and
+        if not section.encode.cache_dir:                         # gate, and later runs
             section.encode.cache_dir = str(out / "encode_cache")
     import torch
 

@@ -99,7 +99,7 @@ class LlmGenerator:
         self.cfg = cfg
         self.llm = cfg.llm
         self.prompts = get_prompts(cfg.llm.prompt_version)
-        self.embedder = Embedder(cfg.llm.dedup_model, model_cfg)
+        self.embedder = Embedder(cfg.llm.dedup_model, model_cfg, cfg.llm.encode)
         self._stats: dict[str, float] = {}
         self._local_backend: Backend | None = None  # a loaded local model is reused by both splits
 

@@ -32,7 +32,7 @@ from embedforge.stages.sdg.llm.prompts import render_segments
 from embedforge.stages.sdg.llm.schemas import Artifacts, Judgement, QAPair, QAResponse
 
 if TYPE_CHECKING:
-    from embedforge.config import LlmSdgConfig, ModelConfig
+    from embedforge.config import EncodeConfig, LlmSdgConfig, ModelConfig
     from embedforge.contracts import Chunk, Split
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,18 @@ log = logging.getLogger(__name__)
 class Embedder:
     """The dedup/bundling embedding model (``embedforge.retrieval.encode``), loaded lazily, one encode at a time."""
 
-    def __init__(self, model_name: str, model_cfg: ModelConfig | None = None):
+    def __init__(self, model_name: str, model_cfg: ModelConfig | None = None, encoder: EncodeConfig | None = None):
         self.model_name = model_name
         self.model_cfg = model_cfg
+        self.encoder = encoder  # on a CPU: ONNX Runtime where it pays (embedforge.retrieval.encode)
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
         from embedforge.retrieval.encode import encode, load_model
 
         with self._lock:
-            return encode(load_model(self.model_name, model=self.model_cfg), texts, kind=kind)  # type: ignore[arg-type]
+            model = load_model(self.model_name, model=self.model_cfg)
+            return encode(model, texts, kind=kind, encoder=self.encoder)  # type: ignore[arg-type]
 
 
 def greedy_dedup(emb: np.ndarray, threshold: float, keep_against: np.ndarray | None = None) -> list[bool]:
