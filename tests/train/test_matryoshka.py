@@ -24,6 +24,11 @@ from embedforge.stages.train.setup import (
 )
 from embedforge.stages.train.step import Stepper, embed
 
+#: Gradients summed over every token of a batch (position and token-type embeddings) differ by a few 1e-6 between
+#: the chunked and the whole-batch order on CPUs whose kernels accumulate in another order (AVX-512); a wrong
+#: gradient is off by the size of the gradient itself.
+GRAD_ATOL = 1e-5
+
 DIMS = [384, 128, 64]
 WEIGHTS = [1.0, 0.5, 2.0]
 
@@ -86,7 +91,8 @@ def test_loss_is_sentence_transformers_matryoshka_loss_plain_and_cached(model, r
     assert cached == pytest.approx(want, rel=1e-4)
     assert plain_grads.keys() == cached_grads.keys() and len(plain_grads) > 50
     for name, g in plain_grads.items():
-        torch.testing.assert_close(cached_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(cached_grads[name], g, rtol=1e-4, atol=GRAD_ATOL,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_loss_is_the_weighted_sum_of_the_per_dimension_losses(model, rows):
