@@ -2,14 +2,14 @@
 
 Layers of ``src/embedforge`` (a module may import its own layer or lower ones, never a higher one):
 
-====  ==========================================================  ============================================
-0     ``errors names redact disk locks _legacy sample_corpus``    small helpers every layer may use
-1     ``config/ contracts/ workstore``                            the typed config and the stage hand-offs
-2     ``retrieval/ onnx/ registry/ serving/ cluster/``            libraries the stages share
-3     ``stages/``                                                 one unit per stage; no stage imports another
-4     ``local/``                                                  the embedded driver (kfp.local)
-5     ``cli``                                                     the command line
-====  ==========================================================  ============================================
+====  ==================================================================  ============================================
+0     ``errors names redact disk locks signals _legacy sample_corpus``    small helpers every layer may use
+1     ``config/ contracts/ workstore``                                    the typed config and the stage hand-offs
+2     ``retrieval/ onnx/ registry/ serving/ cluster/``                    libraries the stages share
+3     ``stages/``                                                         one unit per stage; no stage imports another
+4     ``local/``                                                          the embedded driver (kfp.local)
+5     ``cli``                                                             the command line
+====  ==================================================================  ============================================
 
 Besides: no import cycle (module level or inside functions); the library never imports ``components/``, and only
 the drivers (``cli``, ``local/``) import ``pipelines/``; components import only stdlib, kfp and
@@ -34,7 +34,7 @@ SRC = REPO / "src"
 PACKAGE = SRC / "embedforge"
 
 LAYERS = {
-    "errors": 0, "names": 0, "redact": 0, "disk": 0, "locks": 0, "_legacy": 0, "sample_corpus": 0, "": 0,
+    "errors": 0, "names": 0, "redact": 0, "disk": 0, "locks": 0, "signals": 0, "_legacy": 0, "sample_corpus": 0, "": 0,
     "config": 1, "contracts": 1, "workstore": 1,
     "retrieval": 2, "onnx": 2, "registry": 2, "serving": 2, "cluster": 2,
     "stages": 3,

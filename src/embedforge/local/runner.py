@@ -47,15 +47,12 @@ from embedforge.local.attempts import (
     point_latest,
     write_summary,
 )
-from embedforge.local.interrupts import (
-    end_child_processes,
-    interruptible,
-    kill_mlflow_runs,
-)
+from embedforge.local.interrupts import kill_mlflow_runs
 from embedforge.local.kfp_local import program_only_python_rewrite
 from embedforge.local.logs import StageLog, StageState
 from embedforge.local.resume import Resumable, find_resumable, reusing_finished_tasks
 from embedforge.local.summary import collect
+from embedforge.signals import end_child_processes, interruptible
 
 
 class PipelineFailed(EmbedforgeError):

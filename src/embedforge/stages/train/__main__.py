@@ -18,11 +18,8 @@ import sys
 
 from embedforge.config import load_config
 from embedforge.errors import EmbedforgeError
+from embedforge.signals import interruptible
 from embedforge.stages.train.driver import run_process
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,17 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing loads from a model hub at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        cfg = load_config(args.config)
-        run_process(args.mined, args.out, cfg.train, base_model=cfg.base_model, prompts=cfg.prompts, model_cfg=cfg.model)
-    except EmbedforgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt as exc:
-        by_sigterm = exc.args == ("SIGTERM",)
-        print(f"train: interrupted by {'SIGTERM' if by_sigterm else 'Ctrl-C'}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if by_sigterm else signal.SIGINT)
+    with interruptible() as interrupted:
+        try:
+            cfg = load_config(args.config)
+            run_process(args.mined, args.out, cfg.train, base_model=cfg.base_model, prompts=cfg.prompts,
+                        model_cfg=cfg.model)
+        except EmbedforgeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            signum = interrupted.get("signum", signal.SIGINT)
+            print(f"train: interrupted by {'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name}",
+                  file=sys.stderr)
+            return 128 + signum
     return 0
 
 
