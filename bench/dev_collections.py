@@ -7,6 +7,10 @@ Scenarios (issue #2 "done when"; dbpedia-many: issue #13):
   dbpedia-5k    agentset_dbpedia (5,000 docs), ~1,000 offline pairs, --eval-beir its test queries (< 30 min)
   dbpedia-many  agentset_dbpedia re-split by query (seeded hash, half train): graded, many-positive --pairs
                 (~22 judged documents per query in two grades), --eval-beir its other half
+  debates       built from arguana's structure (issue #36): thousands of queries with ~15 judged documents each —
+                each argument's heading is a query; its own argument and the rebuttal to it are grade 2, every other
+                argument of the same debate grade 1; debates split 70/30 into train and test (no document of a test
+                query's debate is a training positive). ``python bench/dev_collections.py --compare debates ...``
 
     python bench/dev_collections.py --scenarios sample cran-byo cran-sdg dbpedia-5k --out runs/bench
 
@@ -99,6 +103,46 @@ def resplit(name: str, work: Path, seed: int = 13, max_docs: int | None = None) 
     return out
 
 
+def _heading(text: str) -> str | None:
+    """An ArguAna point's heading: the text before its first double space, when it reads like one (3-40 words);
+    rebuttals (ids ending in ``b``) have none."""
+    head = text.split("  ", 1)[0].strip()
+    return head if "  " in text and 3 <= len(head.split()) <= 40 else None
+
+
+def debates(work: Path, seed: int = 13, train_share: float = 0.7) -> Path:
+    """A many-positive BEIR folder from arguana's structure: ids are ``<debate>-<side><n><a|b>``, ``a`` a point
+    (heading, two spaces, argument) and ``b`` the rebuttal to it. Queries are the points' headings; per query the
+    point itself and its rebuttal are grade 2 and every other argument of the debate grade 1, so a query has
+    ~15 judged documents, several near-duplicates among them (the point holds the heading verbatim). Whole debates
+    go to train or test (a seeded hash of the debate id; ``train_share`` of them train), so test judgements share no
+    debate with training pairs. The corpus is arguana's, unchanged."""
+    src = DATA / "arguana"
+    out = work / (f"debates-split{seed}" + (f"-train{round(train_share * 100)}" if train_share != 0.7 else ""))
+    docs = [json.loads(ln) for ln in (src / "corpus.jsonl").read_text().splitlines() if ln.strip()]
+    by_debate: dict[str, list[str]] = {}
+    for d in docs:
+        by_debate.setdefault(d["_id"].rsplit("-", 1)[0], []).append(d["_id"])
+    queries, splits = [], {"train": [], "test": []}
+    for d in docs:
+        head = _heading(d["text"]) if d["_id"].endswith("a") else None
+        if head is None:
+            continue
+        debate = d["_id"].rsplit("-", 1)[0]
+        rebuttal = d["_id"][:-1] + "b"
+        queries.append(json.dumps({"_id": f"q-{d['_id']}", "text": head}))
+        split = "train" if _hash_fraction(debate, seed) < train_share else "test"
+        for doc in by_debate[debate]:
+            grade = 2 if doc in (d["_id"], rebuttal) else 1
+            splits[split].append(f"q-{d['_id']}\t{doc}\t{grade}")
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    for split, body in splits.items():
+        (out / "qrels" / f"{split}.tsv").write_text("\n".join(["query-id\tcorpus-id\tscore", *body]) + "\n")
+    (out / "queries.jsonl").write_text("\n".join(queries) + "\n")
+    (out / "corpus.jsonl").write_text((src / "corpus.jsonl").read_text())
+    return out
+
+
 def scenario_args(name: str, work: Path) -> list[str]:
     cran = DATA / "cranfield"
     if name == "sample":
@@ -111,9 +155,9 @@ def scenario_args(name: str, work: Path) -> list[str]:
     if name == "dbpedia-5k":
         dbp = DATA / "agentset_dbpedia"
         return ["--corpus", str(dbp / "corpus.jsonl"), "--eval-beir", str(dbp), "sdg.max_pairs=1250"]
-    if name == "dbpedia-many":
-        split = resplit(name, work)
-        pairs = write_pairs(split, "train", work / "dbpedia_many_train_pairs.jsonl")
+    if name in ("dbpedia-many", "debates"):
+        split = debates(work) if name == "debates" else resplit(name, work)
+        pairs = write_pairs(split, "train", work / f"{name}_train_pairs.jsonl")
         return ["--corpus", str(split / "corpus.jsonl"), "--pairs", str(pairs), "--eval-beir", str(split)]
     raise SystemExit(f"unknown scenario {name}")
 
@@ -176,7 +220,7 @@ def compare(args: argparse.Namespace) -> None:
 
     table = []
     for name in args.compare:
-        folder = resplit(name, args.out, max_docs=args.max_docs)
+        folder = debates(args.out) if name == "debates" else resplit(name, args.out, max_docs=args.max_docs)
         rows_file = args.out / f"{name}.jsonl"
         rows_file.unlink(missing_ok=True)
         argv = ["--data", str(folder), "--out", str(args.out / name), "--variants", args.variants, "--seeds", args.seeds,
