@@ -139,6 +139,7 @@ VARIANTS: dict[str, dict] = {
     "ours_e3_pos3_best": {"mine": {"margin_reference": "best_positive"}, "train": {"epochs": 3}},
     "defaults": {"shipped": True, "profile": True},
     "fixed": {"shipped": True},
+    "fixed_top": {"shipped": True, "mine": {"train_grades": "top"}},  # the fixed schedule on top-grade positives only
     # inputs up to 512 tokens (MiniLM's position limit) instead of 256: a third of cranfield's and arguana's
     # documents (and 43 % of arguana's queries) are longer than 256 tokens. (Sweep 27's "topic" rows: topic-aware
     # batches, train.batching=topic of commit 9480a1e, reverted after that sweep; docs/benchmarks.md.)
