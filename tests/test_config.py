@@ -56,7 +56,8 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     cfg = load_config(None, ["train.epochs=3"])
     cpu, changed = cfg.resolved(cuda_available=False)
     assert cpu.profile == "cpu" and cpu.train.epochs == 3  # the user's value wins
-    assert changed == {"sdg.max_pairs": 1000, "train.batch_size": 16} and cpu.sdg.max_pairs == 1000
+    assert changed == {"sdg.max_pairs": 1000, "train.batch_size": 16, "train.learning_rate": 5e-5}
+    assert cpu.sdg.max_pairs == 1000 and cpu.train.learning_rate == 5e-5
     gpu, changed = cfg.resolved(cuda_available=True)  # the gpu profile: the schedule chosen from the pairs
     assert gpu.profile == "gpu" and changed == {"train.schedule": {"mode": "auto"}, "sdg.augment": 1.0}
     assert cpu.train.schedule.mode == "fixed" and cpu.sdg.augment == 0
@@ -75,9 +76,13 @@ def test_cpu_profile_caps_only_what_the_user_left_default():
     sharded, changed = load_config(None, [*fsdp, "train.base_weight=0.3"]).resolved(cuda_available=True)
     assert sharded.sdg.augment == 0 and "sdg.augment" not in changed  # FSDP + WiSE-FT: no search, no augmentation
     forced, changed = load_config(None, ["profile=cpu"]).resolved(cuda_available=True)
-    assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size"}
+    assert forced.train.epochs == 2.0 and set(changed) == {"sdg.max_pairs", "train.epochs", "train.batch_size",
+                                                                     "train.learning_rate"}
     byo, changed = PipelineConfig().resolved(cuda_available=False, pairs_given=True)  # the user's pairs: 1 epoch
-    assert changed == {"train.epochs": 1.0, "train.batch_size": 16} and byo.sdg.max_pairs == PipelineConfig().sdg.max_pairs
+    assert changed == {"train.epochs": 1.0, "train.batch_size": 16, "train.learning_rate": 5e-5}
+    assert byo.sdg.max_pairs == PipelineConfig().sdg.max_pairs and byo.train.learning_rate == 5e-5
+    mine, changed = load_config(None, ["train.learning_rate=2e-5"]).resolved(cuda_available=False, pairs_given=True)
+    assert mine.train.learning_rate == 2e-5 and "train.learning_rate" not in changed  # the user's rate wins
 
 
 def test_model_settings_are_top_level_and_the_old_place_says_so():

@@ -355,13 +355,17 @@ class TritonConfig(StageConfig):
 
 #: Compute profile for machines without a GPU: what `embedforge run` changes when ``profile`` resolves to ``cpu``
 #: — only for fields the user did not set. It caps the generated pairs and the epochs so that a run of the sample
-#: corpus stays short on a few cores, and halves the batch (half the activation memory per step).
-#: Bring-your-own pairs are never capped, only the number of epochs and the batch size. The caps trade some
-#: quality for time.
-CPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"max_pairs": 1000}, "train": {"epochs": 2.0, "batch_size": 16}}
+#: corpus stays short on a few cores, and halves the batch (half the activation memory per step). A run that short
+#: takes the higher learning rate the auto schedule would probe (5/3 of train.learning_rate, which was chosen for
+#: the GPU's three epochs): at the shipped rate one or two epochs leave the model undertrained (docs/benchmarks.md,
+#: "The CPU profile's learning rate"). Bring-your-own pairs are never capped, only the number of epochs and the
+#: batch size. The caps trade some quality for time.
+CPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"max_pairs": 1000},
+                                          "train": {"epochs": 2.0, "batch_size": 16, "learning_rate": 5e-5}}
 #: What the CPU profile changes instead when the user gives pairs (``--pairs``): one epoch, since their rows carry
-#: ``mine.num_negatives`` mined negatives each (several texts more per row than an offline row).
-CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_size": 16}}
+#: ``mine.num_negatives`` mined negatives each (several texts more per row than an offline row), at the same
+#: learning rate as CPU_PROFILE.
+CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_size": 16, "learning_rate": 5e-5}}
 #: What the gpu profile changes (fields the user did not set): the learning rate and length chosen from the run's
 #: own pairs (``train.schedule.mode=auto``, 2-fold cross-fitted probes), and offline pairs of the user's train
 #: documents made beside the user's pairs (``sdg.augment``), which the probes train on only where they help the
