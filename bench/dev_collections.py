@@ -114,7 +114,7 @@ def debates(work: Path, seed: int = 13, train_share: float = 0.7) -> Path:
     """A many-positive BEIR folder from arguana's structure: ids are ``<debate>-<side><n><a|b>``, ``a`` a point
     (heading, two spaces, argument) and ``b`` the rebuttal to it. Queries are the points' headings; per query the
     point itself and its rebuttal are grade 2 and every other argument of the debate grade 1, so a query has
-    ~15 judged documents, several near-duplicates among them (the point holds the heading verbatim). Whole debates
+    ~15 judged documents, the point among them holding its heading verbatim. Whole debates
     go to train or test (a seeded hash of the debate id; ``train_share`` of them train), so test judgements share no
     debate with training pairs. The corpus is arguana's, unchanged."""
     src = DATA / "arguana"
