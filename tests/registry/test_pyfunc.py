@@ -51,6 +51,11 @@ def test_dimensions_beyond_the_width_name_the_trained_ones(pyfunc):
         pyfunc.predict(pd.DataFrame({"text": TEXTS}), params={"dimensions": 9})
 
 
-def test_the_signature_declares_the_param(pyfunc):
+def test_the_signature_declares_the_param_and_holds_for_every_width(pyfunc):
+    """``dimensions`` changes the output's width, so the signature leaves it open (true of every call) and the
+    model's metadata names the full width."""
     params = {p.name: p for p in pyfunc.metadata.signature.params.params}
     assert params["dimensions"].default == 0 and params["prompt_name"].default == ""
+    (output,) = pyfunc.metadata.signature.outputs.inputs
+    assert output.shape == (-1, -1) and output.type == np.dtype("float32")
+    assert pyfunc.metadata.metadata["embedding_dim"] == "8" and pyfunc.metadata.metadata["run_id"] == "r"

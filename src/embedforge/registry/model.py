@@ -28,8 +28,9 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
     """Write ``dst`` as an MLflow Model (pyfunc, :mod:`embedforge.registry.pyfunc` as code) that is ALSO the
     sentence-transformers folder, then load it back and embed the input example as a self-check.
 
-    * pyfunc: signature ``text`` (string column) -> float32 ``(-1, dim)``, params ``prompt_name`` and
-      ``dimensions`` (0: all; N: the first N, renormalised, fewer columns than the signature says); the input
+    * pyfunc: signature ``text`` (string column) -> float32 ``(-1, -1)``, params ``prompt_name`` and
+      ``dimensions`` (0: all; N: the first N, renormalised). The output's width is left open in the signature
+      because ``dimensions`` changes it; the full width is the model's metadata ``embedding_dim``. The input
       example; the ONNX file and tokenizer as its ``onnx`` artifact (``artifacts/onnx/``); requirements pinned
       to the versions installed here.
     * the sentence-transformers files sit beside ``MLmodel``, so ``SentenceTransformer(<downloaded version>)``
@@ -49,7 +50,7 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
     dim = _onnx_output_dim(onnx_dir / "model.onnx")
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, dim))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, -1))]),
         params=ParamSchema([ParamSpec("prompt_name", "string", ""), ParamSpec("dimensions", "long", 0)]),
     )
     example = pd.DataFrame({"text": ["How do I rotate the signing keys?", "Keys are rotated every 90 days."]})
@@ -61,7 +62,8 @@ def save_mlflow_model(model_dir: Path, onnx_dir: Path, dst: Path, metadata: dict
         mlflow.pyfunc.save_model(
             path=str(dst), python_model=mlflow_pyfunc.__file__,
             artifacts={mlflow_pyfunc.ONNX_ARTIFACT: str(onnx_dir)},
-            signature=signature, input_example=example, pip_requirements=reqs, metadata=metadata,
+            signature=signature, input_example=example, pip_requirements=reqs,
+            metadata={**metadata, "embedding_dim": str(dim)},
         )
     for item in model_dir.iterdir():  # the sentence-transformers layout beside MLmodel (no name clashes)
         target = dst / item.name
