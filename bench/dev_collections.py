@@ -110,6 +110,11 @@ def _heading(text: str) -> str | None:
     return head if "  " in text and 3 <= len(head.split()) <= 40 else None
 
 
+def _debate(doc_id: str) -> str:
+    """The debate an ArguAna id belongs to: the id without its last ``-<side><n><a|b>`` part."""
+    return doc_id.rsplit("-", 1)[0]
+
+
 def debates(work: Path, seed: int = 13, train_share: float = 0.7) -> Path:
     """A many-positive BEIR folder from arguana's structure: ids are ``<debate>-<side><n><a|b>``, ``a`` a point
     (heading, two spaces, argument) and ``b`` the rebuttal to it. Queries are the points' headings; per query the
@@ -122,13 +127,13 @@ def debates(work: Path, seed: int = 13, train_share: float = 0.7) -> Path:
     docs = [json.loads(ln) for ln in (src / "corpus.jsonl").read_text().splitlines() if ln.strip()]
     by_debate: dict[str, list[str]] = {}
     for d in docs:
-        by_debate.setdefault(d["_id"].rsplit("-", 1)[0], []).append(d["_id"])
+        by_debate.setdefault(_debate(d["_id"]), []).append(d["_id"])
     queries, splits = [], {"train": [], "test": []}
     for d in docs:
         head = _heading(d["text"]) if d["_id"].endswith("a") else None
         if head is None:
             continue
-        debate = d["_id"].rsplit("-", 1)[0]
+        debate = _debate(d["_id"])
         rebuttal = d["_id"][:-1] + "b"
         queries.append(json.dumps({"_id": f"q-{d['_id']}", "text": head}))
         split = "train" if _hash_fraction(debate, seed) < train_share else "test"

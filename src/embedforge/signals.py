@@ -34,7 +34,6 @@ def end_child_processes(grace: float = 10.0) -> int:
     return len(children)
 
 
-
 @contextmanager
 def interruptible() -> Iterator[dict[str, int]]:
     """While inside, SIGINT and SIGTERM end the child processes first and then raise ``KeyboardInterrupt`` in the

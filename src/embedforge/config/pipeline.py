@@ -363,9 +363,9 @@ class TritonConfig(StageConfig):
 CPU_PROFILE: dict[str, dict[str, Any]] = {"sdg": {"max_pairs": 1000},
                                           "train": {"epochs": 2.0, "batch_size": 16, "learning_rate": 5e-5}}
 #: What the CPU profile changes instead when the user gives pairs (``--pairs``): one epoch, since their rows carry
-#: ``mine.num_negatives`` mined negatives each (several texts more per row than an offline row), at the same
-#: learning rate as CPU_PROFILE.
-CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {"epochs": 1.0, "batch_size": 16, "learning_rate": 5e-5}}
+#: ``mine.num_negatives`` mined negatives each (several texts more per row than an offline row); its batch and
+#: learning rate are CPU_PROFILE's.
+CPU_PROFILE_BYO: dict[str, dict[str, Any]] = {"train": {**CPU_PROFILE["train"], "epochs": 1.0}}
 #: What the gpu profile changes (fields the user did not set): the learning rate and length chosen from the run's
 #: own pairs (``train.schedule.mode=auto``, 2-fold cross-fitted probes), and offline pairs of the user's train
 #: documents made beside the user's pairs (``sdg.augment``), which the probes train on only where they help the
